@@ -1,0 +1,3 @@
+from canaryml_cli.main import main
+
+main()

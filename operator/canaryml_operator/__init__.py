@@ -1,0 +1,1 @@
+"""canaryml's control plane: the kopf operator reconciling ModelDeployments (not built yet)."""

@@ -1,0 +1,1 @@
+"""canaryml's data plane: model packaging, the model server, drift and metrics."""

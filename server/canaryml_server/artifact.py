@@ -1,0 +1,359 @@
+"""Packaged model artifacts: `canaryml package` writes them, the server verifies and loads them.
+
+An artifact is a folder: the model (`model.joblib`, and `model.onnx` when the compiled form was
+verified), `schema.json`, `profile.json` and `manifest.json`. The manifest lists the sha256 of
+every other file, so the sha256 of `manifest.json` alone identifies the whole artifact: that is
+the digest a ModelDeployment's `sha256` field names, and anyone can compute it with `sha256sum`.
+Nothing is unpickled before that digest and every file's hash have been checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import joblib
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from canaryml_server.profile import ReferenceProfile, build_profile
+from canaryml_server.runtime import (
+    OnnxPredictor,
+    Predictor,
+    SklearnPredictor,
+    labels_follow_probabilities,
+    verify_onnx,
+)
+from canaryml_server.schema import (
+    Batch,
+    FeatureKind,
+    FeatureSchema,
+    InvalidInput,
+    ValidationPolicy,
+    infer_schema,
+    validate_columns,
+)
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.joblib"
+ONNX_FILE = "model.onnx"
+SCHEMA_FILE = "schema.json"
+PROFILE_FILE = "profile.json"
+
+RuntimeName = Literal["onnx", "sklearn"]
+RuntimeRequest = Literal["auto", "onnx", "sklearn"]
+
+
+class ArtifactError(Exception):
+    """An artifact cannot be written or loaded; the message says why and what to do."""
+
+
+class RuntimeChoice(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    runtime: RuntimeName
+    requested: RuntimeRequest
+    reason: str
+    onnx_input_dtype: str | None = None
+    rows_compared: int = 0
+    labels_identical: bool | None = None
+    max_abs_difference: float | None = None
+    sklearn_us_per_row: float | None = None
+    onnx_us_per_row: float | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str
+    created: datetime
+    task: Literal["classification", "regression"]
+    classes: list[Any] | None = None
+    target: str | None = None
+    estimator: str
+    runtime: RuntimeChoice
+    labels_from_proba: bool = False
+    libraries: dict[str, str]
+    files: dict[str, str]
+    """File name -> sha256 hex digest, for every file of the artifact but the manifest."""
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def batch_from_frame(schema: FeatureSchema, frame: pd.DataFrame) -> Batch:
+    """The reference rows as a validated batch (missing categories become None, as in JSON)."""
+    columns: dict[str, Any] = {}
+    for feature in schema.features:
+        column = frame[feature.name]
+        if feature.kind is FeatureKind.NUMERIC:
+            columns[feature.name] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            values = column.astype(object).where(column.notna(), None).tolist()
+            columns[feature.name] = (
+                values if feature.dtype == "bool" else [v if v is None else str(v) for v in values]
+            )
+    policy = ValidationPolicy(allow_unknown_categories=True, max_rows=max(len(frame), 1))
+    return validate_columns(schema, columns, rows=len(frame), policy=policy)
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in (
+        "scikit-learn",
+        "numpy",
+        "pandas",
+        "joblib",
+        "skl2onnx",
+        "onnxruntime",
+        "canaryml",
+    ):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    path: Path
+    manifest: Manifest
+    digest: str
+    schema: FeatureSchema
+
+
+def read_reference(path: Path, *, target: str | None) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"cannot read the reference data {path}: {error}") from error
+    if target is not None:
+        if target not in frame.columns:
+            raise ArtifactError(f"--target {target!r} is not a column of {path}")
+        frame = frame.drop(columns=[target])
+    return frame
+
+
+def package_model(
+    *,
+    model_path: Path,
+    reference_path: Path,
+    out_dir: Path,
+    name: str | None = None,
+    version: str = "0.1.0",
+    target: str | None = None,
+    runtime: RuntimeRequest = "auto",
+    overwrite: bool = False,
+) -> PackageResult:
+    """Write a verified artifact for a fitted estimator or Pipeline."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ArtifactError(f"{out_dir} exists and is not empty (pass --force to replace it)")
+    reference = read_reference(reference_path, target=target)
+    try:
+        model = joblib.load(model_path)
+    except Exception as error:
+        raise ArtifactError(f"cannot load the model {model_path}: {error}") from error
+    if not hasattr(model, "predict"):
+        raise ArtifactError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
+    expected_features = getattr(model, "n_features_in_", None)
+    if expected_features is not None and expected_features != reference.shape[1]:
+        hint = "" if target else " (is one of them the label? name it with --target)"
+        raise ArtifactError(
+            f"the model expects {expected_features} features, the reference data has "
+            f"{reference.shape[1]} columns{hint}"
+        )
+    try:
+        schema = infer_schema(reference)
+        batch = batch_from_frame(schema, reference)
+    except (ValueError, InvalidInput) as error:
+        raise ArtifactError(f"the reference data cannot be used: {error}") from error
+
+    classification = hasattr(model, "classes_")
+    try:
+        predictions = SklearnPredictor(model=model, schema=schema, labels_from_proba=False).predict(
+            batch, probabilities=False
+        )
+    except Exception as error:
+        raise ArtifactError(
+            f"the model failed to predict on the reference rows: {type(error).__name__}: {error}"
+        ) from error
+
+    choice, onnx_bytes = _choose_runtime(
+        model=model, reference=reference, schema=schema, batch=batch, requested=runtime
+    )
+    categorical = {f.name for f in schema.features if f.kind is FeatureKind.CATEGORICAL}
+    profile = build_profile(
+        reference, predictions.labels, categorical=categorical, classification=classification
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (MODEL_FILE, ONNX_FILE, SCHEMA_FILE, PROFILE_FILE, MANIFEST_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
+    shutil.copyfile(model_path, out_dir / MODEL_FILE)
+    if onnx_bytes is not None:
+        (out_dir / ONNX_FILE).write_bytes(onnx_bytes)
+    (out_dir / SCHEMA_FILE).write_text(schema.model_dump_json(indent=2))
+    (out_dir / PROFILE_FILE).write_text(profile.model_dump_json(indent=2))
+    files = {
+        f: sha256_file(out_dir / f)
+        for f in (MODEL_FILE, ONNX_FILE, SCHEMA_FILE, PROFILE_FILE)
+        if (out_dir / f).exists()
+    }
+    classes = np.asarray(model.classes_).tolist() if classification else None
+    manifest = Manifest(
+        name=name or model_path.stem,
+        version=version,
+        created=datetime.now(UTC),
+        task="classification" if classification else "regression",
+        classes=classes,
+        target=target,
+        estimator=_describe(model),
+        runtime=choice,
+        labels_from_proba=classification
+        and labels_follow_probabilities(model=model, batch=batch, schema=schema),
+        libraries=_library_versions(),
+        files=files,
+    )
+    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    return PackageResult(
+        path=out_dir, manifest=manifest, digest=sha256_file(out_dir / MANIFEST_FILE), schema=schema
+    )
+
+
+def _describe(model: Any) -> str:
+    steps = getattr(model, "steps", None)
+    if steps:
+        return "Pipeline(" + ", ".join(type(step).__name__ for _, step in steps) + ")"
+    return type(model).__name__
+
+
+def _choose_runtime(
+    *,
+    model: Any,
+    reference: pd.DataFrame,
+    schema: FeatureSchema,
+    batch: Batch,
+    requested: RuntimeRequest,
+) -> tuple[RuntimeChoice, bytes | None]:
+    if requested == "sklearn":
+        return RuntimeChoice(runtime="sklearn", requested=requested, reason="requested"), None
+    check = verify_onnx(model=model, reference=reference, schema=schema, batch=batch)
+    if not check.accepted:
+        if requested == "onnx":
+            raise ArtifactError(f"--runtime onnx, but the ONNX form was refused: {check.reason}")
+        choice = RuntimeChoice(
+            runtime="sklearn",
+            requested=requested,
+            reason=f"ONNX form refused: {check.reason}",
+            rows_compared=check.rows,
+        )
+        return choice, None
+    choice = RuntimeChoice(
+        runtime="onnx",
+        requested=requested,
+        reason=check.reason,
+        onnx_input_dtype=check.input_dtype,
+        rows_compared=check.rows,
+        labels_identical=check.labels_identical,
+        max_abs_difference=check.max_abs_difference,
+        sklearn_us_per_row=check.sklearn_us_per_row,
+        onnx_us_per_row=check.onnx_us_per_row,
+    )
+    return choice, check.onnx_bytes
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: Path
+    digest: str
+    manifest: Manifest
+    schema: FeatureSchema
+    profile: ReferenceProfile
+    predictor: Predictor
+
+
+def load_artifact(
+    path: Path,
+    *,
+    expected_sha256: str | None = None,
+    runtime: Literal["auto", "sklearn"] = "auto",
+    onnx_threads: int = 1,
+    require_sha256: bool = False,
+) -> LoadedModel:
+    """Verify an artifact folder and load it; raise ArtifactError before touching a bad file."""
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ArtifactError(
+            f"{path} is not a canaryml artifact: it has no {MANIFEST_FILE} "
+            "(make one with `canaryml package`)"
+        )
+    digest = sha256_file(manifest_path)
+    if expected_sha256 is not None and digest != expected_sha256.strip().lower():
+        raise ArtifactError(
+            f"refusing to load {path}: its digest (sha256 of {MANIFEST_FILE}) is {digest}, "
+            f"but {expected_sha256} was expected"
+        )
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except ValidationError as error:
+        raise ArtifactError(f"{manifest_path} is not a valid manifest: {error}") from error
+    if manifest.format_version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has artifact format {manifest.format_version}; this server reads up to "
+            f"{FORMAT_VERSION}: upgrade canaryml"
+        )
+    for name, recorded in manifest.files.items():
+        file_path = path / name
+        if Path(name).name != name or not file_path.is_file():
+            raise ArtifactError(f"refusing to load {path}: {name} is listed but missing")
+        actual = sha256_file(file_path)
+        if actual != recorded:
+            raise ArtifactError(
+                f"refusing to load {path}: {name} has sha256 {actual}, the manifest says {recorded}"
+            )
+    try:
+        schema = FeatureSchema.model_validate_json((path / SCHEMA_FILE).read_bytes())
+        profile = ReferenceProfile.model_validate_json((path / PROFILE_FILE).read_bytes())
+    except (OSError, ValidationError) as error:
+        raise ArtifactError(f"{path} has an unreadable schema or profile: {error}") from error
+
+    predictor: Predictor
+    if manifest.runtime.runtime == "onnx" and runtime == "auto" and ONNX_FILE in manifest.files:
+        # The compiled form needs no unpickling at all.
+        predictor = OnnxPredictor(
+            model_bytes=(path / ONNX_FILE).read_bytes(), schema=schema, threads=onnx_threads
+        )
+    else:
+        if require_sha256 and expected_sha256 is None:
+            raise ArtifactError(
+                f"refusing to unpickle {path / MODEL_FILE} without a configured sha256 "
+                "(set CANARYML_MODEL_SHA256, or spec.model.sha256)"
+            )
+        try:
+            model = joblib.load(path / MODEL_FILE)
+        except Exception as error:
+            raise ArtifactError(f"cannot load {path / MODEL_FILE}: {error}") from error
+        predictor = SklearnPredictor(
+            model=model, schema=schema, labels_from_proba=manifest.labels_from_proba
+        )
+    return LoadedModel(
+        path=path,
+        digest=digest,
+        manifest=manifest,
+        schema=schema,
+        profile=profile,
+        predictor=predictor,
+    )

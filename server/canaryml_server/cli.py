@@ -1,0 +1,160 @@
+"""`canaryml package` and `canaryml serve`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def package(
+    model: Annotated[
+        Path, typer.Argument(help="A fitted estimator or Pipeline saved with joblib.")
+    ],
+    reference: Annotated[
+        Path, typer.Option("--reference", "-r", help="Training data as CSV (the reference).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the artifact to.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the file's stem).")] = None,
+    version: Annotated[str, typer.Option(help="Model version.")] = "0.1.0",
+    target: Annotated[
+        str | None, typer.Option(help="Label column of the reference CSV, left out of features.")
+    ] = None,
+    runtime: Annotated[
+        str, typer.Option(help="auto (ONNX when verified), onnx (or fail) or sklearn.")
+    ] = "auto",
+    force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Package a model with its schema, reference profile and manifest (and ONNX form)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from canaryml_server.artifact import ArtifactError, package_model
+
+    if runtime not in ("auto", "onnx", "sklearn"):
+        raise _fail(f"--runtime must be auto, onnx or sklearn, not {runtime!r}")
+    requested: Literal["auto", "onnx", "sklearn"] = runtime  # type: ignore[assignment]
+    if not model.is_file():
+        raise _fail(f"no such model file: {model}")
+    if not reference.is_file():
+        raise _fail(f"no such reference file: {reference}")
+    try:
+        result = package_model(
+            model_path=model,
+            reference_path=reference,
+            out_dir=out,
+            name=name,
+            version=version,
+            target=target,
+            runtime=requested,
+            overwrite=force,
+        )
+    except ArtifactError as error:
+        raise _fail(str(error)) from error
+    manifest = result.manifest
+    choice = manifest.runtime
+    table = Table(title=f"packaged {manifest.name} {manifest.version}", show_header=False)
+    table.add_row("folder", str(result.path))
+    table.add_row("estimator", manifest.estimator)
+    table.add_row("task", manifest.task + (f" {manifest.classes}" if manifest.classes else ""))
+    kinds = [f.kind.value for f in result.schema.features]
+    numeric, categorical = kinds.count("numeric"), kinds.count("categorical")
+    table.add_row("features", f"{len(kinds)} ({numeric} numeric, {categorical} categorical)")
+    table.add_row("runtime", f"{choice.runtime}: {choice.reason}")
+    if choice.sklearn_us_per_row and choice.onnx_us_per_row:
+        table.add_row(
+            "one row",
+            f"sklearn {choice.sklearn_us_per_row:.0f} us, onnx {choice.onnx_us_per_row:.0f} us "
+            f"({choice.sklearn_us_per_row / choice.onnx_us_per_row:.0f}x)",
+        )
+    table.add_row("sha256", result.digest)
+    Console(stderr=True).print(table)
+    typer.echo(result.digest)
+
+
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Artifact folder or URI (default: $CANARYML_MODEL_URI)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [0.0.0.0].")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [8080].")] = None,
+    track: Annotated[str | None, typer.Option(help="stable, canary or shadow.")] = None,
+    model_deployment: Annotated[
+        str | None, typer.Option(help="ModelDeployment name for the metrics labels.")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option(help="Expected artifact digest (sha256 of manifest.json).")
+    ] = None,
+) -> None:
+    """Serve a packaged model over HTTP (/predict, Open Inference Protocol v2, /metrics).
+
+    Every option can also be set by environment variable (CANARYML_*); see the README.
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from canaryml_server.app import create_app
+    from canaryml_server.artifact import ArtifactError, load_artifact
+    from canaryml_server.settings import ServerSettings
+    from canaryml_server.storage import fetch_model
+
+    overrides = {
+        "model_uri": model,
+        "host": host,
+        "port": port,
+        "track": track,
+        "model_deployment": model_deployment,
+        "model_sha256": sha256,
+    }
+    try:
+        settings = ServerSettings.model_validate(
+            {k: v for k, v in overrides.items() if v is not None}
+        )
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
+        )
+        raise _fail(f"invalid settings: {problems}") from error
+    try:
+        folder = fetch_model(
+            settings.model_uri,
+            cache_dir=settings.model_cache_dir,
+            trusted_sources=settings.trusted_sources,
+        )
+        loaded = load_artifact(
+            folder,
+            expected_sha256=settings.model_sha256,
+            runtime=settings.runtime,
+            onnx_threads=settings.onnx_threads,
+            require_sha256=settings.require_sha256,
+        )
+    except ArtifactError as error:
+        raise _fail(str(error)) from error
+    app = create_app(model=loaded, settings=settings)
+    typer.secho(
+        f"serving {loaded.manifest.name} {loaded.manifest.version} "
+        f"({loaded.predictor.runtime}, {settings.track}) on {settings.host}:{settings.port}",
+        err=True,
+    )
+    sys.stdout.flush()
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(package)
+    app.command()(serve)

@@ -1,0 +1,146 @@
+"""Sliding-window drift of live inputs and predictions against the reference profile.
+
+The window keeps each recent row as its bin indices, and bin counts are updated by adding the
+new rows and subtracting the rows they push out, so a request costs O(rows x features)
+whatever the window size; PSI is computed from the counts only when someone asks (a scrape).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+
+from canaryml_server.profile import CategoricalBins, NumericBins, ReferenceProfile
+from canaryml_server.schema import Batch
+
+# Proportions are floored before the logarithm so an empty bin gives a large, finite PSI.
+PSI_EPSILON = 1e-4
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of `actual` proportions against `expected` proportions."""
+    e = np.maximum(np.asarray(expected, dtype=np.float64), PSI_EPSILON)
+    a = np.maximum(np.asarray(actual, dtype=np.float64), PSI_EPSILON)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def js_distance(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between two distributions over the same bins."""
+    value = float(jensenshannon(expected, actual, base=2))
+    return 0.0 if math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    rows: int
+    window: int
+    feature_psi: dict[str, float]
+    feature_js: dict[str, float]
+    prediction_psi: float
+    prediction_js: float
+
+    @property
+    def worst_feature(self) -> tuple[str, float] | None:
+        if not self.feature_psi:
+            return None
+        return max(self.feature_psi.items(), key=lambda item: item[1])
+
+
+class DriftMonitor:
+    """Bin counts of the last `window` rows of inputs and predictions."""
+
+    def __init__(self, profile: ReferenceProfile, *, feature_names: list[str], window: int) -> None:
+        if window < 1:
+            raise ValueError("the drift window must hold at least one row")
+        self._names = feature_names
+        self._bins: list[NumericBins | CategoricalBins] = [
+            profile.features[n] for n in feature_names
+        ] + [profile.prediction]
+        sizes = [b.bin_count for b in self._bins]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._total_bins = int(sum(sizes))
+        # Numeric features are binned together: a value's bin is the number of edges at or
+        # below it, one broadcast comparison against all features' (padded) edges at once.
+        self._numeric = [j for j, b in enumerate(self._bins[:-1]) if isinstance(b, NumericBins)]
+        self._categorical = [j for j in range(len(feature_names)) if j not in self._numeric]
+        widest = max((len(self._bins[j].edges) for j in self._numeric), default=0)  # type: ignore[union-attr]
+        self._edges = np.full((len(self._numeric), widest), np.inf)
+        for row, j in enumerate(self._numeric):
+            edges = self._bins[j].edges  # type: ignore[union-attr]
+            self._edges[row, : len(edges)] = edges
+        self._missing_bins = np.array(
+            [self._bins[j].bin_count - 1 for j in self._numeric], dtype=np.int64
+        )
+        self._window = window
+        self._ring = np.zeros((window, len(self._bins)), dtype=np.int64)
+        self._counts = np.zeros(self._total_bins, dtype=np.int64)
+        self._next = 0
+        self._filled = 0
+        self._lock = threading.Lock()
+
+    @property
+    def rows(self) -> int:
+        return self._filled
+
+    def observe(self, batch: Batch, predictions: np.ndarray) -> None:
+        rows = len(predictions)
+        if rows == 0:
+            return
+        keep = min(rows, self._window)
+        first = rows - keep
+        index = np.empty((keep, len(self._bins)), dtype=np.int64)
+        if self._numeric:
+            if len(self._numeric) == len(self._names):
+                values = batch.matrix()[first:]
+            else:
+                values = np.column_stack(
+                    [batch.columns[self._names[j]][first:] for j in self._numeric]
+                ).astype(np.float64)
+            bins = (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+            index[:, self._numeric] = np.where(np.isnan(values), self._missing_bins, bins)
+        for j in self._categorical:
+            index[:, j] = self._bins[j].assign(batch.columns[self._names[j]][first:])
+        index[:, -1] = self._bins[-1].assign(np.asarray(predictions)[first:])
+        index += self._offsets
+        with self._lock:
+            slots = (self._next + np.arange(keep)) % self._window
+            occupied = slots < self._filled
+            if occupied.any():
+                leaving = self._ring[slots[occupied]].ravel()
+                self._counts -= np.bincount(leaving, minlength=self._total_bins)
+            self._ring[slots] = index
+            self._counts += np.bincount(index.ravel(), minlength=self._total_bins)
+            self._next = int((self._next + keep) % self._window)
+            self._filled = min(self._window, self._filled + keep)
+
+    def counts(self) -> list[np.ndarray]:
+        """Per column (features, then predictions) bin counts of the current window."""
+        with self._lock:
+            counts = self._counts.copy()
+        return [
+            counts[offset : offset + bins.bin_count]
+            for offset, bins in zip(self._offsets, self._bins, strict=True)
+        ]
+
+    def report(self) -> DriftReport:
+        counts = self.counts()
+        rows = self._filled
+        psis: list[float] = []
+        jss: list[float] = []
+        for bins, column_counts in zip(self._bins, counts, strict=True):
+            expected = np.asarray(bins.proportions)
+            actual = column_counts / rows if rows else np.zeros_like(expected)
+            psis.append(psi(expected, actual) if rows else 0.0)
+            jss.append(js_distance(expected, actual) if rows else 0.0)
+        return DriftReport(
+            rows=rows,
+            window=self._window,
+            feature_psi=dict(zip(self._names, psis[:-1], strict=True)),
+            feature_js=dict(zip(self._names, jss[:-1], strict=True)),
+            prediction_psi=psis[-1],
+            prediction_js=jss[-1],
+        )

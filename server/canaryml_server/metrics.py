@@ -1,0 +1,108 @@
+"""Prometheus metrics of one server, on a registry of its own (one per app, as MLServer does).
+
+Names and labels follow the metrics contract in docs/DESIGN.md; the operator's analysis queries
+them. Drift gauges are computed from the window's bin counts at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from canaryml_server.drift import DriftMonitor
+
+# Fine at the low end: a compiled model answers in well under a millisecond.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+REQUESTS_TOTAL = "canaryml_requests_total"
+REQUEST_DURATION = "canaryml_request_duration_seconds"
+FEATURE_DRIFT = "canaryml_feature_drift"
+PREDICTION_DRIFT = "canaryml_prediction_drift"
+DRIFT_WINDOW_ROWS = "canaryml_drift_window_rows"
+MODEL_INFO = "canaryml_model_info"
+
+
+class DriftCollector(Collector):
+    """PSI per feature and of the predictions, once the window holds enough rows to mean it."""
+
+    def __init__(self, monitor: DriftMonitor, *, labels: dict[str, str], min_rows: int) -> None:
+        self._monitor = monitor
+        self._labels = labels
+        self._min_rows = min_rows
+
+    def collect(self) -> Iterator[Metric]:
+        names = list(self._labels)
+        values = list(self._labels.values())
+        rows = GaugeMetricFamily(DRIFT_WINDOW_ROWS, "Rows in the drift window", labels=names)
+        rows.add_metric(values, self._monitor.rows)
+        yield rows
+        if self._monitor.rows < self._min_rows:
+            return  # no series: too few rows is "no data", not "no drift"
+        report = self._monitor.report()
+        features = GaugeMetricFamily(
+            FEATURE_DRIFT,
+            "PSI of the feature's recent values against the training reference",
+            labels=[*names, "feature"],
+        )
+        for feature, value in report.feature_psi.items():
+            features.add_metric([*values, feature], value)
+        yield features
+        prediction = GaugeMetricFamily(
+            PREDICTION_DRIFT,
+            "PSI of recent predictions against the predictions on the training reference",
+            labels=names,
+        )
+        prediction.add_metric(values, report.prediction_psi)
+        yield prediction
+
+
+class ServerMetrics:
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry,
+        model_deployment: str,
+        track: str,
+        version: str,
+        model_name: str,
+        runtime: str,
+    ) -> None:
+        self.registry = registry
+        self.labels = {"model_deployment": model_deployment, "track": track, "version": version}
+        self._requests = Counter(
+            REQUESTS_TOTAL.removesuffix("_total"),
+            "Prediction requests by HTTP status code",
+            [*self.labels, "code"],
+            registry=registry,
+        )
+        self._duration = Histogram(
+            REQUEST_DURATION,
+            "Time to answer a prediction request",
+            list(self.labels),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(**self.labels)
+        info = Gauge(
+            MODEL_INFO,
+            "The model this server answers with (always 1)",
+            [*self.labels, "model", "runtime"],
+            registry=registry,
+        )
+        info.labels(**self.labels, model=model_name, runtime=runtime).set(1)
+        self._by_code: dict[int, Counter] = {}
+
+    def observe_request(self, *, code: int, seconds: float) -> None:
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._requests.labels(**self.labels, code=str(code))
+            self._by_code[code] = counter
+        counter.inc()
+        self._duration.observe(seconds)
+
+    def watch_drift(self, monitor: DriftMonitor, *, min_rows: int) -> None:
+        self.registry.register(DriftCollector(monitor, labels=self.labels, min_rows=min_rows))

@@ -1,0 +1,255 @@
+"""Prediction runtimes: scikit-learn itself, or the same model compiled to ONNX.
+
+The ONNX form is only ever used after `verify_onnx` showed, on the reference rows, identical
+labels and probabilities within tolerance; the manifest records that evidence.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from canaryml_server.schema import Batch, FeatureSchema
+
+PROBABILITY_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray
+    """The predicted class (classifiers) or value (regressors) per row."""
+    probabilities: np.ndarray | None
+    """(rows, classes) class probabilities, when asked for and the model has them."""
+
+
+class Predictor(Protocol):
+    runtime: str
+
+    @property
+    def has_probabilities(self) -> bool: ...
+
+    def predict(self, batch: Batch, *, probabilities: bool) -> Prediction: ...
+
+
+def _needs_frame(model: Any, schema: FeatureSchema) -> bool:
+    return hasattr(model, "feature_names_in_") or not schema.all_numeric
+
+
+class SklearnPredictor:
+    runtime = "sklearn"
+
+    def __init__(self, *, model: Any, schema: FeatureSchema, labels_from_proba: bool) -> None:
+        self._model = model
+        self._frame = _needs_frame(model, schema)
+        self._proba = hasattr(model, "predict_proba")
+        # Verified at packaging time: argmax of predict_proba equals predict on every reference
+        # row, so one call gives both (a forest's predict is itself a predict_proba call).
+        self._labels_from_proba = labels_from_proba and self._proba
+        self._classes = np.asarray(getattr(model, "classes_", []))
+
+    @property
+    def has_probabilities(self) -> bool:
+        return self._proba
+
+    def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
+        features = batch.frame() if self._frame else batch.matrix()
+        if self._proba and (probabilities or self._labels_from_proba):
+            proba = np.asarray(self._model.predict_proba(features))
+            if self._labels_from_proba:
+                labels = self._classes[np.argmax(proba, axis=1)]
+            else:
+                labels = np.asarray(self._model.predict(features))
+            return Prediction(labels=labels, probabilities=proba if probabilities else None)
+        return Prediction(labels=np.asarray(self._model.predict(features)), probabilities=None)
+
+
+_ONNX_DTYPES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tensor(float)": lambda c: c.astype(np.float32),
+    "tensor(double)": lambda c: c.astype(np.float64),
+    "tensor(int64)": lambda c: c.astype(np.int64),
+    "tensor(string)": lambda c: c.astype(str),
+    "tensor(bool)": lambda c: c.astype(bool),
+}
+
+
+class OnnxPredictor:
+    runtime = "onnx"
+
+    def __init__(self, *, model_bytes: bytes, schema: FeatureSchema, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            model_bytes, options, providers=["CPUExecutionProvider"]
+        )
+        self._schema = schema
+        self._inputs = [(i.name, _ONNX_DTYPES[i.type]) for i in self._session.get_inputs()]
+        # A model converted from a numpy sample takes one (rows, features) tensor; one
+        # converted from a DataFrame takes a (rows, 1) tensor per feature, named after it.
+        self._single_input = not all(name in schema.names for name, _ in self._inputs)
+        outputs = [o.name for o in self._session.get_outputs()]
+        self._label_output = outputs[0]
+        self._proba_output = outputs[1] if len(outputs) > 1 else None
+
+    @property
+    def has_probabilities(self) -> bool:
+        return self._proba_output is not None
+
+    def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
+        if self._single_input:
+            name, convert = self._inputs[0]
+            feed = {name: convert(batch.matrix())}
+        else:
+            feed = {n: convert(batch.columns[n].reshape(-1, 1)) for n, convert in self._inputs}
+        wanted = [self._label_output]
+        if probabilities and self._proba_output is not None:
+            wanted.append(self._proba_output)
+        results = self._session.run(wanted, feed)
+        labels = np.asarray(results[0]).ravel()
+        # float32 stays float32: orjson then writes 0.99 rather than 0.9900000095367432.
+        proba = np.asarray(results[1]) if len(results) > 1 else None
+        return Prediction(labels=labels, probabilities=proba)
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """The evidence behind choosing (or refusing) the ONNX form of a model."""
+
+    accepted: bool
+    reason: str
+    onnx_bytes: bytes | None = None
+    input_dtype: str | None = None
+    rows: int = 0
+    labels_identical: bool = False
+    max_abs_difference: float | None = None
+    sklearn_us_per_row: float | None = None
+    onnx_us_per_row: float | None = None
+
+
+def _time_single_row(predict: Callable[[], object], *, budget_s: float = 0.2) -> float:
+    """Microseconds per single-row call, measured for about `budget_s`."""
+    predict()
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < budget_s or calls < 3:
+        predict()
+        calls += 1
+    return elapsed / calls * 1e6
+
+
+def verify_onnx(
+    *, model: Any, reference: pd.DataFrame, schema: FeatureSchema, batch: Batch
+) -> OnnxCheck:
+    """Convert with skl2onnx and keep the result only if it answers like scikit-learn."""
+    try:
+        from skl2onnx import to_onnx
+        from sklearn.base import is_classifier
+    except ImportError as error:  # pragma: no cover - both are dependencies
+        return OnnxCheck(accepted=False, reason=f"skl2onnx unavailable: {error}")
+
+    classifier = bool(is_classifier(model))
+    reference_predictor = SklearnPredictor(model=model, schema=schema, labels_from_proba=False)
+    expected = reference_predictor.predict(batch, probabilities=classifier)
+    options = {"zipmap": False} if classifier else None
+    attempts: list[tuple[str, pd.DataFrame | np.ndarray]]
+    if schema.all_numeric:
+        matrix = batch.matrix()
+        attempts = [("float32", matrix[:1].astype(np.float32)), ("float64", matrix[:1])]
+    else:
+        attempts = [("columns", reference.iloc[:1])]
+    reasons: list[str] = []
+    for dtype, sample in attempts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                onnx_model = to_onnx(model, sample, options=options)
+            onnx_bytes = onnx_model.SerializeToString()
+            predictor = OnnxPredictor(model_bytes=onnx_bytes, schema=schema)
+            got = predictor.predict(batch, probabilities=classifier)
+        except Exception as error:  # skl2onnx raises many kinds for unsupported models
+            reasons.append(f"{dtype}: conversion failed ({type(error).__name__}: {error})"[:300])
+            continue
+        identical, difference = _agreement(expected, got, classifier=classifier)
+        if identical and difference <= PROBABILITY_TOLERANCE:
+            return _accepted(
+                onnx_bytes=onnx_bytes, dtype=dtype, difference=difference, batch=batch,
+                candidates=(reference_predictor, predictor), probabilities=classifier,
+            )  # fmt: skip
+        reasons.append(
+            f"{dtype}: labels identical={identical}, max difference {difference:.2e} "
+            f"(tolerance {PROBABILITY_TOLERANCE:g})"
+        )
+    return OnnxCheck(accepted=False, reason="; ".join(reasons), rows=batch.rows)
+
+
+def _accepted(
+    *,
+    onnx_bytes: bytes,
+    dtype: str,
+    difference: float,
+    batch: Batch,
+    candidates: tuple[SklearnPredictor, OnnxPredictor],
+    probabilities: bool,
+) -> OnnxCheck:
+    one_row = _first_row_batch(batch)
+    sklearn_us, onnx_us = (
+        _time_single_row(functools.partial(p.predict, one_row, probabilities=probabilities))
+        for p in candidates
+    )
+    return OnnxCheck(
+        accepted=True,
+        reason=f"labels identical and outputs within {difference:.2e} on {batch.rows} rows",
+        onnx_bytes=onnx_bytes,
+        input_dtype=dtype,
+        rows=batch.rows,
+        labels_identical=True,
+        max_abs_difference=difference,
+        sklearn_us_per_row=sklearn_us,
+        onnx_us_per_row=onnx_us,
+    )
+
+
+def _agreement(expected: Prediction, got: Prediction, *, classifier: bool) -> tuple[bool, float]:
+    if classifier:
+        identical = bool(np.array_equal(expected.labels.astype(str), got.labels.astype(str)))
+        if expected.probabilities is None or got.probabilities is None:
+            return identical, 0.0 if expected.probabilities is got.probabilities else np.inf
+        if expected.probabilities.shape != got.probabilities.shape:
+            return identical, float(np.inf)
+        return identical, float(np.max(np.abs(expected.probabilities - got.probabilities)))
+    a = np.asarray(expected.labels, dtype=np.float64)
+    b = np.asarray(got.labels, dtype=np.float64)
+    if a.shape != b.shape:
+        return False, float(np.inf)
+    # Regressors: compare relative to the scale of the answers.
+    difference = float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(a))))
+    return difference <= PROBABILITY_TOLERANCE, difference
+
+
+def _first_row_batch(batch: Batch) -> Batch:
+    return Batch(
+        schema=batch.schema,
+        columns={n: c[:1] for n, c in batch.columns.items()},
+        rows=1,
+    )
+
+
+def labels_follow_probabilities(*, model: Any, batch: Batch, schema: FeatureSchema) -> bool:
+    """Whether argmax(predict_proba) reproduces predict on every reference row."""
+    if not hasattr(model, "predict_proba") or not hasattr(model, "classes_"):
+        return False
+    predictor = SklearnPredictor(model=model, schema=schema, labels_from_proba=False)
+    direct = predictor.predict(batch, probabilities=True)
+    if direct.probabilities is None:
+        return False
+    derived = np.asarray(model.classes_)[np.argmax(direct.probabilities, axis=1)]
+    return bool(np.array_equal(derived, direct.labels))

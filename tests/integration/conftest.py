@@ -1,0 +1,80 @@
+"""Real processes: start `canaryml serve` on a free loopback port and always stop it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def serve_command(model: str | Path, port: int, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "canaryml_cli", "serve", str(model),
+        "--host", "127.0.0.1", "--port", str(port), *args,
+    ]  # fmt: skip
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode() if process.stdout else ""
+            raise AssertionError(f"server exited with {process.returncode}:\n{output}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"server at {url} not ready within {READY_TIMEOUT_S} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout:
+        process.stdout.close()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., str]]:
+    """start_server(model, *cli_args, env={...}) -> base URL of a ready server."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(model: str | Path, *args: str, env: dict[str, str] | None = None) -> str:
+        port = free_port()
+        process = subprocess.Popen(
+            serve_command(model, port, *args),
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(process, url)
+        return url
+
+    yield start
+    for process in processes:
+        stop(process)
