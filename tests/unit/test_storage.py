@@ -80,3 +80,38 @@ def test_archive_cannot_escape_its_folder(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"cannot unpack evil\.tar\.gz"):
         fetch_model(str(evil), cache_dir=tmp_path / "cache", trusted_sources=[])
     assert not (tmp_path / "cache" / "escaped.txt").exists()
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3 server on loopback; boto3 finds it through AWS_ENDPOINT_URL."""
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def test_s3_prefix_and_archive(
+    s3_endpoint: str, example_models: dict[str, Path], tmp_path: Path
+) -> None:
+    boto3 = pytest.importorskip("boto3")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="models")
+    for file in example_models["canary"].iterdir():
+        client.upload_file(str(file), "models", f"bc/1.1.0/{file.name}")
+    local = fetch_model("s3://models/bc/1.1.0", cache_dir=tmp_path, trusted_sources=[])
+    assert load_artifact(local).manifest.version == "1.1.0"
+    with pytest.raises(ArtifactError, match=r"cannot fetch s3://models/bc/9/manifest\.json"):
+        fetch_model("s3://models/bc/9", cache_dir=tmp_path, trusted_sources=[])
