@@ -3,6 +3,7 @@
 The window keeps each recent row as its bin indices, and bin counts are updated by adding the
 new rows and subtracting the rows they push out, so a request costs O(rows x features)
 whatever the window size; PSI is computed from the counts only when someone asks (a scrape).
+Rows are binned in groups (see FLUSH_ROWS): reading the window always folds them in first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from canaryml_server.schema import Batch
 
 # Proportions are floored before the logarithm so an empty bin gives a large, finite PSI.
 PSI_EPSILON = 1e-4
+FLUSH_ROWS = 256
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -80,55 +82,87 @@ class DriftMonitor:
         self._counts = np.zeros(self._total_bins, dtype=np.int64)
         self._next = 0
         self._filled = 0
+        # Rows wait here until FLUSH_ROWS have arrived (or someone reads the window), so the
+        # numpy work of binning is paid once per group of requests, not once per request.
+        self._pending: list[tuple[Batch, np.ndarray]] = []
+        self._pending_rows = 0
+        self._flush_rows = min(FLUSH_ROWS, window)
         self._lock = threading.Lock()
 
     @property
     def rows(self) -> int:
-        return self._filled
+        with self._lock:
+            self._flush()
+            return self._filled
 
     def observe(self, batch: Batch, predictions: np.ndarray) -> None:
-        rows = len(predictions)
-        if rows == 0:
+        """Add a batch and its predictions; the oldest rows leave once the window is full."""
+        if len(predictions) == 0:
             return
-        keep = min(rows, self._window)
-        first = rows - keep
+        with self._lock:
+            self._pending.append((batch, predictions))
+            self._pending_rows += len(predictions)
+            if self._pending_rows >= self._flush_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Fold pending rows into the window (the caller holds the lock)."""
+        if not self._pending:
+            return
+        index = self._bin_indices(self._pending)
+        self._pending, self._pending_rows = [], 0
+        index += self._offsets
+        keep = len(index)
+        slots = (self._next + np.arange(keep)) % self._window
+        occupied = slots < self._filled
+        if occupied.any():
+            leaving = self._ring[slots[occupied]].ravel()
+            self._counts -= np.bincount(leaving, minlength=self._total_bins)
+        self._ring[slots] = index
+        self._counts += np.bincount(index.ravel(), minlength=self._total_bins)
+        self._next = int((self._next + keep) % self._window)
+        self._filled = min(self._window, self._filled + keep)
+
+    def _bin_indices(self, pending: list[tuple[Batch, np.ndarray]]) -> np.ndarray:
+        """Per row (at most a window's worth, the newest) and column, the bin it falls in."""
+        keep = min(sum(len(p) for _, p in pending), self._window)
         index = np.empty((keep, len(self._bins)), dtype=np.int64)
         if self._numeric:
             if len(self._numeric) == len(self._names):
-                values = batch.matrix()[first:]
+                values = np.concatenate([b.matrix() for b, _ in pending])[-keep:]
             else:
-                values = np.column_stack(
-                    [batch.columns[self._names[j]][first:] for j in self._numeric]
-                ).astype(np.float64)
+                values = np.concatenate(
+                    [
+                        np.column_stack([b.columns[self._names[j]] for j in self._numeric])
+                        for b, _ in pending
+                    ]
+                ).astype(np.float64)[-keep:]
             bins = (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
             index[:, self._numeric] = np.where(np.isnan(values), self._missing_bins, bins)
         for j in self._categorical:
-            index[:, j] = self._bins[j].assign(batch.columns[self._names[j]][first:])
-        index[:, -1] = self._bins[-1].assign(np.asarray(predictions)[first:])
-        index += self._offsets
-        with self._lock:
-            slots = (self._next + np.arange(keep)) % self._window
-            occupied = slots < self._filled
-            if occupied.any():
-                leaving = self._ring[slots[occupied]].ravel()
-                self._counts -= np.bincount(leaving, minlength=self._total_bins)
-            self._ring[slots] = index
-            self._counts += np.bincount(index.ravel(), minlength=self._total_bins)
-            self._next = int((self._next + keep) % self._window)
-            self._filled = min(self._window, self._filled + keep)
+            name = self._names[j]
+            column = np.concatenate([np.asarray(b.columns[name], dtype=object) for b, _ in pending])
+            index[:, j] = self._bins[j].assign(column[-keep:])
+        predictions = np.concatenate([np.asarray(p) for _, p in pending])
+        index[:, -1] = self._bins[-1].assign(predictions[-keep:])
+        return index
 
     def counts(self) -> list[np.ndarray]:
         """Per column (features, then predictions) bin counts of the current window."""
+        return self._snapshot()[0]
+
+    def _snapshot(self) -> tuple[list[np.ndarray], int]:
         with self._lock:
-            counts = self._counts.copy()
-        return [
+            self._flush()
+            counts, rows = self._counts.copy(), self._filled
+        columns = [
             counts[offset : offset + bins.bin_count]
             for offset, bins in zip(self._offsets, self._bins, strict=True)
         ]
+        return columns, rows
 
     def report(self) -> DriftReport:
-        counts = self.counts()
-        rows = self._filled
+        counts, rows = self._snapshot()
         psis: list[float] = []
         jss: list[float] = []
         for bins, column_counts in zip(self._bins, counts, strict=True):

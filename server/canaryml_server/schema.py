@@ -6,9 +6,10 @@ feature rather than Python work per value; every problem names the row and the f
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -41,13 +42,23 @@ class FeatureSchema(BaseModel):
 
     features: list[Feature]
 
-    @property
+    # Cached: the request path asks for these on every call.
+    @cached_property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
-    @property
+    @cached_property
+    def positions(self) -> dict[str, int]:
+        return {f.name: j for j, f in enumerate(self.features)}
+
+    @cached_property
     def all_numeric(self) -> bool:
         return all(f.kind is FeatureKind.NUMERIC for f in self.features)
+
+    @cached_property
+    def nullable(self) -> np.ndarray:
+        """Per feature, in order: may it be missing?"""
+        return np.array([f.nullable for f in self.features], dtype=bool)
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -137,13 +148,13 @@ class Batch:
     """
 
     schema: FeatureSchema
-    columns: dict[str, np.ndarray]
+    columns: Mapping[str, np.ndarray]
     rows: int
     _matrix: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def from_matrix(cls, schema: FeatureSchema, matrix: np.ndarray) -> Batch:
-        columns = {name: matrix[:, j] for j, name in enumerate(schema.names)}
+        columns = _MatrixColumns(matrix, schema.positions)
         return cls(schema=schema, columns=columns, rows=matrix.shape[0], _matrix=matrix)
 
     def matrix(self) -> np.ndarray:
@@ -158,6 +169,23 @@ class Batch:
         return pd.DataFrame({n: self.columns[n] for n in self.schema.names})
 
 
+class _MatrixColumns(Mapping[str, np.ndarray]):
+    """Columns of a matrix by feature name, as views made only when asked for."""
+
+    def __init__(self, matrix: np.ndarray, positions: dict[str, int]) -> None:
+        self._matrix = matrix
+        self._positions = positions
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._matrix[:, self._positions[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._positions)
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+
 @dataclass(frozen=True)
 class ValidationPolicy:
     allow_unknown_categories: bool = False
@@ -165,6 +193,7 @@ class ValidationPolicy:
 
 
 _NUMBER_TYPES = frozenset({int, float})
+_NULLABLE_NUMBER_TYPES = _NUMBER_TYPES | {type(None)}
 
 
 def _first_row(mask: np.ndarray) -> int:
@@ -253,8 +282,7 @@ def _accept_matrix(schema: FeatureSchema, matrix: np.ndarray) -> bool:
     finite = np.isfinite(matrix)
     if finite.all():
         return True
-    nullable = np.array([f.nullable for f in schema.features])
-    missing_ok = np.isnan(matrix) & nullable
+    missing_ok = np.isnan(matrix) & schema.nullable
     return bool((finite | missing_ok).all())
 
 
@@ -342,7 +370,7 @@ def validate_records(schema: FeatureSchema, payload: Any, *, policy: ValidationP
         msg = f"batch of {len(records)} rows is over the limit of {policy.max_rows}"
         raise InvalidInput([Problem(("body",), msg, "too_large")], status_code=413)
     names = schema.names
-    name_set = set(names)
+    name_set = schema.positions.keys()
     for row, record in enumerate(records):
         if not isinstance(record, dict):
             msg = f"expected an object of features, got {_json_type(record)}"
@@ -362,7 +390,7 @@ def validate_records(schema: FeatureSchema, payload: Any, *, policy: ValidationP
     if schema.all_numeric:
         # One pass over every value checks the types of the whole batch at C speed.
         flat = [r[n] for r in records for n in names]
-        allowed = _NUMBER_TYPES | ({type(None)} if _any_nullable(schema) else set())
+        allowed = _NULLABLE_NUMBER_TYPES if schema.nullable.any() else _NUMBER_TYPES
         if set(map(type, flat)) <= allowed:
             try:
                 matrix = np.array(flat, dtype=np.float64).reshape(len(records), len(names))
@@ -372,10 +400,6 @@ def validate_records(schema: FeatureSchema, payload: Any, *, policy: ValidationP
                 return Batch.from_matrix(schema, matrix)
     columns = {n: [r[n] for r in records] for n in names}
     return validate_columns(schema, columns, rows=len(records), policy=policy)
-
-
-def _any_nullable(schema: FeatureSchema) -> bool:
-    return any(f.nullable for f in schema.features)
 
 
 def _json_type(value: Any) -> str:
