@@ -74,6 +74,10 @@ class DriftMonitor:
         for row, j in enumerate(self._numeric):
             edges = self._bins[j].edges  # type: ignore[union-attr]
             self._edges[row, : len(edges)] = edges
+        self._last_bins = np.array(
+            [len(self._bins[j].edges) for j in self._numeric],  # type: ignore[union-attr]
+            dtype=np.int64,
+        )
         self._missing_bins = np.array(
             [self._bins[j].bin_count - 1 for j in self._numeric], dtype=np.int64
         )
@@ -128,7 +132,9 @@ class DriftMonitor:
         keep = min(sum(len(p) for _, p in pending), self._window)
         index = np.empty((keep, len(self._bins)), dtype=np.int64)
         if self._numeric:
-            if len(self._numeric) == len(self._names):
+            if len(self._numeric) == len(self._names) and all(
+                b.schema.names == self._names for b, _ in pending
+            ):
                 values = np.concatenate([b.matrix() for b, _ in pending])[-keep:]
             else:
                 values = np.concatenate(
@@ -137,7 +143,10 @@ class DriftMonitor:
                         for b, _ in pending
                     ]
                 ).astype(np.float64)[-keep:]
-            bins = (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+            # +inf also passes the +inf padding: cap at the feature's own last bin.
+            bins = np.minimum(
+                (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2), self._last_bins
+            )
             index[:, self._numeric] = np.where(np.isnan(values), self._missing_bins, bins)
         for j in self._categorical:
             name = self._names[j]

@@ -6,11 +6,12 @@ feature rather than Python work per value; every problem names the row and the f
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,12 @@ class FeatureSchema(BaseModel):
         """Per feature, in order: may it be missing?"""
         return np.array([f.nullable for f in self.features], dtype=bool)
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        for cached in ("names", "positions", "all_numeric", "nullable"):
+            copy.__dict__.pop(cached, None)  # computed from the old features
+        return copy
+
     def feature(self, name: str) -> Feature:
         for f in self.features:
             if f.name == name:
@@ -76,7 +83,9 @@ def infer_schema(reference: pd.DataFrame) -> FeatureSchema:
         column = reference[name]
         nullable = bool(column.isna().any())
         present = column.dropna()
-        if pd.api.types.is_bool_dtype(column):
+        # read_csv gives an object column for booleans with gaps: still booleans.
+        all_bool = present.size > 0 and all(isinstance(v, bool | np.bool_) for v in present)
+        if pd.api.types.is_bool_dtype(column) or all_bool:
             features.append(
                 Feature(
                     name=str(name),
@@ -196,6 +205,14 @@ _NUMBER_TYPES = frozenset({int, float})
 _NULLABLE_NUMBER_TYPES = _NUMBER_TYPES | {type(None)}
 
 
+def _too_large(value: Any) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
+
+
 def _first_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -226,7 +243,7 @@ def _validate_numeric(
         try:
             array = np.array(values, dtype=np.float64)
         except OverflowError:
-            big = next(i for i, v in enumerate(values) if isinstance(v, int) and abs(v) > 1e308)
+            big = next(i for i, v in enumerate(values) if _too_large(v))
             problems.append(Problem((big, feature.name), "number too large for a float"))
             return None
     missing = np.isnan(array)
@@ -298,23 +315,36 @@ def validate_matrix(
         )
         raise InvalidInput([Problem(("inputs",), msg, "type_error")])
     width = len(schema.features)
-    try:
-        array = np.asarray(data)
-    except ValueError as error:  # ragged nesting
-        raise InvalidInput([Problem(("inputs", 0, "data"), f"not a tensor: {error}")]) from error
-    if array.dtype.kind not in "iuf":
-        msg = "expected numbers" + (
-            ", got null" if array.dtype.kind == "O" else f", got {array.dtype}"
-        )
-        raise InvalidInput([Problem(("inputs", 0, "data"), msg, "type_error")])
-    if array.size != rows * width:
-        msg = f"holds {array.size} values, but shape [{rows}, {width}] needs {rows * width}"
+    flat = _flatten_rows(data)
+    if len(flat) != rows * width:
+        msg = f"holds {len(flat)} values, but shape [{rows}, {width}] needs {rows * width}"
         raise InvalidInput([Problem(("inputs", 0, "data"), msg, "shape")])
-    matrix = array.astype(np.float64, copy=False).reshape(rows, width)
-    if rows == 0 or rows > policy.max_rows or not _accept_matrix(schema, matrix):
-        columns = {name: matrix[:, j] for j, name in enumerate(schema.names)}
+    matrix: np.ndarray | None = None
+    allowed = _NULLABLE_NUMBER_TYPES if schema.nullable.any() else _NUMBER_TYPES
+    if set(map(type, flat)) <= allowed:
+        try:
+            matrix = np.array(flat, dtype=np.float64).reshape(rows, width)
+        except OverflowError:
+            matrix = None
+    if matrix is None or rows == 0 or rows > policy.max_rows or not _accept_matrix(schema, matrix):
+        # The column path finds and names the first bad value of each feature.
+        columns = {name: flat[j::width] for j, name in enumerate(schema.names)}
         return validate_columns(schema, columns, rows=rows, policy=policy)
     return Batch.from_matrix(schema, matrix)
+
+
+def _flatten_rows(data: Any) -> list[Any]:
+    """Tensor data sent flat (row-major) or as a list of rows, as one flat list."""
+    if not isinstance(data, list):
+        raise InvalidInput([Problem(("inputs", 0, "data"), "expected a list", "type_error")])
+    if not any(isinstance(v, list) for v in data):
+        return data
+    if not all(isinstance(v, list) for v in data) or any(
+        isinstance(x, list) for row in data for x in row
+    ):
+        msg = "not a tensor: send the values flat, or as a list of rows of values"
+        raise InvalidInput([Problem(("inputs", 0, "data"), msg, "shape")])
+    return list(itertools.chain.from_iterable(data))
 
 
 def validate_columns(
