@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -139,6 +140,10 @@ def serve(
     except ArtifactError as error:
         raise _fail(str(error)) from error
     app = create_app(model=loaded, settings=settings)
+    # Everything loaded so far (libraries, the model) lives as long as the process: keep it out
+    # of the garbage collector's full passes, whose pauses would otherwise show in p99 latency.
+    gc.collect()
+    gc.freeze()
     typer.secho(
         f"serving {loaded.manifest.name} {loaded.manifest.version} "
         f"({loaded.predictor.runtime}, {settings.track}) on {settings.host}:{settings.port}",

@@ -65,19 +65,18 @@ class DriftMonitor:
         sizes = [b.bin_count for b in self._bins]
         self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._total_bins = int(sum(sizes))
-        # Numeric features are binned together: a value's bin is the number of edges at or
-        # below it, one broadcast comparison against all features' (padded) edges at once.
         self._numeric = [j for j, b in enumerate(self._bins[:-1]) if isinstance(b, NumericBins)]
         self._categorical = [j for j in range(len(feature_names)) if j not in self._numeric]
-        widest = max((len(self._bins[j].edges) for j in self._numeric), default=0)  # type: ignore[union-attr]
-        self._edges = np.full((len(self._numeric), widest), np.inf)
-        for row, j in enumerate(self._numeric):
-            edges = self._bins[j].edges  # type: ignore[union-attr]
-            self._edges[row, : len(edges)] = edges
-        self._last_bins = np.array(
-            [len(self._bins[j].edges) for j in self._numeric],  # type: ignore[union-attr]
-            dtype=np.int64,
-        )
+        # Edges as (edge rank, feature), padded with +inf: a value's bin is the number of its
+        # feature's edges at or below it, counted plane by plane over the whole batch at once.
+        edges = [self._bins[j].edges for j in self._numeric]  # type: ignore[union-attr]
+        widest = max(map(len, edges), default=0)
+        self._edges = np.full((widest, len(self._numeric)), np.inf)
+        for column, feature_edges in enumerate(edges):
+            self._edges[: len(feature_edges), column] = feature_edges
+        self._leading_numeric = self._numeric == list(range(len(self._numeric)))
+        self._last_bins = np.array(list(map(len, edges)), dtype=np.int64)
+        self._count_dtype = np.int8 if widest < 127 else np.int32
         self._missing_bins = np.array(
             [self._bins[j].bin_count - 1 for j in self._numeric], dtype=np.int64
         )
@@ -144,10 +143,15 @@ class DriftMonitor:
                     ]
                 ).astype(np.float64)[-keep:]
             # +inf also passes the +inf padding: cap at the feature's own last bin.
-            bins = np.minimum(
-                (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2), self._last_bins
-            )
-            index[:, self._numeric] = np.where(np.isnan(values), self._missing_bins, bins)
+            at_or_below = values[None, :, :] >= self._edges[:, None, :]
+            bins = at_or_below.sum(axis=0, dtype=self._count_dtype)
+            # +inf also passes the +inf padding: cap at the feature's own last bin.
+            bins = np.minimum(bins, self._last_bins)
+            binned = np.where(np.isnan(values), self._missing_bins, bins)
+            if self._leading_numeric:
+                index[:, : len(self._numeric)] = binned
+            else:
+                index[:, self._numeric] = binned
         for j in self._categorical:
             name = self._names[j]
             column = np.concatenate([np.asarray(b.columns[name], dtype=object) for b, _ in pending])

@@ -337,14 +337,14 @@ def _flatten_rows(data: Any) -> list[Any]:
     """Tensor data sent flat (row-major) or as a list of rows, as one flat list."""
     if not isinstance(data, list):
         raise InvalidInput([Problem(("inputs", 0, "data"), "expected a list", "type_error")])
-    if not any(isinstance(v, list) for v in data):
+    kinds = set(map(type, data))
+    if list not in kinds:
         return data
-    if not all(isinstance(v, list) for v in data) or any(
-        isinstance(x, list) for row in data for x in row
-    ):
+    flat = list(itertools.chain.from_iterable(data)) if kinds == {list} else None
+    if flat is None or list in set(map(type, flat)):
         msg = "not a tensor: send the values flat, or as a list of rows of values"
         raise InvalidInput([Problem(("inputs", 0, "data"), msg, "shape")])
-    return list(itertools.chain.from_iterable(data))
+    return flat
 
 
 def validate_columns(
