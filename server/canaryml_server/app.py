@@ -200,6 +200,10 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
             return _json_response(error_body(error), code)
         except ModelFailure as error:
             return _json_response(error_body(InvalidInput([Problem((), str(error))])), 500)
+        except Exception:
+            log.exception("unexpected error answering %s", request.url.path)
+            problem = Problem((), "internal error: see the server log", "internal")
+            return _json_response(error_body(InvalidInput([problem])), 500)
         finally:
             if metrics is not None:
                 metrics.observe_request(code=code, seconds=time.perf_counter() - start)

@@ -67,15 +67,14 @@ class DriftMonitor:
         self._total_bins = int(sum(sizes))
         self._numeric = [j for j, b in enumerate(self._bins[:-1]) if isinstance(b, NumericBins)]
         self._categorical = [j for j in range(len(feature_names)) if j not in self._numeric]
-        # Edges as (edge rank, feature), padded with +inf: a value's bin is the number of its
-        # feature's edges at or below it, counted plane by plane over the whole batch at once.
+        # Edges as (edge rank, feature), padded with NaN (no value is >= NaN): a value's bin is
+        # the number of its feature's edges at or below it, counted over the whole batch at once.
         edges = [self._bins[j].edges for j in self._numeric]  # type: ignore[union-attr]
         widest = max(map(len, edges), default=0)
-        self._edges = np.full((widest, len(self._numeric)), np.inf)
+        self._edges = np.full((widest, len(self._numeric)), np.nan)
         for column, feature_edges in enumerate(edges):
             self._edges[: len(feature_edges), column] = feature_edges
         self._leading_numeric = self._numeric == list(range(len(self._numeric)))
-        self._last_bins = np.array(list(map(len, edges)), dtype=np.int64)
         self._count_dtype = np.int8 if widest < 127 else np.int32
         self._missing_bins = np.array(
             [self._bins[j].bin_count - 1 for j in self._numeric], dtype=np.int64
@@ -144,10 +143,10 @@ class DriftMonitor:
                 ).astype(np.float64)[-keep:]
             # +inf also passes the +inf padding: cap at the feature's own last bin.
             at_or_below = values[None, :, :] >= self._edges[:, None, :]
-            bins = at_or_below.sum(axis=0, dtype=self._count_dtype)
-            # +inf also passes the +inf padding: cap at the feature's own last bin.
-            bins = np.minimum(bins, self._last_bins)
-            binned = np.where(np.isnan(values), self._missing_bins, bins)
+            binned = at_or_below.sum(axis=0, dtype=self._count_dtype)
+            missing = np.isnan(values)
+            if missing.any():
+                binned = np.where(missing, self._missing_bins, binned)
             if self._leading_numeric:
                 index[:, : len(self._numeric)] = binned
             else:

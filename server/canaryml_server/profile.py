@@ -42,8 +42,12 @@ class _NumericLookup:
         numbers = np.asarray(categories, dtype=np.float64)
         self._codes = np.argsort(numbers, kind="stable")
         self._sorted = numbers[self._codes]
+        # Classes 0..k-1 in order, the usual case, are their own codes.
+        self._identity = bool(np.array_equal(numbers, np.arange(len(numbers))))
 
     def assign(self, array: np.ndarray, *, unseen: int, missing: int) -> np.ndarray:
+        if self._identity and array.dtype.kind in "iu":
+            return np.where((array >= 0) & (array < unseen), array, unseen)
         numbers = array.astype(np.float64, copy=False)
         at = np.minimum(np.searchsorted(self._sorted, numbers), len(self._sorted) - 1)
         codes = np.where(self._sorted[at] == numbers, self._codes[at], unseen)

@@ -372,3 +372,26 @@ async def test_categorical_model_over_http(tmp_path: Path) -> None:
     async with await _client(loaded, unknown_categories="allow") as client:
         allowed = await client.post("/predict", json=[{"size": 1.0, "colour": "green"}])
         assert allowed.status_code == 200
+
+
+class BrokenOutputPredictor:
+    """Answers with something that is not a prediction: a bug, not bad input."""
+
+    runtime = "sklearn"
+    has_probabilities = False
+
+    def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
+        return Prediction(labels=None, probabilities=None)  # type: ignore[arg-type]
+
+
+async def test_unexpected_errors_are_a_json_500_and_counted(
+    canary: LoadedModel, test_rows: pd.DataFrame
+) -> None:
+    broken = dataclasses.replace(canary, predictor=BrokenOutputPredictor())
+    async with await _client(broken) as client:
+        response = await client.post("/predict", json=_records(test_rows.iloc[:1]))
+        assert response.status_code == 500
+        assert response.json()["detail"][0]["msg"] == "internal error: see the server log"
+        samples = _metrics((await client.get("/metrics")).text)
+        assert _value(samples, "canaryml_requests_total", code="500") == 1
+        assert (await client.get("/v2/health/live")).status_code == 200
