@@ -115,14 +115,16 @@ class DriftMonitor:
         self._pending, self._pending_rows = [], 0
         index += self._offsets
         keep = len(index)
-        slots = (self._next + np.arange(keep)) % self._window
-        occupied = slots < self._filled
-        if occupied.any():
-            leaving = self._ring[slots[occupied]].ravel()
-            self._counts -= np.bincount(leaving, minlength=self._total_bins)
-        self._ring[slots] = index
+        # The new rows go to slots next, next+1, ... wrapping once at most: two slices.
+        first = min(keep, self._window - self._next)
+        for slot, start, length in ((self._next, 0, first), (0, first, keep - first)):
+            leaving = min(max(self._filled - slot, 0), length)  # slots below filled are in use
+            if leaving:
+                old = self._ring[slot : slot + leaving].ravel()
+                self._counts -= np.bincount(old, minlength=self._total_bins)
+            self._ring[slot : slot + length] = index[start : start + length]
         self._counts += np.bincount(index.ravel(), minlength=self._total_bins)
-        self._next = int((self._next + keep) % self._window)
+        self._next = (self._next + keep) % self._window
         self._filled = min(self._window, self._filled + keep)
 
     def _bin_indices(self, pending: list[tuple[Batch, np.ndarray]]) -> np.ndarray:

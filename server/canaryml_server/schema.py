@@ -315,13 +315,13 @@ def validate_matrix(
         )
         raise InvalidInput([Problem(("inputs",), msg, "type_error")])
     width = len(schema.features)
-    flat = _flatten_rows(data)
+    flat, kinds = _flatten_rows(data)
     if len(flat) != rows * width:
         msg = f"holds {len(flat)} values, but shape [{rows}, {width}] needs {rows * width}"
         raise InvalidInput([Problem(("inputs", 0, "data"), msg, "shape")])
     matrix: np.ndarray | None = None
     allowed = _NULLABLE_NUMBER_TYPES if schema.nullable.any() else _NUMBER_TYPES
-    if set(map(type, flat)) <= allowed:
+    if kinds <= allowed:
         try:
             matrix = np.array(flat, dtype=np.float64).reshape(rows, width)
         except OverflowError:
@@ -333,18 +333,20 @@ def validate_matrix(
     return Batch.from_matrix(schema, matrix)
 
 
-def _flatten_rows(data: Any) -> list[Any]:
-    """Tensor data sent flat (row-major) or as a list of rows, as one flat list."""
+def _flatten_rows(data: Any) -> tuple[list[Any], set[type]]:
+    """Tensor data sent flat (row-major) or as a list of rows: one flat list, its value types."""
     if not isinstance(data, list):
         raise InvalidInput([Problem(("inputs", 0, "data"), "expected a list", "type_error")])
     kinds = set(map(type, data))
     if list not in kinds:
-        return data
-    flat = list(itertools.chain.from_iterable(data)) if kinds == {list} else None
-    if flat is None or list in set(map(type, flat)):
-        msg = "not a tensor: send the values flat, or as a list of rows of values"
-        raise InvalidInput([Problem(("inputs", 0, "data"), msg, "shape")])
-    return flat
+        return data, kinds
+    if kinds == {list}:
+        flat = list(itertools.chain.from_iterable(data))
+        kinds = set(map(type, flat))
+        if list not in kinds:
+            return flat, kinds
+    msg = "not a tensor: send the values flat, or as a list of rows of values"
+    raise InvalidInput([Problem(("inputs", 0, "data"), msg, "shape")])
 
 
 def validate_columns(
