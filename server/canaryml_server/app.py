@@ -56,6 +56,7 @@ PREDICTION_PATHS = frozenset(
 )
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
+_BOOLEANS = _TRUE | _FALSE
 
 
 class ModelFailure(Exception):  # noqa: N818 - names the situation, like InvalidInput
@@ -210,7 +211,7 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
 
     def wants_probabilities(request: Request) -> bool:
         raw = request.query_params.get("probabilities", "true").lower()
-        if raw not in _TRUE | _FALSE:
+        if raw not in _BOOLEANS:
             raise InvalidInput(
                 [Problem(("query", "probabilities"), f"expected true or false, got {raw!r}")]
             )
