@@ -7,6 +7,7 @@ sub-commands here without importing one another; heavy imports happen inside the
 from __future__ import annotations
 
 import typer
+from canaryml_operator import cli as operator_cli
 from canaryml_server import cli as server_cli
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 server_cli.register(app)
+operator_cli.register(app)
 
 
 def main() -> None:

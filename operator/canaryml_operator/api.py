@@ -1,0 +1,335 @@
+"""The ModelDeployment API (canaryml.dev/v1alpha1): the single source of truth.
+
+The CRD in crds/ is generated from these models (`canaryml crd`) and the operator validates
+every object with them again, so an object admitted by an older CRD still gets a clear message.
+Field names are camelCase on the wire, as ../shared/docs/DESIGN.md fixes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "canaryml.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("md",)
+
+# Schemes the server's storages understand, plus pvc:// which the operator turns into a mount.
+URI_PATTERN = r"^(s3://|gs://|https?://|file://|pvc://|models:/)\S+$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration such as `30s`, `1m30s` or `250ms`."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration like 30s, 2m or 250ms")
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def _positive_duration(text: str) -> str:
+    if parse_duration(text) <= 0:
+        raise ValueError(f"duration {text!r} must be greater than zero")
+    return text
+
+
+def _known_scheme(uri: str) -> str:
+    if not re.fullmatch(URI_PATTERN, uri):
+        raise ValueError(
+            f"unsupported model URI {uri!r}; use s3://, gs://, http(s)://, file://, "
+            "pvc://CLAIM/path or models:/NAME/VERSION"
+        )
+    return uri
+
+
+# The patterns live in the JSON schema (for the CRD) and in the validators (for a readable
+# message), so that the API server and the operator reject the same values.
+Duration = Annotated[
+    str,
+    Field(max_length=32, json_schema_extra={"pattern": DURATION_PATTERN}),
+    AfterValidator(_positive_duration),
+]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class ModelRef(_Model):
+    """Where a packaged model lives and which version it is."""
+
+    uri: Annotated[str, AfterValidator(_known_scheme)] = Field(
+        max_length=2048,
+        description="s3://, gs://, http(s)://, file://, pvc://CLAIM/path or models:/name/version",
+        json_schema_extra={"pattern": URI_PATTERN},
+    )
+    version: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the artifact digest; a model that does not match is refused before loading",
+    )
+
+
+def _strictly_increasing(steps: list[int]) -> list[int]:
+    for before, after in itertools.pairwise(steps):
+        if after <= before:
+            raise ValueError(f"steps must be strictly increasing, got {steps}")
+    return steps
+
+
+class CanarySpec(_Model):
+    model: ModelRef
+    steps: Annotated[
+        list[Annotated[int, Field(ge=1, le=100)]],
+        Field(
+            min_length=1,
+            max_length=20,
+            json_schema_extra={
+                "x-kubernetes-list-type": "set",
+                "x-kubernetes-validations": [
+                    {"rule": "self.isSorted()", "message": "steps must be strictly increasing"}
+                ],
+            },
+        ),
+        AfterValidator(_strictly_increasing),
+    ] = Field(default=[5, 10, 25, 50], description="canary weights in percent, increasing")
+    step_interval: Duration = Field(default="30s", description="time each step must pass")
+    replicas: int = Field(default=1, ge=0, le=100)
+
+
+class ShadowSpec(_Model):
+    model: ModelRef
+    percent: int = Field(default=100, ge=0, le=100, description="share of traffic mirrored")
+    replicas: int = Field(default=1, ge=0, le=100)
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class PrometheusRef(_Model):
+    url: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://\S+$")
+    timeout: Duration = "5s"
+    bearer_token_secret_ref: SecretKeyRef | None = None
+
+
+class Thresholds(_Model):
+    max_error_rate: Fraction = 0.05
+    max_latency_p99: Duration = "250ms"
+    max_drift: float = Field(default=0.25, ge=0.0, le=100.0)
+    max_prediction_drift: float = Field(default=0.25, ge=0.0, le=100.0)
+    min_shadow_agreement: Fraction = 0.9
+
+
+class CustomMetric(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.min) || has(self.max)", "message": "set min, max or both"},
+                {
+                    "rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
+                    "message": "min must not exceed max",
+                },
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    query: str = Field(min_length=1, max_length=4096)
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CustomMetric:
+        if self.min is None and self.max is None:
+            raise ValueError(f"metric {self.name!r}: set min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"metric {self.name!r}: min {self.min} exceeds max {self.max}")
+        return self
+
+
+class AnalysisSpec(_Model):
+    prometheus: PrometheusRef = Field(default_factory=PrometheusRef)
+    interval: Duration = "15s"
+    window: Duration = "1m"
+    min_requests: int = Field(default=50, ge=0)
+    failure_limit: int = Field(default=2, ge=1, le=100)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    metrics: Annotated[
+        list[CustomMetric],
+        Field(
+            max_length=20,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        ),
+    ] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_metric_names(self) -> AnalysisSpec:
+        names = [metric.name for metric in self.metrics]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"analysis.metrics names must be unique: {', '.join(duplicates)}")
+        return self
+
+
+class RoutingSpec(_Model):
+    router: Literal["builtin", "gateway-api", "none"] = "builtin"
+    sticky_header: str | None = Field(
+        default=None, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+    )
+
+
+class ServingSpec(_Model):
+    replicas: int = Field(default=1, ge=0, le=1000, description="replicas of the stable track")
+    image: str | None = Field(
+        default=None, max_length=512, description="defaults to the operator's own image"
+    )
+    resources: dict[str, dict[str, str | int]] | None = Field(
+        default=None, description="container resources (requests, limits) for every track"
+    )
+
+
+class ModelDeploymentSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.canary) || self.canary.model.uri != self.model.uri"
+                    " || self.canary.model.version != self.model.version",
+                    "message": "the canary must differ from the stable model (uri or version)",
+                }
+            ]
+        }
+    )
+
+    model: ModelRef
+    canary: CanarySpec | None = None
+    shadow: ShadowSpec | None = None
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _canary_differs(self) -> ModelDeploymentSpec:
+        canary = self.canary
+        if canary and (canary.model.uri, canary.model.version) == (
+            self.model.uri,
+            self.model.version,
+        ):
+            raise ValueError("the canary must differ from the stable model (uri or version)")
+        return self
+
+
+Phase = Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Failed", "Stable"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "RolledBack", "Reconciling", "Stalled"]
+
+
+class _StatusModel(BaseModel):
+    # Status is written by the operator only; tolerate fields a newer operator added.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(_StatusModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+class AnalysisRecord(_StatusModel):
+    time: datetime
+    verdict: str
+    error_rate: float | None = None
+    latency_p99: float | None = None
+    drift: float | None = None
+    prediction_drift: float | None = None
+    shadow_agreement: float | None = None
+    requests: float | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+class HistoryEntry(_StatusModel):
+    version: str
+    uri: str
+    event: Literal["promoted", "rolledBack"]
+    time: datetime
+    reason: str = ""
+
+
+class ModelDeploymentStatus(_StatusModel):
+    phase: Phase | None = None
+    canary_weight: int = Field(default=0, ge=0, le=100)
+    current_step: int | None = None
+    stable_version: str | None = None
+    canary_version: str | None = None
+    failed_checks: int = Field(default=0, ge=0)
+    last_analysis: AnalysisRecord | None = None
+    history: Annotated[list[HistoryEntry], Field(max_length=20)] = Field(default_factory=list)
+    observed_generation: int | None = None
+    conditions: Annotated[
+        list[Condition],
+        Field(
+            max_length=16,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+        ),
+    ] = Field(default_factory=list)
+
+
+def parse_spec(raw: Any) -> ModelDeploymentSpec:
+    """The validated spec, or a ValueError whose message a person can act on."""
+    try:
+        return ModelDeploymentSpec.model_validate(raw if raw is not None else {})
+    except ValidationError as error:
+        raise ValueError(explain(error)) from None
+
+
+def explain(error: ValidationError) -> str:
+    """One line per problem, each naming the field path as it is written in YAML."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        path = ".".join(str(part) for part in problem["loc"] if part != "function-after[...]")
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"spec.{path}: {message}" if path else f"spec: {message}")
+    return "; ".join(lines)
+
+
+def parse_status(raw: Any) -> ModelDeploymentStatus:
+    """The status as the operator last wrote it; anything unreadable starts afresh."""
+    try:
+        return ModelDeploymentStatus.model_validate(raw or {})
+    except ValidationError:
+        return ModelDeploymentStatus()

@@ -1,0 +1,156 @@
+"""The CustomResourceDefinition, generated from the pydantic models in `api`.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no JSON Schema
+`null` type, no `anyOf` carrying types. pydantic emits JSON Schema 2020-12, so this module
+rewrites one into the other. No library does this conversion for pydantic v2 (the generators
+that exist target Go types), so it is written here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from canaryml_operator import api
+
+CRD_FILE = f"{api.PLURAL}.{api.GROUP}.yaml"
+# Keys of JSON Schema that the API server's JSONSchemaProps does not know, or that only add noise.
+_DROPPED_KEYS = frozenset({"title", "examples", "additionalProperties", "$defs"})
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
+    {"name": "Stable", "type": "string", "jsonPath": ".status.stableVersion"},
+    {"name": "Canary", "type": "string", "jsonPath": ".status.canaryVersion"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
+    """One JSON Schema node as a structural OpenAPI v3 node, `$ref`s inlined."""
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return structural(merged, defs, defaults=defaults)
+    if "anyOf" in node:
+        return _structural_any_of(node, defs, defaults=defaults)
+
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYS:
+            continue
+        if key == "default" and (value is None or not defaults):
+            continue
+        if key == "properties":
+            out[key] = {
+                name: structural(prop, defs, defaults=defaults) for name, prop in value.items()
+            }
+        elif key == "items":
+            out[key] = structural(value, defs, defaults=defaults)
+        else:
+            out[key] = copy.deepcopy(value)
+
+    additional = node.get("additionalProperties")
+    if isinstance(additional, dict):  # a map; `false` is the structural default (pruning)
+        out["additionalProperties"] = structural(additional, defs, defaults=defaults)
+    if defaults:
+        _default_empty_objects(out)
+    return out
+
+
+def _structural_any_of(
+    node: dict[str, Any], defs: dict[str, Any], *, defaults: bool
+) -> dict[str, Any]:
+    branches = [branch for branch in node["anyOf"] if branch.get("type") != "null"]
+    outer = {k: v for k, v in node.items() if k != "anyOf"}
+    if len(branches) == 1:  # `X | None`: optional in Kubernetes means absent, not null
+        return structural({**branches[0], **outer}, defs, defaults=defaults)
+    types = {branch.get("type") for branch in branches}
+    if types == {"string", "integer"}:  # resource quantities and ports
+        rest = structural(outer, defs, defaults=defaults)
+        return {**rest, "x-kubernetes-int-or-string": True}
+    raise ValueError(f"cannot express anyOf {node['anyOf']} in a structural schema")
+
+
+def _default_empty_objects(schema: dict[str, Any]) -> None:
+    """Default optional sub-objects with no required fields to `{}`.
+
+    The API server then fills in their own defaults, so `kubectl get -o yaml` shows the
+    values the operator really uses (analysis thresholds, routing) without the user writing them.
+    """
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        is_object = prop.get("type") == "object" and "properties" in prop
+        if (
+            is_object
+            and name not in required
+            and not prop.get("required")
+            and "default" not in prop
+        ):
+            prop["default"] = {}
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = api.ModelDeploymentSpec.model_json_schema(by_alias=True, mode="validation")
+    status_schema = api.ModelDeploymentStatus.model_json_schema(by_alias=True, mode="validation")
+    spec = structural(spec_schema, spec_schema.get("$defs", {}), defaults=True)
+    status = structural(status_schema, status_schema.get("$defs", {}), defaults=False)
+    spec["description"] = "The stable model, an optional canary and shadow, and the rollout policy."
+    status["description"] = "Written by the operator: where the rollout is and why."
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "canaryml",
+                "app.kubernetes.io/part-of": "canaryml",
+            },
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["canaryml"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A scikit-learn model served with canary, shadow and "
+                            "automatic rollback.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_crd() -> str:
+    header = (
+        "# Generated by `canaryml crd` from canaryml_operator/api.py. Do not edit by hand:\n"
+        "# change the models and run `canaryml crd --out crds/`.\n"
+    )
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)

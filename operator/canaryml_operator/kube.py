@@ -1,0 +1,195 @@
+"""The operator's Kubernetes I/O: a thin JSON layer over the official client.
+
+The typed client turns every answer into model objects; the operator only needs JSON, so calls
+go through the client's own request machinery (configuration, auth, TLS, retries of urllib3)
+and answers are parsed with `json`. `apply_*` functions are the only writers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from canaryml_operator import api
+from canaryml_operator.children import ChildKey, Owner
+from canaryml_operator.reconcile import Action, Plan
+
+log = logging.getLogger(__name__)
+
+# kind -> (API path prefix, plural)
+RESOURCES: dict[str, tuple[str, str]] = {
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    api.KIND: (f"/apis/{api.GROUP}/{api.VERSION}", api.PLURAL),
+}
+MERGE_PATCH = "application/merge-patch+json"
+TIMEOUT_SECONDS = 10.0
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class KubeClient:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._api = api_client
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        serialized = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(*serialized, _request_timeout=TIMEOUT_SECONDS)
+        except ApiException as error:  # transport-level failure
+            raise KubeError(error.status or 0, str(error.reason)) from error
+        data = response.read()  # type: ignore[no-untyped-call]
+        if response.status >= 400:
+            raise KubeError(response.status, _message(data))
+        return json.loads(data) if data else None
+
+    def path(self, kind: str, namespace: str, name: str | None = None) -> str:
+        prefix, plural = RESOURCES[kind]
+        base = f"{prefix}/namespaces/{namespace}/{plural}"
+        return f"{base}/{name}" if name else base
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.request("GET", self.path(kind, namespace, name))
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        answer = self.request("GET", self.path(kind, namespace), query={"labelSelector": selector})
+        items: list[dict[str, Any]] = answer.get("items") or []
+        # Filter here too: the selector is an optimisation, the labels are the contract.
+        return [
+            {"kind": kind, **item}
+            for item in items
+            if all(
+                item.get("metadata", {}).get("labels", {}).get(k) == v for k, v in labels.items()
+            )
+        ]
+
+    def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        created: dict[str, Any] = self.request(
+            "POST", self.path(manifest["kind"], meta["namespace"]), body=dict(manifest)
+        )
+        return created
+
+    def patch(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        path = self.path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
+        patched: dict[str, Any] = self.request(
+            "PATCH", path, body=dict(patch), content_type=MERGE_PATCH
+        )
+        return patched
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            self.request(
+                "DELETE",
+                self.path(kind, namespace, name),
+                query={"propagationPolicy": "Background"},
+            )
+        except KubeError as error:
+            if error.status != 404:
+                raise
+
+
+def _message(data: bytes | None) -> str:
+    try:
+        return str(json.loads(data or b"{}").get("message") or data)
+    except ValueError:
+        return repr(data)
+
+
+def load_client() -> KubeClient:
+    """In a pod, the service account; elsewhere, the kubeconfig ($KUBECONFIG or ~/.kube)."""
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return KubeClient(k8s.ApiClient(configuration))
+
+
+CHILD_KINDS = ("Deployment", "Service")
+
+
+def read_children(
+    client: KubeClient, owner: Owner, labels: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    return [obj for kind in CHILD_KINDS for obj in client.list(kind, owner.namespace, labels)]
+
+
+def apply_plan(
+    client: KubeClient, owner: Owner, plan: Plan
+) -> tuple[list[Action], dict[ChildKey, dict[str, Any] | None]]:
+    """Carry out the plan: the actions that changed something, and each child as it now is
+    (None once deleted).
+
+    A create that meets an existing object, or a patch that meets none, lost a race with a
+    concurrent reconcile of the same resource; the next event or resync settles it.
+    """
+    done: list[Action] = []
+    results: dict[ChildKey, dict[str, Any] | None] = {}
+    for action in plan.actions:
+        key: ChildKey = action.key
+        try:
+            if action.verb == "create":
+                results[key] = {"kind": key.kind, **client.create(action.manifest)}
+            elif action.verb == "patch":
+                patched = client.patch(key.kind, owner.namespace, key.name, action.manifest)
+                results[key] = {"kind": key.kind, **patched}
+            else:
+                client.delete(key.kind, owner.namespace, key.name)
+                results[key] = None
+        except KubeError as error:
+            if (action.verb, error.status) in {("create", 409), ("patch", 404)}:
+                log.info("%s %s %s: %s", action.verb, key.kind, key.name, error)
+                continue
+            raise
+        done.append(action)
+    return done, results
+
+
+def apply_status(client: KubeClient, owner: Owner, status: Mapping[str, Any]) -> None:
+    client.patch(
+        api.KIND, owner.namespace, owner.name, {"status": dict(status)}, subresource="status"
+    )

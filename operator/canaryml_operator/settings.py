@@ -1,0 +1,23 @@
+"""Operator settings: environment variables CANARYML_OPERATOR_* (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from canaryml_operator import __version__
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CANARYML_OPERATOR_", extra="ignore")
+
+    image: str = Field(
+        default=f"ghcr.io/canaryml/canaryml:{__version__}",
+        description="the serving image for tracks whose spec.serving.image is empty",
+    )
+    resync_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="how often every resource is re-checked even when no event arrives",
+    )
+    workers: int = Field(default=8, ge=1, le=256, description="threads for API calls")

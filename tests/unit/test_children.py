@@ -1,0 +1,567 @@
+"""The builders of a ModelDeployment's children, and how a live child is judged current."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+from canaryml_operator import api, children
+from canaryml_operator.children import ANNOTATION_SPEC_HASH, Owner
+
+OWNER = Owner(name="iris", namespace="ml", uid="0b6c1f5e-1111-4222-8333-944455556666")
+IMAGE = "ghcr.io/canaryml/canaryml:0.1.0"
+SHA = "c" * 64
+
+STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}
+CANARY = {"uri": "s3://models/iris/1.1.0", "version": "1.1.0"}
+SHADOW = {"uri": "gs://models/iris/2.0.0", "version": "2.0.0"}
+
+# What Kubernetes allows as a label value and as a Service name (a DNS-1035 label).
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def spec(**fields: Any) -> api.ModelDeploymentSpec:
+    return api.parse_spec({"model": STABLE, **fields})
+
+
+def full_spec(**fields: Any) -> api.ModelDeploymentSpec:
+    """Stable, canary and shadow, with distinct replica counts; `fields` replace or add."""
+    serving = {"replicas": 4, **fields.pop("serving", {})}
+    return spec(
+        canary={"model": CANARY, "replicas": 2},
+        shadow={"model": SHADOW, "replicas": 3},
+        serving=serving,
+        **fields,
+    )
+
+
+def build(value: api.ModelDeploymentSpec, image: str = IMAGE) -> list[dict[str, Any]]:
+    return children.build_children(owner=OWNER, spec=value, image=image)
+
+
+def by_key(manifests: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+
+
+def deployment(manifests: list[dict[str, Any]], track: str) -> dict[str, Any]:
+    return by_key(manifests)[("Deployment", f"{OWNER.name}-{track}")]
+
+
+def container(manifest: dict[str, Any]) -> dict[str, Any]:
+    containers = manifest["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+def env(manifest: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container(manifest)["env"]}
+
+
+def spec_hash_of(manifest: dict[str, Any]) -> str:
+    value: str = manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+    return value
+
+
+# --- which children ---------------------------------------------------------------------------
+
+
+def test_a_stable_only_spec_gives_a_deployment_and_service_plus_the_main_service() -> None:
+    assert [(m["kind"], m["metadata"]["name"]) for m in build(spec())] == [
+        ("Deployment", "iris-stable"),
+        ("Service", "iris-stable"),
+        ("Service", "iris"),
+    ]
+
+
+def test_a_canary_and_a_shadow_add_a_deployment_and_a_service_each() -> None:
+    assert [(m["kind"], m["metadata"]["name"]) for m in build(full_spec())] == [
+        ("Deployment", "iris-stable"),
+        ("Service", "iris-stable"),
+        ("Deployment", "iris-canary"),
+        ("Service", "iris-canary"),
+        ("Deployment", "iris-shadow"),
+        ("Service", "iris-shadow"),
+        ("Service", "iris"),
+    ]
+
+
+def test_api_versions_are_the_stable_kubernetes_ones() -> None:
+    for manifest in build(full_spec()):
+        expected = "apps/v1" if manifest["kind"] == "Deployment" else "v1"
+        assert manifest["apiVersion"] == expected
+
+
+def test_every_child_lives_in_the_owners_namespace_and_is_controlled_by_it() -> None:
+    for manifest in build(full_spec()):
+        assert manifest["metadata"]["namespace"] == "ml"
+        assert manifest["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "canaryml.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "name": "iris",
+                "uid": OWNER.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+# --- labels and selectors ---------------------------------------------------------------------
+
+
+def test_every_child_carries_the_recommended_labels() -> None:
+    for manifest in build(full_spec()):
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "canaryml-model"
+        assert labels["app.kubernetes.io/instance"] == "iris"
+        assert labels["app.kubernetes.io/part-of"] == "canaryml"
+        assert labels["app.kubernetes.io/managed-by"] == "canaryml-operator"
+        assert labels["canaryml.dev/model-deployment"] == "iris"
+
+
+@pytest.mark.parametrize(
+    ("track", "version"), [("stable", "1.0.0"), ("canary", "1.1.0"), ("shadow", "2.0.0")]
+)
+def test_track_children_are_labelled_with_their_track_and_version(track: str, version: str) -> None:
+    manifests = by_key(build(full_spec()))
+    for kind in ("Deployment", "Service"):
+        labels = manifests[(kind, f"iris-{track}")]["metadata"]["labels"]
+        assert labels["canaryml.dev/track"] == track
+        assert labels["app.kubernetes.io/version"] == version
+        assert labels["app.kubernetes.io/component"] == f"{track}-model-server"
+    pod_labels = manifests[("Deployment", f"iris-{track}")]["spec"]["template"]["metadata"]
+    assert pod_labels["labels"]["canaryml.dev/track"] == track
+    assert pod_labels["labels"]["app.kubernetes.io/version"] == version
+
+
+def test_the_main_service_is_the_endpoint_and_has_no_track() -> None:
+    labels = by_key(build(full_spec()))[("Service", "iris")]["metadata"]["labels"]
+
+    assert labels["app.kubernetes.io/component"] == "endpoint"
+    assert "canaryml.dev/track" not in labels
+
+
+@pytest.mark.parametrize("track", ["stable", "canary", "shadow"])
+def test_selectors_name_the_resource_and_track_but_never_the_version(track: str) -> None:
+    manifests = by_key(build(full_spec()))
+    expected = {"canaryml.dev/model-deployment": "iris", "canaryml.dev/track": track}
+    dep = manifests[("Deployment", f"iris-{track}")]
+
+    assert dep["spec"]["selector"] == {"matchLabels": expected}
+    assert manifests[("Service", f"iris-{track}")]["spec"]["selector"] == expected
+    # A Deployment's selector must select its own pods.
+    assert expected.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_main_service_sends_traffic_to_the_stable_pods() -> None:
+    main = by_key(build(full_spec()))[("Service", "iris")]
+
+    assert main["spec"]["selector"] == {
+        "canaryml.dev/model-deployment": "iris",
+        "canaryml.dev/track": "stable",
+    }
+
+
+def test_a_new_model_version_keeps_the_immutable_selector() -> None:
+    before = deployment(build(spec()), "stable")
+    after = deployment(build(spec(model={**STABLE, "version": "2.0.0"})), "stable")
+
+    assert before["spec"]["selector"] == after["spec"]["selector"]
+    assert (
+        before["spec"]["template"]["metadata"]["labels"]
+        != after["spec"]["template"]["metadata"]["labels"]
+    )
+
+
+def test_services_expose_port_80_onto_the_named_container_port() -> None:
+    for manifest in build(full_spec()):
+        if manifest["kind"] == "Service":
+            assert manifest["spec"]["type"] == "ClusterIP"
+            assert manifest["spec"]["ports"] == [
+                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+            ]
+
+
+def test_ordinary_names_and_versions_make_valid_service_names_and_label_values() -> None:
+    for manifest in build(full_spec()):
+        labels = dict(manifest["metadata"]["labels"])
+        if manifest["kind"] == "Service":
+            assert DNS_1035_LABEL.match(manifest["metadata"]["name"])
+        else:
+            labels.update(manifest["spec"]["template"]["metadata"]["labels"])
+        assert all(LABEL_VALUE.match(value) for value in labels.values()), labels
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="api.ModelRef.version allows '+' (semver build metadata) and a trailing '.' or '-', "
+    "but children.track_labels puts the version in the app.kubernetes.io/version label, whose "
+    "values Kubernetes restricts to [A-Za-z0-9._-] with alphanumeric ends: the API server "
+    "refuses the Deployment and Services with a 422",
+)
+@pytest.mark.parametrize("version", ["1.0.0+build.7", "2024.05-"])
+def test_every_version_the_api_accepts_makes_valid_label_values(version: str) -> None:
+    manifests = build(spec(model={**STABLE, "version": version}))
+
+    for manifest in manifests:
+        labels = dict(manifest["metadata"]["labels"])
+        if manifest["kind"] == "Deployment":
+            labels.update(manifest["spec"]["template"]["metadata"]["labels"])
+        for value in labels.values():
+            assert LABEL_VALUE.match(value), f"{value!r} is not a valid label value"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a ModelDeployment name may be any DNS subdomain (up to 253 characters, dots allowed) "
+    "but children.track_name makes Service names f'{owner}-{track}', which must be DNS-1035 "
+    "labels (63 characters, no dots), and puts the name in label values (63 characters): "
+    "nothing refuses such a name with a clear message, the API server answers 422",
+)
+@pytest.mark.parametrize("name", ["iris.v2", "a" * 60])
+def test_a_name_kubernetes_accepts_gives_valid_children_or_a_clear_refusal(name: str) -> None:
+    owner = Owner(name=name, namespace="ml", uid=OWNER.uid)
+    try:
+        manifests = children.build_children(owner=owner, spec=full_spec(), image=IMAGE)
+    except ValueError as refusal:
+        assert name in str(refusal)
+        return
+    for manifest in manifests:
+        if manifest["kind"] == "Service":
+            assert DNS_1035_LABEL.match(manifest["metadata"]["name"])
+        for value in manifest["metadata"]["labels"].values():
+            assert LABEL_VALUE.match(value), f"{value!r} is not a valid label value"
+
+
+# --- the model server container -------------------------------------------------------------
+
+
+def test_the_container_is_told_its_model_track_and_resource() -> None:
+    variables = env(deployment(build(full_spec()), "canary"))
+
+    assert variables["CANARYML_MODEL_URI"] == "s3://models/iris/1.1.0"
+    assert variables["CANARYML_MODEL_VERSION"] == "1.1.0"
+    assert variables["CANARYML_TRACK"] == "canary"
+    assert variables["CANARYML_MODEL_DEPLOYMENT"] == "iris"
+    assert variables["CANARYML_PORT"] == "8080"
+    assert "CANARYML_MODEL_SHA256" not in variables
+
+
+def test_the_digest_is_passed_on_only_when_the_spec_sets_it() -> None:
+    manifests = build(spec(model={**STABLE, "sha256": SHA}, canary={"model": CANARY}))
+
+    assert env(deployment(manifests, "stable"))["CANARYML_MODEL_SHA256"] == SHA
+    assert "CANARYML_MODEL_SHA256" not in env(deployment(manifests, "canary"))
+
+
+def test_every_env_value_is_a_string() -> None:
+    for manifest in build(full_spec()):
+        if manifest["kind"] == "Deployment":
+            assert all(isinstance(item["value"], str) for item in container(manifest)["env"])
+
+
+def test_the_container_runs_serve_from_the_operator_image_by_default() -> None:
+    server = container(deployment(build(spec()), "stable"))
+
+    assert server["image"] == IMAGE
+    assert server["args"] == ["serve"]
+    assert server["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_the_serving_image_overrides_the_operator_image_on_every_track() -> None:
+    manifests = build(full_spec(serving={"image": "registry.local/my-server:7"}))
+
+    for manifest in manifests:
+        if manifest["kind"] == "Deployment":
+            assert container(manifest)["image"] == "registry.local/my-server:7"
+
+
+def test_probes_use_the_open_inference_protocol_health_endpoints() -> None:
+    server = container(deployment(build(spec()), "stable"))
+
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # slow downloads
+
+
+def test_the_container_runs_locked_down() -> None:
+    manifest = deployment(build(spec()), "stable")
+    context = container(manifest)["securityContext"]
+    pod = manifest["spec"]["template"]["spec"]
+
+    assert context["runAsNonRoot"] is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["runAsUser"] != 0
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_writable_paths_are_empty_dirs_because_the_root_filesystem_is_read_only() -> None:
+    manifest = deployment(build(spec()), "stable")
+    mounts = {m["mountPath"]: m["name"] for m in container(manifest)["volumeMounts"]}
+    volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
+
+    assert set(mounts) == {"/tmp", env(manifest)["CANARYML_MODEL_CACHE_DIR"]}
+    assert all("emptyDir" in volumes[name] for name in mounts.values())
+
+
+def test_the_pod_template_asks_prometheus_to_scrape_metrics() -> None:
+    annotations = deployment(build(spec()), "stable")["spec"]["template"]["metadata"]["annotations"]
+
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_rollouts_never_drop_capacity() -> None:
+    strategy = deployment(build(spec()), "stable")["spec"]["strategy"]
+
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+
+
+def test_resources_default_to_modest_requests_and_a_memory_limit() -> None:
+    resources = container(deployment(build(spec()), "stable"))["resources"]
+
+    assert resources == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+
+
+def test_given_resources_apply_to_every_track() -> None:
+    given = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": 4, "memory": "8Gi"}}
+    manifests = build(full_spec(serving={"resources": given}))
+
+    for manifest in manifests:
+        if manifest["kind"] == "Deployment":
+            assert container(manifest)["resources"] == given
+
+
+def test_the_default_resources_are_copied_not_shared() -> None:
+    first = container(deployment(build(spec()), "stable"))
+    first["resources"]["requests"]["cpu"] = "64"
+
+    again = container(deployment(build(spec()), "stable"))
+    assert again["resources"]["requests"]["cpu"] == "100m"
+
+
+def test_a_pvc_uri_becomes_a_read_only_claim_mount_and_a_local_path() -> None:
+    manifest = deployment(
+        build(spec(model={**STABLE, "uri": "pvc://model-store/iris/1.0.0"})), "stable"
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    mounts = {m["name"]: m for m in container(manifest)["volumeMounts"]}
+
+    assert len(claims) == 1
+    assert claims[0]["persistentVolumeClaim"] == {"claimName": "model-store", "readOnly": True}
+    mount = mounts[claims[0]["name"]]
+    assert mount["readOnly"] is True
+    assert env(manifest)["CANARYML_MODEL_URI"] == f"{mount['mountPath']}/iris/1.0.0"
+    assert env(manifest)["CANARYML_MODEL_URI"].startswith("/")
+
+
+def test_other_uris_are_passed_through_without_extra_volumes() -> None:
+    manifest = deployment(build(spec()), "stable")
+
+    assert env(manifest)["CANARYML_MODEL_URI"] == STABLE["uri"]
+    assert not any(
+        "persistentVolumeClaim" in v for v in manifest["spec"]["template"]["spec"]["volumes"]
+    )
+
+
+def test_each_track_gets_its_own_replica_count() -> None:
+    manifests = build(full_spec())
+
+    assert deployment(manifests, "stable")["spec"]["replicas"] == 4
+    assert deployment(manifests, "canary")["spec"]["replicas"] == 2
+    assert deployment(manifests, "shadow")["spec"]["replicas"] == 3
+
+
+# --- the spec hash and determinism ----------------------------------------------------------
+
+
+def test_building_twice_gives_equal_children() -> None:
+    assert build(full_spec()) == build(full_spec())
+
+
+def test_every_child_carries_a_spec_hash() -> None:
+    for manifest in build(full_spec()):
+        assert re.fullmatch(r"[0-9a-f]{16}", spec_hash_of(manifest))
+
+
+def test_a_new_model_version_changes_the_hash_of_that_track_only() -> None:
+    before = by_key(build(full_spec()))
+    after = by_key(build(full_spec(model={**STABLE, "version": "1.0.1"})))
+
+    changed = {key for key in before if spec_hash_of(before[key]) != spec_hash_of(after[key])}
+    assert changed == {("Deployment", "iris-stable"), ("Service", "iris-stable")}
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"paused": True},
+        {"analysis": {"thresholds": {"maxErrorRate": 0.01}}},
+        {"routing": {"stickyHeader": "x-user-id"}},
+    ],
+)
+def test_fields_the_children_do_not_use_leave_the_hashes_alone(other: dict[str, Any]) -> None:
+    before = build(full_spec())
+    after = build(full_spec(**other))
+
+    assert [spec_hash_of(m) for m in before] == [spec_hash_of(m) for m in after]
+
+
+def test_canary_steps_do_not_restart_the_canary_pods() -> None:
+    before = deployment(build(spec(canary={"model": CANARY, "steps": [10, 50]})), "canary")
+    after = deployment(build(spec(canary={"model": CANARY, "steps": [5, 20, 60]})), "canary")
+
+    assert spec_hash_of(before) == spec_hash_of(after)
+
+
+def test_replicas_image_and_resources_change_the_hash() -> None:
+    base = spec_hash_of(deployment(build(spec()), "stable"))
+
+    assert spec_hash_of(deployment(build(spec(serving={"replicas": 3})), "stable")) != base
+    assert spec_hash_of(deployment(build(spec(), image="other:1"), "stable")) != base
+    resources = {"requests": {"cpu": "1"}}
+    assert spec_hash_of(deployment(build(spec(serving={"resources": resources})), "stable")) != base
+
+
+# --- contains and is_current ----------------------------------------------------------------
+
+
+def as_live(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as the API server returns it: defaults, status and bookkeeping added."""
+    live = copy.deepcopy(manifest)
+    meta = live["metadata"]
+    meta.update(
+        uid="d-uid", resourceVersion="4711", generation=2, creationTimestamp="2024-05-01T00:00:00Z"
+    )
+    meta["annotations"]["deployment.kubernetes.io/revision"] = "2"
+    meta["labels"]["added-by-someone"] = "yes"
+    if live["kind"] == "Deployment":
+        live["spec"]["progressDeadlineSeconds"] = 600
+        pod = live["spec"]["template"]["spec"]
+        pod.update(
+            restartPolicy="Always", dnsPolicy="ClusterFirst", schedulerName="default-scheduler"
+        )
+        server = pod["containers"][0]
+        server.update(imagePullPolicy="IfNotPresent", terminationMessagePath="/dev/termination-log")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            server[probe]["successThreshold"] = 1
+            server[probe]["httpGet"]["scheme"] = "HTTP"
+        live["status"] = {"replicas": 1, "availableReplicas": 1, "observedGeneration": 2}
+    else:
+        live["spec"].update(
+            clusterIP="10.96.0.10", clusterIPs=["10.96.0.10"], sessionAffinity="None"
+        )
+        live["status"] = {"loadBalancer": {}}
+    return live
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_a_live_child_with_server_defaults_is_current(index: int) -> None:
+    desired = build(full_spec())[index]
+
+    assert children.is_current(live=as_live(desired), desired=desired)
+
+
+def test_a_child_is_current_against_itself() -> None:
+    for manifest in build(full_spec()):
+        assert children.is_current(live=manifest, desired=manifest)
+
+
+def test_changed_replicas_are_not_current() -> None:
+    desired = deployment(build(spec()), "stable")
+    live = as_live(desired)
+    live["spec"]["replicas"] = 5
+
+    assert not children.is_current(live=live, desired=desired)
+
+
+def test_an_extra_env_var_is_not_current() -> None:
+    desired = deployment(build(spec()), "stable")
+    live = as_live(desired)
+    container(live)["env"].append({"name": "DEBUG", "value": "1"})
+
+    assert not children.is_current(live=live, desired=desired)
+
+
+def test_a_changed_env_value_is_not_current() -> None:
+    desired = deployment(build(spec()), "stable")
+    live = as_live(desired)
+    container(live)["env"][0]["value"] = "s3://somewhere/else"
+
+    assert not children.is_current(live=live, desired=desired)
+
+
+def test_a_changed_service_selector_is_not_current() -> None:
+    desired = by_key(build(spec()))[("Service", "iris")]
+    live = as_live(desired)
+    live["spec"]["selector"]["canaryml.dev/track"] = "canary"
+
+    assert not children.is_current(live=live, desired=desired)
+
+
+def test_normalised_resource_quantities_with_the_same_hash_are_current() -> None:
+    given = {"requests": {"cpu": "0.5", "memory": "1Gi"}, "limits": {"cpu": 1}}
+    desired = deployment(build(spec(serving={"resources": given})), "stable")
+    live = as_live(desired)
+    container(live)["resources"] = {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "1"},
+    }
+
+    assert children.is_current(live=live, desired=desired)
+
+
+def test_a_different_hash_is_not_current_even_if_the_fields_match() -> None:
+    desired = deployment(build(spec()), "stable")
+    live = as_live(desired)
+    live["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = "0" * 16
+
+    assert not children.is_current(live=live, desired=desired)
+
+
+def test_a_live_child_without_annotations_is_not_current() -> None:
+    desired = deployment(build(spec()), "stable")
+    live = as_live(desired)
+    del live["metadata"]["annotations"]
+
+    assert not children.is_current(live=live, desired=desired)
+
+
+@pytest.mark.parametrize(
+    ("live", "desired", "expected"),
+    [
+        ({"a": 1, "b": 2}, {"a": 1}, True),
+        ({"a": 1}, {"a": 1, "b": 2}, False),
+        ({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}, True),
+        ({"a": {}}, {"a": {}}, True),
+        ({"a": "x"}, {"a": {}}, False),
+        ([1, 2], [1, 2], True),
+        ([1, 2, 3], [1, 2], False),
+        ([2, 1], [1, 2], False),
+        ([{"a": 1, "z": 0}], [{"a": 1}], True),
+        ({"a": None}, {"a": 0}, False),
+        ("1", 1, False),
+    ],
+)
+def test_contains_tolerates_extra_keys_but_not_extra_items(
+    live: Any, desired: Any, expected: bool
+) -> None:
+    assert children.contains(live, desired) is expected
