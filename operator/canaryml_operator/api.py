@@ -69,6 +69,11 @@ Duration = Annotated[
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _list_map(*, key: str) -> dict[str, Any]:
+    """CRD markers for a list of objects identified by one field (merged by it, no duplicates)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -184,10 +189,7 @@ class AnalysisSpec(_Model):
         list[CustomMetric],
         Field(
             max_length=20,
-            json_schema_extra={
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["name"],
-            },
+            json_schema_extra=_list_map(key="name"),
         ),
     ] = Field(default_factory=list)
 
@@ -301,10 +303,7 @@ class ModelDeploymentStatus(_StatusModel):
         list[Condition],
         Field(
             max_length=16,
-            json_schema_extra={
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["type"],
-            },
+            json_schema_extra=_list_map(key="type"),
         ),
     ] = Field(default_factory=list)
 
@@ -321,7 +320,7 @@ def explain(error: ValidationError) -> str:
     """One line per problem, each naming the field path as it is written in YAML."""
     lines = []
     for problem in error.errors(include_url=False):
-        path = ".".join(str(part) for part in problem["loc"] if part != "function-after[...]")
+        path = ".".join(str(part) for part in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
         lines.append(f"spec.{path}: {message}" if path else f"spec: {message}")
     return "; ".join(lines)

@@ -109,8 +109,9 @@ def reconcile_model_deployment(
     applied = reconcile.Plan(done)
     for event in reconcile.build_events(previous=previous, status=status, plan=applied):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
-    if reconcile.status_patch(status) != reconcile.status_patch(previous):
-        apply_status(kube, owner, reconcile.status_patch(status))
+    patch = reconcile.status_patch(status)
+    if patch != reconcile.status_patch(previous):
+        apply_status(kube, owner, patch)
     return applied
 
 

@@ -297,8 +297,7 @@ def build_events(
 
 def status_patch(status: api.ModelDeploymentStatus) -> dict[str, Any]:
     """The status as JSON for a merge patch; fields that became empty are removed explicitly."""
-    dumped = status.model_dump(by_alias=True, mode="json")
-    return {key: value for key, value in dumped.items()}
+    return status.model_dump(by_alias=True, mode="json")
 
 
 def parse_owner(body: Mapping[str, Any]) -> Owner:

@@ -3,7 +3,6 @@ with the pydantic validation on the plain schema rules."""
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +13,8 @@ import pytest
 import yaml
 from canaryml_operator import api, crd, reconcile
 from canaryml_operator.reconcile import DeploymentState
+
+from tests.unit.specs import DESIGN_EXAMPLE, MINIMAL, changed
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / crd.CRD_FILE
@@ -308,38 +309,8 @@ def validator(root: Node) -> Any:
     return jsonschema.Draft202012Validator(schema)
 
 
-DESIGN_SPEC: Node = {
-    "model": {"uri": "s3://models/iris/1.0.0", "version": "1.0.0", "sha256": "a" * 64},
-    "canary": {
-        "model": {"uri": "s3://models/iris/1.1.0", "version": "1.1.0", "sha256": "b" * 64},
-        "steps": [5, 10, 25, 50],
-        "stepInterval": "30s",
-    },
-    "shadow": {"model": {"uri": "models:/iris/7", "version": "7"}, "percent": 100},
-    "analysis": {
-        "prometheus": {"url": "http://prometheus.monitoring:9090"},
-        "interval": "15s",
-        "window": "1m",
-        "minRequests": 50,
-        "failureLimit": 2,
-        "thresholds": {
-            "maxErrorRate": 0.05,
-            "maxLatencyP99": "250ms",
-            "maxDrift": 0.25,
-            "maxPredictionDrift": 0.25,
-            "minShadowAgreement": 0.9,
-        },
-        "metrics": [{"name": "business-kpi", "query": "sum(rate(kpi[1m]))", "min": 0.1, "max": 10}],
-    },
-    "routing": {"router": "builtin", "stickyHeader": "x-user-id"},
-    "serving": {
-        "replicas": 2,
-        "image": "ghcr.io/canaryml/canaryml:0.1.0",
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": 2}},
-    },
-    "paused": False,
-}
-MINIMAL_SPEC: Node = {"model": {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}}
+DESIGN_SPEC: Node = DESIGN_EXAMPLE
+MINIMAL_SPEC: Node = MINIMAL
 
 
 def resource(spec: Any) -> Node:
@@ -349,22 +320,6 @@ def resource(spec: Any) -> Node:
         "metadata": {"name": "iris", "namespace": "ml"},
         "spec": spec,
     }
-
-
-def changed(base: Node, dotted: str, value: Any) -> Node:
-    """A deep copy of `base` with the dotted path set to `value`; `...` deletes it."""
-    result = copy.deepcopy(base)
-    *parents, last = dotted.split(".")
-    node: Any = result
-    for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    if value is ...:
-        del node[last]
-    elif isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-    return result
 
 
 def crd_errors(validator: Any, spec: Any) -> list[str]:
@@ -382,6 +337,8 @@ def pydantic_accepts(spec: Any) -> bool:
 ACCEPTED = {
     "design-example": DESIGN_SPEC,
     "minimal": MINIMAL_SPEC,
+    "mlflow-uri": changed(DESIGN_SPEC, "shadow.model", {"uri": "models:/iris/7", "version": "7"}),
+    "integer-quantity": changed(DESIGN_SPEC, "serving.resources.limits.cpu", 2),
     "one-step-of-100": changed(DESIGN_SPEC, "canary.steps", [100]),
     "error-rate-0": changed(MINIMAL_SPEC, "analysis.thresholds.maxErrorRate", 0),
     "error-rate-1": changed(MINIMAL_SPEC, "analysis.thresholds.maxErrorRate", 1),
