@@ -63,7 +63,16 @@ def _known_scheme(uri: str) -> str:
 # message), so that the API server and the operator reject the same values.
 Duration = Annotated[
     str,
-    Field(max_length=32, json_schema_extra={"pattern": DURATION_PATTERN}),
+    Field(
+        max_length=32,
+        json_schema_extra={
+            "pattern": DURATION_PATTERN,
+            # A pattern cannot say "not zero"; CEL parses the same Go durations.
+            "x-kubernetes-validations": [
+                {"rule": "duration(self) > duration('0s')", "message": "must be greater than 0"}
+            ],
+        },
+    ),
     AfterValidator(_positive_duration),
 ]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]

@@ -7,8 +7,10 @@ address clients use. Nothing here talks to Kubernetes; `reconcile` decides what 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,12 +32,39 @@ RUN_AS = 65532  # the image's non-root user
 LABEL_MODEL_DEPLOYMENT = "canaryml.dev/model-deployment"
 LABEL_TRACK = "canaryml.dev/track"
 ANNOTATION_SPEC_HASH = "canaryml.dev/spec-hash"
+ANNOTATION_MODEL_VERSION = "canaryml.dev/model-version"  # exact; the version label is sanitised
 MANAGED_BY = "canaryml-operator"
 
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
 }
+
+
+# Services are named NAME-stable, NAME-canary and NAME-shadow, and a Service name is a DNS-1035
+# label of at most 63 characters; NAME is also a label value (63 characters).
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_LENGTH = 63 - len("-shadow")
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def name_problem(name: str) -> str | None:
+    """Why a ModelDeployment of this name cannot get valid children, or None."""
+    if len(name) <= MAX_NAME_LENGTH and re.fullmatch(NAME_PATTERN, name):
+        return None
+    return (
+        f"metadata.name {name!r} cannot name the model Services ({name}-stable, ...): use at "
+        f"most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a letter "
+        "and ending with a letter or digit"
+    )
+
+
+def label_value(text: str) -> str:
+    """`text` as a valid label value: [A-Za-z0-9._-], at most 63, alphanumeric at both ends.
+
+    Like Helm's chart label, '+' (semver build metadata) and other characters become '_'.
+    """
+    return _LABEL_UNSAFE.sub("_", text)[:63].strip("._-")
 
 
 @dataclass(frozen=True)
@@ -82,7 +111,7 @@ def track_labels(owner: str, track: Track, version: str) -> dict[str, str]:
     return {
         **common_labels(owner),
         "app.kubernetes.io/component": f"{track}-model-server",
-        "app.kubernetes.io/version": version[:63],
+        "app.kubernetes.io/version": label_value(version),
         LABEL_TRACK: track,
     }
 
@@ -147,6 +176,8 @@ def build_deployment(
 ) -> Manifest:
     labels = track_labels(owner.name, track, model.version)
     uri, volumes, mounts = _model_location(model)
+    metadata = _metadata(owner, track_name(owner.name, track), labels)
+    metadata["annotations"] = {ANNOTATION_MODEL_VERSION: model.version}
     env = [
         {"name": "CANARYML_MODEL_URI", "value": uri},
         {"name": "CANARYML_MODEL_VERSION", "value": model.version},
@@ -192,7 +223,7 @@ def build_deployment(
     manifest: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, track_name(owner.name, track), labels),
+        "metadata": metadata,
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 3,
@@ -265,7 +296,13 @@ def present_tracks(spec: api.ModelDeploymentSpec) -> dict[Track, tuple[api.Model
 
 
 def build_children(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -> list[Manifest]:
-    """Every object the ModelDeployment should own, in the order they are best created."""
+    """Every object the ModelDeployment should own, in the order they are best created.
+
+    Raises ValueError when the owner's name cannot make valid child names.
+    """
+    problem = name_problem(owner.name)
+    if problem:
+        raise ValueError(problem)
     children: list[Manifest] = []
     for track, (model, replicas) in present_tracks(spec).items():
         children.append(
@@ -298,23 +335,52 @@ def build_children(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -
     return children
 
 
-def contains(live: Any, desired: Any) -> bool:
+# Maps that must hold exactly the operator's keys: one extra key in a Service's selector (a
+# merge patch adds keys, it never removes them) and the Service selects no pod at all.
+EXACT_MAPS: frozenset[tuple[str, ...]] = frozenset({("spec", "selector")})
+
+
+def contains(live: Any, desired: Any, path: tuple[str, ...] = ()) -> bool:
     """Whether every field the operator sets has its value in the live object.
 
-    The API server adds defaults (clusterIP, terminationMessagePath...); those are not drift.
-    Lists must match item by item, so an extra container or env var is drift.
+    The API server adds defaults (clusterIP, terminationMessagePath...); those are not drift,
+    except in the maps of EXACT_MAPS. Lists must match item by item, so an extra container or
+    env var is drift.
     """
     if isinstance(desired, Mapping):
-        return isinstance(live, Mapping) and all(
-            key in live and contains(live[key], value) for key, value in desired.items()
+        return (
+            isinstance(live, Mapping)
+            and (path not in EXACT_MAPS or set(live) == set(desired))
+            and all(
+                key in live and contains(live[key], value, (*path, key))
+                for key, value in desired.items()
+            )
         )
     if isinstance(desired, list):
         return (
             isinstance(live, list)
             and len(live) == len(desired)
-            and all(contains(a, b) for a, b in zip(live, desired, strict=True))
+            and all(contains(a, b, path) for a, b in zip(live, desired, strict=True))
         )
     return bool(live == desired)
+
+
+def build_patch(*, live: Mapping[str, Any], desired: Manifest) -> Manifest:
+    """The merge patch that turns `live` into `desired`: the desired fields, plus a null for
+    each key of an EXACT_MAPS map that the operator does not set (a merge patch keeps keys it
+    does not name)."""
+    patch = copy.deepcopy(desired)
+    for path in EXACT_MAPS:
+        live_map, patch_map = _at(live, path), _at(patch, path)
+        if isinstance(live_map, Mapping) and isinstance(patch_map, dict):
+            patch_map.update({key: None for key in live_map if key not in patch_map})
+    return patch
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, Mapping) else None
+    return obj
 
 
 def _without_resources(manifest: Mapping[str, Any]) -> Any:

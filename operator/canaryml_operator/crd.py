@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from canaryml_operator import api
+from canaryml_operator import api, children
 
 CRD_FILE = f"{api.PLURAL}.{api.GROUP}.yaml"
 # Keys of JSON Schema that the API server's JSONSchemaProps does not know, or that only add noise.
@@ -133,6 +133,18 @@ def build_crd() -> dict[str, Any]:
                             "description": "A scikit-learn model served with canary, shadow and "
                             "automatic rollback.",
                             "required": ["spec"],
+                            # The operator names Services NAME-stable, -canary and -shadow.
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"self.metadata.name.size() <= "
+                                    f"{children.MAX_NAME_LENGTH} && self.metadata.name.matches("
+                                    f"'{children.NAME_PATTERN}')",
+                                    "message": f"the name must be at most "
+                                    f"{children.MAX_NAME_LENGTH} lowercase letters, digits and "
+                                    "'-', starting with a letter (the model Services are named "
+                                    "NAME-stable, NAME-canary and NAME-shadow)",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

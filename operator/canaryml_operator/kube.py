@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -66,6 +67,8 @@ class KubeClient:
             response = self._api.call_api(*serialized, _request_timeout=TIMEOUT_SECONDS)
         except ApiException as error:  # transport-level failure
             raise KubeError(error.status or 0, str(error.reason)) from error
+        except urllib3.exceptions.HTTPError as error:  # refused, reset, timed out
+            raise KubeError(0, f"API server unreachable: {error}") from error
         data = response.read()  # type: ignore[no-untyped-call]
         if response.status >= 400:
             raise KubeError(response.status, _message(data))

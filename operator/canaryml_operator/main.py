@@ -72,11 +72,13 @@ def reconcile_model_deployment(
     owner = reconcile.parse_owner(body)
     generation = meta.get("generation")
     previous = api.parse_status(body.get("status"))
-    try:
-        spec: api.ModelDeploymentSpec | None = api.parse_spec(body.get("spec"))
-        invalid = None
-    except ValueError as error:
-        spec, invalid = None, str(error)
+    spec: api.ModelDeploymentSpec | None = None
+    invalid = children.name_problem(owner.name)
+    if invalid is None:
+        try:
+            spec = api.parse_spec(body.get("spec"))
+        except ValueError as error:
+            invalid = str(error)
 
     live = read_children(kube, owner, {children.LABEL_MODEL_DEPLOYMENT: owner.name})
     plan = reconcile.Plan()

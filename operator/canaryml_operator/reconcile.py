@@ -66,7 +66,8 @@ class DeploymentState:
             available=int(status.get("availableReplicas") or 0),
             updated=int(status.get("updatedReplicas") or 0),
             current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
-            version=meta.get("labels", {}).get("app.kubernetes.io/version"),
+            version=(meta.get("annotations") or {}).get(children.ANNOTATION_MODEL_VERSION)
+            or (meta.get("labels") or {}).get("app.kubernetes.io/version"),
         )
 
 
@@ -114,7 +115,8 @@ def plan_children(
                 if same_spec
                 else ("Updated", "updated to the new spec")
             )
-            actions.append(Action("patch", key, manifest, reason, f"{key.kind} {key.name} {text}"))
+            patch = children.build_patch(live=current, desired=manifest)
+            actions.append(Action("patch", key, patch, reason, f"{key.kind} {key.name} {text}"))
     for key, obj in sorted(live_by_key.items(), key=lambda item: (item[0].kind, item[0].name)):
         track = obj.get("metadata", {}).get("labels", {}).get(children.LABEL_TRACK, "")
         why = f"the {track} track was removed from the spec" if track else "no longer in the spec"

@@ -196,13 +196,6 @@ def test_ordinary_names_and_versions_make_valid_service_names_and_label_values()
         assert all(LABEL_VALUE.match(value) for value in labels.values()), labels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.ModelRef.version allows '+' (semver build metadata) and a trailing '.' or '-', "
-    "but children.track_labels puts the version in the app.kubernetes.io/version label, whose "
-    "values Kubernetes restricts to [A-Za-z0-9._-] with alphanumeric ends: the API server "
-    "refuses the Deployment and Services with a 422",
-)
 @pytest.mark.parametrize("version", ["1.0.0+build.7", "2024.05-"])
 def test_every_version_the_api_accepts_makes_valid_label_values(version: str) -> None:
     manifests = build(spec(model={**STABLE, "version": version}))
@@ -215,13 +208,6 @@ def test_every_version_the_api_accepts_makes_valid_label_values(version: str) ->
             assert LABEL_VALUE.match(value), f"{value!r} is not a valid label value"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a ModelDeployment name may be any DNS subdomain (up to 253 characters, dots allowed) "
-    "but children.track_name makes Service names f'{owner}-{track}', which must be DNS-1035 "
-    "labels (63 characters, no dots), and puts the name in label values (63 characters): "
-    "nothing refuses such a name with a clear message, the API server answers 422",
-)
 @pytest.mark.parametrize("name", ["iris.v2", "a" * 60])
 def test_a_name_kubernetes_accepts_gives_valid_children_or_a_clear_refusal(name: str) -> None:
     owner = Owner(name=name, namespace="ml", uid=OWNER.uid)
@@ -565,3 +551,38 @@ def test_contains_tolerates_extra_keys_but_not_extra_items(
     live: Any, desired: Any, expected: bool
 ) -> None:
     assert children.contains(live, desired) is expected
+
+
+def test_an_extra_key_in_a_service_selector_is_drift_and_the_patch_removes_it() -> None:
+    main = by_key(build(full_spec()))[("Service", "iris")]
+    live = as_live(main)
+    live["spec"]["selector"]["app"] = "hijacked"  # what `kubectl patch` of the selector leaves
+
+    assert not children.is_current(live=live, desired=main)
+    patch = children.build_patch(live=live, desired=main)
+    assert patch["spec"]["selector"] == {**main["spec"]["selector"], "app": None}
+    assert main["spec"]["selector"].get("app") is None  # the desired manifest is not touched
+
+
+def test_a_patch_of_a_child_in_shape_is_the_desired_manifest() -> None:
+    for manifest in build(full_spec()):
+        assert children.build_patch(live=as_live(manifest), desired=manifest) == manifest
+
+
+def test_the_exact_model_version_is_kept_in_an_annotation_beside_the_sanitised_label() -> None:
+    stable = deployment(build(spec(model={**STABLE, "version": "1.0.0+build.7"})), "stable")
+
+    assert stable["metadata"]["labels"]["app.kubernetes.io/version"] == "1.0.0_build.7"
+    assert stable["metadata"]["annotations"][children.ANNOTATION_MODEL_VERSION] == "1.0.0+build.7"
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("iris", True), ("a" * 56, True), ("a" * 57, False), ("iris.v2", False), ("2iris", False)],
+)
+def test_name_problem_says_why_a_name_cannot_name_the_children(name: str, valid: bool) -> None:
+    problem = children.name_problem(name)
+
+    assert (problem is None) is valid
+    if problem:
+        assert name in problem and "at most 56" in problem

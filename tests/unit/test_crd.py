@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from canaryml_operator import api, crd, reconcile
+from canaryml_operator import api, children, crd, reconcile
 from canaryml_operator.reconcile import DeploymentState
 
 from tests.unit.specs import DESIGN_EXAMPLE, MINIMAL, changed
@@ -459,13 +459,6 @@ def test_a_status_the_operator_writes_is_admitted(validator: Any) -> None:
         assert [error.message for error in validator.iter_errors(body)] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.Duration (api.py:64-68) refuses zero durations through _positive_duration "
-    "(api.py:47), but the CRD carries only DURATION_PATTERN, which matches '0s': the API "
-    "server admits `stepInterval: 0s` and only the operator refuses it (phase Failed), "
-    "against api.py's stated aim that both reject the same values",
-)
 @pytest.mark.parametrize("zero", ["0s", "0ms", "0m0s", "0.0h"])
 def test_a_zero_duration_is_refused_by_the_crd_too(validator: Any, root: Node, zero: str) -> None:
     spec = changed(DESIGN_SPEC, "canary.stepInterval", zero)
@@ -474,3 +467,11 @@ def test_a_zero_duration_is_refused_by_the_crd_too(validator: Any, root: Node, z
     refused_by_schema = bool(crd_errors(validator, spec))
     has_rule = "x-kubernetes-validations" in at(root, "spec.canary.stepInterval")
     assert refused_by_schema or has_rule
+
+
+def test_the_crd_refuses_names_that_cannot_name_the_children(committed: Node) -> None:
+    schema = committed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    (rule,) = schema["x-kubernetes-validations"]
+
+    assert "self.metadata.name.size() <= 56" in rule["rule"]
+    assert children.NAME_PATTERN in rule["rule"]

@@ -627,3 +627,11 @@ def test_parse_owner_reads_name_namespace_and_uid() -> None:
 def test_parse_owner_defaults_the_namespace() -> None:
     body = {"metadata": {"name": "iris", "uid": "u-1"}}
     assert reconcile.parse_owner(body).namespace == "default"
+
+
+def test_the_stable_version_is_read_from_the_exact_annotation_before_the_label() -> None:
+    live = live_deployment()
+    live["metadata"]["labels"]["app.kubernetes.io/version"] = "1.0.0_build.7"
+    live["metadata"].setdefault("annotations", {})["canaryml.dev/model-version"] = "1.0.0+build.7"
+
+    assert DeploymentState.of(live).version == "1.0.0+build.7"

@@ -1,0 +1,24 @@
+"""Fixtures of the component tier: the operator under kopf against the API emulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from kubernetes.config import kube_config
+
+from tests.component.operator_harness import Cluster, running_emulator, running_operator
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
+    """An emulated cluster with the canaryml operator running against it."""
+    async with running_emulator(tmp_path) as (emulator, kubeconfig):
+        # The kubernetes client read KUBECONFIG when it was imported: point it here.
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        import canaryml_operator.main  # noqa: F401  (registers the handlers)
+
+        async with running_operator():
+            yield Cluster(emulator)

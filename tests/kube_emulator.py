@@ -1,0 +1,271 @@
+"""kmock's Kubernetes API emulator, with the few API-server behaviours the operator relies on.
+
+kmock 0.8's `KubernetesEmulator` stores objects and serves list, watch, get, create, patch and
+delete. A real API server does more, and kopf and the operator notice the difference. This
+subclass adds, and nothing else:
+
+- on create: `generateName`, `uid`, `resourceVersion`, `generation`, `creationTimestamp`,
+  `kind` and `apiVersion` filled in, and 201 as the status;
+- on every write: a new `resourceVersion`; `generation` bumped when `spec` changes; a patch that
+  carries a stale `metadata.resourceVersion` is a 409;
+- the `status` subresource: a patch of `/status` changes only `.status`, a patch of the object
+  ignores `.status`;
+- a failed JSON-patch `test` (or a patch that does not apply) is a 422, not a 500;
+- `labelSelector` (`k=v`, `k!=v`, `k`, `!k`) on lists and watches;
+- `kind` and `apiVersion` on lists;
+- garbage collection: deleting an object deletes what names it as owner (background cascade).
+
+Used by the component tests and by `benchmarks/operator_scale.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import kmock
+from kmock._internal import dicts, enums, references, rendering
+
+
+def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
+    """`a=b,c!=d,e,!f` as (operator, key, value) triples."""
+    terms: list[tuple[str, str, str | None]] = []
+    for term in filter(None, (part.strip() for part in text.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            terms.append(("!=", key.strip(), value.strip()))
+        elif "=" in term:
+            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
+            terms.append(("=", key.strip(), value.strip()))
+        elif term.startswith("!"):
+            terms.append(("!", term[1:].strip(), None))
+        else:
+            terms.append(("exists", term, None))
+    return terms
+
+
+def selects(terms: list[tuple[str, str, str | None]], obj: Mapping[str, Any]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for op, key, value in terms:
+        if (
+            (op == "=" and labels.get(key) != value)
+            or (op == "!=" and labels.get(key) == value)
+            or (op == "exists" and key not in labels)
+            or (op == "!" and key in labels)
+        ):
+            return False
+    return True
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define(kw_only=True)
+class KubeEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus metadata, subresources, selectors and garbage collection."""
+
+    _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    # Held across a write's preparation and kmock's own handling, so that the generation and
+    # resourceVersion computed for a patch are those of the object it applies to.
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _info(self, resource: references.resource) -> references.ResourceInfo | None:
+        for known in self.resources:
+            if known == resource:
+                return self.resources[known]
+        return None
+
+    def _live(self, key: tuple[Any, Any, Any]) -> dict[str, Any] | None:
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return copy.deepcopy(self.objects[key].raw)
+
+    def _type_meta(self, resource: references.resource) -> dict[str, str]:
+        info = self._info(resource)
+        api_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
+        return {"apiVersion": str(api_version), "kind": (info.kind if info and info.kind else "")}
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        action = request.action
+        if request.resource is None or action not in (
+            enums.action.CREATE,
+            enums.action.UPDATE,
+            enums.action.DELETE,
+        ):
+            return await super()._handle(request)
+        async with self._write_lock:
+            if action == enums.action.CREATE:
+                self._prepare_create(request)
+            elif action == enums.action.UPDATE:
+                self._prepare_patch(request)
+            response = await super()._handle(request)
+            if action == enums.action.CREATE and response.status == 200:
+                response.set_status(201)
+            if action in (enums.action.UPDATE, enums.action.DELETE) and request.name:
+                await self._collect_garbage()
+            return response
+
+    def _prepare_create(self, request: rendering.Request) -> None:
+        assert request.resource is not None
+        obj = request.data
+        if not isinstance(obj, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="not an object")
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise kmock.KubernetesError(
+                    status=422, reason="Invalid", message="metadata.name: Required value"
+                )
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        if request.namespace:
+            meta.setdefault("namespace", request.namespace)
+        meta.update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=str(next(self._versions)),
+            generation=1,
+            creationTimestamp=_now(),
+        )
+        for key, value in self._type_meta(request.resource).items():
+            if value:
+                obj.setdefault(key, value)
+
+    def _prepare_patch(self, request: rendering.Request) -> None:
+        assert request.resource is not None
+        key = (request.resource, request.namespace, request.name)
+        current = self._live(key)
+        if current is None:
+            return  # kmock answers 404
+        patch = request.data
+        info = self._info(request.resource)
+        has_status = bool(info and "status" in info.subresources)
+        if isinstance(patch, dict) and has_status:
+            if request.subresource == "status":
+                kept = {"status": patch["status"]} if "status" in patch else {}
+                if "resourceVersion" in (patch.get("metadata") or {}):
+                    kept["metadata"] = {"resourceVersion": patch["metadata"]["resourceVersion"]}
+                patch.clear()
+                patch.update(kept)
+            else:
+                patch.pop("status", None)
+        try:
+            result = dict(dicts.patch_dict(current, patch))
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from None
+        except (ValueError, TypeError) as error:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message=str(error)
+            ) from None
+        meta = (patch.get("metadata") or {}) if isinstance(patch, dict) else {}
+        wanted = meta.get("resourceVersion")
+        if wanted is not None and str(wanted) != current["metadata"].get("resourceVersion"):
+            raise kmock.KubernetesError(
+                status=409, reason="Conflict", message="the object has been modified"
+            )
+        generation = int(current["metadata"].get("generation") or 1)
+        if result.get("spec") != current.get("spec"):
+            generation += 1
+        stamp = {"resourceVersion": str(next(self._versions)), "generation": generation}
+        if isinstance(patch, dict):
+            patch.setdefault("metadata", {}).update(stamp)
+        else:
+            patch.extend(
+                {"op": "add", "path": f"/metadata/{name}", "value": value}
+                for name, value in stamp.items()
+            )
+
+    async def _collect_garbage(self) -> None:
+        """Delete every object whose owner is gone, until none is left (background cascade)."""
+        while True:
+            alive = {
+                obj.raw["metadata"].get("uid") for obj in self.objects.values() if not obj.deleted
+            }
+            orphans = [
+                (resource, obj)
+                for (resource, _, _), obj in self.objects.items()
+                if not obj.deleted
+                and any(
+                    ref.get("uid") not in alive
+                    for ref in obj.raw.get("metadata", {}).get("ownerReferences") or []
+                )
+            ]
+            if not orphans:
+                return
+            async with self._lock:
+                for resource, obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        answer = await super()._serve_list(request)
+        assert isinstance(answer, dict) and request.resource is not None
+        terms = parse_selector(request.params.get("labelSelector", ""))
+        type_meta = self._type_meta(request.resource)
+        return {
+            "apiVersion": type_meta["apiVersion"],
+            "kind": f"{type_meta['kind']}List",
+            "metadata": {"resourceVersion": str(next(self._versions))},
+            "items": [item for item in answer["items"] if selects(terms, item)],
+        }
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        """Objects changed after the requested resourceVersion, then every new event.
+
+        kmock replays every stored object to each new watch; kopf, having just listed them,
+        then patches with a stale resourceVersion and gives up until the next event.
+        """
+        yield b""  # send the headers now: the stream may stay quiet for long
+        assert request.resource is not None
+        terms = parse_selector(request.params.get("labelSelector", ""))
+        since = _version(request.params.get("resourceVersion"))
+
+        def wanted(obj: Mapping[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            return (
+                (request.namespace is None or meta.get("namespace") == request.namespace)
+                and (request.name is None or meta.get("name") == request.name)
+                and selects(terms, obj)
+            )
+
+        bus = self._buses[request.resource]
+        async with self._lock:  # writers publish under this lock: nothing falls in between
+            marker = await bus.mark()
+            changed = [
+                obj.raw
+                for (resource, _, _), obj in self.objects.items()
+                if resource == request.resource
+                and not obj.deleted
+                and _version(obj.raw["metadata"].get("resourceVersion")) > since
+            ]
+        try:
+            for raw in changed:
+                if wanted(raw):
+                    yield {"type": "ADDED", "object": raw}
+            async for event in bus.stream(since=marker):
+                if wanted(event.get("object") or {}):
+                    yield event
+        finally:
+            await bus.unmark(marker)
+
+
+def _version(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
