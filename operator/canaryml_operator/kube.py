@@ -168,7 +168,7 @@ def apply_plan(
     (None once deleted).
 
     A create that meets an existing object, or a patch that meets none, lost a race with a
-    concurrent reconcile of the same resource; the next event or resync settles it.
+    concurrent reconcile of the same resource; the next event settles it.
     """
     done: list[Action] = []
     results: dict[ChildKey, dict[str, Any] | None] = {}

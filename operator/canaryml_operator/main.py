@@ -4,7 +4,7 @@ Run it with `canaryml operator` or `kopf run -m canaryml_operator.main`.
 
 Every handler does the same level-based thing: read the ModelDeployment and its children, plan,
 apply, write status. Running it twice changes nothing the second time, so it is safe to call on
-create, update, resume, a periodic resync, and on any event of a child (a hand edit or delete).
+create, update, resume, and on any event of a child (a hand edit or delete).
 """
 
 from __future__ import annotations
@@ -126,12 +126,16 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo) -> None:
     try:
         reconcile_model_deployment(body, kube=_kube(memo), image=SETTINGS.image, now=_now())
     except KubeError as error:
-        if error.status in (400, 403, 422):
-            # Not going to pass on a retry: say so on the resource and wait for a change.
-            raise kopf.PermanentError(f"Kubernetes refused a change: {error}") from error
-        raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=RETRY_SECONDS) from error
+        # kopf keeps the retry count in the resource's annotations, so a restart resumes it.
+        refused = error.status in (400, 403, 422)  # an admission policy, RBAC, a quota...
+        raise kopf.TemporaryError(
+            f"Kubernetes {'refused a change' if refused else 'API'}: {error}",
+            delay=SETTINGS.refused_retry_seconds if refused else RETRY_SECONDS,
+        ) from error
 
 
+# No periodic timer: kopf would put a finalizer on every resource for it, and the watches
+# already deliver every change of the resource and of its children (resume covers restarts).
 @kopf.on.resume(*MD)
 @kopf.on.create(*MD)
 @kopf.on.update(*MD)
@@ -139,22 +143,17 @@ def model_deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     _reconcile(body, memo)
 
 
-@kopf.timer(*MD, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
-def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    # A safety net for missed events; level-based, so usually a no-op with two reads.
-    _reconcile(body, memo)
+def _modified_or_deleted(event: kopf.RawEvent, **_: Any) -> bool:
+    # Initial listing (type None) and ADDED are skipped: resume handlers cover start-up and the
+    # operator itself created the object. Filtered before the handler, so that kopf does not
+    # hand each of them to a worker thread.
+    return event.get("type") in ("MODIFIED", "DELETED")
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-@kopf.on.event("", "v1", "services", labels=MANAGED)
-def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A child was edited or deleted (by hand, or by its controller): reconcile its owner.
-
-    Initial listing events (type None) and ADDED are skipped: resume handlers cover startup and
-    the operator itself created the object.
-    """
-    if event.get("type") not in ("MODIFIED", "DELETED"):
-        return
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED, when=_modified_or_deleted)
+@kopf.on.event("", "v1", "services", labels=MANAGED, when=_modified_or_deleted)
+def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A child was edited or deleted (by hand, or by its controller): reconcile its owner."""
     labels = body.get("metadata", {}).get("labels", {})
     owner_name = labels.get(children.LABEL_MODEL_DEPLOYMENT)
     namespace = body.get("metadata", {}).get("namespace")
@@ -171,7 +170,7 @@ def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: A
     try:
         reconcile_model_deployment(parent, kube=kube, image=SETTINGS.image, now=_now())
     except KubeError as error:
-        # The periodic resync and the next event retry; an event handler has no retries.
+        # kopf does not retry event handlers; the child's or the resource's next event does.
         log.warning(
             "reconcile of %s/%s after a child event failed: %s", namespace, owner_name, error
         )

@@ -266,10 +266,14 @@ def build_status(
 def build_events(
     *, previous: api.ModelDeploymentStatus, status: api.ModelDeploymentStatus, plan: Plan
 ) -> list[Event]:
-    """The Events a person watching `kubectl describe` needs: one per change, none per no-op."""
+    """The Events a person watching `kubectl describe` needs: one per kind of change (all the
+    children created, restored... at once, in one message), none per no-op."""
+    by_reason: dict[str, list[str]] = {}
+    for action in plan.actions:
+        by_reason.setdefault(action.reason, []).append(action.message)
     events = [
-        Event("Warning" if action.reason == "Restored" else "Normal", action.reason, action.message)
-        for action in plan.actions
+        Event("Warning" if reason == "Restored" else "Normal", reason, "; ".join(messages))
+        for reason, messages in by_reason.items()
     ]
     before, after = condition(previous, "Degraded"), condition(status, "Degraded")
     if (

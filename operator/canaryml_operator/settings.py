@@ -15,9 +15,9 @@ class OperatorSettings(BaseSettings):
         default=f"ghcr.io/canaryml/canaryml:{__version__}",
         description="the serving image for tracks whose spec.serving.image is empty",
     )
-    resync_seconds: float = Field(
+    refused_retry_seconds: float = Field(
         default=300.0,
         gt=0,
-        description="how often every resource is re-checked even when no event arrives",
+        description="how long to wait before retrying a change the API server refused (4xx)",
     )
     workers: int = Field(default=8, ge=1, le=256, description="threads for API calls")

@@ -497,7 +497,7 @@ def test_the_status_keeps_history_and_the_last_analysis() -> None:
 # --- build_events ------------------------------------------------------------------------------
 
 
-def test_every_action_becomes_an_event_and_restores_are_warnings() -> None:
+def test_actions_become_one_event_per_reason_and_restores_are_warnings() -> None:
     desired = desired_of(with_canary())
     live = [as_live(m) for m in desired[2:]]
     live[-1]["spec"]["selector"] = {"hand": "edited"}
@@ -507,23 +507,23 @@ def test_every_action_becomes_an_event_and_restores_are_warnings() -> None:
 
     events = reconcile.build_events(previous=same, status=same, plan=actions)
 
-    assert [(e.type, e.reason) for e in events] == [
-        ("Warning", "Restored"),
-        ("Warning", "Restored"),
-        ("Warning", "Restored"),
-        ("Normal", "Deleted"),
-    ]
-    assert [e.message for e in events] == [a.message for a in actions.actions]
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Restored"), ("Normal", "Deleted")]
+    restored = [a.message for a in actions.actions if a.reason == "Restored"]
+    deleted = [a.message for a in actions.actions if a.reason == "Deleted"]
+    assert len(restored) == 3 and len(deleted) == 1
+    assert [e.message for e in events] == ["; ".join(restored), deleted[0]]
 
 
-def test_created_and_updated_children_are_normal_events() -> None:
+def test_children_created_together_are_one_normal_event() -> None:
     same = status_of(tracks={"stable": STARTING})
     actions = plan(desired_of(spec()), [])
 
     events = reconcile.build_events(previous=same, status=same, plan=actions)
 
-    assert {(e.type, e.reason) for e in events} == {("Normal", "Created")}
-    assert len(events) == 3
+    (event,) = events
+    assert (event.type, event.reason) == ("Normal", "Created")
+    assert event.message == "; ".join(a.message for a in actions.actions)
+    assert event.message.count(" created") == 3
 
 
 def test_an_invalid_spec_is_announced_once() -> None:
