@@ -115,7 +115,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             response = await super()._handle(request)
             if action == enums.action.CREATE and response.status == 200:
                 response.set_status(201)
-            if action in (enums.action.UPDATE, enums.action.DELETE) and request.name:
+            key = (request.resource, request.namespace, request.name)
+            if action != enums.action.CREATE and key in self.objects and self.objects[key].deleted:
                 await self._collect_garbage()
             return response
 

@@ -53,8 +53,8 @@ def _positive_duration(text: str) -> str:
 def _known_scheme(uri: str) -> str:
     if not re.fullmatch(URI_PATTERN, uri):
         raise ValueError(
-            f"unsupported model URI {uri!r}; use s3://, gs://, http(s)://, file://, "
-            "pvc://CLAIM/path or models:/NAME/VERSION"
+            f"unsupported model URI {uri!r} (use s3://, gs://, http(s)://, file://, "
+            "pvc://CLAIM/path or models:/NAME/VERSION)"
         )
     return uri
 

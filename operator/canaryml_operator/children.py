@@ -198,7 +198,7 @@ def build_deployment(
         "startupProbe": _probe("/v2/health/live", period=5, failures=60),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        "resources": dict(resources) if resources else _copy(DEFAULT_RESOURCES),
+        "resources": copy.deepcopy(dict(resources or DEFAULT_RESOURCES)),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -263,10 +263,6 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
         "timeoutSeconds": 2,
         "failureThreshold": failures,
     }
-
-
-def _copy(value: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
-    return {key: dict(inner) for key, inner in value.items()}
 
 
 def build_service(

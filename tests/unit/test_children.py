@@ -586,3 +586,16 @@ def test_name_problem_says_why_a_name_cannot_name_the_children(name: str, valid:
     assert (problem is None) is valid
     if problem:
         assert name in problem and "at most 56" in problem
+
+
+def test_built_deployments_share_no_mutable_part_with_the_spec() -> None:
+    resources = {"requests": {"cpu": "250m"}}
+    value = spec(serving={"resources": resources})
+    built = container(deployment(build(value), "stable"))["resources"]
+
+    built["requests"]["cpu"] = "9"
+    assert value.serving.resources == resources
+    assert container(deployment(build(spec()), "stable"))["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }

@@ -432,3 +432,16 @@ def test_parse_status_ignores_fields_a_newer_operator_added() -> None:
 )
 def test_parse_status_starts_afresh_from_garbage(raw: Any) -> None:
     assert api.parse_status(raw) == api.ModelDeploymentStatus()
+
+
+def test_one_problem_is_one_part_of_the_joined_message() -> None:
+    try:
+        api.parse_spec({"model": {"uri": "ftp://x", "version": "1"}, "paused": "maybe"})
+    except ValueError as error:
+        parts = str(error).split("; ")
+    else:
+        raise AssertionError("accepted")
+
+    assert len(parts) == 2
+    assert parts[0].startswith("spec.model.uri: unsupported model URI 'ftp://x' (use s3://")
+    assert parts[1].startswith("spec.paused:")
