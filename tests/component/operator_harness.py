@@ -1,9 +1,9 @@
 """The operator under kopf, in-process, against the Kubernetes API emulator.
 
-`running_operator()` starts an emulator on loopback, points the kubernetes client and kopf at it
-through a kubeconfig file, and runs `kopf.operator()` cluster-wide (the emulator cannot list
-namespaces). `Cluster` is what a test does through the API, as kubectl would, plus the one thing
-a cluster's controllers would do that the emulator does not: roll Deployments out.
+`running_emulator()` starts the emulator on loopback and writes a kubeconfig file pointing at
+it; `running_operator()` runs `kopf.operator()` in the test's loop, cluster-wide (the emulator
+cannot list namespaces). `Cluster` is what a test does through the API, as kubectl would, plus
+the one thing a cluster's controllers would do that the emulator does not: roll Deployments out.
 """
 
 from __future__ import annotations
@@ -191,14 +191,10 @@ async def running_emulator(tmp: Path) -> AsyncIterator[tuple[KubeEmulator, Path]
 
 
 @contextlib.asynccontextmanager
-async def running_operator(
-    *, registry: kopf.OperatorRegistry | None = None
-) -> AsyncIterator[asyncio.Task[None]]:
+async def running_operator() -> AsyncIterator[asyncio.Task[None]]:
     """kopf.operator() in this loop, cluster-wide and standalone; cancelled on exit."""
     ready = asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(clusterwide=True, standalone=True, ready_flag=ready, registry=registry)
-    )
+    task = asyncio.create_task(kopf.operator(clusterwide=True, standalone=True, ready_flag=ready))
     waiter = asyncio.create_task(ready.wait())
     done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
