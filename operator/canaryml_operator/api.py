@@ -139,6 +139,11 @@ class ShadowSpec(_Model):
     model: ModelRef
     percent: int = Field(default=100, ge=0, le=100, description="share of traffic mirrored")
     replicas: int = Field(default=1, ge=0, le=100)
+    probability_tolerance: Fraction = Field(
+        default=0.05,
+        description="shadow and live answers agree when the class is the same and every "
+        "probability differs by at most this much",
+    )
 
 
 class SecretKeyRef(_Model):
@@ -149,7 +154,13 @@ class SecretKeyRef(_Model):
 class PrometheusRef(_Model):
     url: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://\S+$")
     timeout: Duration = "5s"
-    bearer_token_secret_ref: SecretKeyRef | None = None
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="a Secret key holding a bearer token"
+    )
+    authorization_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="a Secret key holding a whole Authorization header value (e.g. Basic ...)",
+    )
 
 
 class Thresholds(_Model):
@@ -169,6 +180,10 @@ class CustomMetric(_Model):
                     "rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
                     "message": "min must not exceed max",
                 },
+                {
+                    "rule": "!(self.name in ['requests', 'drift'])",
+                    "message": "requests and drift are names of built-in checks",
+                },
             ]
         }
     )
@@ -185,6 +200,10 @@ class CustomMetric(_Model):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"metric {self.name!r}: min {self.min} exceeds max {self.max}")
         return self
+
+
+# Built-in check names that a custom metric's (lowercase) name could collide with.
+RESERVED_METRIC_NAMES = ("requests", "drift")
 
 
 class AnalysisSpec(_Model):
@@ -205,14 +224,34 @@ class AnalysisSpec(_Model):
     @model_validator(mode="after")
     def _unique_metric_names(self) -> AnalysisSpec:
         names = [metric.name for metric in self.metrics]
+        reserved = sorted(set(names) & set(RESERVED_METRIC_NAMES))
+        if reserved:
+            raise ValueError(
+                f"analysis.metrics names {', '.join(reserved)} are taken by built-in checks"
+            )
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"analysis.metrics names must be unique: {', '.join(duplicates)}")
         return self
 
 
+class ParentRef(_Model):
+    """The Gateway (or, for east-west traffic, the Service) an HTTPRoute attaches to."""
+
+    group: str = Field(default="gateway.networking.k8s.io", max_length=253)
+    kind: str = Field(default="Gateway", max_length=63)
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = Field(default=None, max_length=63)
+    section_name: str | None = Field(default=None, max_length=253)
+
+
 class RoutingSpec(_Model):
     router: Literal["builtin", "gateway-api", "none"] = "builtin"
+    parent_refs: Annotated[list[ParentRef], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="gateway-api only: where the HTTPRoute attaches (default: the "
+        "ModelDeployment's Service, as for Gateway API mesh routing)",
+    )
     sticky_header: str | None = Field(
         default=None, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
     )
@@ -278,9 +317,40 @@ class Condition(_StatusModel):
     observed_generation: int | None = None
 
 
+class ModelIdentity(_StatusModel):
+    """Which model a track serves: what a rollout compares and a rollback returns to."""
+
+    uri: str
+    version: str
+    sha256: str | None = None
+
+    @classmethod
+    def of(cls, model: ModelRef) -> ModelIdentity:
+        return cls(uri=model.uri, version=model.version, sha256=model.sha256)
+
+    def as_ref(self) -> ModelRef:
+        return ModelRef(uri=self.uri, version=self.version, sha256=self.sha256)
+
+
+Verdict = Literal["Successful", "Failed", "Inconclusive", "Error"]
+
+
+class CheckRecord(_StatusModel):
+    """One check of one analysis: its value against its bounds, and what that means."""
+
+    name: str
+    verdict: Verdict
+    value: float | None = None
+    min: float | None = None
+    max: float | None = None
+    message: str = ""
+
+
 class AnalysisRecord(_StatusModel):
     time: datetime
     verdict: str
+    step: int | None = None
+    weight: int | None = None
     error_rate: float | None = None
     latency_p99: float | None = None
     drift: float | None = None
@@ -288,14 +358,19 @@ class AnalysisRecord(_StatusModel):
     shadow_agreement: float | None = None
     requests: float | None = None
     reasons: list[str] = Field(default_factory=list)
+    checks: list[CheckRecord] = Field(default_factory=list)
 
 
 class HistoryEntry(_StatusModel):
     version: str
     uri: str
+    sha256: str | None = None
     event: Literal["promoted", "rolledBack"]
     time: datetime
     reason: str = ""
+    replaced: ModelIdentity | None = Field(
+        default=None, description="promoted: the stable model it replaced (rollback target)"
+    )
 
 
 class ModelDeploymentStatus(_StatusModel):
@@ -305,6 +380,19 @@ class ModelDeploymentStatus(_StatusModel):
     stable_version: str | None = None
     canary_version: str | None = None
     failed_checks: int = Field(default=0, ge=0)
+    held_analyses: int = Field(
+        default=0, ge=0, description="Inconclusive or Error analyses in a row (weight held)"
+    )
+    step_started_at: datetime | None = None
+    stable_model: ModelIdentity | None = Field(
+        default=None, description="the model the stable track serves"
+    )
+    spec_model: ModelIdentity | None = Field(
+        default=None, description="spec.model as last seen: a change is a direct stable update"
+    )
+    canary_model: ModelIdentity | None = Field(
+        default=None, description="the canary the current or last rollout is about"
+    )
     last_analysis: AnalysisRecord | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=20)] = Field(default_factory=list)
     observed_generation: int | None = None
