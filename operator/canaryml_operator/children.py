@@ -68,6 +68,15 @@ def label_value(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class TrackPlan:
+    """How the model tracks run, as the rollout state says (see `rollout.plan_tracks`)."""
+
+    stable_model: api.ModelRef
+    canary_replicas: int | None  # None: no canary track at all
+    canary_weight: int = 0
+
+
+@dataclass(frozen=True)
 class Owner:
     """What the children need to know of the ModelDeployment that owns them."""
 

@@ -1,0 +1,735 @@
+"""The rollout core: from (spec, status, measurements, now) to the next status, and why.
+
+Pure functions, no kopf, HTTP or Kubernetes client (an import-linter contract holds it). The
+operator's handlers and its analysis daemon gather the inputs and apply the Decision; the local
+demo drives the same `decide()`. Everything the next decision needs is in the returned status,
+so a restarted operator resumes at the same step with the same failure count.
+
+The rollout of one canary (identified by its model's uri, version and sha256):
+
+    waiting (weight 0) --canary available--> steps[0] --pass for stepInterval--> steps[1] ...
+      ... last step passes --> Promoted (stable becomes the canary model; the canary keeps its
+      weight until the new stable has rolled out, then weight 0, then the track is removed)
+    any step: failureLimit Failed analyses in a row --> RolledBack (weight 0 at once, canary
+      scaled to 0; the stable model keeps serving)
+
+Analyses that are Inconclusive (too few requests, no data) or Error (metrics unreachable) hold
+the weight; a streak of HELD_STREAK_LIMIT of them sets the Stalled condition, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from canaryml_operator import api
+from canaryml_operator import measurements as m
+from canaryml_operator.children import Track, TrackPlan
+from canaryml_operator.reconcile import DeploymentState, Event, set_condition
+
+Verdict = api.Verdict
+Command = Literal["promote", "abort", "rollback", "pause"]
+ONE_SHOT_COMMANDS: tuple[Command, ...] = ("promote", "abort", "rollback")
+
+# Annotations a person (or `canaryml promote|abort|rollback|pause`) sets on the resource.
+ANNOTATION_PREFIX = f"{api.GROUP}/"
+COMMAND_ANNOTATIONS: Mapping[Command, str] = {
+    "promote": f"{api.GROUP}/promote",
+    "abort": f"{api.GROUP}/abort",
+    "rollback": f"{api.GROUP}/rollback",
+    "pause": f"{api.GROUP}/paused",  # kept while set to "true"; the others act once
+}
+
+HELD_STREAK_LIMIT = 5  # analyses in a row that neither pass nor fail before Stalled is set
+# Seconds a canary keeps its pods after its weight went to 0, so that routers (which follow
+# the status within about a second) stop sending to it before it goes: no dropped request.
+DRAIN_SECONDS = 5.0
+HISTORY_LIMIT = 20
+
+
+def commands_from(annotations: Mapping[str, str] | None) -> frozenset[Command]:
+    """The commands the resource's annotations ask for."""
+    found: set[Command] = set()
+    for command, key in COMMAND_ANNOTATIONS.items():
+        value = (annotations or {}).get(key)
+        if value is None:
+            continue
+        if command != "pause" or value.strip().lower() in ("true", "1", "yes"):
+            found.add(command)
+    return frozenset(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    verdict: Verdict
+    value: float | None
+    min: float | None = None
+    max: float | None = None
+    message: str = ""
+
+    def record(self) -> api.CheckRecord:
+        return api.CheckRecord(
+            name=self.name,
+            verdict=self.verdict,
+            value=self.value,
+            min=self.min,
+            max=self.max,
+            message=self.message,
+        )
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def judge_value(
+    *,
+    name: str,
+    sample: m.Sample,
+    min: float | None = None,
+    max: float | None = None,
+    gate: str | None = None,
+) -> CheckResult:
+    """One check's verdict. `gate` names why the value cannot be trusted yet (too few
+    requests): the check is then Inconclusive whatever its value."""
+    if sample.error is not None:
+        return CheckResult(name, "Error", None, min, max, f"{name}: {sample.error}")
+    value = sample.value
+    if value is None or math.isnan(value):
+        return CheckResult(name, "Inconclusive", None, min, max, f"{name}: no data")
+    if gate is not None:
+        return CheckResult(name, "Inconclusive", value, min, max, f"{name}: {gate}")
+    if max is not None and value > max:
+        return CheckResult(name, "Failed", value, min, max, f"{name} {_fmt(value)} > {_fmt(max)}")
+    if min is not None and value < min:
+        return CheckResult(name, "Failed", value, min, max, f"{name} {_fmt(value)} < {_fmt(min)}")
+    return CheckResult(name, "Successful", value, min, max, "")
+
+
+def judge(*, spec: api.ModelDeploymentSpec, measurements: m.Measurements) -> list[CheckResult]:
+    """Every check of one analysis, built-ins first, then the custom metrics."""
+    analysis, limits = spec.analysis, spec.analysis.thresholds
+    requests = measurements.get(m.REQUESTS)
+    results = [_judge_requests(requests, analysis.min_requests)]
+    few = (
+        None
+        if results[0].verdict == "Successful"
+        else f"too few canary requests ({results[0].message})"
+    )
+    results += [
+        judge_value(
+            name=m.ERROR_RATE,
+            sample=measurements.get(m.ERROR_RATE),
+            max=limits.max_error_rate,
+            gate=few,
+        ),
+        judge_value(
+            name=m.LATENCY_P99,
+            sample=measurements.get(m.LATENCY_P99),
+            max=api.parse_duration(limits.max_latency_p99),
+            gate=few,
+        ),
+        # Drift comes from the servers' own windows, which hold enough rows or no series.
+        judge_value(name=m.DRIFT, sample=measurements.get(m.DRIFT), max=limits.max_drift),
+        judge_value(
+            name=m.PREDICTION_DRIFT,
+            sample=measurements.get(m.PREDICTION_DRIFT),
+            max=limits.max_prediction_drift,
+        ),
+    ]
+    if spec.shadow is not None and spec.shadow.percent > 0:
+        results.append(
+            judge_value(
+                name=m.SHADOW_AGREEMENT,
+                sample=measurements.get(m.SHADOW_AGREEMENT),
+                min=limits.min_shadow_agreement,
+            )
+        )
+    for metric in analysis.metrics:
+        results.append(
+            judge_value(
+                name=metric.name,
+                sample=measurements.get(metric.name),
+                min=metric.min,
+                max=metric.max,
+            )
+        )
+    return results
+
+
+def _judge_requests(sample: m.Sample, min_requests: int) -> CheckResult:
+    low = float(min_requests)
+    if sample.error is not None:
+        return CheckResult(m.REQUESTS, "Error", None, low, None, f"requests: {sample.error}")
+    count = sample.value if sample.value is not None and not math.isnan(sample.value) else 0.0
+    if count < low:
+        text = f"{_fmt(count)} < minRequests {min_requests}"
+        return CheckResult(m.REQUESTS, "Inconclusive", count, low, None, text)
+    return CheckResult(m.REQUESTS, "Successful", count, low, None, "")
+
+
+def overall(results: Sequence[CheckResult]) -> Verdict:
+    """Failed beats Error beats Inconclusive beats Successful: a clear failure counts even
+    when another query could not run."""
+    verdicts = {result.verdict for result in results}
+    for verdict in ("Failed", "Error", "Inconclusive"):
+        if verdict in verdicts:
+            return verdict
+    return "Successful"
+
+
+def build_record(
+    *, results: Sequence[CheckResult], time: datetime, step: int | None, weight: int
+) -> api.AnalysisRecord:
+    values = {result.name: result.value for result in results}
+    return api.AnalysisRecord(
+        time=time,
+        verdict=overall(results),
+        step=step,
+        weight=weight,
+        error_rate=values.get(m.ERROR_RATE),
+        latency_p99=values.get(m.LATENCY_P99),
+        drift=values.get(m.DRIFT),
+        prediction_drift=values.get(m.PREDICTION_DRIFT),
+        shadow_agreement=values.get(m.SHADOW_AGREEMENT),
+        requests=values.get(m.REQUESTS),
+        reasons=[result.message for result in results if result.verdict != "Successful"],
+        checks=[result.record() for result in results],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions
+
+
+Action = Literal[
+    "none",  # nothing changed
+    "start",  # a new canary: waiting for it to become available
+    "stepUp",  # to the next step (or the first one, once the canary is available)
+    "hold",  # analysis inconclusive or erroring: weight held
+    "failed",  # one Failed analysis, below failureLimit
+    "pass",  # a successful analysis, step interval not over yet
+    "promote",  # the canary became the stable model
+    "promoted",  # promotion finished: the new stable rolled out, canary weight 0
+    "rollback",  # canary weight 0 after failed analyses, or aborted
+    "rollbackStable",  # the stable model returned to the previous one (manual rollback)
+    "paused",
+]
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: api.ModelDeploymentStatus
+    action: Action = "none"
+    events: list[Event] = field(default_factory=list)
+    consumed: frozenset[Command] = frozenset()  # one-shot commands to remove from annotations
+
+
+def identity(model: api.ModelRef) -> api.ModelIdentity:
+    return api.ModelIdentity.of(model)
+
+
+def analysis_due(
+    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
+) -> bool:
+    """Whether the canary is at a step and its last analysis is at least `interval` old."""
+    return next_analysis_in(spec=spec, status=status, now=now) == 0.0
+
+
+def next_analysis_in(
+    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
+) -> float | None:
+    """Seconds until the next analysis is due (0: now), or None when no rollout is running."""
+    if not in_rollout(spec=spec, status=status) or status.current_step is None:
+        return None
+    last = status.last_analysis
+    interval = api.parse_duration(spec.analysis.interval)
+    if last is None or last.weight != status.canary_weight:
+        return 0.0
+    return max(0.0, interval - (now - last.time).total_seconds())
+
+
+def in_rollout(*, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus) -> bool:
+    return (
+        spec.canary is not None
+        and status.canary_model == identity(spec.canary.model)
+        and status.phase in ("Progressing", "Paused")
+    )
+
+
+def _history(status: api.ModelDeploymentStatus, entry: api.HistoryEntry) -> list[api.HistoryEntry]:
+    return [*status.history, entry][-HISTORY_LIMIT:]
+
+
+def previous_stable(status: api.ModelDeploymentStatus) -> api.ModelIdentity | None:
+    """What `rollback` returns to: the model the current stable replaced when promoted."""
+    current = status.stable_model
+    for entry in reversed(status.history):
+        if (
+            entry.event == "promoted"
+            and current is not None
+            and (entry.uri, entry.version) == (current.uri, current.version)
+        ):
+            return entry.replaced
+    return None
+
+
+class _Builder:
+    """Accumulates one decision: the status as it changes, the Events, the action."""
+
+    def __init__(self, status: api.ModelDeploymentStatus, *, now: datetime, generation: int | None):
+        self.status = status
+        self.now = now
+        self.generation = generation
+        self.events: list[Event] = []
+        self.action: Action = "none"
+        self.consumed: set[Command] = set()
+
+    def update(self, **fields: object) -> None:
+        self.status = self.status.model_copy(update=fields)
+
+    def condition(
+        self, type: str, status: Literal["True", "False", "Unknown"], reason: str, message: str
+    ) -> None:
+        conditions = set_condition(
+            self.status.conditions,
+            type=type,
+            status=status,
+            reason=reason,
+            message=message,
+            generation=self.generation,
+            now=self.now,
+        )
+        self.update(conditions=conditions)
+
+    def event(self, type: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type, reason, message))
+
+    def decision(self) -> Decision:
+        return Decision(self.status, self.action, self.events, frozenset(self.consumed))
+
+
+def decide(
+    *,
+    spec: api.ModelDeploymentSpec,
+    status: api.ModelDeploymentStatus,
+    measurements: m.Measurements | None,
+    now: datetime,
+    tracks: Mapping[Track, DeploymentState] | None = None,
+    commands: Collection[Command] = frozenset(),
+    generation: int | None = None,
+) -> Decision:
+    """The next rollout state of one ModelDeployment.
+
+    `measurements` is None when no analysis was taken this time (a reconcile started by an
+    event): then only what needs no metrics happens (a new rollout, the canary becoming
+    available, a finished promotion, commands). `tracks` is what the live Deployments say;
+    `commands` come from the resource's annotations (see `commands_from`).
+    """
+    tracks = tracks or {}
+    b = _Builder(status, now=now, generation=generation)
+    _follow_spec_model(b, spec)
+    if "rollback" in commands:
+        _rollback_stable(b, spec)
+    canary = spec.canary
+    if canary is None:
+        _no_canary(b, commands)
+        return b.decision()
+
+    if b.status.canary_model != identity(canary.model):
+        _start(b, spec)
+    else:
+        _restore_phase(b, spec)
+    phase = b.status.phase
+    if phase == "Promoted":
+        _finish_promotion(b, tracks)
+    if phase in ("Promoted", "RolledBack"):
+        for command in ("promote", "abort"):
+            if command in commands:
+                b.consumed.add(command)
+                b.event(
+                    "Normal", "CommandIgnored", f"{command}: the rollout already ended ({phase})"
+                )
+        return b.decision()
+
+    if "abort" in commands:
+        b.consumed.add("abort")
+        _roll_back(
+            b, spec, reason="Aborted", message="aborted by the canaryml.dev/abort annotation"
+        )
+        return b.decision()
+    if "promote" in commands:
+        b.consumed.add("promote")
+        _promote(b, spec, reason="promoted by the canaryml.dev/promote annotation")
+        return b.decision()
+
+    if b.status.current_step is None:
+        _wait_for_canary(b, spec, tracks.get("canary", DeploymentState()))
+        if b.status.current_step is None:
+            return b.decision()
+
+    paused = spec.paused or "pause" in commands
+    if paused != (b.status.phase == "Paused"):
+        b.update(phase="Paused" if paused else "Progressing")
+        b.event("Normal", "Paused" if paused else "Resumed", _weight_text(b.status, paused))
+        b.condition(
+            "Progressing",
+            "True",
+            "Paused" if paused else "CanaryAnalysis",
+            _weight_text(b.status, paused),
+        )
+    if measurements is None:
+        return b.decision()
+    _analyse(b, spec, measurements, paused=paused)
+    return b.decision()
+
+
+def _weight_text(status: api.ModelDeploymentStatus, paused: bool) -> str:
+    state = "paused" if paused else "resumed"
+    return (
+        f"rollout {state} at step {(status.current_step or 0) + 1}, weight {status.canary_weight}%"
+    )
+
+
+def _restore_phase(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
+    """The rollout's phase, where the status shows another one (Failed while the spec was
+    invalid, Pending before the stable was first available): it follows from the models."""
+    if b.status.phase in ("Progressing", "Paused", "Promoted", "RolledBack"):
+        return
+    assert spec.canary is not None
+    canary = identity(spec.canary.model)
+    last = b.status.history[-1] if b.status.history else None
+    if b.status.stable_model == canary:
+        b.update(phase="Promoted")
+    elif (
+        last
+        and last.event == "rolledBack"
+        and (last.uri, last.version)
+        == (
+            canary.uri,
+            canary.version,
+        )
+    ):
+        b.update(phase="RolledBack")
+    else:
+        b.update(phase="Progressing")
+
+
+def _follow_spec_model(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
+    """A changed spec.model is the user's direct update of the stable model."""
+    wanted = identity(spec.model)
+    if b.status.spec_model == wanted:
+        return
+    before = b.status.stable_model
+    b.update(spec_model=wanted, stable_model=wanted)
+    if before is not None and before != wanted:
+        b.event(
+            "Normal",
+            "StableUpdated",
+            f"spec.model changed: the stable track now serves {wanted.version} "
+            f"(was {before.version})",
+        )
+
+
+def _rollback_stable(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
+    b.consumed.add("rollback")
+    target = previous_stable(b.status)
+    current = b.status.stable_model
+    if target is None or current is None:
+        b.event(
+            "Warning",
+            "RollbackRefused",
+            "rollback: status.history has no model the current stable replaced",
+        )
+        return
+    if spec.canary is not None and in_rollout(spec=spec, status=b.status):
+        _roll_back(b, spec, reason="Aborted", message="aborted by a rollback of the stable model")
+    message = f"stable model rolled back from {current.version} to {target.version} by request"
+    b.update(
+        stable_model=target,
+        history=_history(
+            b.status,
+            api.HistoryEntry(
+                version=current.version,
+                uri=current.uri,
+                sha256=current.sha256,
+                event="rolledBack",
+                time=b.now,
+                reason=message,
+            ),
+        ),
+    )
+    b.condition("RolledBack", "True", "ManualRollback", message)
+    b.event("Warning", "RolledBack", message)
+    b.action = "rollbackStable"
+
+
+def _no_canary(b: _Builder, commands: Collection[Command]) -> None:
+    for command in ("promote", "abort"):
+        if command in commands:
+            b.consumed.add(command)
+            b.event("Normal", "CommandIgnored", f"{command}: there is no canary in the spec")
+    if b.status.canary_weight or b.status.current_step is not None:
+        b.update(canary_weight=0, current_step=None, step_started_at=None)
+    b.update(canary_version=None, failed_checks=0, held_analyses=0)
+    if b.status.phase in ("Progressing", "Paused", "Promoted", "RolledBack", None):
+        b.update(phase="Stable")
+    b.condition("Progressing", "False", "NoCanary", "no canary in the spec")
+    _clear_stalled(b)
+
+
+def _start(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
+    assert spec.canary is not None
+    canary = spec.canary
+    b.update(
+        canary_model=identity(canary.model),
+        canary_version=canary.model.version,
+        phase="Progressing",
+        canary_weight=0,
+        current_step=None,
+        step_started_at=b.now,
+        failed_checks=0,
+        held_analyses=0,
+        last_analysis=None,
+    )
+    steps = ", ".join(f"{weight}%" for weight in canary.steps)
+    message = (
+        f"canary {canary.model.version} rollout started "
+        f"(steps {steps}, each for {canary.step_interval})"
+    )
+    b.condition("Progressing", "True", "WaitingForCanary", message + "; waiting for the canary")
+    b.condition("RolledBack", "False", "NewRollout", message)
+    _clear_stalled(b)
+    b.event("Normal", "RolloutStarted", message)
+    b.action = "start"
+
+
+def _wait_for_canary(b: _Builder, spec: api.ModelDeploymentSpec, canary: DeploymentState) -> None:
+    assert spec.canary is not None
+    version = spec.canary.model.version
+    if not (canary.rolled_out and canary.desired > 0 and canary.version == version):
+        return
+    first = spec.canary.steps[0]
+    b.update(current_step=0, canary_weight=first, step_started_at=b.now)
+    message = (
+        f"canary {version} available: weight 0% -> {first}% (step 1 of {len(spec.canary.steps)})"
+    )
+    b.condition("Progressing", "True", "CanaryAnalysis", message)
+    b.event("Normal", "StepUp", message)
+    b.action = "stepUp"
+
+
+def _analyse(
+    b: _Builder, spec: api.ModelDeploymentSpec, measurements: m.Measurements, *, paused: bool
+) -> None:
+    assert spec.canary is not None
+    canary, analysis = spec.canary, spec.analysis
+    status = b.status
+    results = judge(spec=spec, measurements=measurements)
+    record = build_record(
+        results=results,
+        time=measurements.time,
+        step=status.current_step,
+        weight=status.canary_weight,
+    )
+    b.update(last_analysis=record)
+    if paused:
+        b.action = "paused"
+        return
+    verdict = record.verdict
+    if verdict == "Failed":
+        failed = status.failed_checks + 1
+        # A failed step must earn its whole interval again.
+        b.update(failed_checks=failed, held_analyses=0, step_started_at=b.now)
+        _clear_stalled(b)
+        failing = [r for r in results if r.verdict == "Failed"]
+        detail = "; ".join(_bound_text(r) for r in failing)
+        if failed >= analysis.failure_limit:
+            message = (
+                f"canary {canary.model.version} rolled back at {status.canary_weight}%: {detail} "
+                f"({failed} failed analyses in a row, failureLimit {analysis.failure_limit})"
+            )
+            _roll_back(b, spec, reason="AnalysisFailed", message=message)
+        else:
+            b.action = "failed"
+        return
+    if verdict in ("Inconclusive", "Error"):
+        held = status.held_analyses + 1
+        b.update(held_analyses=held)
+        b.action = "hold"
+        if held >= HELD_STREAK_LIMIT:
+            reason = "MetricsUnavailable" if verdict == "Error" else "AnalysisInconclusive"
+            message = (
+                f"weight held at {status.canary_weight}% for {held} analyses in a row: "
+                + "; ".join(record.reasons)
+            )
+            was = _stalled(b.status)
+            b.condition("Stalled", "True", reason, message)
+            if not was:
+                b.event("Warning", reason, message)
+        return
+    b.update(failed_checks=0, held_analyses=0)
+    _clear_stalled(b)
+    started = status.step_started_at or b.now
+    interval = api.parse_duration(canary.step_interval)
+    if (b.now - started) < timedelta(seconds=interval):
+        b.action = "pass"
+        return
+    step = status.current_step or 0
+    summary = ", ".join(f"{r.name} {_fmt(r.value)}" for r in results if r.value is not None)
+    if step + 1 < len(canary.steps):
+        weight = canary.steps[step + 1]
+        message = (
+            f"canary weight {status.canary_weight}% -> {weight}% (step {step + 2} of "
+            f"{len(canary.steps)}): every check passed for {canary.step_interval} ({summary})"
+        )
+        b.update(current_step=step + 1, canary_weight=weight, step_started_at=b.now)
+        b.condition("Progressing", "True", "CanaryAnalysis", message)
+        b.event("Normal", "StepUp", message)
+        b.action = "stepUp"
+        return
+    _promote(
+        b,
+        spec,
+        reason=f"every step passed; last analysis: {summary}",
+    )
+
+
+def _bound_text(result: CheckResult) -> str:
+    value = "no value" if result.value is None else _fmt(result.value)
+    if result.max is not None and result.value is not None and result.value > result.max:
+        return f"{result.name} {value} > max {_fmt(result.max)}"
+    if result.min is not None:
+        return f"{result.name} {value} < min {_fmt(result.min)}"
+    return f"{result.name} {value}"
+
+
+def _stalled(status: api.ModelDeploymentStatus) -> bool:
+    return any(c.type == "Stalled" and c.status == "True" for c in status.conditions)
+
+
+def _clear_stalled(b: _Builder) -> None:
+    current = next((c for c in b.status.conditions if c.type == "Stalled"), None)
+    if current is not None and current.status == "True" and current.reason != "InvalidSpec":
+        b.condition("Stalled", "False", "AsExpected", "")
+
+
+def _promote(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str) -> None:
+    assert spec.canary is not None
+    model = spec.canary.model
+    previous = b.status.stable_model
+    message = f"canary {model.version} promoted to stable: {reason}"
+    b.update(
+        phase="Promoted",
+        stable_model=identity(model),
+        current_step=None,
+        held_analyses=0,
+        failed_checks=0,
+        history=_history(
+            b.status,
+            api.HistoryEntry(
+                version=model.version,
+                uri=model.uri,
+                sha256=model.sha256,
+                event="promoted",
+                time=b.now,
+                reason=reason,
+                replaced=previous,
+            ),
+        ),
+    )
+    b.condition(
+        "Progressing",
+        "True",
+        "Promoting",
+        message + f"; the canary keeps {b.status.canary_weight}% until the stable has rolled out",
+    )
+    _clear_stalled(b)
+    b.event("Normal", "Promoted", message)
+    b.action = "promote"
+
+
+def _finish_promotion(b: _Builder, tracks: Mapping[Track, DeploymentState]) -> None:
+    """Once the stable Deployment serves the promoted model, the canary's traffic goes to it."""
+    stable = tracks.get("stable", DeploymentState())
+    model = b.status.stable_model
+    if b.status.canary_weight == 0 or model is None:
+        return
+    if not (stable.rolled_out and stable.version == model.version):
+        return
+    message = (
+        f"stable model {model.version} rolled out: canary weight {b.status.canary_weight}% -> 0%"
+    )
+    b.update(canary_weight=0, step_started_at=b.now)
+    b.condition("Progressing", "False", "Promoted", message)
+    b.event("Normal", "PromotionComplete", message)
+    b.action = "promoted"
+
+
+def _roll_back(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str, message: str) -> None:
+    assert spec.canary is not None
+    model = spec.canary.model
+    b.update(
+        phase="RolledBack",
+        canary_weight=0,
+        current_step=None,
+        step_started_at=b.now,
+        held_analyses=0,
+        history=_history(
+            b.status,
+            api.HistoryEntry(
+                version=model.version,
+                uri=model.uri,
+                sha256=model.sha256,
+                event="rolledBack",
+                time=b.now,
+                reason=message,
+            ),
+        ),
+    )
+    b.condition("RolledBack", "True", reason, message)
+    b.condition("Progressing", "False", "RolledBack", message)
+    _clear_stalled(b)
+    b.event("Warning", "RolledBack", message)
+    b.action = "rollback"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the children need to know of the rollout
+
+
+def plan_tracks(
+    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
+) -> TrackPlan:
+    """The stable model the stable track serves, and whether and how the canary runs.
+
+    After a rollback or a finished promotion the canary keeps its pods for DRAIN_SECONDS after
+    its weight went to 0, then it is scaled to 0 (rolled back: kept for inspection) or removed
+    (promoted: the stable track serves it now).
+    """
+    stable = status.stable_model.as_ref() if status.stable_model else spec.model
+    canary = spec.canary
+    if canary is None:
+        return TrackPlan(stable, None, 0)
+    current = status.canary_model == identity(canary.model)
+    drained = (
+        status.canary_weight == 0
+        and status.step_started_at is not None
+        and (now - status.step_started_at).total_seconds() >= DRAIN_SECONDS
+    )
+    if current and status.phase == "RolledBack":
+        return TrackPlan(stable, 0 if drained else canary.replicas, 0)
+    if current and status.phase == "Promoted":
+        if drained:
+            return TrackPlan(stable, None, 0)
+        return TrackPlan(stable, canary.replicas, status.canary_weight)
+    weight = status.canary_weight if current else 0
+    return TrackPlan(stable, canary.replicas, weight)
