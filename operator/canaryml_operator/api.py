@@ -247,6 +247,7 @@ class ParentRef(_Model):
 
 class RoutingSpec(_Model):
     router: Literal["builtin", "gateway-api", "none"] = "builtin"
+    replicas: int = Field(default=1, ge=1, le=100, description="builtin router replicas")
     parent_refs: Annotated[list[ParentRef], Field(max_length=16)] = Field(
         default_factory=list,
         description="gateway-api only: where the HTTPRoute attaches (default: the "

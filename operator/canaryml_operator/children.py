@@ -67,6 +67,13 @@ def label_value(text: str) -> str:
     return _LABEL_UNSAFE.sub("_", text)[:63].strip("._-")
 
 
+ChildKind = Literal["Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "HTTPRoute"]
+ROUTER = "router"
+ROUTER_PORT = 8080
+LABEL_COMPONENT = "canaryml.dev/component"
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+
+
 @dataclass(frozen=True)
 class TrackPlan:
     """How the model tracks run, as the rollout state says (see `rollout.plan_tracks`)."""
@@ -89,7 +96,7 @@ class Owner:
 class ChildKey:
     """How a child is addressed: kind and name (the namespace is the owner's)."""
 
-    kind: Literal["Deployment", "Service"]
+    kind: ChildKind
     name: str
 
     @classmethod
@@ -290,26 +297,41 @@ def build_service(
     return _with_hash(manifest)
 
 
-def present_tracks(spec: api.ModelDeploymentSpec) -> dict[Track, tuple[api.ModelRef, int]]:
-    """Each track that exists, with its model and replica count."""
-    tracks: dict[Track, tuple[api.ModelRef, int]] = {"stable": (spec.model, spec.serving.replicas)}
-    if spec.canary is not None:
-        tracks["canary"] = (spec.canary.model, spec.canary.replicas)
+def present_tracks(
+    spec: api.ModelDeploymentSpec, plan: TrackPlan | None = None
+) -> dict[Track, tuple[api.ModelRef, int]]:
+    """Each track that runs, with its model and replica count, as the rollout plan says."""
+    plan = plan or TrackPlan(spec.model, spec.canary.replicas if spec.canary else None)
+    tracks: dict[Track, tuple[api.ModelRef, int]] = {
+        "stable": (plan.stable_model, spec.serving.replicas)
+    }
+    if spec.canary is not None and plan.canary_replicas is not None:
+        tracks["canary"] = (spec.canary.model, plan.canary_replicas)
     if spec.shadow is not None:
         tracks["shadow"] = (spec.shadow.model, spec.shadow.replicas)
     return tracks
 
 
-def build_children(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -> list[Manifest]:
+def build_children(
+    *,
+    owner: Owner,
+    spec: api.ModelDeploymentSpec,
+    image: str,
+    plan: TrackPlan | None = None,
+) -> list[Manifest]:
     """Every object the ModelDeployment should own, in the order they are best created.
 
-    Raises ValueError when the owner's name cannot make valid child names.
+    `plan` (from the rollout core) says which model the stable track serves and how the canary
+    runs; without it, the spec as written. Raises ValueError when the owner's name cannot make
+    valid child names.
     """
     problem = name_problem(owner.name)
     if problem:
         raise ValueError(problem)
+    plan = plan or TrackPlan(spec.model, spec.canary.replicas if spec.canary else None)
+    tracks = present_tracks(spec, plan)
     children: list[Manifest] = []
-    for track, (model, replicas) in present_tracks(spec).items():
+    for track, (model, replicas) in tracks.items():
         children.append(
             build_deployment(
                 owner=owner,
@@ -328,16 +350,176 @@ def build_children(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -
                 selector=selector_labels(owner.name, track),
             )
         )
-    # The address clients use. Until the traffic router exists it sends everything to stable.
+    endpoint_labels = {**common_labels(owner.name), "app.kubernetes.io/component": "endpoint"}
+    router = spec.routing.router
+    if router == "builtin":
+        children += build_router(owner=owner, spec=spec, image=spec.serving.image or image)
+        selector = router_selector(owner.name)
+    else:
+        selector = selector_labels(owner.name, "stable")
+    # The address clients use: the router, or (gateway-api, none) the stable track.
     children.append(
-        build_service(
-            owner=owner,
-            name=owner.name,
-            labels={**common_labels(owner.name), "app.kubernetes.io/component": "endpoint"},
-            selector=selector_labels(owner.name, "stable"),
-        )
+        build_service(owner=owner, name=owner.name, labels=endpoint_labels, selector=selector)
     )
+    if router == "gateway-api":
+        children.append(
+            build_http_route(
+                owner=owner,
+                spec=spec,
+                canary_weight=plan.canary_weight if "canary" in tracks else 0,
+                canary_present="canary" in tracks,
+            )
+        )
     return children
+
+
+def router_name(owner: str) -> str:
+    return f"{owner}-{ROUTER}"
+
+
+def router_selector(owner: str) -> dict[str, str]:
+    return {LABEL_MODEL_DEPLOYMENT: owner, LABEL_COMPONENT: ROUTER}
+
+
+def build_router(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -> list[Manifest]:
+    """The builtin router: a Deployment running `canaryml router --follow`, which watches this
+    one ModelDeployment (and nothing else: its Role names the object) for the weights."""
+    name = router_name(owner.name)
+    labels = {
+        **common_labels(owner.name),
+        "app.kubernetes.io/component": ROUTER,
+        LABEL_COMPONENT: ROUTER,
+    }
+    account: Manifest = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(owner, name, labels),
+        "automountServiceAccountToken": False,  # mounted by the router's pod only
+    }
+    role: Manifest = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(owner, name, labels),
+        "rules": [
+            {
+                "apiGroups": [api.GROUP],
+                "resources": [api.PLURAL],
+                "resourceNames": [owner.name],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+    binding: Manifest = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(owner, name, labels),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
+    }
+    container = {
+        "name": ROUTER,
+        "image": image,
+        "args": ["router", "--follow"],
+        "env": [
+            {"name": "CANARYML_MODEL_DEPLOYMENT", "value": owner.name},
+            {
+                "name": "CANARYML_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            {"name": "CANARYML_ROUTER_PORT", "value": str(ROUTER_PORT)},
+        ],
+        "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+        "readinessProbe": _probe("/router/readyz", period=5, failures=3),
+        "livenessProbe": _probe("/router/healthz", period=10, failures=3),
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    deployment: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {
+            "replicas": spec.routing.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": router_selector(owner.name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(ROUTER_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": True,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}
+                    ],
+                },
+            },
+        },
+    }
+    return [_with_hash(account), _with_hash(role), _with_hash(binding), _with_hash(deployment)]
+
+
+def build_http_route(
+    *, owner: Owner, spec: api.ModelDeploymentSpec, canary_weight: int, canary_present: bool
+) -> Manifest:
+    """The Gateway API route: backend weights for stable and canary, and a RequestMirror filter
+    for the shadow. Without parentRefs it attaches to the resource's Service (mesh routing)."""
+    parents = [
+        {key: value for key, value in ref.model_dump(by_alias=True).items() if value is not None}
+        for ref in spec.routing.parent_refs
+    ] or [{"group": "", "kind": "Service", "name": owner.name, "port": 80}]
+    backends = [
+        {"name": track_name(owner.name, "stable"), "port": 80, "weight": 100 - canary_weight}
+    ]
+    if canary_present:
+        backends.append(
+            {"name": track_name(owner.name, "canary"), "port": 80, "weight": canary_weight}
+        )
+    rule: dict[str, Any] = {"backendRefs": backends}
+    if spec.shadow is not None and spec.shadow.percent > 0:
+        rule["filters"] = [
+            {
+                "type": "RequestMirror",
+                "requestMirror": {
+                    "backendRef": {"name": track_name(owner.name, "shadow"), "port": 80},
+                    "percent": spec.shadow.percent,
+                },
+            }
+        ]
+    labels = {**common_labels(owner.name), "app.kubernetes.io/component": "route"}
+    manifest: Manifest = {
+        "apiVersion": GATEWAY_API,
+        "kind": "HTTPRoute",
+        "metadata": _metadata(owner, owner.name, labels),
+        "spec": {"parentRefs": parents, "rules": [rule]},
+    }
+    return _with_hash(manifest)
 
 
 # Maps that must hold exactly the operator's keys: one extra key in a Service's selector (a

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -73,6 +73,188 @@ def crd(
     typer.echo(str(out / CRD_FILE), err=True)
 
 
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", "-n", help="Namespace (default: the kubeconfig context's, or default)."
+    ),
+]
+NameArgument = Annotated[str, typer.Argument(help="The ModelDeployment's name.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+def _current_namespace() -> str:
+    from kubernetes import config as k8s_config
+
+    try:
+        _, active = k8s_config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        return str(active.get("context", {}).get("namespace") or "default")
+    except (k8s_config.ConfigException, OSError, TypeError):
+        return "default"
+
+
+def _client_and_object(name: str, namespace: str | None) -> tuple[Any, str, dict[str, Any]]:
+    from canaryml_operator import api
+    from canaryml_operator.kube import KubeError, load_client
+
+    namespace = namespace or _current_namespace()
+    try:
+        client = load_client()
+        found = client.get(api.KIND, namespace, name)
+    except KubeError as error:
+        raise _fail(f"cannot reach the Kubernetes API: {error}") from error
+    except Exception as error:  # kubeconfig missing or unreadable
+        raise _fail(f"no Kubernetes configuration: {error}") from error
+    if found is None:
+        raise _fail(f"ModelDeployment {namespace}/{name} not found")
+    return client, namespace, found
+
+
+def _annotate(name: str, namespace: str | None, annotations: dict[str, str | None]) -> str:
+    from canaryml_operator import api
+    from canaryml_operator.kube import KubeError
+
+    client, namespace, _ = _client_and_object(name, namespace)
+    try:
+        client.patch(api.KIND, namespace, name, {"metadata": {"annotations": annotations}})
+    except KubeError as error:
+        raise _fail(f"cannot annotate ModelDeployment {namespace}/{name}: {error}") from error
+    return namespace
+
+
+def _command(command: str, name: str, namespace: str | None, done: str) -> None:
+    from datetime import UTC, datetime
+
+    from canaryml_operator.rollout import COMMAND_ANNOTATIONS
+
+    key = COMMAND_ANNOTATIONS[command]  # type: ignore[index]
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    namespace = _annotate(name, namespace, {key: stamp})
+    typer.echo(f"{namespace}/{name}: {done} (annotation {key}; the operator acts on it once)")
+
+
+def promote(name: NameArgument, namespace: NamespaceOption = None) -> None:
+    """Promote the canary now, skipping the remaining steps and their analysis."""
+    _command("promote", name, namespace, "promotion requested")
+
+
+def abort(name: NameArgument, namespace: NamespaceOption = None) -> None:
+    """Roll the canary back now: weight 0, canary scaled to 0, stable keeps serving."""
+    _command("abort", name, namespace, "abort requested")
+
+
+def rollback(name: NameArgument, namespace: NamespaceOption = None) -> None:
+    """Return the stable track to the model it had before the last promotion."""
+    _command("rollback", name, namespace, "rollback to the previous stable model requested")
+
+
+def pause(name: NameArgument, namespace: NamespaceOption = None) -> None:
+    """Hold the canary at its weight: no step, promotion or rollback until resumed."""
+    from canaryml_operator.rollout import COMMAND_ANNOTATIONS
+
+    namespace = _annotate(name, namespace, {COMMAND_ANNOTATIONS["pause"]: "true"})
+    typer.echo(f"{namespace}/{name}: paused")
+
+
+def resume(name: NameArgument, namespace: NamespaceOption = None) -> None:
+    """Undo `canaryml pause` (spec.paused, if set in the spec, still holds)."""
+    from canaryml_operator.rollout import COMMAND_ANNOTATIONS
+
+    _, namespace, found = _client_and_object(name, namespace)
+    namespace = _annotate(name, namespace, {COMMAND_ANNOTATIONS["pause"]: None})
+    held = (found.get("spec") or {}).get("paused")
+    typer.echo(
+        f"{namespace}/{name}: resumed"
+        + (" (but spec.paused is true: the rollout stays paused)" if held else "")
+    )
+
+
+def status(
+    name: NameArgument,
+    namespace: NamespaceOption = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+) -> None:
+    """Show a ModelDeployment's rollout: phase, weight, step, each check against its bound."""
+    import json
+
+    from rich.console import Console
+
+    if output not in ("table", "json"):
+        raise typer.BadParameter("--output must be table or json")
+    _, namespace, found = _client_and_object(name, namespace)
+    if output == "json":
+        typer.echo(json.dumps(found.get("status") or {}, indent=2))
+        return
+    Console().print(*render_status(found))
+
+
+def render_status(found: dict[str, Any]) -> list[Any]:
+    """The rich renderables of `canaryml status` (a summary, the last analysis, conditions,
+    history), from the object as the API returns it."""
+    from rich.table import Table
+
+    from canaryml_operator import api
+
+    meta, raw = found.get("metadata", {}), found.get("status") or {}
+    status = api.parse_status(raw)
+    spec = found.get("spec") or {}
+    steps = (spec.get("canary") or {}).get("steps") or []
+    summary = Table(title=f"{meta.get('namespace')}/{meta.get('name')}", show_header=False)
+    step = status.current_step
+    summary.add_row("phase", str(status.phase or "-"))
+    summary.add_row("stable", str(status.stable_version or "-"))
+    summary.add_row("canary", str(status.canary_version or "-"))
+    summary.add_row("weight", f"{status.canary_weight}%")
+    summary.add_row("step", f"{step + 1} of {len(steps)}" if step is not None else "-")
+    summary.add_row("failed analyses in a row", str(status.failed_checks))
+    summary.add_row("held analyses in a row", str(status.held_analyses))
+    out: list[Any] = [summary]
+    last = status.last_analysis
+    if last is not None:
+        checks = Table(title=f"last analysis {last.time:%Y-%m-%d %H:%M:%S}: {last.verdict}")
+        for column in ("check", "value", "min", "max", "verdict", "why"):
+            checks.add_column(column)
+        for check in last.checks:
+            checks.add_row(
+                check.name,
+                _num(check.value),
+                _num(check.min),
+                _num(check.max),
+                check.verdict,
+                check.message,
+            )
+        out.append(checks)
+    if status.conditions:
+        conditions = Table(title="conditions")
+        for column in ("type", "status", "reason", "message"):
+            conditions.add_column(column)
+        for condition in status.conditions:
+            conditions.add_row(
+                condition.type, condition.status, condition.reason, condition.message
+            )
+        out.append(conditions)
+    if status.history:
+        history = Table(title="history")
+        for column in ("time", "event", "version", "reason"):
+            history.add_column(column)
+        for entry in status.history[-10:]:
+            history.add_row(
+                f"{entry.time:%Y-%m-%d %H:%M:%S}", entry.event, entry.version, entry.reason
+            )
+        out.append(history)
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def register(app: typer.Typer) -> None:
     app.command()(operator)
     app.command()(crd)
+    for command in (status, promote, abort, pause, resume, rollback):
+        app.command()(command)

@@ -7,6 +7,7 @@ and answers are parsed with `json`. `apply_*` functions are the only writers.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Mapping
@@ -24,9 +25,15 @@ from canaryml_operator.reconcile import Action, Plan
 log = logging.getLogger(__name__)
 
 # kind -> (API path prefix, plural)
+# Every kind the operator reads or writes; the Helm chart's RBAC must cover exactly these.
 RESOURCES: dict[str, tuple[str, str]] = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    "Secret": ("/api/v1", "secrets"),
     api.KIND: (f"/apis/{api.GROUP}/{api.VERSION}", api.PLURAL),
 }
 MERGE_PATCH = "application/merge-patch+json"
@@ -152,13 +159,37 @@ def load_client() -> KubeClient:
     return KubeClient(k8s.ApiClient(configuration))
 
 
-CHILD_KINDS = ("Deployment", "Service")
+def child_kinds(spec: api.ModelDeploymentSpec | None) -> tuple[str, ...]:
+    """The kinds to list for a resource: Deployments and Services always (a spec that became
+    invalid keeps them), the router's RBAC objects with the builtin router, and HTTPRoutes
+    with the gateway-api router.
+
+    Not listing a kind means not cleaning it up: a router's ServiceAccount, Role and
+    RoleBinding stay (inert) after a switch away from builtin until the resource is deleted,
+    and an HTTPRoute after a switch away from gateway-api is removed only because it is listed
+    whenever the HTTPRoute API exists (see read_children).
+    """
+    kinds: tuple[str, ...] = ("Deployment", "Service", "HTTPRoute")
+    if spec is not None and spec.routing.router == "builtin":
+        kinds += ("ServiceAccount", "Role", "RoleBinding")
+    return kinds
 
 
 def read_children(
-    client: KubeClient, owner: Owner, labels: Mapping[str, str]
+    client: KubeClient,
+    owner: Owner,
+    labels: Mapping[str, str],
+    kinds: tuple[str, ...] = ("Deployment", "Service"),
 ) -> list[dict[str, Any]]:
-    return [obj for kind in CHILD_KINDS for obj in client.list(kind, owner.namespace, labels)]
+    found: list[dict[str, Any]] = []
+    for kind in kinds:
+        try:
+            found += client.list(kind, owner.namespace, labels)
+        except KubeError as error:
+            if kind == "HTTPRoute" and error.status == 404:
+                continue  # the Gateway API is not installed: there is no route to clean up
+            raise
+    return found
 
 
 def apply_plan(
@@ -192,7 +223,35 @@ def apply_plan(
     return done, results
 
 
-def apply_status(client: KubeClient, owner: Owner, status: Mapping[str, Any]) -> None:
-    client.patch(
-        api.KIND, owner.namespace, owner.name, {"status": dict(status)}, subresource="status"
-    )
+def apply_status(
+    client: KubeClient,
+    owner: Owner,
+    status: Mapping[str, Any],
+    *,
+    resource_version: str | None = None,
+) -> None:
+    """Write the status. With `resource_version`, only over that version of the object (a 409
+    otherwise): the analysis daemon and the event handlers both write the rollout state, and
+    neither may overwrite a newer one."""
+    patch: dict[str, Any] = {"status": dict(status)}
+    if resource_version:
+        patch["metadata"] = {"resourceVersion": resource_version}
+    client.patch(api.KIND, owner.namespace, owner.name, patch, subresource="status")
+
+
+def apply_consumed_annotations(client: KubeClient, owner: Owner, keys: list[str]) -> None:
+    """Remove one-shot command annotations once acted on."""
+    if keys:
+        patch = {"metadata": {"annotations": dict.fromkeys(keys)}}
+        client.patch(api.KIND, owner.namespace, owner.name, patch)
+
+
+def read_secret_value(client: KubeClient, namespace: str, name: str, key: str) -> str:
+    """One key of a Secret, decoded; a KubeError (404 included) says why not."""
+    secret = client.get("Secret", namespace, name)
+    if secret is None:
+        raise KubeError(404, f"Secret {namespace}/{name} not found")
+    data = (secret.get("data") or {}).get(key)
+    if data is None:
+        raise KubeError(404, f"Secret {namespace}/{name} has no key {key!r}")
+    return base64.b64decode(data).decode().strip()

@@ -9,23 +9,30 @@ create, update, resume, and on any event of a child (a hand edit or delete).
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from canaryml_operator import api, children, reconcile
+from canaryml_operator import api, checks, children, providers, reconcile, rollout
 from canaryml_operator.children import Track
 from canaryml_operator.kube import (
     KubeClient,
     KubeError,
+    apply_consumed_annotations,
     apply_plan,
     apply_status,
+    child_kinds,
     load_client,
     read_children,
+    read_secret_value,
 )
+from canaryml_operator.measurements import Measurements, Sample
 from canaryml_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -33,15 +40,20 @@ log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings()
 MD = (api.GROUP, api.VERSION, api.PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": children.MANAGED_BY}
+KOPF_PREFIX = f"operator.{api.GROUP}"
 RETRY_SECONDS = 5.0
+CONFLICT_RETRY_SECONDS = 0.5
+DAEMON_POLL_SECONDS = 1.0  # the daemon re-reads the rollout state at least this often
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Progress in our own annotations, never in .status: the CRD's status schema is ours.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    # Not under canaryml.dev/ itself: kopf leaves its prefix's annotations out of the diff, and
+    # the command annotations (canaryml.dev/promote...) must be seen as changes.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.posting.reporting_component = "canaryml-operator"
@@ -63,9 +75,19 @@ def _kube(memo: kopf.Memo) -> KubeClient:
 
 
 def reconcile_model_deployment(
-    body: Mapping[str, Any], *, kube: KubeClient, image: str, now: datetime
+    body: Mapping[str, Any],
+    *,
+    kube: KubeClient,
+    image: str,
+    now: datetime,
+    measurements: Measurements | None = None,
 ) -> reconcile.Plan:
-    """Bring one ModelDeployment's children and status into shape; return what was done."""
+    """Bring one ModelDeployment's children and status into shape; return what was done.
+
+    With `measurements` (the analysis daemon took them), the rollout core also judges the
+    canary. The status is written over the version of the object that was read: a concurrent
+    writer makes this a 409, and the caller retries with a fresh read.
+    """
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp"):
         return reconcile.Plan()  # owner references let the garbage collector clean up
@@ -80,10 +102,29 @@ def reconcile_model_deployment(
         except ValueError as error:
             invalid = str(error)
 
-    live = read_children(kube, owner, {children.LABEL_MODEL_DEPLOYMENT: owner.name})
+    labels = {children.LABEL_MODEL_DEPLOYMENT: owner.name}
+    live = read_children(kube, owner, labels, child_kinds(spec))
+    tracks = _tracks(owner, live)
+    decision: rollout.Decision | None = None
     plan = reconcile.Plan()
+    current = previous
     if spec is not None:
-        desired = children.build_children(owner=owner, spec=spec, image=image)
+        decision = rollout.decide(
+            spec=spec,
+            status=previous,
+            measurements=measurements,
+            now=now,
+            tracks=tracks,
+            commands=rollout.commands_from(meta.get("annotations")),
+            generation=generation,
+        )
+        current = decision.status
+        desired = children.build_children(
+            owner=owner,
+            spec=spec,
+            image=image,
+            plan=rollout.plan_tracks(spec=spec, status=current, now=now),
+        )
         plan = reconcile.plan_children(
             desired=desired,
             live=live,
@@ -91,30 +132,44 @@ def reconcile_model_deployment(
             reconciled_before=previous.observed_generation == generation,
         )
     done, results = apply_plan(kube, owner, plan)
-
-    deployments: dict[str, Mapping[str, Any] | None] = {
-        obj["metadata"]["name"]: obj for obj in live if obj.get("kind") == "Deployment"
-    }
-    deployments.update({key.name: obj for key, obj in results.items() if key.kind == "Deployment"})
-    tracks: dict[Track, reconcile.DeploymentState] = {
-        track: reconcile.DeploymentState.of(deployments.get(children.track_name(owner.name, track)))
-        for track in children.TRACKS
-    }
+    tracks = _tracks(owner, live, results)
     status = reconcile.build_status(
         spec=spec,
         invalid=invalid,
-        previous=previous,
+        previous=current,
         tracks=tracks,
         generation=generation,
         now=now,
     )
     applied = reconcile.Plan(done)
-    for event in reconcile.build_events(previous=previous, status=status, plan=applied):
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
     patch = reconcile.status_patch(status)
     if patch != reconcile.status_patch(previous):
-        apply_status(kube, owner, patch)
+        apply_status(kube, owner, patch, resource_version=meta.get("resourceVersion"))
+    events = reconcile.build_events(previous=previous, status=status, plan=applied)
+    if decision is not None:
+        events = decision.events + events
+        consumed = [rollout.COMMAND_ANNOTATIONS[c] for c in sorted(decision.consumed)]
+        apply_consumed_annotations(kube, owner, consumed)
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
     return applied
+
+
+def _tracks(
+    owner: children.Owner,
+    live: list[dict[str, Any]],
+    results: Mapping[children.ChildKey, dict[str, Any] | None] | None = None,
+) -> dict[Track, reconcile.DeploymentState]:
+    deployments: dict[str, Mapping[str, Any] | None] = {
+        obj["metadata"]["name"]: obj for obj in live if obj.get("kind") == "Deployment"
+    }
+    deployments.update(
+        {key.name: obj for key, obj in (results or {}).items() if key.kind == "Deployment"}
+    )
+    return {
+        track: reconcile.DeploymentState.of(deployments.get(children.track_name(owner.name, track)))
+        for track in children.TRACKS
+    }
 
 
 def _now() -> datetime:
@@ -122,12 +177,55 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def reconcile_latest(
+    namespace: str,
+    name: str,
+    *,
+    kube: KubeClient,
+    measurements: Measurements | None = None,
+    attempts: int = 3,
+) -> reconcile.Plan:
+    """Reconcile the resource as it is now: read it, then act, one reconcile per resource at a
+    time in this process.
+
+    The event handlers and the analysis daemon all change the rollout state; each must start
+    from the latest status, or a stale one would undo a step (and its children with it). The
+    lock orders them; the read makes each see the last one's writes. A 409 on the status (a
+    writer outside this process) is retried from a new read.
+    """
+    with _lock(namespace, name):
+        for attempt in range(attempts):
+            found = kube.get(api.KIND, namespace, name)
+            if found is None:
+                return reconcile.Plan()  # deleted meanwhile
+            try:
+                return reconcile_model_deployment(
+                    found, kube=kube, image=SETTINGS.image, now=_now(), measurements=measurements
+                )
+            except KubeError as error:
+                if error.status != 409 or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
 def _reconcile(body: Mapping[str, Any], memo: kopf.Memo) -> None:
+    meta = body.get("metadata", {})
     try:
-        reconcile_model_deployment(body, kube=_kube(memo), image=SETTINGS.image, now=_now())
+        reconcile_latest(meta.get("namespace") or "default", meta["name"], kube=_kube(memo))
     except KubeError as error:
         # kopf keeps the retry count in the resource's annotations, so a restart resumes it.
         refused = error.status in (400, 403, 422)  # an admission policy, RBAC, a quota...
+        if error.status == 409:  # changed again and again while being reconciled
+            raise kopf.TemporaryError(f"conflict: {error}", delay=CONFLICT_RETRY_SECONDS) from error
         raise kopf.TemporaryError(
             f"Kubernetes {'refused a change' if refused else 'API'}: {error}",
             delay=SETTINGS.refused_retry_seconds if refused else RETRY_SECONDS,
@@ -159,18 +257,102 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     namespace = body.get("metadata", {}).get("namespace")
     if not owner_name or not namespace:
         return
-    kube = _kube(memo)
     try:
-        parent = kube.get(api.KIND, namespace, owner_name)
-    except KubeError as error:
-        log.warning("cannot read ModelDeployment %s/%s: %s", namespace, owner_name, error)
-        return
-    if parent is None:
-        return  # the owner is gone; the garbage collector removes the child
-    try:
-        reconcile_model_deployment(parent, kube=kube, image=SETTINGS.image, now=_now())
+        reconcile_latest(namespace, owner_name, kube=_kube(memo))
     except KubeError as error:
         # kopf does not retry event handlers; the child's or the resource's next event does.
         log.warning(
             "reconcile of %s/%s after a child event failed: %s", namespace, owner_name, error
         )
+
+
+def _has_canary(spec: kopf.Spec, **_: Any) -> bool:
+    return isinstance(spec.get("canary"), Mapping)
+
+
+# Only resources with a canary get the daemon, and so kopf's finalizer (it must stop the daemon
+# before the resource goes); the others are deleted at once.
+@kopf.daemon(*MD, when=_has_canary, cancellation_timeout=5.0)
+async def analysis_daemon(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Judge the canary every `analysis.interval` and act on the verdict; retire a canary
+    once its drain time is over.
+
+    Each wake-up reads the rollout state from the resource's status (kopf keeps `body`
+    current), so a restarted operator resumes where the last one stopped.
+    """
+    kube = _kube(memo)
+    drained: datetime | None = None  # the drain already acted on (a repeat is harmless)
+    while not stopped:
+        snapshot = copy.deepcopy(dict(body))
+        try:
+            spec = api.parse_spec(snapshot.get("spec"))
+        except ValueError:
+            await stopped.wait(DAEMON_POLL_SECONDS)  # the event handlers report it
+            continue
+        status, now = api.parse_status(snapshot.get("status")), _now()
+        due = rollout.next_analysis_in(spec=spec, status=status, now=now)
+        drain = rollout.drain_ends_in(spec=spec, status=status, now=now)
+        drain_due = drain == 0.0 and drained != status.step_started_at
+        if due != 0.0 and not drain_due:
+            waits = [w for w in (due, drain) if w]
+            await stopped.wait(min([DAEMON_POLL_SECONDS, *waits]))
+            continue
+        owner = reconcile.parse_owner(snapshot)
+        measurements = None
+        if due == 0.0:
+            measurements = await take_measurements(spec=spec, owner=owner, kube=kube, now=now)
+        pause = DAEMON_POLL_SECONDS  # time for the watch to bring the status just written
+        try:
+            await asyncio.to_thread(
+                reconcile_latest,
+                owner.namespace,
+                owner.name,
+                kube=kube,
+                measurements=measurements,
+            )
+            if drain_due:
+                drained = status.step_started_at
+        except KubeError as error:
+            # 409: the status moved on since it was read; the next turn reads it again.
+            log.info("analysis of %s/%s not applied: %s", owner.namespace, owner.name, error)
+            pause = CONFLICT_RETRY_SECONDS
+        await stopped.wait(pause)
+
+
+async def take_measurements(
+    *, spec: api.ModelDeploymentSpec, owner: children.Owner, kube: KubeClient, now: datetime
+) -> Measurements:
+    """Every check's sample from the metrics provider the spec names; never raises: a provider
+    that cannot be reached or configured gives Error samples, which hold the weight."""
+    queries = checks.build_queries(
+        spec=spec,
+        name=owner.name,
+        namespace=owner.namespace,
+        source="router" if spec.routing.router == "builtin" else "server",
+    )
+    try:
+        headers = await asyncio.to_thread(_auth_headers, spec, owner, kube)
+    except (KubeError, ValueError) as error:
+        reason = f"cannot read the Prometheus credentials: {error}"
+        return Measurements(time=now, samples=dict.fromkeys(queries, Sample.failed(reason)))
+    provider = providers.build_provider(analysis=spec.analysis, headers=headers)
+    try:
+        return await providers.measure(provider=provider, queries=queries, at=now)
+    finally:
+        await provider.aclose()
+
+
+def _auth_headers(
+    spec: api.ModelDeploymentSpec, owner: children.Owner, kube: KubeClient
+) -> dict[str, str]:
+    prometheus = spec.analysis.prometheus
+    token = authorization = None
+    if prometheus.bearer_token_secret_ref is not None:
+        ref = prometheus.bearer_token_secret_ref
+        token = read_secret_value(kube, owner.namespace, ref.name, ref.key)
+    if prometheus.authorization_secret_ref is not None:
+        ref = prometheus.authorization_secret_ref
+        authorization = read_secret_value(kube, owner.namespace, ref.name, ref.key)
+    return providers.auth_headers(bearer_token=token, authorization=authorization)

@@ -19,7 +19,14 @@ LATENCY_P99: Final = "latencyP99"  # seconds
 DRIFT: Final = "drift"  # worst per-feature PSI of the canary's inputs
 PREDICTION_DRIFT: Final = "predictionDrift"
 SHADOW_AGREEMENT: Final = "shadowAgreement"
-BUILTIN_CHECKS: Final = (REQUESTS, ERROR_RATE, LATENCY_P99, DRIFT, PREDICTION_DRIFT, SHADOW_AGREEMENT)
+BUILTIN_CHECKS: Final = (
+    REQUESTS,
+    ERROR_RATE,
+    LATENCY_P99,
+    DRIFT,
+    PREDICTION_DRIFT,
+    SHADOW_AGREEMENT,
+)
 
 
 @dataclass(frozen=True)

@@ -214,37 +214,31 @@ def build_status(
         return previous.model_copy(update={**fields, "phase": "Failed", "conditions": conditions})
 
     put("Degraded", False, "AsExpected", "the spec is valid and its children are in place")
-    put("Stalled", False, "AsExpected", "")
+    stalled = condition(previous, "Stalled")
+    if stalled is None or stalled.reason == "InvalidSpec":
+        put("Stalled", False, "AsExpected", "")  # the rollout core sets and clears its own
     canary = spec.canary
     canary_state = tracks.get("canary", DeploymentState())
     rolling_stable = stable.exists and not stable.rolled_out and stable_version is not None
-    if canary is not None:
-        ready = f"{canary_state.available}/{canary_state.desired}"
-        put(
-            "Progressing",
-            True,
-            "CanaryDeployed",
-            f"canary model {canary.model.version} deployed ({ready} replicas available)",
-        )
-    elif rolling_stable:
-        put(
-            "Progressing",
-            True,
-            "StableRollingOut",
-            f"stable model rolling out to {spec.model.version}: {replicas}",
-        )
-    else:
-        put("Progressing", False, "NoCanary", "no canary in the spec")
-
+    phase = previous.phase
+    if canary is None:
+        # With a canary the rollout core owns the phase and the Progressing condition.
+        if rolling_stable:
+            put(
+                "Progressing",
+                True,
+                "StableRollingOut",
+                f"stable model rolling out to {stable.version}: {replicas}",
+            )
+        else:
+            put("Progressing", False, "NoCanary", "no canary in the spec")
+        phase = "Progressing" if rolling_stable else "Stable"
     if stable_version is None:
-        phase: api.Phase = "Pending"
-    elif canary is not None:
-        phase = "Paused" if spec.paused else "Progressing"
-    elif rolling_stable:
-        phase = "Progressing"
-    else:
-        phase = "Stable"
-    settled = stable.rolled_out and (canary is None or canary_state.rolled_out)
+        phase = "Pending"  # until the stable model first serves (the rollout core restores)
+    elif phase in (None, "Pending", "Failed"):
+        phase = "Progressing" if canary is not None else "Stable"
+    canary_settled = canary_state.rolled_out or not canary_state.exists
+    settled = stable.rolled_out and canary_settled
     put(
         "Reconciling",
         not settled,
@@ -256,8 +250,6 @@ def build_status(
             **fields,
             "phase": phase,
             "canary_version": canary.model.version if canary else None,
-            "canary_weight": previous.canary_weight if canary else 0,
-            "current_step": previous.current_step if canary else None,
             "conditions": conditions,
         }
     )

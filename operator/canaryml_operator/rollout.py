@@ -257,6 +257,20 @@ def next_analysis_in(
     return max(0.0, interval - (now - last.time).total_seconds())
 
 
+def drain_ends_in(
+    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
+) -> float | None:
+    """Seconds until a rolled-back or promoted canary's drain is over (0: it is), or None
+    when no canary is draining."""
+    if spec.canary is None or status.canary_model != identity(spec.canary.model):
+        return None
+    if status.phase not in ("RolledBack", "Promoted") or status.canary_weight != 0:
+        return None
+    if status.step_started_at is None:
+        return None
+    return max(0.0, DRAIN_SECONDS - (now - status.step_started_at).total_seconds())
+
+
 def in_rollout(*, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus) -> bool:
     return (
         spec.canary is not None

@@ -30,6 +30,9 @@ PATHS = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
     "Event": ("/api/v1", "events"),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
 }
 
 

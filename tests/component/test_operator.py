@@ -54,11 +54,14 @@ async def wait_status(cluster: Cluster, name: str, what: str, check: Any) -> dic
 
 
 async def wait_children(cluster: Cluster, name: str, expected: set[str]) -> None:
+    """The model tracks `expected` (and, with any, the builtin router and the main Service)."""
+
     async def both() -> tuple[set[str], set[str]]:
         return await names(cluster, "Deployment", name), await names(cluster, "Service", name)
 
-    deployments = {f"{name}-{track}" for track in expected}
-    services = deployments | {name} if expected else set()
+    tracks = {f"{name}-{track}" for track in expected}
+    deployments = tracks | {f"{name}-router"} if expected else set()
+    services = tracks | {name} if expected else set()
     await eventually(
         both,
         until=lambda found: found == (deployments, services),
@@ -108,8 +111,9 @@ async def test_create_makes_every_child_owned_by_the_resource_and_reports_ready(
     ready = await wait_status(
         cluster, "iris", "Ready=True", lambda md: condition(md, "Ready").get("status") == "True"
     )
-    # Nothing outside Kubernetes to clean up: no finalizer, deletion is never blocked.
-    assert not ready["metadata"].get("finalizers")
+    # The canary's analysis daemon must be stopped before the resource goes: kopf's finalizer.
+    # Without a canary (test_deleting_the_resource_removes_its_children) there is none.
+    assert ready["metadata"].get("finalizers") == ["canaryml.dev/finalizer"]
     status = ready["status"]
     assert status["stableVersion"] == "1.0.0"
     assert status["canaryVersion"] == "1.1.0"
@@ -123,9 +127,11 @@ async def test_create_makes_every_child_owned_by_the_resource_and_reports_ready(
         until=lambda found: ("Normal", "Ready") in found,
         what="the Ready event",
     )
-    assert events.count(("Normal", "Created")) == 1  # one Event for all seven children
+    assert events.count(("Normal", "Created")) == 1  # one Event for all eleven children
     (created,) = await messages(cluster, "iris", "Created")
-    assert created[1].count(" created") == 7  # 3 Deployments, 3 track Services, the main one
+    # 3 model Deployments and their Services, the main Service, the router's Deployment,
+    # ServiceAccount, Role and RoleBinding.
+    assert created[1].count(" created") == 11
 
 
 async def test_a_new_model_version_rolls_the_stable_deployment(cluster: Cluster) -> None:
@@ -228,8 +234,14 @@ async def test_a_child_deleted_or_edited_by_hand_is_put_back(cluster: Cluster) -
 
     await eventually(
         selector,
-        until=lambda found: found.get("canaryml.dev/track") == "stable",
-        what="the main Service selector put back",
+        until=lambda found: (
+            found
+            == {
+                "canaryml.dev/model-deployment": "iris",
+                "canaryml.dev/component": "router",
+            }
+        ),
+        what="the main Service selector put back (to the router)",
     )
     expected = {
         ("Warning", "Deployment iris-canary restored after it was deleted"),
@@ -323,7 +335,9 @@ async def test_deleting_the_resource_removes_its_children(cluster: Cluster) -> N
         what="the ModelDeployment gone",
     )
     await wait_children(cluster, "iris", set())  # collected through their owner references
-    assert await names(cluster, "Deployment", "other") == {"other-stable"}
+    other = await cluster.get("ModelDeployment", NS, "other")
+    assert other is not None and not other["metadata"].get("finalizers")
+    assert await names(cluster, "Deployment", "other") == {"other-stable", "other-router"}
 
 
 async def test_a_restarted_operator_changes_nothing_that_is_in_shape(cluster: Cluster) -> None:

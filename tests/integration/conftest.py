@@ -1,4 +1,4 @@
-"""Real processes: start `canaryml serve` on a free loopback port and always stop it."""
+"""Real processes: `canaryml serve` and Prometheus on free loopback ports, always stopped."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
+
+from .prometheus import RunningPrometheus, Target, in_ci, prometheus_binary, start_prometheus
 
 READY_TIMEOUT_S = 60.0
 
@@ -78,3 +80,35 @@ def start_server() -> Iterator[Callable[..., str]]:
     yield start
     for process in processes:
         stop(process)
+
+
+@pytest.fixture
+def prometheus_bin() -> str:
+    """The prometheus binary; skipped where it is missing, but a failure in CI (CI=true)."""
+    binary = prometheus_binary()
+    if binary is None:
+        message = "prometheus is not installed (apt-get install prometheus; scripts/test.sh does)"
+        if in_ci():
+            pytest.fail(f"{message}: CI must not skip the Prometheus tests")
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, prometheus_bin: str) -> Iterator[Callable[..., RunningPrometheus]]:
+    """prometheus(targets, basic_auth=False) -> a ready Prometheus scraping them every second.
+
+    Each call starts one more instance (own port, own data directory); all are stopped at
+    teardown, also those a test stopped and started again.
+    """
+    running: list[RunningPrometheus] = []
+
+    def start(targets: Sequence[Target], *, basic_auth: bool = False) -> RunningPrometheus:
+        root = tmp_path / f"prometheus-{len(running)}"
+        instance = start_prometheus(root, targets, binary=prometheus_bin, basic_auth=basic_auth)
+        running.append(instance)
+        return instance
+
+    yield start
+    for instance in running:
+        instance.stop()

@@ -1,0 +1,164 @@
+"""The PromQL of every analysis check: pure text, no I/O (`providers` runs it).
+
+The built-in checks read the series of the metrics contract (../shared/docs/DESIGN.md). Each
+one is scoped to the canary under analysis: `model_deployment`, `namespace` (when known; a
+cluster Prometheus adds it to every target), `track="canary"` and the canary's `version`, so
+that requests an earlier canary served inside the window never count for a new rollout. The
+request metrics are also scoped by `source` ("router" or "server"), because both the builtin
+router and the model servers export `canaryml_requests_total` and
+`canaryml_request_duration_seconds`: summing both would count every request twice.
+
+How each check treats a missing series is a decision, not an accident of PromQL:
+
+- `requests`: no series means no request reached the canary yet (its counters appear with its
+  first request), so the answer is 0 (`or on() vector(0)`): the rollout core then says
+  "too few requests" instead of "no data".
+- `errorRate`: a missing 5xx series means no request failed, so the numerator falls back to 0;
+  the denominator does not, so no requests at all (no series, or an increase of 0 and so 0/0 =
+  NaN) gives no value: an error rate of nothing is unknown, not 0 %.
+- `latencyP99`: no requests in the window means every bucket rate is 0 and
+  `histogram_quantile` answers NaN, and no series means an empty result: both are "no data".
+- `drift`, `predictionDrift`: a server exports these gauges only once its drift window holds
+  enough rows to mean something, so a missing series is the truth "no data", never "no drift".
+  They are computed by the model servers only, so they are not scoped by `source`.
+- `shadowAgreement`: the router labels each comparison with the track whose answer the shadow
+  was compared with; agreement is agree / (agree + disagree) over the window (comparisons that
+  failed, result="error", say nothing about agreement). A missing "agree" series with some
+  "disagree" ones is 0 % agreement, so the numerator falls back to 0; no comparisons at all is
+  "no data". The router's comparison counter carries no canary `version`, so it is not scoped
+  by one.
+
+Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+from canaryml_operator import api
+from canaryml_operator.measurements import (
+    DRIFT,
+    ERROR_RATE,
+    LATENCY_P99,
+    PREDICTION_DRIFT,
+    REQUESTS,
+    SHADOW_AGREEMENT,
+)
+
+Source = Literal["router", "server"]
+
+REQUESTS_TOTAL: Final = "canaryml_requests_total"
+REQUEST_DURATION_BUCKET: Final = "canaryml_request_duration_seconds_bucket"
+FEATURE_DRIFT: Final = "canaryml_feature_drift"
+PREDICTION_DRIFT_METRIC: Final = "canaryml_prediction_drift"
+SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"
+SERVER_ERRORS: Final = 'code=~"5.."'
+COMPARED: Final = 'result=~"agree|disagree"'  # not "error": a failed comparison says nothing
+
+_DESCRIPTIONS: Final = {
+    REQUESTS: "canary requests",
+    ERROR_RATE: "canary error rate",
+    LATENCY_P99: "canary p99 latency",
+    DRIFT: "canary feature drift (worst PSI)",
+    PREDICTION_DRIFT: "canary prediction drift (PSI)",
+    SHADOW_AGREEMENT: "shadow agreement with the canary",
+}
+
+# PromQL durations: integers with units in decreasing order (1h30m, 90s, 250ms).
+_PROMQL_DURATION: Final = re.compile(r"(?=\d)(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?")
+# Go string escapes that PromQL understands; Kubernetes names and versions never need more.
+_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def quote(value: str) -> str:
+    """`value` as a double-quoted PromQL string literal."""
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def selector(labels: dict[str, str], *, extra: str = "") -> str:
+    """`{a="x",b="y"}` with every value escaped; `extra` is appended verbatim (a matcher)."""
+    matchers = [f"{name}={quote(value)}" for name, value in labels.items()]
+    if extra:
+        matchers.append(extra)
+    return "{" + ",".join(matchers) + "}"
+
+
+def range_duration(window: str) -> str:
+    """The window for a range selector: verbatim when PromQL reads it as it is (1m, 1m30s).
+
+    The API also admits fractional and unordered Go durations (1.5m, 30s1m) that PromQL
+    rejects; those become whole milliseconds, which mean the same range.
+    """
+    if _PROMQL_DURATION.fullmatch(window):
+        return window
+    return f"{max(1, round(api.parse_duration(window) * 1000))}ms"
+
+
+def describe(check: str) -> str:
+    """A check's name as a person reads it in a reason or an Event ("canary error rate")."""
+    return _DESCRIPTIONS.get(check, f"metric {check}")
+
+
+def build_queries(
+    *,
+    spec: api.ModelDeploymentSpec,
+    name: str,
+    namespace: str | None,
+    source: Source,
+) -> dict[str, str]:
+    """The PromQL of each check of this spec's canary, keyed by check name.
+
+    `source` says whose request metrics to read: "router" when the builtin router runs (it
+    sees every request, including those a dying pod never answered), "server" otherwise.
+    """
+    if spec.canary is None:
+        raise ValueError("build_queries needs spec.canary: there is nothing to analyse")
+    window = range_duration(spec.analysis.window)
+    scope = _scope(name=name, namespace=namespace)
+    canary = {**scope, "track": "canary", "version": spec.canary.model.version}
+    requests = {**canary, "source": source}
+    queries = {
+        REQUESTS: _requests(requests, window=window),
+        ERROR_RATE: _error_rate(requests, window=window),
+        LATENCY_P99: _latency_p99(requests, window=window),
+        DRIFT: f"max({FEATURE_DRIFT}{selector(canary)})",
+        PREDICTION_DRIFT: f"max({PREDICTION_DRIFT_METRIC}{selector(canary)})",
+    }
+    if spec.shadow is not None and spec.shadow.percent > 0:
+        queries[SHADOW_AGREEMENT] = _shadow_agreement({**scope, "track": "canary"}, window=window)
+    for metric in spec.analysis.metrics:
+        queries[metric.name] = metric.query
+    return queries
+
+
+def _scope(*, name: str, namespace: str | None) -> dict[str, str]:
+    labels = {"model_deployment": name}
+    if namespace is not None:
+        labels["namespace"] = namespace
+    return labels
+
+
+def _requests(labels: dict[str, str], *, window: str) -> str:
+    return f"sum(increase({REQUESTS_TOTAL}{selector(labels)}[{window}])) or on() vector(0)"
+
+
+def _error_rate(labels: dict[str, str], *, window: str) -> str:
+    server_errors = selector(labels, extra=SERVER_ERRORS)
+    errors = f"sum(increase({REQUESTS_TOTAL}{server_errors}[{window}]))"
+    total = f"sum(increase({REQUESTS_TOTAL}{selector(labels)}[{window}]))"
+    return f"({errors} or on() vector(0)) / {total}"
+
+
+def _latency_p99(labels: dict[str, str], *, window: str) -> str:
+    rates = f"rate({REQUEST_DURATION_BUCKET}{selector(labels)}[{window}])"
+    return f"histogram_quantile(0.99, sum by (le) ({rates}))"
+
+
+def _shadow_agreement(labels: dict[str, str], *, window: str) -> str:
+    agree = selector({**labels, "result": "agree"})
+    compared = selector(labels, extra=COMPARED)
+    return (
+        f"(sum(increase({SHADOW_COMPARISONS}{agree}[{window}])) or on() vector(0))"
+        f" / sum(increase({SHADOW_COMPARISONS}{compared}[{window}]))"
+    )

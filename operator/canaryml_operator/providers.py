@@ -1,0 +1,246 @@
+"""Metric providers: where the operator's analysis reads its numbers (the I/O side of checks).
+
+Like Flagger's metric providers, each provider answers one PromQL-like query with one number.
+`measure` runs every check of an analysis and turns each answer into a `Sample`: a value, no
+data (None), or an error that says why not. A provider failure is a measurement (the rollout
+core turns it into an Error verdict that holds the weight), never an exception of the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Final, Protocol
+
+import httpx
+
+from canaryml_operator import api
+from canaryml_operator.measurements import Measurements, Sample
+
+NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+USER_AGENT: Final = "canaryml-operator"  # names the operator in Prometheus's query log
+# Prometheus answers a bad query with a JSON error; keep whatever else it says readable.
+_BODY_EXCERPT: Final = 300
+
+
+class MetricError(Exception):
+    """A query that could not be answered: unreachable, slow, refused, or ambiguous."""
+
+
+class MetricProvider(Protocol):
+    """One source of metrics (Prometheus, or anything that speaks its query API)."""
+
+    async def query(self, promql: str, *, at: datetime) -> float | None:
+        """The single value of an instant query at `at`; None when there is no data.
+
+        Raises MetricError when the answer cannot be had or is not one number.
+        """
+        ...
+
+    async def is_online(self) -> bool:
+        """Whether the provider answers queries right now."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class ProviderFactory(Protocol):
+    def __call__(
+        self, *, analysis: api.AnalysisSpec, headers: Mapping[str, str]
+    ) -> MetricProvider: ...
+
+
+class PrometheusProvider:
+    """Instant queries against Prometheus's HTTP API (`/api/v1/query`).
+
+    Queries are POSTed as a form so that long custom queries never hit URL length limits; the
+    same API is served by Thanos, Mimir, VictoriaMetrics and Grafana's proxies, with or
+    without a path prefix in `url`.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        timeout: float,
+        headers: Mapping[str, str] = NO_HEADERS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=timeout,
+            headers={"User-Agent": USER_AGENT, **headers},
+            transport=transport,
+            follow_redirects=True,
+        )
+
+    async def query(self, promql: str, *, at: datetime) -> float | None:
+        if at.tzinfo is None:
+            raise ValueError("query time must be timezone-aware (use datetime.now(UTC))")
+        form = {
+            "query": promql,
+            "time": f"{at.timestamp():.3f}",
+            # Prometheus gives up too, instead of evaluating for nobody.
+            "timeout": f"{self.timeout:g}",
+        }
+        data = await self._post("/api/v1/query", form=form)
+        return _scalar(data, promql=promql)
+
+    async def is_online(self) -> bool:
+        """True when a trivial query answers: works where `/-/ready` is not exposed (proxies)."""
+        try:
+            return await self.query("vector(1)", at=datetime.now(UTC)) == 1.0
+        except MetricError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _post(self, path: str, *, form: Mapping[str, str]) -> Any:
+        try:
+            response = await self._client.post(path, data=dict(form))
+        except httpx.TimeoutException:
+            raise MetricError(
+                f"Prometheus at {self.url} did not answer within {self.timeout:g} s"
+            ) from None
+        except httpx.HTTPError as error:
+            raise MetricError(
+                f"Prometheus at {self.url} is unreachable: {_describe(error)}"
+            ) from None
+        return _payload(response, url=self.url)
+
+
+def _describe(error: httpx.HTTPError) -> str:
+    return str(error) or type(error).__name__
+
+
+def _payload(response: httpx.Response, *, url: str) -> Any:
+    """The `data` of a successful answer; a MetricError carrying Prometheus's own words."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("status") == "error":
+        kind = body.get("errorType") or "error"
+        raise MetricError(
+            f"Prometheus refused the query ({kind}, HTTP {response.status_code}): "
+            f"{body.get('error', '')}"
+        )
+    if response.status_code != 200 or not isinstance(body, dict):
+        excerpt = response.text[:_BODY_EXCERPT].strip()
+        raise MetricError(f"Prometheus at {url} answered HTTP {response.status_code}: {excerpt}")
+    if body.get("status") != "success":
+        raise MetricError(f"Prometheus at {url} answered an unexpected body: {_excerpt(body)}")
+    return body.get("data")
+
+
+def _excerpt(value: object) -> str:
+    return repr(value)[:_BODY_EXCERPT]
+
+
+def _scalar(data: Any, *, promql: str) -> float | None:
+    """One number from an instant query's result; None for an empty result or NaN."""
+    if not isinstance(data, dict):
+        raise MetricError(f"unexpected query result: {_excerpt(data)}")
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        return _number(result)
+    if kind != "vector":
+        raise MetricError(f"query returned a {kind}, not an instant vector or a scalar: {promql}")
+    if not isinstance(result, list):
+        raise MetricError(f"unexpected query result: {_excerpt(data)}")
+    if not result:
+        return None
+    if len(result) > 1:
+        series = ", ".join(_labels(item) for item in result[:3])
+        raise MetricError(
+            f"query returned {len(result)} series, a check needs one "
+            f"(aggregate it, e.g. with sum or max): {series}{', ...' if len(result) > 3 else ''}"
+        )
+    return _number(result[0].get("value") if isinstance(result[0], dict) else None)
+
+
+def _number(pair: Any) -> float | None:
+    """The value of a [timestamp, "value"] pair; Prometheus writes NaN and ±Inf as strings."""
+    try:
+        value = float(pair[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise MetricError(f"unexpected sample in query result: {_excerpt(pair)}") from None
+    return None if math.isnan(value) else value
+
+
+def _labels(item: Any) -> str:
+    metric = item.get("metric", {}) if isinstance(item, dict) else {}
+    return "{" + ",".join(f"{k}={v!r}" for k, v in sorted(metric.items())) + "}"
+
+
+def auth_headers(*, bearer_token: str | None, authorization: str | None) -> dict[str, str]:
+    """The Authorization header from the Secret values the operator read (None: not set).
+
+    Secrets made with `echo ... | kubectl create secret` end in a newline: values are stripped.
+    Both at once is ambiguous and an empty or multi-line value is a broken Secret: ValueError.
+    """
+    if bearer_token is not None and authorization is not None:
+        raise ValueError(
+            "analysis.prometheus: set bearerTokenSecretRef or authorizationSecretRef, not both"
+        )
+    if authorization is not None:
+        return {"Authorization": _header_value(authorization, what="authorizationSecretRef")}
+    if bearer_token is not None:
+        return {
+            "Authorization": "Bearer " + _header_value(bearer_token, what="bearerTokenSecretRef")
+        }
+    return {}
+
+
+def _header_value(value: str, *, what: str) -> str:
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError(f"analysis.prometheus.{what}: the Secret value is empty")
+    if "\n" in stripped or "\r" in stripped:
+        raise ValueError(f"analysis.prometheus.{what}: the Secret value spans several lines")
+    return stripped
+
+
+def _prometheus(*, analysis: api.AnalysisSpec, headers: Mapping[str, str]) -> MetricProvider:
+    ref = analysis.prometheus
+    return PrometheusProvider(url=ref.url, timeout=api.parse_duration(ref.timeout), headers=headers)
+
+
+PROVIDERS: dict[str, ProviderFactory] = {"prometheus": _prometheus}
+
+
+def provider_type(analysis: api.AnalysisSpec) -> str:
+    """Which provider an analysis names; `analysis.prometheus` is the only one so far."""
+    del analysis
+    return "prometheus"
+
+
+def build_provider(*, analysis: api.AnalysisSpec, headers: Mapping[str, str]) -> MetricProvider:
+    """The provider an analysis reads from; `headers` carry credentials from its Secrets."""
+    return PROVIDERS[provider_type(analysis)](analysis=analysis, headers=headers)
+
+
+async def measure(
+    *, provider: MetricProvider, queries: Mapping[str, str], at: datetime
+) -> Measurements:
+    """Every check's sample at `at`, queried concurrently; a failed query is a failed sample."""
+    names = list(queries)
+    samples = await asyncio.gather(
+        *(_sample(provider=provider, promql=queries[name], at=at) for name in names)
+    )
+    return Measurements(time=at, samples=dict(zip(names, samples, strict=True)))
+
+
+async def _sample(*, provider: MetricProvider, promql: str, at: datetime) -> Sample:
+    try:
+        return Sample(value=await provider.query(promql, at=at))
+    except MetricError as error:
+        return Sample.failed(str(error))

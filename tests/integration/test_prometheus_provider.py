@@ -1,0 +1,304 @@
+"""The analysis's metrics end to end: real model servers, scraped by a real Prometheus.
+
+Each test polls Prometheus until it holds what the test needs (never a fixed sleep): the first
+scrape of a new counter is its baseline, and increase() needs samples on both sides.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from canaryml_operator import api
+from canaryml_operator.checks import build_queries
+from canaryml_operator.measurements import (
+    DRIFT,
+    ERROR_RATE,
+    LATENCY_P99,
+    PREDICTION_DRIFT,
+    REQUESTS,
+    SHADOW_AGREEMENT,
+    Measurements,
+)
+from canaryml_operator.providers import (
+    PROVIDERS,
+    MetricError,
+    PrometheusProvider,
+    auth_headers,
+    build_provider,
+    measure,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from .prometheus import BASIC_AUTH, RunningPrometheus, Target
+
+pytestmark = pytest.mark.integration
+
+NAME = "demo"
+NAMESPACE = "default"
+CANARY = f'model_deployment="{NAME}",track="canary",version="1.1.0"'
+StartPrometheus = Callable[..., RunningPrometheus]
+
+
+def spec(*, url: str, metrics: list[dict[str, Any]] | None = None) -> api.ModelDeploymentSpec:
+    return api.parse_spec(
+        {
+            "model": {"uri": "file:///models/stable", "version": "1.0.0"},
+            "canary": {"model": {"uri": "file:///models/canary", "version": "1.1.0"}},
+            "shadow": {"model": {"uri": "file:///models/shadow", "version": "9.9.9"}},
+            "analysis": {
+                "prometheus": {"url": url, "timeout": "5s"},
+                "window": "1m",
+                "metrics": metrics or [],
+            },
+        }
+    )
+
+
+def serve(start_server: Callable[..., str], model: Path, track: str) -> str:
+    return start_server(
+        model,
+        "--track", track, "--model-deployment", NAME,
+        env={"CANARYML_DRIFT_MIN_ROWS": "20", "CANARYML_RUNTIME": "sklearn"},
+    )  # fmt: skip
+
+
+async def send(url: str, rows: list[dict[str, Any]], *, invalid: int = 0) -> None:
+    """One request per row (each counts), then `invalid` requests the schema refuses (422)."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for row in rows:
+            assert (await client.post("/predict", json=row)).status_code == 200
+        for _ in range(invalid):
+            assert (await client.post("/predict", json={"bad": 1})).status_code == 422
+
+
+def exported(url: str, family: str) -> list[float]:
+    """The values a server exports right now for one metric family."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [
+        sample.value
+        for metric in text_string_to_metric_families(text)
+        if metric.name == family
+        for sample in metric.samples
+    ]
+
+
+@pytest.fixture
+async def provider_for() -> AsyncIterator[Callable[[str], PrometheusProvider]]:
+    providers: list[PrometheusProvider] = []
+
+    def make(url: str) -> PrometheusProvider:
+        provider = PrometheusProvider(url=url, timeout=5.0)
+        providers.append(provider)
+        return provider
+
+    yield make
+    for provider in providers:
+        await provider.aclose()
+
+
+@pytest.fixture
+def rows(test_rows: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {str(column): cell for column, cell in record.items()}
+        for record in test_rows.to_dict(orient="records")
+    ]
+
+
+async def test_measure_reads_the_canary_under_analysis(
+    start_server: Callable[..., str],
+    prometheus: StartPrometheus,
+    provider_for: Callable[[str], PrometheusProvider],
+    example_models: dict[str, Path],
+    rows: list[dict[str, Any]],
+) -> None:
+    canary = serve(start_server, example_models["canary"], "canary")  # 1.1.0
+    # Traffic that must not count: the stable track, and an earlier canary (another version).
+    stable = serve(start_server, example_models["stable"], "stable")
+    earlier = serve(start_server, example_models["bad"], "canary")  # 1.2.0
+    labels = {"namespace": NAMESPACE}
+    prom = prometheus([Target(url, labels) for url in (canary, stable, earlier)])
+    await prom.wait_for_async("count(up == 1)", lambda v: v == 3)
+
+    # The first scrape of a counter is its baseline: create every series before measuring.
+    for url in (canary, stable, earlier):
+        await send(url, rows[:1], invalid=1)
+    await prom.wait_for_async(f"sum(canaryml_requests_total{{{CANARY}}})", lambda v: v == 2)
+
+    measured = 60 + 5
+    await send(canary, rows[:60], invalid=5)
+    await send(stable, rows[:100])
+    await send(earlier, rows[:100], invalid=10)
+    await prom.wait_for_async(
+        f"sum(canaryml_requests_total{{{CANARY}}})", lambda v: v == 2 + measured
+    )
+    await prom.wait_for_async(f"max(canaryml_feature_drift{{{CANARY}}})")
+
+    metrics = [
+        {"name": "rows", "query": f"sum(canaryml_drift_window_rows{{{CANARY}}})", "min": 0},
+        {"name": "broken", "query": "sum(rate(canaryml_requests_total[1m])", "max": 1},
+        {"name": "many", "query": "canaryml_model_info", "max": 1},
+    ]
+    queries = build_queries(
+        spec=spec(url=prom.url, metrics=metrics), name=NAME, namespace=NAMESPACE, source="server"
+    )
+    result = await measure(provider=provider_for(prom.url), queries=queries, at=datetime.now(UTC))
+    assert set(result.samples) == set(queries)
+    ok = {name: s for name, s in result.samples.items() if s.error is None}
+    assert set(ok) == set(queries) - {"broken", "many"}, result.samples
+
+    # increase() extrapolates to the window's edges: never less than sent, a little more.
+    assert measured <= value(result, REQUESTS) <= measured * 1.5
+    assert value(result, ERROR_RATE) == 0.0  # 4xx are not errors; no 5xx series is 0
+    assert 0 < value(result, LATENCY_P99) < 10
+    # Exactly the canary's own gauges: the earlier canary's drift is elsewhere.
+    assert value(result, DRIFT) == pytest.approx(max(exported(canary, "canaryml_feature_drift")))
+    assert value(result, PREDICTION_DRIFT) == pytest.approx(
+        exported(canary, "canaryml_prediction_drift")[0]
+    )
+    assert value(result, "rows") == exported(canary, "canaryml_drift_window_rows")[0] == 61
+    assert result.get(SHADOW_AGREEMENT).value is None  # no router, no comparisons: no data
+
+    broken = result.get("broken").error or ""
+    assert "bad_data" in broken and "parse error" in broken, broken
+    assert "3 series" in (result.get("many").error or "")
+
+    # A server that is not Prometheus: an HTTP error, with what it said.
+    not_prometheus = await measure(
+        provider=provider_for(canary), queries={"x": "vector(1)"}, at=datetime.now(UTC)
+    )
+    assert "HTTP 404" in (not_prometheus.get("x").error or "")
+
+
+def value(result: Measurements, check: str) -> float:
+    sample = result.get(check)
+    assert sample.error is None and sample.value is not None, (check, sample)
+    return sample.value
+
+
+async def test_prometheus_down_is_an_error_per_check_and_back_is_online_again(
+    start_server: Callable[..., str],
+    prometheus: StartPrometheus,
+    example_models: dict[str, Path],
+    rows: list[dict[str, Any]],
+) -> None:
+    canary = serve(start_server, example_models["canary"], "canary")
+    prom = prometheus([Target(canary, {"namespace": NAMESPACE})])
+    await send(canary, rows[:1])
+    await prom.wait_for_async(f"sum(canaryml_requests_total{{{CANARY}}})", lambda v: v == 1)
+    await send(canary, rows[:30])
+    await prom.wait_for_async(f"sum(canaryml_requests_total{{{CANARY}}})", lambda v: v == 31)
+
+    the_spec = spec(url=prom.url)
+    queries = build_queries(spec=the_spec, name=NAME, namespace=NAMESPACE, source="server")
+    provider = build_provider(analysis=the_spec.analysis, headers={})
+    try:
+        assert await provider.is_online()
+        before = await measure(provider=provider, queries=queries, at=datetime.now(UTC))
+        assert all(sample.error is None for sample in before.samples.values()), before
+
+        prom.stop()
+        assert not await provider.is_online()
+        down = await measure(provider=provider, queries=queries, at=datetime.now(UTC))
+        assert set(down.samples) == set(queries)
+        for sample in down.samples.values():
+            assert sample.value is None
+            assert sample.error and prom.url in sample.error and "unreachable" in sample.error
+
+        prom.start()  # same port, same data: the same provider (and its pool) recovers
+        assert await provider.is_online()
+        back = await measure(provider=provider, queries=queries, at=datetime.now(UTC))
+        assert all(sample.error is None for sample in back.samples.values()), back
+        assert value(back, REQUESTS) >= 30
+    finally:
+        await provider.aclose()
+
+
+async def test_provider_answers_scalars_vectors_and_no_data(
+    prometheus: StartPrometheus, provider_for: Callable[[str], PrometheusProvider]
+) -> None:
+    prom = prometheus([])
+    provider = provider_for(prom.url)
+    now = datetime.now(UTC)
+    assert await provider.query("scalar(vector(2.5))", at=now) == 2.5
+    assert await provider.query("vector(3)", at=now) == 3.0
+    assert await provider.query("0 / 0", at=now) is None  # NaN: no data
+    assert await provider.query("vector(0) / 0", at=now) is None
+    assert await provider.query("absent_series_xyz", at=now) is None
+    assert await provider.query("vector(1) / 0", at=now) == float("inf")
+    with pytest.raises(MetricError, match="2 series"):
+        await provider.query('label_replace(vector(1), "a", "b", "", "") or vector(2)', at=now)
+    with pytest.raises(MetricError, match=r"matrix.*not an instant vector"):
+        await provider.query("vector(1)[1m:]", at=now)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await provider.query("vector(1)", at=datetime.now())
+
+    # Names that need escaping still give queries Prometheus parses, each with its answer.
+    weird = 'we"ird\\name\n'
+    queries = build_queries(spec=spec(url=prom.url), name=weird, namespace="ns", source="router")
+    result = await measure(provider=provider, queries=queries, at=now)
+    assert all(sample.error is None for sample in result.samples.values()), result
+    assert result.get(REQUESTS).value == 0.0  # no series: zero requests
+    assert [result.get(check).value for check in queries if check != REQUESTS] == [None] * 5
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def test_a_slow_server_is_a_timeout(silent_port: int) -> None:
+    provider = PrometheusProvider(url=f"http://127.0.0.1:{silent_port}", timeout=0.3)
+    try:
+        with pytest.raises(MetricError, match=r"did not answer within 0\.3 s"):
+            await provider.query("vector(1)", at=datetime.now(UTC))
+        assert not await provider.is_online()
+    finally:
+        await provider.aclose()
+
+
+async def test_credentials_from_secrets_reach_a_protected_prometheus(
+    prometheus: StartPrometheus,
+) -> None:
+    prom = prometheus([], basic_auth=True)
+    analysis = spec(url=prom.url).analysis
+    basic = base64.b64encode(":".join(BASIC_AUTH).encode()).decode()
+    # As read from a Secret made with `echo ... | kubectl create secret`: a trailing newline.
+    headers = auth_headers(bearer_token=None, authorization=f"Basic {basic}\n")
+    allowed = build_provider(analysis=analysis, headers=headers)
+    refused = build_provider(analysis=analysis, headers={})
+    try:
+        assert await allowed.is_online()
+        assert await allowed.query("vector(7)", at=datetime.now(UTC)) == 7.0
+        assert not await refused.is_online()
+        with pytest.raises(MetricError, match="HTTP 401"):
+            await refused.query("vector(7)", at=datetime.now(UTC))
+    finally:
+        await allowed.aclose()
+        await refused.aclose()
+
+
+def test_auth_headers() -> None:
+    assert auth_headers(bearer_token=None, authorization=None) == {}
+    assert auth_headers(bearer_token="abc\n", authorization=None) == {"Authorization": "Bearer abc"}
+    assert auth_headers(bearer_token=None, authorization=" Basic eDp5 ") == {
+        "Authorization": "Basic eDp5"
+    }
+    with pytest.raises(ValueError, match="not both"):
+        auth_headers(bearer_token="a", authorization="Basic b")
+    with pytest.raises(ValueError, match="empty"):
+        auth_headers(bearer_token=" \n", authorization=None)
+    with pytest.raises(ValueError, match="several lines"):
+        auth_headers(bearer_token="a\nb", authorization=None)
+    assert set(PROVIDERS) == {"prometheus"}
