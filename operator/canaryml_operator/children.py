@@ -33,6 +33,7 @@ LABEL_MODEL_DEPLOYMENT = "canaryml.dev/model-deployment"
 LABEL_TRACK = "canaryml.dev/track"
 ANNOTATION_SPEC_HASH = "canaryml.dev/spec-hash"
 ANNOTATION_MODEL_VERSION = "canaryml.dev/model-version"  # exact; the version label is sanitised
+ANNOTATION_MODEL = "canaryml.dev/model"  # uri@version#sha256: which artifact exactly
 MANAGED_BY = "canaryml-operator"
 
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
@@ -102,6 +103,11 @@ class ChildKey:
     @classmethod
     def of(cls, manifest: Mapping[str, Any]) -> ChildKey:
         return cls(kind=manifest["kind"], name=manifest["metadata"]["name"])
+
+
+def model_reference(*, uri: str, version: str, sha256: str | None) -> str:
+    """One string naming an artifact exactly: two models of one version differ by it."""
+    return f"{uri}@{version}" + (f"#{sha256}" if sha256 else "")
 
 
 def track_name(owner: str, track: Track) -> str:
@@ -193,7 +199,12 @@ def build_deployment(
     labels = track_labels(owner.name, track, model.version)
     uri, volumes, mounts = _model_location(model)
     metadata = _metadata(owner, track_name(owner.name, track), labels)
-    metadata["annotations"] = {ANNOTATION_MODEL_VERSION: model.version}
+    metadata["annotations"] = {
+        ANNOTATION_MODEL_VERSION: model.version,
+        ANNOTATION_MODEL: model_reference(
+            uri=model.uri, version=model.version, sha256=model.sha256
+        ),
+    }
     env = [
         {"name": "CANARYML_MODEL_URI", "value": uri},
         {"name": "CANARYML_MODEL_VERSION", "value": model.version},

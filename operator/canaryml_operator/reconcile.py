@@ -44,6 +44,16 @@ class DeploymentState:
     updated: int = 0
     current: bool = False  # the controller has seen the latest spec
     version: str | None = None
+    model: str | None = None  # children.model_reference of the artifact it runs, when known
+
+    def serves(self, *, uri: str, version: str, sha256: str | None) -> bool:
+        """Whether it has rolled out with exactly this artifact (by version alone for a
+        Deployment written before the operator recorded the whole reference)."""
+        if not self.rolled_out:
+            return False
+        if self.model is not None:
+            return self.model == children.model_reference(uri=uri, version=version, sha256=sha256)
+        return self.version == version
 
     @property
     def rolled_out(self) -> bool:
@@ -68,6 +78,7 @@ class DeploymentState:
             current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
             version=(meta.get("annotations") or {}).get(children.ANNOTATION_MODEL_VERSION)
             or (meta.get("labels") or {}).get("app.kubernetes.io/version"),
+            model=(meta.get("annotations") or {}).get(children.ANNOTATION_MODEL),
         )
 
 

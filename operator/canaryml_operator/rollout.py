@@ -57,7 +57,11 @@ def commands_from(annotations: Mapping[str, str] | None) -> frozenset[Command]:
         value = (annotations or {}).get(key)
         if value is None:
             continue
-        if command != "pause" or value.strip().lower() in ("true", "1", "yes"):
+        answer = value.strip().lower()
+        if command == "pause":
+            if answer in ("true", "1", "yes"):
+                found.add(command)
+        elif answer not in ("false", "0", "no"):  # "promote: false" asks for nothing
             found.add(command)
     return frozenset(found)
 
@@ -79,11 +83,16 @@ class CheckResult:
         return api.CheckRecord(
             name=self.name,
             verdict=self.verdict,
-            value=self.value,
+            value=_finite(self.value),
             min=self.min,
             max=self.max,
             message=self.message,
         )
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON (and so the status) has no infinity: such a value is told in the message only."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _fmt(value: float) -> str:
@@ -171,7 +180,7 @@ def _judge_requests(sample: m.Sample, min_requests: int) -> CheckResult:
         return CheckResult(m.REQUESTS, "Error", None, low, None, f"requests: {sample.error}")
     count = sample.value if sample.value is not None and not math.isnan(sample.value) else 0.0
     if count < low:
-        text = f"{_fmt(count)} < minRequests {min_requests}"
+        text = f"requests {_fmt(count)} < minRequests {min_requests}"
         return CheckResult(m.REQUESTS, "Inconclusive", count, low, None, text)
     return CheckResult(m.REQUESTS, "Successful", count, low, None, "")
 
@@ -189,7 +198,7 @@ def overall(results: Sequence[CheckResult]) -> Verdict:
 def build_record(
     *, results: Sequence[CheckResult], time: datetime, step: int | None, weight: int
 ) -> api.AnalysisRecord:
-    values = {result.name: result.value for result in results}
+    values = {result.name: _finite(result.value) for result in results}
     return api.AnalysisRecord(
         time=time,
         verdict=overall(results),
@@ -385,14 +394,12 @@ def decide(
         _promote(b, spec, reason="promoted by the canaryml.dev/promote annotation")
         return b.decision()
 
-    if b.status.current_step is None:
-        _wait_for_canary(b, spec, tracks.get("canary", DeploymentState()))
-        if b.status.current_step is None:
-            return b.decision()
-
     paused = spec.paused or "pause" in commands
     if paused != (b.status.phase == "Paused"):
         b.update(phase="Paused" if paused else "Progressing")
+        if not paused and b.status.current_step is not None:
+            # A resumed step earns its whole interval again: nothing was judged while paused.
+            b.update(step_started_at=b.now)
         b.event("Normal", "Paused" if paused else "Resumed", _weight_text(b.status, paused))
         b.condition(
             "Progressing",
@@ -400,6 +407,13 @@ def decide(
             "Paused" if paused else "CanaryAnalysis",
             _weight_text(b.status, paused),
         )
+        b.action = "paused" if paused else b.action
+    if b.status.current_step is None:
+        if paused:
+            return b.decision()  # the canary gets no traffic until resumed
+        _wait_for_canary(b, spec, tracks.get("canary", DeploymentState()))
+        if b.status.current_step is None:
+            return b.decision()
     if measurements is None:
         return b.decision()
     _analyse(b, spec, measurements, paused=paused)
@@ -466,6 +480,10 @@ def _rollback_stable(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
         return
     if spec.canary is not None and in_rollout(spec=spec, status=b.status):
         _roll_back(b, spec, reason="Aborted", message="aborted by a rollback of the stable model")
+    elif b.status.phase == "Promoted" and b.status.canary_weight:
+        # A promotion still finishing: the canary's share ends now, with the stable's change.
+        b.update(canary_weight=0, step_started_at=b.now)
+        b.condition("Progressing", "False", "RolledBack", "promotion undone by a rollback")
     message = f"stable model rolled back from {current.version} to {target.version} by request"
     b.update(
         stable_model=target,
@@ -493,7 +511,8 @@ def _no_canary(b: _Builder, commands: Collection[Command]) -> None:
             b.event("Normal", "CommandIgnored", f"{command}: there is no canary in the spec")
     if b.status.canary_weight or b.status.current_step is not None:
         b.update(canary_weight=0, current_step=None, step_started_at=None)
-    b.update(canary_version=None, failed_checks=0, held_analyses=0)
+    # Forgetting the canary makes the same one, added again, a new rollout from the start.
+    b.update(canary_version=None, canary_model=None, failed_checks=0, held_analyses=0)
     if b.status.phase in ("Progressing", "Paused", "Promoted", "RolledBack", None):
         b.update(phase="Stable")
     b.condition("Progressing", "False", "NoCanary", "no canary in the spec")
@@ -528,8 +547,12 @@ def _start(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
 
 def _wait_for_canary(b: _Builder, spec: api.ModelDeploymentSpec, canary: DeploymentState) -> None:
     assert spec.canary is not None
-    version = spec.canary.model.version
-    if not (canary.rolled_out and canary.desired > 0 and canary.version == version):
+    model = spec.canary.model
+    version = model.version
+    if not (
+        canary.desired > 0
+        and canary.serves(uri=model.uri, version=model.version, sha256=model.sha256)
+    ):
         return
     first = spec.canary.steps[0]
     b.update(current_step=0, canary_weight=first, step_started_at=b.now)
@@ -675,14 +698,16 @@ def _finish_promotion(b: _Builder, tracks: Mapping[Track, DeploymentState]) -> N
     """Once the stable Deployment serves the promoted model, the canary's traffic goes to it."""
     stable = tracks.get("stable", DeploymentState())
     model = b.status.stable_model
-    if b.status.canary_weight == 0 or model is None:
+    progressing = next((c for c in b.status.conditions if c.type == "Progressing"), None)
+    if model is None or progressing is None or progressing.reason != "Promoting":
         return
-    if not (stable.rolled_out and stable.version == model.version):
+    if not stable.serves(uri=model.uri, version=model.version, sha256=model.sha256):
         return
     message = (
         f"stable model {model.version} rolled out: canary weight {b.status.canary_weight}% -> 0%"
     )
-    b.update(canary_weight=0, step_started_at=b.now)
+    if b.status.canary_weight:
+        b.update(canary_weight=0, step_started_at=b.now)
     b.condition("Progressing", "False", "Promoted", message)
     b.event("Normal", "PromotionComplete", message)
     b.action = "promoted"

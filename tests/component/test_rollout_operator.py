@@ -92,7 +92,11 @@ async def test_an_available_canary_gets_the_first_step(cluster: Cluster) -> None
     assert first["currentStep"] == 0
     assert first["phase"] == "Progressing"
     assert condition(first, "Progressing")["reason"] == "CanaryAnalysis"
-    assert {"RolloutStarted", "StepUp"} <= set(await reasons(cluster, "iris"))
+    await eventually(
+        lambda: reasons(cluster, "iris"),
+        until=lambda found: {"RolloutStarted", "StepUp"} <= set(found),
+        what="the RolloutStarted and StepUp Events",
+    )
 
 
 async def test_unreachable_metrics_hold_the_weight_as_error_analyses(cluster: Cluster) -> None:
@@ -144,7 +148,11 @@ async def test_promote_makes_the_canary_stable_before_retiring_it(
         what="the canary Deployment removed",
     )
     assert await cluster.get("Service", NS, "iris-canary") is None
-    assert {"Promoted", "PromotionComplete"} <= set(await reasons(cluster, "iris"))
+    await eventually(
+        lambda: reasons(cluster, "iris"),
+        until=lambda found: {"Promoted", "PromotionComplete"} <= set(found),
+        what="the Promoted and PromotionComplete Events",
+    )
 
     # The previous stable is in history: `canaryml rollback` returns to it.
     await canaryml("rollback", "iris")
