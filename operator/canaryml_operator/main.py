@@ -44,6 +44,9 @@ KOPF_PREFIX = f"operator.{api.GROUP}"
 RETRY_SECONDS = 5.0
 CONFLICT_RETRY_SECONDS = 0.5
 DAEMON_POLL_SECONDS = 1.0  # the daemon re-reads the rollout state at least this often
+# After a write, before the next look: the watch usually brings the new status by then, and an
+# analysis taken from an older one is dropped (reconcile_latest), never counted twice.
+WRITTEN_PAUSE_SECONDS = 0.25
 
 
 @kopf.on.startup()
@@ -192,6 +195,7 @@ def reconcile_latest(
     *,
     kube: KubeClient,
     measurements: Measurements | None = None,
+    measured_after: datetime | None = None,
     attempts: int = 3,
 ) -> reconcile.Plan:
     """Reconcile the resource as it is now: read it, then act, one reconcile per resource at a
@@ -207,6 +211,9 @@ def reconcile_latest(
             found = kube.get(api.KIND, namespace, name)
             if found is None:
                 return reconcile.Plan()  # deleted meanwhile
+            last = api.parse_status(found.get("status")).last_analysis
+            if measurements is not None and (last.time if last else None) != measured_after:
+                measurements = None  # another analysis was written since these were taken
             try:
                 return reconcile_model_deployment(
                     found, kube=kube, image=SETTINGS.image, now=_now(), measurements=measurements
@@ -303,7 +310,7 @@ async def analysis_daemon(
         measurements = None
         if due == 0.0:
             measurements = await take_measurements(spec=spec, owner=owner, kube=kube, now=now)
-        pause = DAEMON_POLL_SECONDS  # time for the watch to bring the status just written
+        pause = WRITTEN_PAUSE_SECONDS  # time for the watch to bring the status just written
         try:
             await asyncio.to_thread(
                 reconcile_latest,
@@ -311,6 +318,7 @@ async def analysis_daemon(
                 owner.name,
                 kube=kube,
                 measurements=measurements,
+                measured_after=status.last_analysis.time if status.last_analysis else None,
             )
             if drain_due:
                 drained = status.step_started_at
