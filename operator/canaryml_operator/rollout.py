@@ -292,6 +292,25 @@ def _history(status: api.ModelDeploymentStatus, entry: api.HistoryEntry) -> list
     return [*status.history, entry][-HISTORY_LIMIT:]
 
 
+def _entry(
+    model: api.ModelRef | api.ModelIdentity,
+    *,
+    event: Literal["promoted", "rolledBack"],
+    time: datetime,
+    reason: str,
+    replaced: api.ModelIdentity | None = None,
+) -> api.HistoryEntry:
+    return api.HistoryEntry(
+        version=model.version,
+        uri=model.uri,
+        sha256=model.sha256,
+        event=event,
+        time=time,
+        reason=reason,
+        replaced=replaced,
+    )
+
+
 def previous_stable(status: api.ModelDeploymentStatus) -> api.ModelIdentity | None:
     """What `rollback` returns to: the model the current stable replaced when promoted."""
     current = status.stable_model
@@ -487,17 +506,7 @@ def _rollback_stable(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
     message = f"stable model rolled back from {current.version} to {target.version} by request"
     b.update(
         stable_model=target,
-        history=_history(
-            b.status,
-            api.HistoryEntry(
-                version=current.version,
-                uri=current.uri,
-                sha256=current.sha256,
-                event="rolledBack",
-                time=b.now,
-                reason=message,
-            ),
-        ),
+        history=_history(b.status, _entry(current, event="rolledBack", time=b.now, reason=message)),
     )
     b.condition("RolledBack", "True", "ManualRollback", message)
     b.event("Warning", "RolledBack", message)
@@ -671,16 +680,7 @@ def _promote(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str) -> None
         held_analyses=0,
         failed_checks=0,
         history=_history(
-            b.status,
-            api.HistoryEntry(
-                version=model.version,
-                uri=model.uri,
-                sha256=model.sha256,
-                event="promoted",
-                time=b.now,
-                reason=reason,
-                replaced=previous,
-            ),
+            b.status, _entry(model, event="promoted", time=b.now, reason=reason, replaced=previous)
         ),
     )
     b.condition(
@@ -722,17 +722,7 @@ def _roll_back(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str, messa
         current_step=None,
         step_started_at=b.now,
         held_analyses=0,
-        history=_history(
-            b.status,
-            api.HistoryEntry(
-                version=model.version,
-                uri=model.uri,
-                sha256=model.sha256,
-                event="rolledBack",
-                time=b.now,
-                reason=message,
-            ),
-        ),
+        history=_history(b.status, _entry(model, event="rolledBack", time=b.now, reason=message)),
     )
     b.condition("RolledBack", "True", reason, message)
     b.condition("Progressing", "False", "RolledBack", message)
