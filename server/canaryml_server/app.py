@@ -47,6 +47,7 @@ from canaryml_server.settings import ServerSettings
 log = logging.getLogger("canaryml.server")
 
 JSON = "application/json"
+VERSION_HEADER = b"x-canaryml-model-version"
 PREDICTION_PATHS = frozenset(
     {
         "/predict",
@@ -143,6 +144,7 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
         max_rows=settings.max_batch_rows,
     )
     limit = settings.max_body_bytes
+    version_header = (VERSION_HEADER, version.encode("latin-1"))
 
     registry = CollectorRegistry(auto_describe=True)
     metrics: ServerMetrics | None = None
@@ -195,19 +197,21 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
             payload = await read_json(request, limit=limit)
             response = handle(payload)
             code = response.status_code
-            return response
         except InvalidInput as error:
             code = error.status_code
-            return _json_response(error_body(error), code)
+            response = _json_response(error_body(error), code)
         except ModelFailure as error:
-            return _json_response(error_body(InvalidInput([Problem((), str(error))])), 500)
+            response = _json_response(error_body(InvalidInput([Problem((), str(error))])), 500)
         except Exception:
             log.exception("unexpected error answering %s", request.url.path)
             problem = Problem((), "internal error: see the server log", "internal")
-            return _json_response(error_body(InvalidInput([problem])), 500)
+            response = _json_response(error_body(InvalidInput([problem])), 500)
         finally:
             if metrics is not None:
                 metrics.observe_request(code=code, seconds=time.perf_counter() - start)
+        # The router labels its series with the version that answered (a constant: cheap).
+        response.raw_headers.append(version_header)
+        return response
 
     def wants_probabilities(request: Request) -> bool:
         raw = request.query_params.get("probabilities", "true").lower()

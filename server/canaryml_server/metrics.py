@@ -25,6 +25,7 @@ FEATURE_DRIFT = "canaryml_feature_drift"
 PREDICTION_DRIFT = "canaryml_prediction_drift"
 DRIFT_WINDOW_ROWS = "canaryml_drift_window_rows"
 MODEL_INFO = "canaryml_model_info"
+SOURCE = "server"
 
 
 class DriftCollector(Collector):
@@ -74,19 +75,21 @@ class ServerMetrics:
     ) -> None:
         self.registry = registry
         self.labels = {"model_deployment": model_deployment, "track": track, "version": version}
+        # The router counts the same requests with source="router": a query picks one view.
+        self._request_labels = {**self.labels, "source": SOURCE}
         self._requests = Counter(
             REQUESTS_TOTAL.removesuffix("_total"),
             "Prediction requests by HTTP status code",
-            [*self.labels, "code"],
+            [*self._request_labels, "code"],
             registry=registry,
         )
         self._duration = Histogram(
             REQUEST_DURATION,
             "Time to answer a prediction request",
-            list(self.labels),
+            list(self._request_labels),
             buckets=LATENCY_BUCKETS,
             registry=registry,
-        ).labels(**self.labels)
+        ).labels(**self._request_labels)
         info = Gauge(
             MODEL_INFO,
             "The model this server answers with (always 1)",
@@ -95,11 +98,15 @@ class ServerMetrics:
         )
         info.labels(**self.labels, model=model_name, runtime=runtime).set(1)
         self._by_code: dict[int, Counter] = {}
+        # Series at 0 before the first request: Prometheus takes a new series' first sample as
+        # its baseline, so a 500 series born at 1 would hide that first error from increase().
+        for code in (200, 500):
+            self._by_code[code] = self._requests.labels(**self._request_labels, code=str(code))
 
     def observe_request(self, *, code: int, seconds: float) -> None:
         counter = self._by_code.get(code)
         if counter is None:
-            counter = self._requests.labels(**self.labels, code=str(code))
+            counter = self._requests.labels(**self._request_labels, code=str(code))
             self._by_code[code] = counter
         counter.inc()
         self._duration.observe(seconds)

@@ -70,7 +70,8 @@ def test_served_predictions_match_sklearn(
         for s in families["canaryml_requests"].samples
         if s.name == "canaryml_requests_total"
     }
-    assert requests == {"200": 22.0, "422": 1.0}
+    # The 500 series exists from the start, at 0, so that a first error shows in increase().
+    assert requests == {"200": 22.0, "422": 1.0, "500": 0.0}
     for family in families.values():
         for sample in family.samples:
             if family.name.startswith("canaryml_") and family.name != "canaryml_model_info":

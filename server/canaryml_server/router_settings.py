@@ -1,0 +1,118 @@
+"""Router settings: every option of `canaryml router` is also an environment variable.
+
+CANARYML_ROUTER_* for the router's own options; the ModelDeployment and namespace also read
+CANARYML_MODEL_DEPLOYMENT and CANARYML_NAMESPACE, the names the model servers use.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from canaryml_server.router_core import DEFAULT_PROBABILITY_TOLERANCE, TRACKS, RoutingTable
+
+_HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+
+def parse_track_pairs(value: object, *, what: str) -> object:
+    """`stable=http://a,canary=http://b` (an environment variable) or ["stable=...", ...] (the
+    repeated CLI option) as {track: value}; other shapes go on to pydantic's own checks."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        return value
+    pairs: dict[str, str] = {}
+    for item in value:
+        track, sep, rest = str(item).partition("=")
+        track = track.strip()
+        if not sep or not rest.strip():
+            raise ValueError(f"{what} {item!r}: expected TRACK=VALUE, e.g. stable=...")
+        if track not in TRACKS:
+            raise ValueError(f"{what} {item!r}: the track must be stable, canary or shadow")
+        pairs[track] = rest.strip()
+    return pairs
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CANARYML_ROUTER_", extra="ignore", populate_by_name=True
+    )
+
+    model_deployment: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "CANARYML_ROUTER_MODEL_DEPLOYMENT", "CANARYML_MODEL_DEPLOYMENT"
+        ),
+    )
+    namespace: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CANARYML_ROUTER_NAMESPACE", "CANARYML_NAMESPACE"),
+    )
+    follow: bool = False
+    canary_weight: int = Field(default=0, ge=0, le=100)
+    shadow_percent: int = Field(default=0, ge=0, le=100)
+    sticky_header: str | None = Field(default=None, max_length=256, pattern=_HEADER_PATTERN)
+    upstreams: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    versions: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    probability_tolerance: float = Field(default=DEFAULT_PROBABILITY_TOLERANCE, ge=0, le=1)
+    admin: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    upstream_timeout: float = Field(default=30.0, gt=0)
+    shadow_timeout: float = Field(default=5.0, gt=0)
+    max_mirrors: int = Field(default=64, ge=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _split_upstreams(cls, value: object) -> object:
+        return parse_track_pairs(value, what="upstream")
+
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _split_versions(cls, value: object) -> object:
+        return parse_track_pairs(value, what="version")
+
+    @field_validator("upstreams")
+    @classmethod
+    def _http_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for track, url in value.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream of {track} must be an http(s) URL, got {url!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RouterSettings:
+        if not self.model_deployment:
+            raise ValueError(
+                "name the ModelDeployment: --model-deployment NAME or CANARYML_MODEL_DEPLOYMENT"
+            )
+        if self.follow:
+            if self.admin:
+                raise ValueError(
+                    "--admin is for static weights: with --follow the ModelDeployment's status "
+                    "sets them"
+                )
+            return self
+        if "stable" not in self.upstreams:
+            raise ValueError(
+                "without --follow the router needs --upstream stable=URL "
+                "(and canary=URL, shadow=URL for those tracks)"
+            )
+        for track, share in (("canary", self.canary_weight), ("shadow", self.shadow_percent)):
+            if share > 0 and track not in self.upstreams:
+                raise ValueError(f"a {track} share above 0 needs --upstream {track}=URL")
+        return self
+
+    def static_table(self) -> RoutingTable:
+        """The table of the static mode."""
+        return RoutingTable(
+            upstreams=self.upstreams,
+            canary_weight=self.canary_weight,
+            shadow_percent=self.shadow_percent,
+            sticky_header=self.sticky_header,
+            versions=self.versions,
+            probability_tolerance=self.probability_tolerance,
+        )
