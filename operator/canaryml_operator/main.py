@@ -241,6 +241,7 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo) -> None:
 
 # No periodic timer: kopf would put a finalizer on every resource for it, and the watches
 # already deliver every change of the resource and of its children (resume covers restarts).
+# Only a rollout needs a clock: the analysis daemon below, for resources with a canary.
 @kopf.on.resume(*MD)
 @kopf.on.create(*MD)
 @kopf.on.update(*MD)
