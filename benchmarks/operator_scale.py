@@ -6,7 +6,7 @@
 Starts kmock's Kubernetes API emulator in this process (with the behaviours of
 tests/kube_emulator.py), runs `canaryml operator --all-namespaces --standalone` as a separate
 process against it, creates COUNT ModelDeployments at once (stable, canary and shadow by default:
-seven children each) and waits until every one has all its children and a status whose
+eleven children each, the builtin router's four included) and waits until every one has all its children and a status whose
 observedGeneration is current. It reports:
 
 - the wall time until then (dominated by the emulator, which looks objects up linearly);
@@ -69,6 +69,16 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+# The builtin router's objects come with every resource: its Deployment, ServiceAccount, Role
+# and RoleBinding.
+CHILD_PLURALS = ("deployments", "services", "serviceaccounts", "roles", "rolebindings")
+
+
+def children_per_resource(tracks: int) -> int:
+    """A Deployment and a Service per track, the main Service, the router's four objects."""
+    return 2 * tracks + 1 + 4
+
+
 def settled(emulator: KubeEmulator, count: int, tracks: int) -> bool:
     """Every ModelDeployment has its children and a current observedGeneration (read from the
     emulator's memory, so that checking costs the emulator no requests)."""
@@ -81,11 +91,11 @@ def settled(emulator: KubeEmulator, count: int, tracks: int) -> bool:
         if resource.plural == api.PLURAL:
             status = raw.get("status") or {}
             current += status.get("observedGeneration") == raw["metadata"].get("generation")
-        elif resource.plural in ("deployments", "services"):
+        elif resource.plural in CHILD_PLURALS:
             owner = (raw["metadata"].get("labels") or {}).get("canaryml.dev/model-deployment")
             if owner:
                 children[owner] += 1
-    per_resource = 2 * tracks + 1
+    per_resource = children_per_resource(tracks)
     complete = sum(1 for n in children.values() if n == per_resource)
     return current == count and complete == count
 
@@ -175,7 +185,7 @@ async def run(count: int, tracks: int, log: Path) -> dict[str, Any]:
                     quiet_cpu = now_cpu
                 return {
                     "count": count,
-                    "children": count * (2 * tracks + 1),
+                    "children": count * children_per_resource(tracks),
                     "create_seconds": created - started,
                     "settle_seconds": done - started,
                     "cpu_settle": cpu_done - cpu_before,

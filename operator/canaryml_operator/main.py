@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -292,20 +294,28 @@ async def analysis_daemon(
     """
     kube = _kube(memo)
     drained: datetime | None = None  # the drain already acted on (a repeat is harmless)
+    seen: str | None = None  # the resourceVersion the schedule below was computed from
+    wake_at = math.inf  # time.monotonic() of the next thing to do
     while not stopped:
+        version = body.get("metadata", {}).get("resourceVersion")
+        if version == seen and time.monotonic() < wake_at:
+            # Nothing changed and nothing is due: no parsing, a dictionary lookup a second.
+            await stopped.wait(min(DAEMON_POLL_SECONDS, wake_at - time.monotonic()))
+            continue
+        seen, wake_at = version, math.inf
         snapshot = copy.deepcopy(dict(body))
         try:
             spec = api.parse_spec(snapshot.get("spec"))
         except ValueError:
-            await stopped.wait(DAEMON_POLL_SECONDS)  # the event handlers report it
-            continue
+            continue  # the event handlers report it; look again when the resource changes
         status, now = api.parse_status(snapshot.get("status")), _now()
         due = rollout.next_analysis_in(spec=spec, status=status, now=now)
         drain = rollout.drain_ends_in(spec=spec, status=status, now=now)
-        drain_due = drain == 0.0 and drained != status.step_started_at
-        if due != 0.0 and not drain_due:
-            waits = [w for w in (due, drain) if w]
-            await stopped.wait(min([DAEMON_POLL_SECONDS, *waits]))
+        if drain is not None and drained == status.step_started_at:
+            drain = None
+        if due != 0.0 and drain != 0.0:
+            waits = [w for w in (due, drain) if w is not None]
+            wake_at = time.monotonic() + min(waits) if waits else math.inf
             continue
         owner = reconcile.parse_owner(snapshot)
         measurements = None
@@ -321,12 +331,13 @@ async def analysis_daemon(
                 measurements=measurements,
                 measured_after=status.last_analysis.time if status.last_analysis else None,
             )
-            if drain_due:
+            if drain == 0.0:
                 drained = status.step_started_at
         except KubeError as error:
             # 409: the status moved on since it was read; the next turn reads it again.
             log.info("analysis of %s/%s not applied: %s", owner.namespace, owner.name, error)
             pause = CONFLICT_RETRY_SECONDS
+        seen = None  # whatever was written, look at the resource afresh
         await stopped.wait(pause)
 
 
