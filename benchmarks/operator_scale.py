@@ -6,8 +6,8 @@
 Starts kmock's Kubernetes API emulator in this process (with the behaviours of
 tests/kube_emulator.py), runs `canaryml operator --all-namespaces --standalone` as a separate
 process against it, creates COUNT ModelDeployments at once (stable, canary and shadow by default:
-eleven children each, the builtin router's four included) and waits until every one has all its children and a status whose
-observedGeneration is current. It reports:
+eleven children each, the builtin router's four included) and waits until every one has all
+its children and a status whose observedGeneration is current. It reports:
 
 - the wall time until then (dominated by the emulator, which looks objects up linearly);
 - the operator process's peak memory (VmHWM) and its growth per resource;
