@@ -31,12 +31,9 @@ wrk). Other load on the machine shows in the figures: run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +47,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+from common import free_port, train_models, wrk
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -96,13 +94,6 @@ class Result:
     errors: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # --- the minimal fast upstream ---------------------------------------------------------------
 
 
@@ -142,16 +133,6 @@ def serve_fixed(port: int) -> None:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def train_models(out: Path) -> dict[str, Path]:
-    """The example models, trained and packaged by examples/train_models.py."""
-    spec = importlib.util.spec_from_file_location("train_models", ROOT / "examples/train_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folders: dict[str, Path] = module.train(out)
-    return folders
 
 
 def model_server(label: str, folder: Path, track: str) -> Process:
@@ -226,47 +207,6 @@ def set_cpus(pid: int, cpus: set[int]) -> None:
 
 
 # --- load ------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _latency_ms(text: str, percentile: str) -> float:
-    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
-    if match is None:
-        raise ValueError(f"no {percentile}% latency in wrk output:\n{text}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def wrk(url: str, body: str, *, seconds: int, connections: int, cpu: int | None) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-        )
-    command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url,
-    ]  # fmt: skip
-    if cpu is not None:
-        command = ["taskset", "-c", str(cpu), *command]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, check=True, timeout=seconds + 60
-        )
-    finally:
-        Path(script.name).unlink()
-    text = done.stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
-    return {
-        "rps": float(rps.group(1)) if rps else 0.0,
-        "p50_ms": _latency_ms(text, "50"),
-        "p99_ms": _latency_ms(text, "99"),
-        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-        "errors": sum(int(g) for g in errors.groups()) if errors else 0,
-    }
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,12 +21,9 @@ wrk) and network access to PyPI the first time, for the peers' environments.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +39,7 @@ import httpx
 import joblib
 import numpy as np
 import pandas as pd
+from common import free_port, train_models, wrk
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -86,24 +84,7 @@ class Server:
         return self.url + self.path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # --- models -----------------------------------------------------------------------------------
-
-
-def train_models(out: Path) -> dict[str, Path]:
-    """The example models, trained and packaged by examples/train_models.py."""
-    spec = importlib.util.spec_from_file_location("train_models", ROOT / "examples/train_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folders: dict[str, Path] = module.train(out)
-    return folders
 
 
 def v2_body(rows: np.ndarray) -> str:
@@ -229,46 +210,6 @@ def running(server: Server, url: str) -> Iterator[None]:
 
 
 # --- load -------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _latency_ms(text: str, percentile: str) -> float:
-    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
-    if match is None:
-        raise ValueError(f"no {percentile}% latency in wrk output:\n{text}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def wrk(url: str, body: str, *, seconds: float, connections: int, threads: int) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-        )
-    try:
-        done = subprocess.run(
-            [
-                "wrk", f"-t{threads}", f"-c{connections}", f"-d{round(seconds)}s", "--latency",
-                "-s", script.name, url,
-            ],
-            capture_output=True, text=True, check=True, timeout=seconds + 60,
-        )  # fmt: skip
-    finally:
-        Path(script.name).unlink()
-    text = done.stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
-    return {
-        "rps": float(rps.group(1)) if rps else 0.0,
-        "p50_ms": _latency_ms(text, "50"),
-        "p99_ms": _latency_ms(text, "99"),
-        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-        "errors": sum(int(g) for g in errors.groups()) if errors else 0,
-    }
 
 
 def labels_from(response: dict[str, Any]) -> list[Any]:

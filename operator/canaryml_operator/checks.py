@@ -56,15 +56,6 @@ SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"
 SERVER_ERRORS: Final = 'code=~"5.."'
 COMPARED: Final = 'result=~"agree|disagree"'  # not "error": a failed comparison says nothing
 
-_DESCRIPTIONS: Final = {
-    REQUESTS: "canary requests",
-    ERROR_RATE: "canary error rate",
-    LATENCY_P99: "canary p99 latency",
-    DRIFT: "canary feature drift (worst PSI)",
-    PREDICTION_DRIFT: "canary prediction drift (PSI)",
-    SHADOW_AGREEMENT: "shadow agreement with the canary",
-}
-
 # PromQL durations: integers with units in decreasing order (1h30m, 90s, 250ms).
 _PROMQL_DURATION: Final = re.compile(r"(?=\d)(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?")
 # Go string escapes that PromQL understands; Kubernetes names and versions never need more.
@@ -93,11 +84,6 @@ def range_duration(window: str) -> str:
     if _PROMQL_DURATION.fullmatch(window):
         return window
     return f"{max(1, round(api.parse_duration(window) * 1000))}ms"
-
-
-def describe(check: str) -> str:
-    """A check's name as a person reads it in a reason or an Event ("canary error rate")."""
-    return _DESCRIPTIONS.get(check, f"metric {check}")
 
 
 def build_queries(

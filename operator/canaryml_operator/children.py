@@ -314,10 +314,9 @@ def build_service(
 
 
 def present_tracks(
-    spec: api.ModelDeploymentSpec, plan: TrackPlan | None = None
+    spec: api.ModelDeploymentSpec, plan: TrackPlan
 ) -> dict[Track, tuple[api.ModelRef, int]]:
     """Each track that runs, with its model and replica count, as the rollout plan says."""
-    plan = plan or TrackPlan(spec.model, spec.canary.replicas if spec.canary else None)
     tracks: dict[Track, tuple[api.ModelRef, int]] = {
         "stable": (plan.stable_model, spec.serving.replicas)
     }

@@ -32,10 +32,8 @@ from canaryml_operator.reconcile import DeploymentState, Event, set_condition
 
 Verdict = api.Verdict
 Command = Literal["promote", "abort", "rollback", "pause"]
-ONE_SHOT_COMMANDS: tuple[Command, ...] = ("promote", "abort", "rollback")
 
 # Annotations a person (or `canaryml promote|abort|rollback|pause`) sets on the resource.
-ANNOTATION_PREFIX = f"{api.GROUP}/"
 COMMAND_ANNOTATIONS: Mapping[Command, str] = {
     "promote": f"{api.GROUP}/promote",
     "abort": f"{api.GROUP}/abort",
@@ -244,13 +242,6 @@ class Decision:
 
 def identity(model: api.ModelRef) -> api.ModelIdentity:
     return api.ModelIdentity.of(model)
-
-
-def analysis_due(
-    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
-) -> bool:
-    """Whether the canary is at a step and its last analysis is at least `interval` old."""
-    return next_analysis_in(spec=spec, status=status, now=now) == 0.0
 
 
 def next_analysis_in(

@@ -32,19 +32,33 @@ def serve_command(model: str | Path, port: int, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+def router_command(port: int, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "canaryml_cli", "router",
+        "--host", "127.0.0.1", "--port", str(port), *args,
+    ]  # fmt: skip
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    url: str,
+    *,
+    path: str = "/v2/health/ready",
+    what: str = "server",
+) -> None:
+    """Poll `url + path` until it answers 200; fail with the process's output if it exits."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = process.stdout.read().decode() if process.stdout else ""
-            raise AssertionError(f"server exited with {process.returncode}:\n{output}")
+            raise AssertionError(f"{what} exited with {process.returncode}:\n{output}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.05)
-    raise AssertionError(f"server at {url} not ready within {READY_TIMEOUT_S} s")
+    raise AssertionError(f"{what} at {url} not ready within {READY_TIMEOUT_S} s")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

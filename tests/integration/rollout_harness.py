@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -25,9 +24,7 @@ import httpx
 import pandas as pd
 
 from tests.component.operator_harness import ApiError, Cluster
-from tests.integration.conftest import free_port, stop, wait_ready
-
-READY_TIMEOUT_S = 60.0
+from tests.integration.conftest import free_port, router_command, serve_command, stop, wait_ready
 
 
 def start_process(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -50,21 +47,7 @@ class Processes:
     ) -> tuple[str, subprocess.Popen[bytes]]:
         port = free_port()
         process = start_process(
-            [
-                sys.executable,
-                "-m",
-                "canaryml_cli",
-                "serve",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--track",
-                track,
-                "--model-deployment",
-                name,
-            ],
+            serve_command(model, port, "--track", track, "--model-deployment", name),
             env={"CANARYML_DRIFT_MIN_ROWS": "20", **(env or {})},
         )
         self.running.append(process)
@@ -78,38 +61,15 @@ class Processes:
         """`canaryml router --follow`: ready once it has read its ModelDeployment."""
         args = [f"--upstream={track}={url}" for track, url in upstreams.items()]
         process = start_process(
-            [
-                sys.executable,
-                "-m",
-                "canaryml_cli",
-                "router",
-                "--follow",
-                "--model-deployment",
-                name,
-                "--namespace",
-                namespace,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                *args,
-            ],
+            router_command(
+                port, "--follow", "--model-deployment", name, "--namespace", namespace, *args
+            ),
             env={"KUBECONFIG": str(kubeconfig)},
         )
         self.running.append(process)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise AssertionError(f"router exited with {process.returncode}:\n{output}")
-            try:
-                if httpx.get(f"{url}/router/readyz", timeout=1.0).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"router at {url} not ready within {READY_TIMEOUT_S} s")
+        wait_ready(process, url, path="/router/readyz", what="router")
+        return url
 
     def stop_all(self) -> None:
         for process in self.running:

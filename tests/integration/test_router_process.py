@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,33 +15,11 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import READY_TIMEOUT_S, free_port, serve_command, stop, wait_ready
+from .conftest import free_port, router_command, serve_command, stop, wait_ready
 
 pytestmark = pytest.mark.integration
 
 DEPLOYMENT = "bc"
-
-
-def router_command(port: int, *args: str) -> list[str]:
-    return [
-        sys.executable, "-m", "canaryml_cli", "router",
-        "--host", "127.0.0.1", "--port", str(port), *args,
-    ]  # fmt: skip
-
-
-def wait_router(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise AssertionError(f"router exited with {process.returncode}:\n{output}")
-        try:
-            if httpx.get(f"{url}/router/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"router at {url} not ready within {READY_TIMEOUT_S} s")
 
 
 @pytest.fixture
@@ -60,7 +37,7 @@ def start_router() -> Iterator[Callable[..., str]]:
         )
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
-        wait_router(process, url)
+        wait_ready(process, url, path="/router/readyz", what="router")
         return url
 
     yield start

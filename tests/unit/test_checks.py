@@ -142,9 +142,3 @@ def test_custom_metrics_are_verbatim_and_keyed_by_name() -> None:
 def test_no_canary_is_a_caller_error() -> None:
     with pytest.raises(ValueError, match=r"spec\.canary"):
         queries(MINIMAL)
-
-
-def test_describe() -> None:
-    assert checks.describe(ERROR_RATE) == "canary error rate"
-    assert checks.describe("business-kpi") == "metric business-kpi"
-    assert all(checks.describe(name) != f"metric {name}" for name in BUILTIN_CHECKS)
