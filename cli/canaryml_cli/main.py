@@ -10,6 +10,8 @@ import typer
 from canaryml_operator import cli as operator_cli
 from canaryml_server import cli as server_cli
 
+from canaryml_cli.demo import command as demo_command
+
 app = typer.Typer(
     name="canaryml",
     help="Take scikit-learn models from a notebook to production, and keep them safe there.",
@@ -19,6 +21,7 @@ app = typer.Typer(
 )
 server_cli.register(app)
 operator_cli.register(app)
+demo_command.register(app)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from canaryml_server.artifact import LoadedModel
 from canaryml_server.drift import DriftMonitor
+from canaryml_server.faults import Faults
 from canaryml_server.metrics import ServerMetrics
 from canaryml_server.protocol import (
     PREDICT_OUTPUT,
@@ -145,6 +146,16 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
     )
     limit = settings.max_body_bytes
     version_header = (VERSION_HEADER, version.encode("latin-1"))
+    faults = Faults.from_settings(settings)
+    if faults is not None:
+        # Loud once: a server that fails on purpose must never be mistaken for a real one.
+        log.warning(
+            "fault injection is on for %s %s (%s): prediction requests fail or slow down on "
+            "purpose; never run this in production",
+            name,
+            version,
+            faults.describe(),
+        )
 
     registry = CollectorRegistry(auto_describe=True)
     metrics: ServerMetrics | None = None
@@ -195,6 +206,9 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
         code = 500
         try:
             payload = await read_json(request, limit=limit)
+            # Inside the timing, so the metrics see injected faults as they would real ones.
+            if faults is not None and await faults.apply():
+                raise ModelFailure(faults.error_message)
             response = handle(payload)
             code = response.status_code
         except InvalidInput as error:

@@ -32,12 +32,23 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from canaryml_server.router_core import (
+    TRACKS,
     RoutingTable,
     choose_track,
     compare_answers,
@@ -80,18 +91,78 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _OWN_PATHS = frozenset({"/metrics", "/router/healthz", "/router/readyz", "/router/weights"})
 
 
+def _known_tracks(value: dict[str, str], what: str) -> None:
+    unknown = sorted(set(value) - set(TRACKS))
+    if unknown:
+        raise ValueError(f"unknown track(s) {unknown} in {what}: use stable, canary or shadow")
+
+
+def _url_problem(url: str) -> str | None:
+    """What UpstreamPool would refuse in this URL: a PUT must fail whole, not mid-swap."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+        (parts.hostname or "").encode("idna")
+    except ValueError as error:  # UnicodeError (a bad host name) is one too
+        return f"not a URL ({error})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if any(char.isspace() for char in url):
+        return "must not contain whitespace"
+    if parts.query or parts.fragment or not parts.path.isascii():
+        return "must have no query or fragment and an ASCII path"
+    return None
+
+
 class WeightsUpdate(BaseModel):
-    """The body of `PUT /router/weights`: either weight, or both."""
+    """The body of `PUT /router/weights`: any part of what GET shows that an admin may change.
+
+    `upstreams` and `versions` are merged into the table per track, so one PUT can point the
+    stable track at a newly started server and relabel it (a local promotion).
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=False)
 
     canary_weight: StrictInt | None = Field(default=None, ge=0, le=100, alias="canaryWeight")
     shadow_percent: StrictInt | None = Field(default=None, ge=0, le=100, alias="shadowPercent")
+    upstreams: dict[str, StrictStr] | None = None
+    versions: dict[str, StrictStr] | None = None
+
+    @field_validator("upstreams")
+    @classmethod
+    def _http_urls(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        _known_tracks(value, "upstreams")
+        for track, url in value.items():
+            problem = _url_problem(url)
+            if problem is not None:
+                raise ValueError(f"upstream of {track} {url!r}: {problem}")
+        return value
+
+    @field_validator("versions")
+    @classmethod
+    def _nonempty_versions(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        _known_tracks(value, "versions")
+        empty = sorted(track for track, version in value.items() if not version.strip())
+        if empty:
+            raise ValueError(f"empty version for {empty}: a version labels the metrics")
+        return value
 
     @model_validator(mode="after")
     def _something(self) -> WeightsUpdate:
-        if self.canary_weight is None and self.shadow_percent is None:
-            raise ValueError("send canaryWeight, shadowPercent or both")
+        if (
+            self.canary_weight is None
+            and self.shadow_percent is None
+            and not self.upstreams
+            and not self.versions
+        ):
+            raise ValueError(
+                "nothing to change: send canaryWeight, shadowPercent or both, "
+                "and/or upstreams or versions"
+            )
         return self
 
 
@@ -560,22 +631,24 @@ class RouterApp:
         routing = self._routing
         assert routing is not None  # admin mode always starts with a table
         table = routing.table
-        changes: dict[str, int] = {}
-        if update.canary_weight is not None:
-            if update.canary_weight > 0 and "canary" not in table.upstreams:
-                return _json(
-                    422,
-                    {"error": "canaryWeight > 0 needs a canary upstream (--upstream canary=URL)"},
+        # Merged per track: a PUT names only the tracks it changes.
+        upstreams = {**table.upstreams, **(update.upstreams or {})}
+        versions = {**table.versions, **(update.versions or {})}
+        changes: dict[str, Any] = {"upstreams": upstreams, "versions": versions}
+        for share, track, name, field in (
+            (update.canary_weight, "canary", "canaryWeight", "canary_weight"),
+            (update.shadow_percent, "shadow", "shadowPercent", "shadow_percent"),
+        ):
+            if share is None:
+                continue
+            if share > 0 and track not in upstreams:
+                message = (
+                    f"{name} > 0 needs a {track} upstream "
+                    f"(--upstream {track}=URL, or upstreams.{track} in the same PUT)"
                 )
-            changes["canary_weight"] = update.canary_weight
-        if update.shadow_percent is not None:
-            if update.shadow_percent > 0 and "shadow" not in table.upstreams:
-                return _json(
-                    422,
-                    {"error": "shadowPercent > 0 needs a shadow upstream (--upstream shadow=URL)"},
-                )
-            changes["shadow_percent"] = update.shadow_percent
-        self.set_table(replace(table, **changes))  # type: ignore[arg-type]
+                return _json(422, {"error": message})
+            changes[field] = share
+        self.set_table(replace(table, **changes))
         return self._get_weights()
 
 

@@ -40,6 +40,10 @@ class ServerSettings(BaseSettings):
     max_batch_rows: int = Field(default=10_000, ge=1)
     model_cache_dir: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    # Fault injection for demos: bad canaries on demand. Off (all zero) in any real deployment.
+    inject_errors: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
+    inject_latency: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    inject_latency_fraction: float = Field(default=1.0, ge=0, le=1, allow_inf_nan=False)
 
     @field_validator("trusted_sources", mode="before")
     @classmethod

@@ -542,6 +542,81 @@ async def test_admin_weights() -> None:
             assert (await client.get("/router/nothing")).status_code == 404
 
 
+async def test_admin_put_switches_upstreams_and_versions() -> None:
+    # No version headers: the labels come from the table, so the PUT's versions show.
+    async with (
+        upstream("old", version=None) as old,
+        upstream("new", version=None) as new,
+        upstream("canary", version=None) as canary,
+    ):
+        table = RoutingTable(upstreams={"stable": old.url}, versions={"stable": "1.0.0"})
+        app = create_router_app(model_deployment="bc", table=table, admin=True)
+        async with app, _client(app) as client:
+            assert (await client.post("/predict", json={})).json()["track"] == "old"
+            # A local promotion: the stable track moves to a new server and version at once.
+            put = await client.put(
+                "/router/weights",
+                json={"upstreams": {"stable": new.url}, "versions": {"stable": "1.1.0"}},
+            )
+            assert put.status_code == 200, put.json()
+            assert put.json()["upstreams"] == {"stable": new.url}
+            assert put.json()["versions"] == {"stable": "1.1.0"}
+            assert put.json()["canaryWeight"] == 0  # untouched
+            assert (await client.post("/predict", json={})).json()["track"] == "new"
+            assert (len(old.seen), len(new.seen)) == (1, 1)
+            requests = "canaryml_requests_total"
+            assert await _value(client, requests, track="stable", version="1.0.0") == 1
+            assert await _value(client, requests, track="stable", version="1.1.0") == 1
+            # A canary upstream given in the same PUT satisfies canaryWeight > 0.
+            put = await client.put(
+                "/router/weights",
+                json={
+                    "canaryWeight": 100,
+                    "upstreams": {"canary": canary.url},
+                    "versions": {"canary": "2.0.0"},
+                },
+            )
+            assert put.status_code == 200, put.json()
+            assert put.json()["upstreams"] == {"stable": new.url, "canary": canary.url}
+            answer = await client.post("/predict", json={})
+            assert answer.headers["x-canaryml-track"] == "canary"
+            assert await _value(client, requests, track="canary", version="2.0.0") == 1
+            # Versions alone are a change too.
+            put = await client.put("/router/weights", json={"versions": {"canary": "2.0.1"}})
+            assert put.status_code == 200
+            assert put.json()["versions"] == {"stable": "1.1.0", "canary": "2.0.1"}
+            assert put.json()["canaryWeight"] == 100
+            await client.post("/predict", json={})
+            assert await _value(client, requests, track="canary", version="2.0.1") == 1
+
+
+async def test_admin_put_refuses_bad_upstreams_and_versions() -> None:
+    table = RoutingTable(upstreams={"stable": "http://127.0.0.1:9"}, versions={"stable": "1"})
+    app = create_router_app(model_deployment="bc", table=table, admin=True)
+    async with app, _client(app) as client:
+        bad_bodies: list[tuple[Any, str]] = [
+            ({"upstreams": {"blue": "http://x"}}, "unknown track(s) ['blue'] in upstreams"),
+            ({"versions": {"green": "1.0.0"}}, "unknown track(s) ['green'] in versions"),
+            ({"upstreams": {"stable": "localhost:8080"}}, "http:// or https:// URL with a host"),
+            ({"upstreams": {"stable": "ftp://host"}}, "http:// or https:// URL with a host"),
+            ({"upstreams": {"stable": "http://"}}, "http:// or https:// URL with a host"),
+            ({"upstreams": {"stable": "http://host:99999"}}, "not a URL"),
+            ({"upstreams": {"stable": "http://host/?a=1"}}, "no query"),
+            ({"upstreams": {"stable": 8080}}, "upstreams.stable"),
+            ({"versions": {"stable": ""}}, "empty version for ['stable']"),
+            ({"versions": {"stable": " "}}, "empty version"),
+            ({"upstreams": {}}, "nothing to change"),
+            ({"canaryWeight": 10, "versions": {"canary": "2"}}, "canary upstream"),
+        ]
+        for body, message in bad_bodies:
+            response = await client.put("/router/weights", json=body)
+            assert response.status_code == 422, body
+            assert message in response.json()["error"], response.json()
+        invalid = await client.put("/router/weights", json={"versions": {"stable": ""}})
+        assert invalid.json()["detail"][0]["loc"] == ["body", "versions"]
+        assert app.table == table  # nothing applied
+
+
 async def test_weights_are_read_only_without_admin() -> None:
     async with upstream("stable") as stable:
         table = RoutingTable(upstreams={"stable": stable.url})

@@ -16,26 +16,23 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-import yaml
+from canaryml_cli.demo.prometheus import (
+    LOG_TAIL,
+    LocalPrometheus,
+    PrometheusError,
+    Target,
+    config,
+    free_port,
+    prometheus_binary,
+)
 
-SCRAPE_INTERVAL = "1s"
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 POLL_S = 0.2
-LOG_TAIL = 4000
 
 Predicate = Callable[[float | None], bool]
 
@@ -43,13 +40,15 @@ Predicate = Callable[[float | None], bool]
 BASIC_AUTH = ("canaryml", "not-a-secret")
 _BASIC_AUTH_BCRYPT = "$2b$04$NF5L0hEOYQD7nD8DJp/V3uZvHyva4CxuG7.P8MuAFxTOIcunbHO.G"
 
-
-def free_port() -> int:
-    """A loopback port free right now (this module stands alone: conftest imports it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = [
+    "BASIC_AUTH",
+    "RunningPrometheus",
+    "Target",
+    "config",
+    "free_port",
+    "prometheus_binary",
+    "start_prometheus",
+]
 
 
 def has_value(value: float | None) -> bool:
@@ -59,43 +58,6 @@ def has_value(value: float | None) -> bool:
 def in_ci() -> bool:
     """CI services set CI=true (GitHub Actions, GitLab): there nothing may be skipped."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def prometheus_binary() -> str | None:
-    return shutil.which("prometheus")
-
-
-@dataclass(frozen=True)
-class Target:
-    """A `/metrics` endpoint to scrape (`url` as start_server returns it) and extra labels."""
-
-    url: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    metrics_path: str = "/metrics"
-
-    @property
-    def address(self) -> str:
-        return urlsplit(self.url).netloc
-
-
-def config(targets: Sequence[Target]) -> dict[str, Any]:
-    """prometheus.yml: one job per metrics path, each target with its own labels."""
-    jobs: dict[str, list[dict[str, Any]]] = {}
-    for target in targets:
-        jobs.setdefault(target.metrics_path, []).append(
-            {"targets": [target.address], "labels": dict(target.labels)}
-        )
-    return {
-        "global": {
-            "scrape_interval": SCRAPE_INTERVAL,
-            "scrape_timeout": SCRAPE_INTERVAL,
-            "evaluation_interval": SCRAPE_INTERVAL,
-        },
-        "scrape_configs": [
-            {"job_name": f"canaryml-{index}", "metrics_path": path, "static_configs": statics}
-            for index, (path, statics) in enumerate(sorted(jobs.items()))
-        ],
-    }
 
 
 def _instant_value(body: Any) -> float | None:
@@ -113,73 +75,31 @@ def _instant_value(body: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-class RunningPrometheus:
-    """One Prometheus process; `stop()` and `start()` again keep the port and the data."""
+class RunningPrometheus(LocalPrometheus):
+    """The package's LocalPrometheus, plus what tests ask of it: queries and waiting for data.
+
+    Failures are AssertionErrors, so that pytest shows them as test failures with the log.
+    """
 
     def __init__(
         self, *, root: Path, targets: Sequence[Target], binary: str, basic_auth: bool = False
     ) -> None:
-        self.root = root
-        self.binary = binary
-        self.auth = BASIC_AUTH if basic_auth else None
-        self.config_path = root / "prometheus.yml"
-        self.web_config_path = root / "web.yml"
-        self.data_dir = root / "data"
-        self.log_path = root / "prometheus.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
-        root.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
-        self._write_config(targets)
-        if basic_auth:
-            users = {BASIC_AUTH[0]: _BASIC_AUTH_BCRYPT}
-            self.web_config_path.write_text(yaml.safe_dump({"basic_auth_users": users}))
-
-    # -- lifecycle ---------------------------------------------------------------------------
+        super().__init__(
+            root=root,
+            targets=targets,
+            binary=binary,
+            web_config={"basic_auth_users": {BASIC_AUTH[0]: _BASIC_AUTH_BCRYPT}}
+            if basic_auth
+            else None,
+            auth=BASIC_AUTH if basic_auth else None,
+        )
 
     def start(self) -> RunningPrometheus:
-        """Start (again) and wait until `/-/ready`; an error says why, with Prometheus's log."""
-        if self.running:
-            return self
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(self._command(), stdout=log, stderr=log)
-        self._wait_ready()
-        return self
-
-    def stop(self) -> None:
-        """Stop gracefully (a clean WAL for the next start); kill when it hangs."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def set_targets(self, targets: Sequence[Target]) -> None:
-        """Scrape these targets from now on (a config reload, no restart)."""
-        self._write_config(targets)
-        if self.running:
-            response = httpx.post(f"{self.url}/-/reload", auth=self.auth, timeout=10.0)
-            assert response.status_code == 200, f"reload failed: {response.text}"
-
-    def __enter__(self) -> RunningPrometheus:
+            super().start()
+        except PrometheusError as error:
+            raise AssertionError(str(error)) from None
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -220,47 +140,6 @@ class RunningPrometheus:
                 if time.monotonic() > deadline:
                     raise AssertionError(self._timeout_message(promql, value, within))
                 await asyncio.sleep(POLL_S)
-
-    def log(self) -> str:
-        """The end of Prometheus's own log, for failure messages."""
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-LOG_TAIL:]
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _command(self) -> list[str]:
-        web_config = [f"--web.config.file={self.web_config_path}"] if self.auth else []
-        return [
-            self.binary,
-            *web_config,
-            f"--config.file={self.config_path}",
-            f"--storage.tsdb.path={self.data_dir}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--web.enable-lifecycle",
-            "--storage.tsdb.retention.time=1d",
-            "--log.level=warn",
-        ]
-
-    def _write_config(self, targets: Sequence[Target]) -> None:
-        self.config_path.write_text(yaml.safe_dump(config(targets), sort_keys=False))
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            process = self._process
-            if process is None or process.poll() is not None:
-                code = process.returncode if process else None
-                raise AssertionError(f"prometheus exited with {code}:\n{self.log()}")
-            try:
-                ready = httpx.get(f"{self.url}/-/ready", auth=self.auth, timeout=1.0)
-                if ready.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"prometheus not ready within {READY_TIMEOUT_S} s:\n{self.log()}")
 
     def _timeout_message(self, promql: str, value: float | None, within: float) -> str:
         targets = ""

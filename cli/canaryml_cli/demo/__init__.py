@@ -1,0 +1,1 @@
+"""canaryml demo: a whole canary rollout on one machine, no cluster."""

@@ -1,0 +1,59 @@
+"""What one demo run saw: the input of the live view, the summary and the plot.
+
+Plain data, filled in by the runner as the rollout goes; `report` writes it out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from canaryml_operator import api
+
+
+@dataclass(frozen=True)
+class TimedEvent:
+    """An Event the rollout core emitted (the operator would post it to Kubernetes)."""
+
+    time: datetime
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WeightChange:
+    """The canary weight the router was given at `time`."""
+
+    time: datetime
+    weight: int
+
+
+@dataclass
+class DemoRecord:
+    """Everything one run decided and measured, in order."""
+
+    name: str  # the ModelDeployment's metadata.name
+    scenario: str
+    metrics: str  # "prometheus" (started here), "scrape" (no Prometheus), or the URL used
+    started_at: datetime
+    spec: api.ModelDeploymentSpec
+    status: api.ModelDeploymentStatus = field(default_factory=api.ModelDeploymentStatus)
+    analyses: list[api.AnalysisRecord] = field(default_factory=list)
+    events: list[TimedEvent] = field(default_factory=list)
+    weights: list[WeightChange] = field(default_factory=list)
+    requests: Counter[str] = field(default_factory=Counter)  # answered requests per track
+    codes: Counter[int] = field(default_factory=Counter)  # client-side status codes (0: none)
+    finished_at: datetime | None = None
+    timed_out: bool = False  # --duration ran out before the rollout ended
+
+    @property
+    def outcome(self) -> str:
+        """Promoted, RolledBack, or the phase the run stopped in."""
+        return self.status.phase or "Pending"
+
+    def seconds(self, time: datetime) -> float:
+        """Seconds since the run started."""
+        return (time - self.started_at).total_seconds()

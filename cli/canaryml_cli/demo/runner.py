@@ -1,0 +1,466 @@
+"""One demo run: real processes, real metrics, and the operator's rollout core deciding.
+
+The loop is the operator's analysis daemon with the cluster replaced by local processes:
+
+    every 0.25 s: is an analysis due (rollout.next_analysis_in)? then measure
+                  decide(spec, status, measurements, now, tracks)   <- the operator's core
+                  plan_tracks(...) -> weight to the router, stable model, canary running or not
+                  apply the plan to the processes (LocalCluster)
+
+State is the status `decide` returns, as in the resource's `.status`; `tracks` says what each
+local server serves, as the live Deployments do for the operator. A promotion starts a new
+stable server with the canary's model and switches the router's stable upstream to it once it
+is ready (a rolling update, in one step), then stops the old one after the drain time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import yaml
+from canaryml_operator import api, children, rollout
+from canaryml_operator.reconcile import DeploymentState
+
+from canaryml_cli.demo import scenarios
+from canaryml_cli.demo.example_models import TARGET, ensure_trained
+from canaryml_cli.demo.measure import Measurer, PrometheusMeasurer, ScrapeMeasurer
+from canaryml_cli.demo.processes import DemoError, LocalProcess, ProcessGroup
+from canaryml_cli.demo.prometheus import LocalPrometheus, PrometheusError, Target, prometheus_binary
+from canaryml_cli.demo.record import DemoRecord, TimedEvent, WeightChange
+from canaryml_cli.demo.traffic import Row, Traffic, drift_shift, read_rows
+
+TICK_S: Final = 0.25
+SERVER_READY = "/v2/health/ready"
+ROUTER_READY = "/router/readyz"
+LOCAL_SCHEMES: Final = ("file://", "http://", "https://", "s3://", "gs://", "models:/")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    scenario: str = "good"
+    spec_path: Path | None = None
+    traffic_path: Path | None = None
+    duration: float = 300.0
+    prometheus: str = "auto"  # auto | off | URL
+    rate: float = 50.0  # requests per second
+    work_dir: Path | None = None  # None: a temporary folder, removed at the end
+    models_dir: Path | None = None  # the bundled models' cache; None: under the work folder
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the run is about: the resource, its rows, and the scenario's changes."""
+
+    name: str
+    namespace: str
+    spec: api.ModelDeploymentSpec
+    rows: list[Row]
+    plan: scenarios.ScenarioPlan
+    drift_feature: str | None = None
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+def load_spec_file(path: Path) -> tuple[str, str, api.ModelDeploymentSpec]:
+    """(name, namespace, spec) of the ModelDeployment in a YAML file; DemoError says why not."""
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except (OSError, yaml.YAMLError) as error:
+        raise DemoError(f"cannot read {path}: {error}") from None
+    found = [d for d in documents if isinstance(d, dict) and d.get("kind") == api.KIND]
+    if not found:
+        raise DemoError(f"{path} holds no document with kind: {api.KIND}")
+    document = found[0]
+    try:
+        spec = api.parse_spec(document.get("spec"))
+    except ValueError as error:
+        raise DemoError(f"{path}: invalid spec: {error}") from None
+    if spec.canary is None:
+        raise DemoError(f"{path}: the demo rolls out spec.canary, and this spec has none")
+    for where, model in _models(spec).items():
+        if not model.uri.startswith(LOCAL_SCHEMES):
+            raise DemoError(
+                f"{path}: {where}.uri {model.uri!r} cannot be read outside a cluster: use a "
+                "file:// folder or an http(s)://, s3://, gs:// or models:/ URI"
+            )
+    metadata = document.get("metadata") or {}
+    return str(metadata.get("name") or "demo"), str(metadata.get("namespace") or "default"), spec
+
+
+def _models(spec: api.ModelDeploymentSpec) -> dict[str, api.ModelRef]:
+    found = {"spec.model": spec.model}
+    if spec.canary is not None:
+        found["spec.canary.model"] = spec.canary.model
+    if spec.shadow is not None:
+        found["spec.shadow.model"] = spec.shadow.model
+    return found
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+
+
+def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) -> Setup:
+    """The spec and traffic of this run: the user's, or the bundled example's."""
+    if options.scenario not in scenarios.PLANS:
+        raise DemoError(
+            f"unknown scenario {options.scenario!r}: use one of {', '.join(scenarios.SCENARIOS)}"
+        )
+    plan = scenarios.PLANS[options.scenario]
+    if options.spec_path is not None:
+        name, namespace, spec = load_spec_file(options.spec_path)
+        if plan.shadow_role != "canary":
+            raise DemoError(
+                f"--scenario {options.scenario} swaps in the bundled bad model; with --spec, "
+                "point spec.canary and spec.shadow at the model to try instead"
+            )
+        if options.traffic_path is None:
+            raise DemoError(
+                "--spec needs --traffic CSV: rows of your model's features to send (a test "
+                "set; a `target` column is dropped)"
+            )
+        rows = read_rows(options.traffic_path)
+        preferred = None
+    else:
+        models_dir = options.models_dir or work / "models"
+        models = ensure_trained(models_dir, echo=True)
+        manifest = scenarios.example_spec(
+            models=models,
+            digests={role: _digest(folder) for role, folder in models.items()},
+            scenario=options.scenario,
+        )
+        (work / "modeldeployment.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        echo(f"the ModelDeployment of this run: {work / 'modeldeployment.yaml'}")
+        name, namespace = scenarios.NAME, scenarios.NAMESPACE
+        spec = api.parse_spec(manifest["spec"])
+        rows = read_rows(options.traffic_path or models_dir / "test.csv", drop=(TARGET,))
+        preferred = scenarios.DRIFT_FEATURE
+    feature = None
+    if plan.shift_canary_inputs:
+        feature, _ = drift_shift(rows, preferred=preferred)
+    return Setup(name, namespace, spec, rows, plan, feature)
+
+
+# -- the local cluster ----------------------------------------------------------------------
+
+
+@dataclass
+class LocalTrack:
+    process: LocalProcess
+    model: api.ModelRef
+
+
+@dataclass
+class LocalCluster:
+    """The processes standing in for the ModelDeployment's Deployments and its router."""
+
+    setup: Setup
+    group: ProcessGroup
+    record: DemoRecord
+    tracks: dict[children.Track, LocalTrack] = field(default_factory=dict)
+    router: LocalProcess | None = None
+    weight: int = 0  # what the router was given
+    _client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10.0))
+    _promotion: asyncio.Task[None] | None = None
+    _retired: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def _serve(self, track: children.Track, model: api.ModelRef) -> LocalProcess:
+        args = ["serve", model.uri, "--track", track, "--model-deployment", self.setup.name]
+        if model.sha256:
+            args += ["--sha256", model.sha256]
+        env = {"CANARYML_LOG_LEVEL": "warning", **scenarios.SERVER_ENV}
+        if track == "canary":
+            env.update(self.setup.plan.canary_env)
+        suffix = "" if track not in self.tracks else f"-{len(self.group.processes)}"
+        return self.group.start(name=f"{track}-server{suffix}", args=args, env=env)
+
+    async def start(self) -> None:
+        """Every server at once, then the router in front of them (weight 0)."""
+        spec = self.setup.spec
+        assert spec.canary is not None
+        wanted: dict[children.Track, api.ModelRef] = {
+            "stable": spec.model,
+            "canary": spec.canary.model,
+        }
+        if spec.shadow is not None and spec.shadow.percent > 0:
+            wanted["shadow"] = spec.shadow.model
+        started = {track: LocalTrack(self._serve(track, m), m) for track, m in wanted.items()}
+        self.tracks.update(started)
+        await asyncio.gather(*(t.process.wait_ready(path=SERVER_READY) for t in started.values()))
+        args = ["router", "--model-deployment", self.setup.name, "--admin", "--log-level"]
+        args += ["warning", "--canary-weight", "0"]
+        args += ["--sticky-header", spec.routing.sticky_header or scenarios.STICKY_HEADER]
+        for track, local in started.items():
+            args += ["--upstream", f"{track}={local.process.url}"]
+            args += ["--version", f"{track}={local.model.version}"]
+        if spec.shadow is not None:
+            args += ["--shadow-percent", str(spec.shadow.percent)]
+            args += ["--probability-tolerance", str(spec.shadow.probability_tolerance)]
+        self.router = self.group.start(name="router", args=args)
+        await self.router.wait_ready(path=ROUTER_READY)
+
+    def states(self) -> dict[children.Track, DeploymentState]:
+        """What each track's "Deployment" says: rolled out with its model while it runs."""
+        states: dict[children.Track, DeploymentState] = {}
+        for track, local in self.tracks.items():
+            running = local.process.alive
+            model = local.model
+            states[track] = DeploymentState(
+                exists=True,
+                desired=1,
+                available=1 if running else 0,
+                updated=1,
+                current=True,
+                version=model.version,
+                model=children.model_reference(
+                    uri=model.uri, version=model.version, sha256=model.sha256
+                ),
+            )
+        return states
+
+    async def apply(self, plan: children.TrackPlan, *, now: datetime) -> None:
+        """Make the processes match the plan (rollout.plan_tracks): weight first, so that no
+        request goes to a server about to stop."""
+        if plan.canary_weight != self.weight:
+            await self._put({"canaryWeight": plan.canary_weight})
+            self.weight = plan.canary_weight
+            self.record.weights.append(WeightChange(now, plan.canary_weight))
+        stable = self.tracks["stable"]
+        if _identity(plan.stable_model) != _identity(stable.model) and self._promotion is None:
+            self._promotion = asyncio.get_running_loop().create_task(
+                self._roll_stable(plan.stable_model)
+            )
+        canary = self.tracks.get("canary")
+        if canary is not None and not plan.canary_replicas and self.weight == 0:
+            del self.tracks["canary"]
+            await asyncio.to_thread(canary.process.stop)
+
+    async def _roll_stable(self, model: api.ModelRef) -> None:
+        """The stable Deployment's rolling update: the new server first, then the switch."""
+        old = self.tracks["stable"]
+        new = self._serve("stable", model)
+        await new.wait_ready(path=SERVER_READY)
+        await self._put({"upstreams": {"stable": new.url}, "versions": {"stable": model.version}})
+        self.tracks["stable"] = LocalTrack(new, model)
+        self._retired.append(asyncio.get_running_loop().create_task(self._retire(old.process)))
+
+    async def _retire(self, process: LocalProcess) -> None:
+        # Requests already sent to it finish first (the operator's drain time, as for pods).
+        await asyncio.sleep(rollout.DRAIN_SECONDS)
+        await asyncio.to_thread(process.stop)
+
+    async def _put(self, body: Mapping[str, Any]) -> None:
+        assert self.router is not None
+        response = await self._client.put(f"{self.router.url}/router/weights", json=dict(body))
+        if response.status_code != 200:
+            raise DemoError(
+                f"the router refused {body}: HTTP {response.status_code} {response.text}"
+            )
+
+    def check_alive(self) -> None:
+        """A process that died on its own is the demo failing, not the rollout."""
+        for local in [*self.tracks.values()]:
+            if not local.process.alive:
+                raise DemoError(
+                    f"{local.process.name} exited with code {local.process.popen.returncode}:\n"
+                    + local.process.log_tail()
+                )
+        if self.router is not None and not self.router.alive:
+            raise DemoError(f"the router exited:\n{self.router.log_tail()}")
+
+    async def close(self) -> None:
+        for task in [self._promotion, *self._retired]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, DemoError):
+                    await task
+        await self._client.aclose()
+
+
+def _identity(model: api.ModelRef) -> tuple[str, str, str | None]:
+    return (model.uri, model.version, model.sha256)
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def metrics_source(
+    mode: str, *, setup: Setup, cluster: LocalCluster, work: Path, echo: Callable[[str], None]
+) -> AsyncIterator[tuple[str, Measurer]]:
+    """("prometheus" | "scrape" | URL, the measurer): Prometheus started here when `auto` finds
+    it installed, the user's at URL, or direct scrapes."""
+    assert cluster.router is not None
+    urls = [cluster.router.url, *(t.process.url for t in cluster.tracks.values())]
+    labels = {"namespace": setup.namespace}
+    if mode == "auto":
+        mode = "prometheus" if prometheus_binary() else "off"
+        if mode == "off":
+            echo("prometheus is not installed: scraping /metrics directly (--prometheus off)")
+    if mode == "prometheus":
+        server = LocalPrometheus(
+            root=work / "prometheus", targets=[Target(u, labels) for u in urls]
+        )
+        try:
+            await asyncio.to_thread(server.start)
+        except PrometheusError as error:
+            raise DemoError(f"cannot start Prometheus: {error}") from None
+        measurer = PrometheusMeasurer(url=server.url, name=setup.name, namespace=setup.namespace)
+        try:
+            echo(f"Prometheus: {server.url} (scraping every second)")
+            yield "prometheus", measurer
+        finally:
+            await measurer.aclose()
+            await asyncio.to_thread(server.stop)
+    elif mode == "off":
+        window = api.parse_duration(setup.spec.analysis.window)
+        scraper = ScrapeMeasurer(targets=urls, name=setup.name, window_seconds=window)
+        scraper.start()
+        try:
+            yield "scrape", scraper
+        finally:
+            await scraper.aclose()
+    else:
+        if not mode.startswith(("http://", "https://")):
+            raise DemoError(f"--prometheus {mode!r}: use auto, off, or an http(s):// URL")
+        targets = work / "prometheus-targets.json"
+        targets.write_text(
+            json.dumps([{"targets": [u.split("//")[1] for u in urls], "labels": labels}])
+        )
+        echo(
+            f"using the Prometheus at {mode}: it must scrape {', '.join(urls)} every few seconds "
+            f"with the label namespace={setup.namespace} (file_sd_configs: {targets})"
+        )
+        measurer = PrometheusMeasurer(url=mode, name=setup.name, namespace=setup.namespace)
+        try:
+            if not await measurer.is_online():
+                raise DemoError(f"the Prometheus at {mode} does not answer queries")
+            yield mode, measurer
+        finally:
+            await measurer.aclose()
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def finished(status: api.ModelDeploymentStatus, plan: children.TrackPlan) -> bool:
+    """The rollout ended and its canary was drained (scaled to 0, or removed)."""
+    if status.phase == "RolledBack":
+        return not plan.canary_replicas
+    if status.phase == "Promoted":
+        return plan.canary_replicas is None
+    return False
+
+
+Observer = Callable[[DemoRecord], None]
+
+
+async def run_demo(
+    options: DemoOptions,
+    *,
+    echo: Callable[[str], None] = print,
+    observe: Observer = lambda record: None,
+) -> DemoRecord:
+    """Run one rollout to its end (or `options.duration`); every process is stopped after."""
+    with contextlib.ExitStack() as stack:
+        if options.work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="canaryml-demo-")))
+        else:
+            work = options.work_dir
+            work.mkdir(parents=True, exist_ok=True)
+        setup = await asyncio.to_thread(prepare, options, work=work, echo=echo)
+        group = ProcessGroup(log_dir=work / "logs")
+        record = DemoRecord(
+            name=setup.name,
+            scenario=options.scenario,
+            metrics="",
+            started_at=datetime.now(UTC),
+            spec=setup.spec,
+        )
+        cluster = LocalCluster(setup, group, record)
+        try:
+            echo(f"starting the model servers and the router (logs: {group.log_dir})")
+            await cluster.start()
+            async with metrics_source(
+                options.prometheus, setup=setup, cluster=cluster, work=work, echo=echo
+            ) as (source, measurer):
+                record.metrics = source
+                await _roll_out(options, setup, cluster, measurer, record, observe)
+        finally:
+            record.finished_at = datetime.now(UTC)
+            await cluster.close()
+            await asyncio.to_thread(group.stop_all)
+        return record
+
+
+async def _roll_out(
+    options: DemoOptions,
+    setup: Setup,
+    cluster: LocalCluster,
+    measurer: Measurer,
+    record: DemoRecord,
+    observe: Observer,
+) -> None:
+    assert cluster.router is not None
+    spec = setup.spec
+    shift = None
+    if setup.plan.shift_canary_inputs:
+        _, shift = drift_shift(setup.rows, preferred=setup.drift_feature)
+    traffic = Traffic(
+        url=cluster.router.url,
+        rows=setup.rows,
+        per_second=options.rate,
+        sticky_header=spec.routing.sticky_header or scenarios.STICKY_HEADER,
+        weight=lambda: cluster.weight,
+        record=record,
+        shift=shift,
+    )
+    sender = asyncio.get_running_loop().create_task(traffic.run())
+    deadline = asyncio.get_running_loop().time() + options.duration
+    status = api.ModelDeploymentStatus()
+    try:
+        while True:
+            cluster.check_alive()
+            now = datetime.now(UTC)
+            due = rollout.next_analysis_in(spec=spec, status=status, now=now)
+            measurements = None
+            if due == 0.0:
+                measurements = await measurer.measure(spec=spec, at=now)
+            decision = rollout.decide(
+                spec=spec,
+                status=status,
+                measurements=measurements,
+                now=now,
+                tracks=cluster.states(),
+                generation=1,
+            )
+            before, status = status, decision.status
+            if status.last_analysis is not None and status.last_analysis != before.last_analysis:
+                record.analyses.append(status.last_analysis)
+            for event in decision.events:
+                record.events.append(TimedEvent(now, event.type, event.reason, event.message))
+            record.status = status
+            plan = rollout.plan_tracks(spec=spec, status=status, now=now)
+            await cluster.apply(plan, now=now)
+            observe(record)
+            if finished(status, plan):
+                return
+            if asyncio.get_running_loop().time() >= deadline:
+                record.timed_out = True
+                return
+            await asyncio.sleep(TICK_S)
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender

@@ -1,0 +1,371 @@
+"""The operator's built-in checks computed from direct scrapes of `/metrics`, no Prometheus.
+
+Pure, no I/O: the demo's `ScrapeMeasurer` polls every process about once a second, parses each
+answer with `parse_exposition`, keeps it in a `ScrapeHistory`, and `measure_scraped` computes
+every check of `checks.build_queries` from the scrapes in the analysis window
+`[at - analysis.window, at]` (both ends included).
+
+Each check has the scope of its PromQL (`model_deployment`, `track="canary"`, the canary's
+`version`, and `source` for the request metrics; `model_deployment` and `track` only for the
+shadow comparisons) and treats missing series as the PromQL does (see `checks`):
+
+- A counter's increase over the window is its last sample in the window minus its first, plus
+  the value before every drop (a drop is a counter reset, as in Prometheus's `increase()`). A
+  series first seen inside the window takes its first sample as baseline; a series with fewer
+  than two samples in the window contributes nothing. A series is one label set of one target
+  (the target plays the part of Prometheus's `instance` label).
+- `requests`: the sum of the increases of `canaryml_requests_total`; 0 when nothing contributes.
+- `errorRate`: the 5xx part of that sum over the whole of it; None when the whole is 0 or
+  nothing contributes.
+- `latencyP99`: `histogram_quantile(0.99, ...)` of the bucket increases summed by `le`. The
+  PromQL sums `rate()`s instead: rates are increases divided by the same range, and a quantile
+  does not change when every bucket is scaled alike.
+- `drift`, `predictionDrift`: the largest value of the gauge in the newest scrape of each target
+  in the window; None when no such scrape holds the series.
+- `shadowAgreement` (when the spec mirrors traffic): agree / (agree + disagree) of the
+  increases of `canaryml_shadow_comparisons_total`; None when that sum is 0 or absent.
+- Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
+  the demo with a Prometheus.
+
+Where the numbers differ from Prometheus's, by design:
+
+- No extrapolation. Prometheus's `increase()` stretches the first-to-last difference to the
+  window's edges (by about window / (window - scrape interval) for a series that lived through
+  the whole window). Here it is the plain difference, a whole number of requests, so `requests`
+  reads a little lower; the ratios (errorRate, latencyP99, shadowAgreement) are close, not
+  identical, because series born inside the window are extrapolated differently there.
+- The window includes its start; Prometheus 3 excludes it. With scrapes a second apart this
+  moves at most one sample.
+- Gauges: an instant query looks back up to 5 minutes but marks a target's series stale at its
+  first failed scrape. Here the newest successful scrape in the window counts, so the gauges of
+  a target that stopped answering last until its last scrape leaves the window.
+- Explicit timestamps in an exposition are ignored (the scrape time counts); canaryml's
+  exporters never write them.
+
+A NaN is never returned: no data (None) instead, as the operator's provider reads one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+from canaryml_operator import api
+from canaryml_operator.checks import (
+    FEATURE_DRIFT,
+    PREDICTION_DRIFT_METRIC,
+    REQUEST_DURATION_BUCKET,
+    REQUESTS_TOTAL,
+    SHADOW_COMPARISONS,
+    Source,
+)
+from canaryml_operator.measurements import (
+    DRIFT,
+    ERROR_RATE,
+    LATENCY_P99,
+    PREDICTION_DRIFT,
+    REQUESTS,
+    SHADOW_AGREEMENT,
+    Measurements,
+    Sample,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+CUSTOM_NEEDS_PROMETHEUS: Final = (
+    "custom PromQL checks need Prometheus: run the demo with --prometheus auto "
+    "(prometheus installed) or --prometheus URL"
+)
+P99: Final = 0.99
+# The matchers of checks.SERVER_ERRORS and checks.COMPARED, as Python regexes (PromQL anchors
+# them, hence fullmatch).
+_SERVER_ERROR_CODE: Final = re.compile(r"5..")
+_COMPARED_RESULT: Final = re.compile(r"agree|disagree")
+# prometheus_client exposes the creation time of every counter and histogram as a gauge of
+# its own: a timestamp, not a measurement.
+_CREATED_SUFFIX: Final = "_created"
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ScrapedSample:
+    """One sample of an exposition: its full name (`canaryml_requests_total`,
+    `canaryml_request_duration_seconds_bucket`), labels and value."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def parse_exposition(text: str) -> list[ScrapedSample]:
+    """Every sample of a Prometheus text exposition, `_created` ones left out.
+
+    Raises ValueError when `text` is not in the exposition format.
+    """
+    return [
+        ScrapedSample(name=sample.name, labels=dict(sample.labels), value=float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.name.endswith(_CREATED_SUFFIX)
+    ]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One successful scrape of one target."""
+
+    time: datetime
+    samples: tuple[ScrapedSample, ...]
+    _by_name: dict[str, list[ScrapedSample]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # An analysis reads a few metrics out of every scrape of the window: index them once.
+        by_name: dict[str, list[ScrapedSample]] = defaultdict(list)
+        for sample in self.samples:
+            by_name[sample.name].append(sample)
+        object.__setattr__(self, "_by_name", dict(by_name))
+
+    def named(self, name: str) -> Sequence[ScrapedSample]:
+        return self._by_name.get(name, ())
+
+
+class ScrapeHistory:
+    """The scrapes of every target (a key such as its URL), each target's in time order.
+
+    Times must all be timezone-aware (or all naive): they are compared with each other and with
+    the analysis time.
+    """
+
+    def __init__(self) -> None:
+        self._scrapes: dict[str, list[Scrape]] = {}
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self._scrapes)
+
+    def add(self, *, target: str, time: datetime, samples: Sequence[ScrapedSample]) -> None:
+        """Records one scrape; one that finished late still lands in its place in time."""
+        scrapes = self._scrapes.setdefault(target, [])
+        bisect.insort_right(scrapes, Scrape(time=time, samples=tuple(samples)), key=_time)
+
+    def prune(self, *, before: datetime) -> None:
+        """Forgets every scrape taken before `before`.
+
+        No older scrape is kept as a baseline: an analysis reads only the samples inside its
+        window (as Prometheus's range selectors do), so pruning before the oldest window start
+        any analysis will use loses nothing. A target left with no scrape is forgotten.
+        """
+        for target in list(self._scrapes):
+            scrapes = self._scrapes[target]
+            del scrapes[: bisect.bisect_left(scrapes, before, key=_time)]
+            if not scrapes:
+                del self._scrapes[target]
+
+    def between(self, *, start: datetime, end: datetime) -> dict[str, list[Scrape]]:
+        """Each target's scrapes taken from `start` to `end`, both included, oldest first."""
+        found = {}
+        for target, scrapes in self._scrapes.items():
+            low = bisect.bisect_left(scrapes, start, key=_time)
+            high = bisect.bisect_right(scrapes, end, key=_time)
+            if low < high:
+                found[target] = scrapes[low:high]
+        return found
+
+
+def _time(scrape: Scrape) -> datetime:
+    return scrape.time
+
+
+def counter_increase(*, values: Sequence[float]) -> float | None:
+    """How much a counter sampled as `values` (oldest first) grew: None under two samples.
+
+    A drop is a reset to 0: the value before it is added back, as Prometheus's `increase()`
+    does (without its extrapolation to the window's edges).
+    """
+    if len(values) < 2:
+        return None
+    resets = sum(previous for previous, current in itertools.pairwise(values) if current < previous)
+    return values[-1] - values[0] + resets
+
+
+def histogram_quantile(*, q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus's `histogram_quantile(q, ...)` of cumulative bucket counts keyed by upper bound.
+
+    As in Prometheus: no +Inf bucket, fewer than two buckets or no observations is no data
+    (None here, NaN there); counts that decrease from one bucket to the next are raised to the
+    count before them; the rank `q * observations` falls in the first bucket whose count
+    reaches it, and the answer interpolates linearly between that bucket's lower bound (the
+    previous upper bound, or 0 for the first bucket) and its upper bound; a rank in the +Inf
+    bucket answers the highest finite upper bound; a first bucket whose upper bound is <= 0
+    answers that bound. Prometheus's tolerance for float rounding between buckets is left out:
+    increases of counters of whole observations are whole numbers.
+    """
+    if math.isnan(q):
+        return None
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    bounds = sorted(buckets)
+    if not bounds or bounds[-1] != math.inf or len(bounds) < 2:
+        return None
+    counts: list[float] = []
+    for bound in bounds:
+        # Monotonic, as Prometheus forces it: a decrease is noise from series sampled apart.
+        counts.append(max(buckets[bound], counts[-1]) if counts else buckets[bound])
+    observations = counts[-1]
+    if observations == 0:
+        return None
+    rank = q * observations
+    # The first bucket below +Inf whose count reaches the rank; +Inf when none does.
+    index = next((i for i, count in enumerate(counts[:-1]) if count >= rank), len(bounds) - 1)
+    if index == len(bounds) - 1:
+        return bounds[-2]
+    if index == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start, end, count = 0.0, bounds[index], counts[index]
+    if index > 0:
+        start = bounds[index - 1]
+        count -= counts[index - 1]
+        rank -= counts[index - 1]
+    return start + (end - start) * (rank / count)
+
+
+def measure_scraped(
+    *,
+    history: ScrapeHistory,
+    spec: api.ModelDeploymentSpec,
+    name: str,
+    at: datetime,
+    source: Source = "router",
+) -> Measurements:
+    """Every check of `spec`'s canary over the window ending at `at`, as `build_queries` has
+    them, from the scrapes in `history` (see the module's docstring for the semantics).
+
+    `source` says whose request metrics to read, as in `build_queries`. Raises ValueError when
+    the spec has no canary.
+    """
+    if spec.canary is None:
+        raise ValueError("measure_scraped needs spec.canary: there is nothing to analyse")
+    window = history.between(
+        start=at - timedelta(seconds=api.parse_duration(spec.analysis.window)), end=at
+    )
+    canary = {"model_deployment": name, "track": "canary", "version": spec.canary.model.version}
+    requests = {**canary, "source": source}
+
+    request_increases = _increases(window, metric=REQUESTS_TOTAL, scope=requests)
+    total = _sum(increase for _, increase in request_increases)
+    errors = _sum(
+        increase
+        for labels, increase in request_increases
+        if _SERVER_ERROR_CODE.fullmatch(labels.get("code", ""))
+    )
+    samples = {
+        REQUESTS: _sample(0.0 if total is None else total),
+        # No 5xx series is no failed request (`or on() vector(0)`); no total is no data.
+        ERROR_RATE: _ratio(0.0 if errors is None else errors, total),
+        LATENCY_P99: _sample(_latency_p99(window, scope=requests)),
+        DRIFT: _sample(_latest_max(window, metric=FEATURE_DRIFT, scope=canary)),
+        PREDICTION_DRIFT: _sample(
+            _latest_max(window, metric=PREDICTION_DRIFT_METRIC, scope=canary)
+        ),
+    }
+    if spec.shadow is not None and spec.shadow.percent > 0:
+        samples[SHADOW_AGREEMENT] = _shadow_agreement(
+            window, scope={"model_deployment": name, "track": "canary"}
+        )
+    for metric in spec.analysis.metrics:
+        samples[metric.name] = Sample.failed(CUSTOM_NEEDS_PROMETHEUS)
+    return Measurements(time=at, samples=samples)
+
+
+def _in_scope(labels: Mapping[str, str], scope: Mapping[str, str]) -> bool:
+    # A PromQL equality matcher reads a missing label as "".
+    return all(labels.get(label, "") == value for label, value in scope.items())
+
+
+def _increases(
+    window: Mapping[str, Sequence[Scrape]], *, metric: str, scope: Mapping[str, str]
+) -> list[tuple[Mapping[str, str], float]]:
+    """(labels, increase) of every series of `metric` in scope with two samples in the window."""
+    series: dict[tuple[str, LabelKey], list[float]] = defaultdict(list)
+    labels_of: dict[tuple[str, LabelKey], Mapping[str, str]] = {}
+    for target, scrapes in window.items():
+        for scrape in scrapes:
+            for sample in scrape.named(metric):
+                if _in_scope(sample.labels, scope):
+                    key = (target, tuple(sorted(sample.labels.items())))
+                    series[key].append(sample.value)
+                    labels_of[key] = sample.labels
+    found = []
+    for key, values in series.items():
+        increase = counter_increase(values=values)
+        if increase is not None:
+            found.append((labels_of[key], increase))
+    return found
+
+
+def _latency_p99(
+    window: Mapping[str, Sequence[Scrape]], *, scope: Mapping[str, str]
+) -> float | None:
+    by_bound: dict[float, float] = defaultdict(float)
+    for labels, increase in _increases(window, metric=REQUEST_DURATION_BUCKET, scope=scope):
+        try:
+            bound = float(labels.get("le", ""))  # "+Inf" included; "1" and "1.0" are one bucket
+        except ValueError:
+            continue  # histogram_quantile ignores a bucket without a numeric `le`
+        by_bound[bound] += increase
+    if not by_bound:
+        return None  # no series: an empty result
+    return histogram_quantile(q=P99, buckets=by_bound)
+
+
+def _latest_max(
+    window: Mapping[str, Sequence[Scrape]], *, metric: str, scope: Mapping[str, str]
+) -> float | None:
+    # Only the newest scrape: a series missing from it is gone (Prometheus marks it stale).
+    values = [
+        sample.value
+        for scrapes in window.values()
+        for sample in scrapes[-1].named(metric)
+        if _in_scope(sample.labels, scope)
+    ]
+    # PromQL's max() skips NaN unless every value is NaN.
+    numbers = [value for value in values if not math.isnan(value)]
+    return max(numbers) if numbers else None
+
+
+def _shadow_agreement(
+    window: Mapping[str, Sequence[Scrape]], *, scope: Mapping[str, str]
+) -> Sample:
+    compared = [
+        (labels.get("result", ""), increase)
+        for labels, increase in _increases(window, metric=SHADOW_COMPARISONS, scope=scope)
+        if _COMPARED_RESULT.fullmatch(labels.get("result", ""))
+    ]
+    agree = _sum(increase for result, increase in compared if result == "agree")
+    # Only disagreements is 0 % agreement; no comparison at all is no data.
+    return _ratio(0.0 if agree is None else agree, _sum(increase for _, increase in compared))
+
+
+def _sum(values: Iterable[float]) -> float | None:
+    """PromQL's sum(): None (an empty result) when there is nothing to add."""
+    items = list(values)
+    return math.fsum(items) if items else None
+
+
+def _ratio(numerator: float, denominator: float | None) -> Sample:
+    if denominator is None or denominator == 0:
+        return Sample()  # 0/0 is NaN in PromQL, and the provider reads NaN as no data
+    return _sample(numerator / denominator)
+
+
+def _sample(value: float | None) -> Sample:
+    return Sample(value=None if value is None or math.isnan(value) else value)

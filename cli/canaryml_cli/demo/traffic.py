@@ -1,0 +1,126 @@
+"""The demo's clients: prediction requests at a steady rate through the router.
+
+Rows come from a CSV (the bundled models' held-out test set, or `--traffic`), one JSON object
+per request, each from a random user named in the sticky header. For the drift scenario the
+generator decides, with the router's own `choose_track` and the weight the router was given,
+which requests the canary will answer, and moves one feature of those out of range: only the
+canary's inputs drift, as when a new model meets a client that sends other units.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+from canaryml_server.router_core import RoutingTable, choose_track
+
+from canaryml_cli.demo.processes import DemoError
+from canaryml_cli.demo.record import DemoRecord
+
+Row = dict[str, Any]
+Shift = Callable[[Row], Row]
+
+_TABLE_UPSTREAMS = {"stable": "http://stable", "canary": "http://canary"}  # names only
+
+
+def read_rows(path: Path, *, drop: Sequence[str] = ("target",)) -> list[Row]:
+    """The CSV's rows as JSON-ready objects, without label columns; DemoError says what is
+    wrong with the file."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise DemoError(f"cannot read traffic rows from {path}: {error}") from None
+    frame = frame.drop(columns=[column for column in drop if column in frame.columns])
+    if frame.empty or not len(frame.columns):
+        raise DemoError(f"{path} has no rows to send")
+    # NaN is not JSON: a missing value is sent as null, which the servers accept.
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{str(key): value for key, value in record.items()} for record in records]
+
+
+def drift_shift(rows: Sequence[Row], *, preferred: str | None = None) -> tuple[str, Shift]:
+    """The feature to move (`preferred` when it is a numeric column, else the first one) and a
+    function that moves it three times its observed range above its values."""
+    frame = pd.DataFrame(list(rows))
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    if not numeric:
+        raise DemoError("--scenario drift needs a numeric feature in the traffic rows")
+    feature = preferred if preferred in numeric else numeric[0]
+    low, high = float(frame[feature].min()), float(frame[feature].max())
+    delta = 3.0 * max(high - low, abs(high), 1.0)
+
+    def shift(row: Row) -> Row:
+        value = row.get(feature)
+        if isinstance(value, int | float) and math.isfinite(value):
+            return {**row, feature: value + delta}
+        return row
+
+    return feature, shift
+
+
+@dataclass
+class Traffic:
+    """Sends `per_second` requests to `url` until cancelled; counts answers in `record`."""
+
+    url: str
+    rows: Sequence[Row]
+    per_second: float
+    sticky_header: str
+    weight: Callable[[], int]  # the canary weight the router has now
+    record: DemoRecord
+    shift: Shift | None = None  # applied to the requests the canary will answer
+    seed: int = 0
+    _tables: dict[int, RoutingTable] = field(default_factory=dict)
+
+    async def run(self) -> None:
+        chooser = random.Random(self.seed)
+        pending: set[asyncio.Task[None]] = set()
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
+            try:
+                period = 1.0 / self.per_second
+                next_at = time.monotonic()
+                while True:
+                    row = self.rows[chooser.randrange(len(self.rows))]
+                    user = f"user-{chooser.getrandbits(64):016x}"
+                    if self.shift is not None and self._to_canary(user):
+                        row = self.shift(row)
+                    task = asyncio.get_running_loop().create_task(self._send(client, row, user))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    next_at += period
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            finally:
+                # Requests in flight finish: a client closed under them would count as errors.
+                if pending:
+                    await asyncio.wait(pending, timeout=5.0)
+
+    def _to_canary(self, user: str) -> bool:
+        weight = self.weight()
+        table = self._tables.get(weight)
+        if table is None:
+            table = self._tables[weight] = RoutingTable(
+                upstreams=_TABLE_UPSTREAMS, canary_weight=weight, sticky_header=self.sticky_header
+            )
+        return choose_track(table, sticky_value=user, draw=0.0) == "canary"
+
+    async def _send(self, client: httpx.AsyncClient, row: Row, user: str) -> None:
+        try:
+            response = await client.post(
+                f"{self.url}/predict", json=row, headers={self.sticky_header: user}
+            )
+        except httpx.TransportError:
+            self.record.codes[0] += 1
+            return
+        self.record.codes[response.status_code] += 1
+        track = response.headers.get("x-canaryml-track")  # the router names who answered
+        if track:
+            self.record.requests[track] += 1

@@ -1,0 +1,173 @@
+"""`canaryml demo` end to end: the real command, its processes, Prometheus, and its report.
+
+The scenarios run with a faster policy than the bundled one (two steps of 3 s, 1 s analyses,
+100 requests a second), written as a `--spec` file over the example models; one runs the
+bundled spec itself, without Prometheus (direct scrapes). Each asserts on `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+from canaryml_cli.demo import scenarios
+from canaryml_cli.demo.example_models import ensure_trained
+
+pytestmark = pytest.mark.integration
+
+DEMO_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled example models, as `canaryml demo` caches them."""
+    out = tmp_path_factory.mktemp("demo-models")
+    ensure_trained(out)
+    return out
+
+
+def fast_spec(models: Path, *, scenario: str, path: Path) -> Path:
+    """The bundled example's ModelDeployment with a policy that ends in seconds."""
+    import hashlib
+
+    roles = {role: models / role for role in ("stable", "canary", "bad")}
+    digests = {
+        role: hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+        for role, folder in roles.items()
+    }
+    manifest = scenarios.example_spec(models=roles, digests=digests, scenario=scenario)
+    spec = manifest["spec"]
+    spec["canary"].update(steps=[20, 50], stepInterval="3s")
+    spec["analysis"].update(interval="1s", window="5s", minRequests=10)
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def run_demo(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    report = cwd / "report"
+    command = [sys.executable, "-m", "canaryml_cli", "demo", "--report", str(report), *args]
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        env={**os.environ, "COLUMNS": "120"},
+        check=False,
+    )
+    assert result.returncode == 0, f"demo failed:\n{result.stdout}\n{result.stderr}"
+    summary = json.loads((report / "summary.json").read_text())
+    assert (report / "rollout.png").read_bytes().startswith(b"\x89PNG")
+    return result, summary
+
+
+def failed_checks(summary: dict[str, Any]) -> set[str]:
+    return {
+        check["name"]
+        for analysis in summary["analyses"]
+        for check in analysis["checks"]
+        if check["verdict"] == "Failed"
+    }
+
+
+def test_good_canary_is_promoted_with_no_failed_request(
+    demo_models: Path, tmp_path: Path, prometheus_bin: str
+) -> None:
+    spec = fast_spec(demo_models, scenario="good", path=tmp_path / "md.yaml")
+    traffic = demo_models / "test.csv"
+    result, summary = run_demo(
+        "--spec", str(spec), "--traffic", str(traffic), "--rate", "100", cwd=tmp_path
+    )
+    assert summary["phase"] == "Promoted", result.stdout
+    assert summary["metrics"] == "prometheus"
+    assert not summary["timedOut"]
+    promoted = [entry for entry in summary["history"] if entry["event"] == "promoted"]
+    assert [entry["version"] for entry in promoted] == ["1.1.0"]
+    assert summary["status"]["stableModel"]["version"] == "1.1.0"
+    # Every step, then the promoted canary's weight back to 0 once the new stable serves.
+    assert [w["weight"] for w in summary["weights"]] == [20, 50, 0]
+    assert not failed_checks(summary), summary["analyses"]
+    passed = [a for a in summary["analyses"] if a["verdict"] == "Successful"]
+    assert passed and all(a["errorRate"] <= 0.05 for a in passed)
+    # No client saw an error while the stable server was replaced.
+    assert set(summary["codes"]) == {"200"}, summary["codes"]
+    assert summary["requests"]["canary"] > 0 and summary["requests"]["stable"] > 0
+    assert "Promoted" in result.stdout
+
+
+def test_failing_canary_is_rolled_back_by_its_error_rate_without_prometheus(
+    demo_models: Path, tmp_path: Path
+) -> None:
+    """The bundled spec as it ships (no --spec), metrics scraped directly."""
+    started = time.monotonic()
+    result, summary = run_demo(
+        "--scenario", "errors", "--prometheus", "off", "--models-dir", str(demo_models),
+        cwd=tmp_path,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert summary["phase"] == "RolledBack", result.stdout
+    assert summary["metrics"] == "scrape"
+    assert "errorRate" in summary["decision"]
+    assert failed_checks(summary) == {"errorRate"}
+    failing = [a["errorRate"] for a in summary["analyses"] if a["verdict"] == "Failed"]
+    assert len(failing) == summary["spec"]["analysis"]["failureLimit"]
+    assert all(0.05 < rate < 0.6 for rate in failing), failing  # 20 % injected
+    assert summary["weights"][-1]["weight"] == 0
+    assert summary["status"]["stableModel"]["version"] == "1.0.0"
+    assert took < 60, f"the bundled errors scenario took {took:.0f} s"
+
+
+def test_drifting_canary_inputs_roll_back(
+    demo_models: Path, tmp_path: Path, prometheus_bin: str
+) -> None:
+    spec = fast_spec(demo_models, scenario="drift", path=tmp_path / "md.yaml")
+    traffic = demo_models / "test.csv"
+    result, summary = run_demo(
+        "--spec", str(spec), "--traffic", str(traffic), "--scenario", "drift", "--rate", "100",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert summary["phase"] == "RolledBack", result.stdout
+    assert "drift" in failed_checks(summary)
+    drifts = [a["drift"] for a in summary["analyses"] if a["verdict"] == "Failed"]
+    assert all(value > summary["thresholds"]["maxDrift"] for value in drifts), drifts
+    # Only the canary's inputs moved: the stable kept serving and nothing failed.
+    assert set(summary["codes"]) == {"200"}
+
+
+def test_interrupt_stops_every_process(demo_models: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) in the middle of a rollout: exit 130, no process left behind."""
+    command = [
+        sys.executable, "-m", "canaryml_cli", "demo", "--prometheus", "off",
+        "--models-dir", str(demo_models), "--work-dir", str(tmp_path / "work"), "--no-live",
+    ]  # fmt: skip
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        parent = psutil.Process(demo.pid)
+        deadline = time.monotonic() + 60
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline:  # the router is the last process started
+            children = parent.children(recursive=True)
+            if (tmp_path / "work" / "logs" / "router.log").exists() and len(children) >= 4:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the demo did not start its processes; children: {children}")
+        time.sleep(1.0)  # into the rollout loop
+        demo.send_signal(signal.SIGINT)
+        output, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, output
+    assert "interrupted" in output
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"

@@ -1,0 +1,242 @@
+"""The demo's pure parts: scenarios, the example spec, input files, the end of a run, the view."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from canaryml_cli.demo import scenarios
+from canaryml_cli.demo.processes import DemoError
+from canaryml_cli.demo.record import DemoRecord, TimedEvent
+from canaryml_cli.demo.report import build_summary, plot, write_report
+from canaryml_cli.demo.runner import finished, load_spec_file
+from canaryml_cli.demo.traffic import drift_shift, read_rows
+from canaryml_cli.demo.view import DemoView, analysis_line, render, value_text
+from canaryml_operator import api
+from canaryml_operator.children import TrackPlan
+from rich.console import Console
+
+DIGEST = "a" * 64
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def example(scenario: str = "good") -> dict[str, Any]:
+    models = {role: Path(f"/models/{role}") for role in ("stable", "canary", "bad")}
+    digests = dict.fromkeys(models, DIGEST)
+    return scenarios.example_spec(models=models, digests=digests, scenario=scenario)
+
+
+@pytest.mark.parametrize("scenario", scenarios.SCENARIOS)
+def test_every_scenario_has_a_plan_and_a_valid_example_spec(scenario: str) -> None:
+    manifest = example(scenario)
+    spec = api.parse_spec(manifest["spec"])
+    assert spec.canary is not None and spec.shadow is not None
+    assert manifest["metadata"] == {"name": scenarios.NAME, "namespace": scenarios.NAMESPACE}
+    assert spec.model.uri == "file:///models/stable"
+    assert spec.routing.sticky_header == scenarios.STICKY_HEADER
+    assert scenarios.PLANS[scenario].description
+
+
+def test_shadow_disagree_shadows_the_bad_model_and_the_others_the_canary() -> None:
+    disagree = api.parse_spec(example("shadow-disagree")["spec"])
+    assert disagree.shadow is not None and disagree.shadow.model.version == "1.2.0"
+    for scenario in scenarios.SCENARIOS:
+        spec = api.parse_spec(example(scenario)["spec"])
+        assert spec.canary is not None and spec.canary.model.version == "1.1.0"
+        if scenario != "shadow-disagree":
+            assert spec.shadow is not None and spec.shadow.model == spec.canary.model
+
+
+def test_only_the_fault_scenarios_inject_faults_into_the_canary() -> None:
+    assert scenarios.PLANS["errors"].canary_env == {"CANARYML_INJECT_ERRORS": "0.2"}
+    assert "CANARYML_INJECT_LATENCY" in scenarios.PLANS["latency"].canary_env
+    assert not scenarios.PLANS["good"].canary_env
+    assert scenarios.PLANS["drift"].shift_canary_inputs
+    assert not scenarios.PLANS["good"].shift_canary_inputs
+
+
+def write(path: Path, documents: list[Any]) -> Path:
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+def test_a_spec_file_gives_name_namespace_and_spec(tmp_path: Path) -> None:
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    path = write(tmp_path / "md.yaml", [other, example()])
+    name, namespace, spec = load_spec_file(path)
+    assert (name, namespace) == (scenarios.NAME, scenarios.NAMESPACE)
+    assert spec.canary is not None and spec.canary.steps == [10, 25, 50]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(kind="Deployment"), "no document with kind: ModelDeployment"),
+        (lambda m: m["spec"].pop("canary"), "has none"),
+        (lambda m: m["spec"]["canary"].update(steps=[50, 10]), "strictly increasing"),
+        (lambda m: m["spec"]["model"].update(uri="pvc://claim/stable"), "outside a cluster"),
+    ],
+)
+def test_a_spec_file_the_demo_cannot_run_says_why(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    manifest = example()
+    change(manifest)
+    with pytest.raises(DemoError, match=message):
+        load_spec_file(write(tmp_path / "md.yaml", [manifest]))
+
+
+def test_unreadable_files_are_demo_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    with pytest.raises(DemoError, match="cannot read"):
+        load_spec_file(tmp_path / "bad.yaml")
+    with pytest.raises(DemoError, match="cannot read traffic rows"):
+        read_rows(tmp_path / "missing.csv")
+    (tmp_path / "empty.csv").write_text("target\n1\n")
+    with pytest.raises(DemoError, match="no rows"):
+        read_rows(tmp_path / "empty.csv")
+
+
+def test_rows_drop_the_label_and_send_missing_values_as_null(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("a,b,target\n1.5,x,0\n,y,1\n")
+    assert read_rows(tmp_path / "rows.csv") == [{"a": 1.5, "b": "x"}, {"a": None, "b": "y"}]
+
+
+def test_drift_moves_one_numeric_feature_beyond_its_range() -> None:
+    rows = [{"name": "x", "a": 1.0, "b": 10.0}, {"name": "y", "a": 3.0, "b": 20.0}]
+    feature, shift = drift_shift(rows, preferred="b")
+    assert feature == "b"
+    moved = shift(rows[0])
+    assert moved["b"] > 20.0 + 2 * (20.0 - 10.0) and moved["a"] == 1.0 and rows[0]["b"] == 10.0
+    assert drift_shift(rows, preferred="missing")[0] == "a"
+    assert shift({"b": None})["b"] is None
+    with pytest.raises(DemoError, match="numeric"):
+        drift_shift([{"name": "x"}])
+
+
+def stable() -> api.ModelRef:
+    return api.ModelRef(uri="file:///m/stable", version="1.0.0")
+
+
+@pytest.mark.parametrize(
+    ("phase", "replicas", "done"),
+    [
+        ("Progressing", 1, False),
+        ("RolledBack", 1, False),  # draining
+        ("RolledBack", 0, True),
+        ("Promoted", 1, False),  # the new stable is rolling out, or draining
+        ("Promoted", None, True),
+        (None, None, False),
+    ],
+)
+def test_a_run_ends_once_the_canary_is_drained(
+    phase: Any, replicas: int | None, done: bool
+) -> None:
+    status = api.ModelDeploymentStatus(phase=phase)
+    assert finished(status, TrackPlan(stable(), replicas, 0)) is done
+
+
+def record_with_analysis() -> DemoRecord:
+    spec = api.parse_spec(example("errors")["spec"])
+    failed = api.CheckRecord(name="errorRate", verdict="Failed", value=0.2, max=0.05)
+    ok = api.CheckRecord(name="latencyP99", verdict="Successful", value=0.0042, max=0.2)
+    analysis = api.AnalysisRecord(
+        time=T0 + timedelta(seconds=7),
+        verdict="Failed",
+        step=0,
+        weight=10,
+        error_rate=0.2,
+        checks=[failed, ok],
+    )
+    record = DemoRecord(
+        name="breast-cancer", scenario="errors", metrics="scrape", started_at=T0, spec=spec
+    )
+    record.status = api.ModelDeploymentStatus(
+        phase="Progressing", canary_weight=10, current_step=0, last_analysis=analysis
+    )
+    record.analyses.append(analysis)
+    record.events.append(TimedEvent(T0 + timedelta(seconds=3), "Normal", "StepUp", "to 10%"))
+    record.requests.update({"stable": 90, "canary": 10})
+    record.codes.update({200: 98, 500: 2})
+    return record
+
+
+def test_values_read_as_people_read_them() -> None:
+    assert value_text("errorRate", 0.0512) == "5.1 %"
+    assert value_text("latencyP99", 0.0042) == "4.2 ms"
+    assert value_text("requests", 41.0) == "41"
+    assert value_text("drift", 0.1234) == "0.123"
+    assert value_text("drift", None) == "-"
+
+
+def test_the_live_panel_shows_step_weight_checks_and_traffic() -> None:
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(render(record_with_analysis(), elapsed=12.0))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    for expected in (
+        "step 1/3",
+        "canary weight 10 %",
+        "errorRate",
+        "20.0 %",
+        "<= 5.0 %",
+        "Failed",
+        "4.2 ms",
+        "StepUp",
+        "500: 2",
+    ):
+        assert expected in text, expected
+
+
+def test_without_a_terminal_every_analysis_and_event_is_one_line_once() -> None:
+    output = io.StringIO()
+    record = record_with_analysis()
+    with DemoView(Console(file=output, width=200), live=False) as view:
+        view.update(record)
+        view.update(record)  # nothing new: nothing printed again
+    lines = output.getvalue().splitlines()
+    assert lines == [analysis_line(record, record.analyses[0]), "   3.0s StepUp: to 10%"]
+    assert "analysis at 10 %: Failed (errorRate 20.0 %, latencyP99 4.2 ms)" in lines[0]
+
+
+def test_the_report_has_the_outcome_every_analysis_and_a_plot(tmp_path: Path) -> None:
+    record = record_with_analysis()
+    message = "canary 1.1.0 rolled back at 10%: errorRate 0.2 > max 0.05"
+    record.status = record.status.model_copy(
+        update={
+            "phase": "RolledBack",
+            "conditions": [
+                api.Condition(
+                    type="RolledBack",
+                    status="True",
+                    reason="AnalysisFailed",
+                    message=message,
+                    last_transition_time=T0,
+                )
+            ],
+        }
+    )
+    record.finished_at = T0 + timedelta(seconds=20)
+    summary_path, plot_path = write_report(record=record, directory=tmp_path / "report")
+    summary = json.loads(summary_path.read_text())
+    assert summary["phase"] == "RolledBack" and summary["decision"] == message
+    assert summary["durationSeconds"] == 20.0
+    assert [a["errorRate"] for a in summary["analyses"]] == [0.2]
+    assert summary["analyses"][0]["seconds"] == 7.0
+    assert summary["analyses"][0]["checks"][0] == {
+        "name": "errorRate", "verdict": "Failed", "value": 0.2, "max": 0.05, "message": ""
+    }  # fmt: skip
+    assert summary["codes"] == {"200": 98, "500": 2}
+    assert summary["thresholds"]["maxErrorRate"] == 0.05
+    assert plot_path.read_bytes().startswith(b"\x89PNG") and plot_path.stat().st_size > 10_000
+
+
+def test_a_run_with_no_analysis_still_plots(tmp_path: Path) -> None:
+    spec = api.parse_spec(example()["spec"])
+    record = DemoRecord(name="x", scenario="good", metrics="scrape", started_at=T0, spec=spec)
+    assert build_summary(record)["decision"] is None
+    assert plot(record=record, path=tmp_path / "empty.png").stat().st_size > 0
