@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -61,6 +60,7 @@ from canaryml_server.router_upstream import (
     UpstreamPool,
     UpstreamResponse,
     UpstreamTimeoutError,
+    url_problem,
 )
 
 log = logging.getLogger("canaryml.router")
@@ -97,23 +97,6 @@ def _known_tracks(value: dict[str, str], what: str) -> None:
         raise ValueError(f"unknown track(s) {unknown} in {what}: use stable, canary or shadow")
 
 
-def _url_problem(url: str) -> str | None:
-    """What UpstreamPool would refuse in this URL: a PUT must fail whole, not mid-swap."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
-        (parts.hostname or "").encode("idna")
-    except ValueError as error:  # UnicodeError (a bad host name) is one too
-        return f"not a URL ({error})"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an http:// or https:// URL with a host"
-    if any(char.isspace() for char in url):
-        return "must not contain whitespace"
-    if parts.query or parts.fragment or not parts.path.isascii():
-        return "must have no query or fragment and an ASCII path"
-    return None
-
-
 class WeightsUpdate(BaseModel):
     """The body of `PUT /router/weights`: any part of what GET shows that an admin may change.
 
@@ -135,7 +118,7 @@ class WeightsUpdate(BaseModel):
             return None
         _known_tracks(value, "upstreams")
         for track, url in value.items():
-            problem = _url_problem(url)
+            problem = url_problem(url)
             if problem is not None:
                 raise ValueError(f"upstream of {track} {url!r}: {problem}")
         return value

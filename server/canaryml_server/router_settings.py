@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from canaryml_server.router_core import DEFAULT_PROBABILITY_TOLERANCE, TRACKS, RoutingTable
+from canaryml_server.router_upstream import url_problem
 
 _HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
@@ -79,8 +80,9 @@ class RouterSettings(BaseSettings):
     @classmethod
     def _http_urls(cls, value: dict[str, str]) -> dict[str, str]:
         for track, url in value.items():
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"upstream of {track} must be an http(s) URL, got {url!r}")
+            problem = url_problem(url)
+            if problem is not None:
+                raise ValueError(f"upstream of {track} {url!r}: {problem}")
         return value
 
     @model_validator(mode="after")

@@ -171,6 +171,24 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
 
+def url_problem(url: str) -> str | None:
+    """Why UpstreamPool refuses this base URL, or None. Callers check it before they change a
+    routing table, so that a change fails whole instead of halfway through."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+        (parts.hostname or "").encode("idna")
+    except ValueError as error:  # UnicodeError (a bad host name) is one too
+        return f"not a URL ({error})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if any(char.isspace() for char in url):
+        return "must not contain whitespace"
+    if parts.query or parts.fragment or not parts.path.isascii():
+        return "must have no query or fragment and an ASCII path"
+    return None
+
+
 class UpstreamPool:
     """Kept-alive connections to one upstream base URL (http or https, optional path prefix).
 
@@ -178,11 +196,11 @@ class UpstreamPool:
     """
 
     def __init__(self, base_url: str, *, idle_timeout: float = 4.0, max_idle: int = 256) -> None:
+        problem = url_problem(base_url)
+        if problem is not None:
+            raise ValueError(f"upstream {base_url!r}: {problem}")
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"upstream {base_url!r} is not an http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError(f"upstream {base_url!r} must not have a query or fragment")
+        assert parts.hostname is not None  # url_problem refuses a URL without one
         self.url = base_url
         self._host = parts.hostname
         default_port = 443 if parts.scheme == "https" else 80
