@@ -21,6 +21,7 @@ import pytest
 import yaml
 from canaryml_cli.demo import scenarios
 from canaryml_cli.demo.example_models import ensure_trained
+from canaryml_server.artifact import MANIFEST_FILE, sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +38,8 @@ def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fast_spec(models: Path, *, scenario: str, path: Path) -> Path:
     """The bundled example's ModelDeployment with a policy that ends in seconds."""
-    import hashlib
-
     roles = {role: models / role for role in ("stable", "canary", "bad")}
-    digests = {
-        role: hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
-        for role, folder in roles.items()
-    }
+    digests = {role: sha256_file(folder / MANIFEST_FILE) for role, folder in roles.items()}
     manifest = scenarios.example_spec(models=roles, digests=digests, scenario=scenario)
     spec = manifest["spec"]
     spec["canary"].update(steps=[20, 50], stepInterval="3s")

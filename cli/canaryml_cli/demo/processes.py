@@ -117,6 +117,3 @@ class ProcessGroup:
         """Newest first: the router goes before the servers it sends to."""
         for process in reversed(self.processes):
             process.stop()
-
-    def running(self) -> list[LocalProcess]:
-        return [process for process in self.processes if process.alive]

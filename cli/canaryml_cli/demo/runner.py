@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -30,6 +29,7 @@ import httpx
 import yaml
 from canaryml_operator import api, children, rollout
 from canaryml_operator.reconcile import DeploymentState
+from canaryml_server.artifact import MANIFEST_FILE, sha256_file
 
 from canaryml_cli.demo import scenarios
 from canaryml_cli.demo.example_models import TARGET, ensure_trained
@@ -37,7 +37,7 @@ from canaryml_cli.demo.measure import Measurer, PrometheusMeasurer, ScrapeMeasur
 from canaryml_cli.demo.processes import DemoError, LocalProcess, ProcessGroup
 from canaryml_cli.demo.prometheus import LocalPrometheus, PrometheusError, Target, prometheus_binary
 from canaryml_cli.demo.record import DemoRecord, TimedEvent, WeightChange
-from canaryml_cli.demo.traffic import Row, Traffic, drift_shift, read_rows
+from canaryml_cli.demo.traffic import Row, Shift, Traffic, drift_shift, read_rows
 
 TICK_S: Final = 0.25
 SERVER_READY = "/v2/health/ready"
@@ -66,7 +66,7 @@ class Setup:
     spec: api.ModelDeploymentSpec
     rows: list[Row]
     plan: scenarios.ScenarioPlan
-    drift_feature: str | None = None
+    shift: Shift | None = None  # drift: what happens to the requests the canary answers
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -107,10 +107,6 @@ def _models(spec: api.ModelDeploymentSpec) -> dict[str, api.ModelRef]:
     return found
 
 
-def _digest(folder: Path) -> str:
-    return hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
-
-
 def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) -> Setup:
     """The spec and traffic of this run: the user's, or the bundled example's."""
     if options.scenario not in scenarios.PLANS:
@@ -137,7 +133,7 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
         models = ensure_trained(models_dir, echo=True)
         manifest = scenarios.example_spec(
             models=models,
-            digests={role: _digest(folder) for role, folder in models.items()},
+            digests={role: sha256_file(folder / MANIFEST_FILE) for role, folder in models.items()},
             scenario=options.scenario,
         )
         (work / "modeldeployment.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -146,10 +142,10 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
         spec = api.parse_spec(manifest["spec"])
         rows = read_rows(options.traffic_path or models_dir / "test.csv", drop=(TARGET,))
         preferred = scenarios.DRIFT_FEATURE
-    feature = None
+    shift = None
     if plan.shift_canary_inputs:
-        feature, _ = drift_shift(rows, preferred=preferred)
-    return Setup(name, namespace, spec, rows, plan, feature)
+        _, shift = drift_shift(rows, preferred=preferred)
+    return Setup(name, namespace, spec, rows, plan, shift)
 
 
 # -- the local cluster ----------------------------------------------------------------------
@@ -270,7 +266,7 @@ class LocalCluster:
 
     def check_alive(self) -> None:
         """A process that died on its own is the demo failing, not the rollout."""
-        for local in [*self.tracks.values()]:
+        for local in self.tracks.values():
             if not local.process.alive:
                 raise DemoError(
                     f"{local.process.name} exited with code {local.process.popen.returncode}:\n"
@@ -414,9 +410,6 @@ async def _roll_out(
 ) -> None:
     assert cluster.router is not None
     spec = setup.spec
-    shift = None
-    if setup.plan.shift_canary_inputs:
-        _, shift = drift_shift(setup.rows, preferred=setup.drift_feature)
     traffic = Traffic(
         url=cluster.router.url,
         rows=setup.rows,
@@ -424,7 +417,7 @@ async def _roll_out(
         sticky_header=spec.routing.sticky_header or scenarios.STICKY_HEADER,
         weight=lambda: cluster.weight,
         record=record,
-        shift=shift,
+        shift=setup.shift,
     )
     sender = asyncio.get_running_loop().create_task(traffic.run())
     deadline = asyncio.get_running_loop().time() + options.duration
