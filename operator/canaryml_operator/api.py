@@ -152,7 +152,12 @@ class SecretKeyRef(_Model):
 
 
 class PrometheusRef(_Model):
-    url: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://\S+$")
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="the Prometheus HTTP API; default: the operator's (Helm value "
+        "prometheus.url, else http://prometheus.monitoring:9090)",
+    )
     timeout: Duration = "5s"
     bearer_token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="a Secret key holding a bearer token"

@@ -592,5 +592,7 @@ def is_current(*, live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     live_hash = live.get("metadata", {}).get("annotations", {}).get(ANNOTATION_SPEC_HASH)
     if live_hash != desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH]:
         return False
-    fields = {key: desired[key] for key in ("metadata", "spec") if key in desired}
+    # Every field we set, not only metadata and spec: a Role's rules, a RoleBinding's subjects
+    # and a ServiceAccount's token mounting are top-level fields.
+    fields = {key: value for key, value in desired.items() if key not in ("apiVersion", "kind")}
     return contains(live, _without_resources(fields))

@@ -31,7 +31,10 @@ def operator(
         str | None,
         typer.Option(help="Serve a liveness probe, e.g. http://0.0.0.0:8081/healthz."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
+    ] = False,
     log_format: Annotated[str, typer.Option(help="plain, full or json.")] = "full",
 ) -> None:
     """Run the operator: reconcile ModelDeployments into serving Deployments and Services."""
@@ -42,7 +45,9 @@ def operator(
     formats = {fmt.name.lower(): fmt for fmt in kopf.LogFormat}
     if log_format not in formats:
         raise typer.BadParameter(f"--log-format must be one of {', '.join(formats)}")
-    kopf.configure(verbose=verbose, log_format=formats[log_format])
+    if verbose and quiet:
+        raise typer.BadParameter("give --verbose or --quiet, not both")
+    kopf.configure(verbose=verbose, quiet=quiet, log_format=formats[log_format])
 
     import canaryml_operator.main  # noqa: F401  (registers the handlers)
 

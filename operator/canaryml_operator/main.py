@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from canaryml_operator import api, checks, children, providers, reconcile, rollout
+from canaryml_operator import api, checks, children, metrics, providers, reconcile, rollout
 from canaryml_operator.children import Track
 from canaryml_operator.kube import (
     KubeClient,
@@ -68,7 +68,34 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     selector = ",".join(f"{key}={value}" for key, value in MANAGED.items())
     settings.watching.label_selectors["apps/v1/deployments"] = selector
     settings.watching.label_selectors["v1/services"] = selector
-    memo["kube"] = load_client()
+    # No watching of CRDs and namespaces: the namespaces are named (no globs) and the CRD comes
+    # with the operator, so the RBAC needs no cluster-wide reads of either. The price: a CRD
+    # installed after the operator is seen at its next start (check_crd makes that a restart).
+    settings.scanning.disabled = True
+    kube = memo["kube"] = load_client()
+    check_crd(kube)
+    if SETTINGS.metrics_port is not None:
+        memo["stop_metrics"] = metrics.serve(port=SETTINGS.metrics_port)
+
+
+@kopf.on.cleanup()
+def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    stop = memo.get("stop_metrics")
+    if callable(stop):
+        stop()
+
+
+def check_crd(kube: KubeClient) -> None:
+    """Refuse to start without the ModelDeployment API: kopf would wait silently for it."""
+    try:
+        kube.request("GET", f"/apis/{api.GROUP}/{api.VERSION}")
+    except KubeError as error:
+        if error.status == 404:
+            raise kopf.PermanentError(
+                f"the {api.PLURAL}.{api.GROUP} CRD is not installed "
+                f"(kubectl apply -f crds/{api.PLURAL}.{api.GROUP}.yaml)"
+            ) from error
+        raise
 
 
 def _kube(memo: kopf.Memo) -> KubeClient:
@@ -150,6 +177,9 @@ def reconcile_model_deployment(
     patch = reconcile.status_patch(status)
     if patch != reconcile.status_patch(previous):
         apply_status(kube, owner, patch, resource_version=meta.get("resourceVersion"))
+    metrics.observe_status(
+        namespace=owner.namespace, name=owner.name, previous=previous, status=status
+    )
     events = reconcile.build_events(previous=previous, status=status, plan=applied)
     if decision is not None:
         events = decision.events + events
@@ -276,6 +306,17 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         )
 
 
+def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
+# An event handler, not on.delete: it needs no finalizer on the resource.
+@kopf.on.event(*MD, when=_deleted)
+def model_deployment_deleted(body: kopf.Body, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    metrics.forget(namespace=meta.get("namespace") or "default", name=meta.get("name", ""))
+
+
 def _has_canary(spec: kopf.Spec, **_: Any) -> bool:
     return isinstance(spec.get("canary"), Mapping)
 
@@ -357,7 +398,9 @@ async def take_measurements(
     except (KubeError, ValueError) as error:
         reason = f"cannot read the Prometheus credentials: {error}"
         return Measurements(time=now, samples=dict.fromkeys(queries, Sample.failed(reason)))
-    provider = providers.build_provider(analysis=spec.analysis, headers=headers)
+    provider = providers.build_provider(
+        analysis=spec.analysis, headers=headers, default_url=SETTINGS.prometheus_url
+    )
     try:
         return await providers.measure(provider=provider, queries=queries, at=now)
     finally:

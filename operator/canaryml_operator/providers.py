@@ -51,7 +51,7 @@ class MetricProvider(Protocol):
 
 class ProviderFactory(Protocol):
     def __call__(
-        self, *, analysis: api.AnalysisSpec, headers: Mapping[str, str]
+        self, *, analysis: api.AnalysisSpec, headers: Mapping[str, str], default_url: str
     ) -> MetricProvider: ...
 
 
@@ -209,9 +209,13 @@ def _header_value(value: str, *, what: str) -> str:
     return stripped
 
 
-def _prometheus(*, analysis: api.AnalysisSpec, headers: Mapping[str, str]) -> MetricProvider:
+def _prometheus(
+    *, analysis: api.AnalysisSpec, headers: Mapping[str, str], default_url: str
+) -> MetricProvider:
     ref = analysis.prometheus
-    return PrometheusProvider(url=ref.url, timeout=api.parse_duration(ref.timeout), headers=headers)
+    return PrometheusProvider(
+        url=ref.url or default_url, timeout=api.parse_duration(ref.timeout), headers=headers
+    )
 
 
 PROVIDERS: dict[str, ProviderFactory] = {"prometheus": _prometheus}
@@ -223,9 +227,20 @@ def provider_type(analysis: api.AnalysisSpec) -> str:
     return "prometheus"
 
 
-def build_provider(*, analysis: api.AnalysisSpec, headers: Mapping[str, str]) -> MetricProvider:
-    """The provider an analysis reads from; `headers` carry credentials from its Secrets."""
-    return PROVIDERS[provider_type(analysis)](analysis=analysis, headers=headers)
+DEFAULT_PROMETHEUS_URL = "http://prometheus.monitoring:9090"
+
+
+def build_provider(
+    *,
+    analysis: api.AnalysisSpec,
+    headers: Mapping[str, str],
+    default_url: str = DEFAULT_PROMETHEUS_URL,
+) -> MetricProvider:
+    """The provider an analysis reads from; `headers` carry credentials from its Secrets, and
+    `default_url` serves analyses that name no URL (the operator's setting)."""
+    return PROVIDERS[provider_type(analysis)](
+        analysis=analysis, headers=headers, default_url=default_url
+    )
 
 
 async def measure(

@@ -21,3 +21,14 @@ class OperatorSettings(BaseSettings):
         description="how long to wait before retrying a change the API server refused (4xx)",
     )
     workers: int = Field(default=8, ge=1, le=256, description="threads for API calls")
+    prometheus_url: str = Field(
+        default="http://prometheus.monitoring:9090",
+        pattern=r"^https?://\S+$",
+        description="the Prometheus of analyses whose spec names none",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="serve the operator's own metrics on this port (none when unset)",
+    )

@@ -24,6 +24,8 @@ from tests.kube_emulator import KubeEmulator
 
 T = TypeVar("T")
 
+TEST_USER_AGENT = "canaryml-component-tests"
+
 MD_PATH = f"/apis/{api.GROUP}/{api.VERSION}"
 PATHS = {
     "ModelDeployment": (MD_PATH, api.PLURAL),
@@ -75,6 +77,7 @@ class Cluster:
         self.emulator = emulator
 
     async def call(self, method: str, path: str, body: Any = None, **headers: str) -> Any:
+        headers.setdefault("User-Agent", TEST_USER_AGENT)  # tells the test's calls apart
         kwargs: dict[str, Any] = {}
         if body is not None:
             kwargs["json"] = body
@@ -194,10 +197,12 @@ async def running_emulator(tmp: Path) -> AsyncIterator[tuple[KubeEmulator, Path]
 
 
 @contextlib.asynccontextmanager
-async def running_operator() -> AsyncIterator[asyncio.Task[None]]:
-    """kopf.operator() in this loop, cluster-wide and standalone; cancelled on exit."""
+async def running_operator(**options: Any) -> AsyncIterator[asyncio.Task[None]]:
+    """kopf.operator() in this loop, cluster-wide and standalone unless `options` (kopf's
+    namespaces, clusterwide, standalone, peering_name) say otherwise; cancelled on exit."""
     ready = asyncio.Event()
-    task = asyncio.create_task(kopf.operator(clusterwide=True, standalone=True, ready_flag=ready))
+    options = {"clusterwide": True, "standalone": True, **options}
+    task = asyncio.create_task(kopf.operator(ready_flag=ready, **options))
     waiter = asyncio.create_task(ready.wait())
     done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

@@ -58,7 +58,7 @@ def test_a_minimal_spec_gets_the_documented_defaults() -> None:
     assert spec.shadow is None
     assert spec.paused is False
     assert spec.model.sha256 is None
-    assert spec.analysis.prometheus.url == "http://prometheus.monitoring:9090"
+    assert spec.analysis.prometheus.url is None  # the operator's default URL applies
     assert (spec.analysis.interval, spec.analysis.window) == ("15s", "1m")
     assert (spec.analysis.min_requests, spec.analysis.failure_limit) == (50, 2)
     assert spec.analysis.thresholds == api.Thresholds(

@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# One image, both entry points: `canaryml operator` and `canaryml serve` / `canaryml router`.
+#
+# The build stage uses Debian 12's own Python 3.11, the same interpreter at the same path
+# (/usr/bin/python3.11) as the distroless runtime, so the virtual environment copied across
+# runs unchanged there. The runtime has no shell and no package manager, runs as uid 65532
+# (distroless "nonroot", the uid the operator's pods run as) and writes only to mounted
+# volumes: the serving pods mount /tmp and /var/cache/canaryml, the operator /tmp.
+#
+#   docker build -t canaryml .                       # the base install
+#   docker build --build-arg EXTRAS=s3,gcs -t canaryml .  # with optional model storages
+
+FROM debian:12-slim AS build
+ARG EXTRAS=""
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/canaryml
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY operator ./operator
+COPY cli ./cli
+RUN /opt/canaryml/bin/pip install --upgrade pip \
+    && /opt/canaryml/bin/pip install ".${EXTRAS:+[$EXTRAS]}" \
+    && /opt/canaryml/bin/canaryml --help >/dev/null
+
+FROM gcr.io/distroless/python3-debian12:nonroot
+COPY --from=build /opt/canaryml /opt/canaryml
+ENV PATH=/opt/canaryml/bin:/usr/local/bin:/usr/bin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/opt/canaryml/bin/canaryml"]
+CMD ["--help"]

@@ -1,0 +1,81 @@
+{{/* The release's full name: the release name, prefixed with the chart name unless it has it. */}}
+{{- define "canaryml.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "canaryml.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "canaryml.labels" -}}
+{{ include "canaryml.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: canaryml
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "canaryml.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "canaryml.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "canaryml.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Peering (one active replica among several) is on with more than one replica. */}}
+{{- define "canaryml.peering" -}}
+{{- if gt (int .Values.replicas) 1 }}true{{ end -}}
+{{- end -}}
+
+{{/*
+The operator's permissions, exactly the API calls it makes (tests/component/test_rbac.py
+records them against the API emulator and compares). Namespaced rules only: cluster-wide they
+go into a ClusterRole, otherwise into a Role in each watched namespace.
+*/}}
+{{- define "canaryml.rules" -}}
+# The ModelDeployments: watched by kopf, read fresh before each reconcile, annotated (kopf's
+# progress, consumed commands), and their status written.
+- apiGroups: [canaryml.dev]
+  resources: [modeldeployments]
+  verbs: [get, list, watch, patch]
+- apiGroups: [canaryml.dev]
+  resources: [modeldeployments/status]
+  verbs: [patch]
+# The children: model servers, routers and their Services, watched for hand edits.
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch, create, patch, delete]
+# The builtin router's identity: a ServiceAccount and a Role that reads one ModelDeployment.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [list, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [list, create, patch]
+# The gateway-api router's HTTPRoute.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [list, create, patch, delete]
+# Prometheus credentials named by analysis.prometheus.*SecretRef.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+# Events explaining every decision.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}

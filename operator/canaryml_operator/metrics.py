@@ -1,0 +1,125 @@
+"""The operator's own Prometheus metrics: each resource's rollout, as its status says.
+
+Gauges mirror the status written last (weight, phase, Stalled, held analyses); counters count
+what a status change shows happened (an analysis taken, a promotion or rollback recorded in
+history). They are read off the status, never kept as state: a restarted operator starts its
+counters at 0 again, which `increase()` and `rate()` handle as a counter reset.
+
+Series carry `namespace` and `model_deployment`; scrape them with `honor_labels` (the Helm
+chart's ServiceMonitor does) so that the resource's namespace wins over the operator pod's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Final, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from canaryml_operator import api
+
+PHASES: Final[tuple[str, ...]] = get_args(api.Phase)
+VERDICTS: Final[tuple[str, ...]] = get_args(api.Verdict)
+RESULTS: Final[tuple[str, ...]] = ("promoted", "rolledBack")
+LABELS: Final = ("namespace", "model_deployment")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+CANARY_WEIGHT = Gauge(
+    "canaryml_operator_canary_weight",
+    "Percent of traffic the canary gets, as the resource's status says",
+    LABELS,
+    registry=REGISTRY,
+)
+PHASE = Gauge(
+    "canaryml_operator_phase",
+    "1 for the resource's current phase, 0 for the others",
+    [*LABELS, "phase"],
+    registry=REGISTRY,
+)
+STALLED = Gauge(
+    "canaryml_operator_stalled",
+    "1 while the Stalled condition is True (invalid spec, or analyses held for long)",
+    LABELS,
+    registry=REGISTRY,
+)
+HELD_ANALYSES = Gauge(
+    "canaryml_operator_held_analyses",
+    "Inconclusive or Error analyses in a row (the weight is held meanwhile)",
+    LABELS,
+    registry=REGISTRY,
+)
+ANALYSES = Counter(
+    "canaryml_operator_analyses",
+    "Canary analyses by overall verdict",
+    [*LABELS, "verdict"],
+    registry=REGISTRY,
+)
+ROLLOUTS = Counter(
+    "canaryml_operator_rollouts",
+    "Rollouts ended, by result: promoted or rolledBack",
+    [*LABELS, "result"],
+    registry=REGISTRY,
+)
+
+
+def observe_status(
+    *,
+    namespace: str,
+    name: str,
+    previous: api.ModelDeploymentStatus,
+    status: api.ModelDeploymentStatus,
+) -> None:
+    """Record a status just written over `previous`."""
+    labels = {"namespace": namespace, "model_deployment": name}
+    # Counters start at 0: Prometheus takes a new series' first sample as its baseline, so a
+    # series born at 1 would hide the first rollback from increase() (and from the alert).
+    for verdict in VERDICTS:
+        ANALYSES.labels(**labels, verdict=verdict)
+    for result in RESULTS:
+        ROLLOUTS.labels(**labels, result=result)
+    CANARY_WEIGHT.labels(**labels).set(status.canary_weight)
+    for phase in PHASES:
+        PHASE.labels(**labels, phase=phase).set(1 if status.phase == phase else 0)
+    stalled = any(c.type == "Stalled" and c.status == "True" for c in status.conditions)
+    STALLED.labels(**labels).set(1 if stalled else 0)
+    HELD_ANALYSES.labels(**labels).set(status.held_analyses)
+    last = status.last_analysis
+    before = previous.last_analysis
+    if last is not None and (before is None or before.time != last.time):
+        ANALYSES.labels(**labels, verdict=last.verdict).inc()
+    seen = {(entry.event, entry.version, entry.time) for entry in previous.history}
+    for entry in status.history:
+        if (entry.event, entry.version, entry.time) not in seen:
+            ROLLOUTS.labels(**labels, result=entry.event).inc()
+
+
+def forget(*, namespace: str, name: str) -> None:
+    """Drop a deleted resource's series."""
+    labels = (namespace, name)
+    for gauge in (CANARY_WEIGHT, STALLED, HELD_ANALYSES):
+        _remove(gauge, labels)
+    for phase in PHASES:
+        _remove(PHASE, (*labels, phase))
+    for verdict in VERDICTS:
+        _remove(ANALYSES, (*labels, verdict))
+    for result in RESULTS:
+        _remove(ROLLOUTS, (*labels, result))
+
+
+def _remove(metric: Gauge | Counter, labels: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyError):  # never observed
+        metric.remove(*labels)
+
+
+def serve(*, port: int, address: str = "0.0.0.0") -> Callable[[], None]:
+    """Serve /metrics on a background thread (prometheus-client's own server); return the
+    function that stops it."""
+    server, thread = start_http_server(port, addr=address, registry=REGISTRY)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

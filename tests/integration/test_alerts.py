@@ -1,0 +1,178 @@
+"""The chart's alerts, checked and unit-tested by Prometheus's own promtool.
+
+The PrometheusRule is rendered by helm; its groups go to `promtool check rules` (syntax, label
+and annotation templates) and `promtool test rules`, which feeds synthetic series of the
+operator's metrics through the rules on Prometheus's own engine and compares the alerts that
+fire, minute by minute, with those expected: a rollback, analyses that keep erroring while
+another resource's succeed, and a Progressing canary whose weight does not move.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart import find, in_ci, render
+
+from .prometheus import prometheus_binary
+
+VALUES = {
+    "monitoring.prometheusRule.enabled": "true",
+    "monitoring.prometheusRule.stuckAfter": "30m",
+    "monitoring.prometheusRule.analysisErrorsFor": "10m",
+}
+
+
+def promtool() -> str:
+    binary = prometheus_binary()
+    candidates = [Path(binary).with_name("promtool")] if binary else []
+    found = next((str(c) for c in candidates if c.is_file()), shutil.which("promtool"))
+    if found is None:
+        message = "promtool is not installed (Debian package prometheus)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    (rule,) = find(render(values=VALUES), "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+    selector = ",".join(f'{key}="{value}"' for key, value in {"namespace": "ml", **labels}.items())
+    return {"series": f"{metric}{{{selector}}}", "values": values}
+
+
+def alert(rules: dict[str, Any], name: str, at: str, *fired: dict[str, str]) -> dict[str, Any]:
+    """An expectation: at `at`, `name` fires for exactly these label sets, with its annotations'
+    templates filled in with them."""
+
+    def annotations(labels: dict[str, str]) -> dict[str, str]:
+        filled = {}
+        for key, template in rules[name]["annotations"].items():
+            for label, value in labels.items():
+                template = template.replace(f"{{{{ $labels.{label} }}}}", value)
+            filled[key] = template
+        return filled
+
+    return {
+        "eval_time": at,
+        "alertname": name,
+        "exp_alerts": [
+            {
+                "exp_labels": {"severity": "warning", **labels},
+                "exp_annotations": annotations(labels),
+            }
+            for labels in fired
+        ],
+    }
+
+
+IRIS = {"namespace": "ml", "model_deployment": "iris"}
+
+
+def test_the_rules_pass_promtool_check(rules_file: Path) -> None:
+    result = run("check", "rules", str(rules_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 rules found" in result.stdout
+
+
+def test_the_alerts_fire_when_they_should_and_only_then(rules_file: Path, tmp_path: Path) -> None:
+    groups = yaml.safe_load(rules_file.read_text(encoding="utf-8"))["groups"]
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
+    rollbacks = "canaryml_operator_rollouts_total"
+    analyses = "canaryml_operator_analyses_total"
+    tests = {
+        "rule_files": [str(rules_file)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "name": "a rollback fires once, for a while",
+                "interval": "1m",
+                "input_series": [
+                    series(
+                        rollbacks,
+                        "0 0 0 1 1 1 1 1 1x30",
+                        model_deployment="iris",
+                        result="rolledBack",
+                    ),
+                    series(rollbacks, "0 0 0 1 1x30", model_deployment="iris", result="promoted"),
+                ],
+                "alert_rule_test": [
+                    alert(rules, "CanarymlRolledBack", "2m"),
+                    alert(rules, "CanarymlRolledBack", "5m", IRIS),
+                    alert(rules, "CanarymlRolledBack", "30m"),  # 15 min without a new one
+                ],
+            },
+            {
+                "name": "analyses that all error fire; one success among them does not",
+                "interval": "1m",
+                "input_series": [
+                    series(analyses, "0+1x40", model_deployment="iris", verdict="Error"),
+                    series(analyses, "0x40", model_deployment="iris", verdict="Successful"),
+                    series(analyses, "0+1x40", model_deployment="wine", verdict="Error"),
+                    series(analyses, "0x20 1x20", model_deployment="wine", verdict="Inconclusive"),
+                ],
+                "alert_rule_test": [
+                    alert(rules, "CanarymlAnalysisErroring", "1m"),  # not yet for 2m
+                    alert(
+                        rules,
+                        "CanarymlAnalysisErroring",
+                        "10m",
+                        IRIS,
+                        {"namespace": "ml", "model_deployment": "wine"},
+                    ),
+                    alert(rules, "CanarymlAnalysisErroring", "25m", IRIS),
+                ],
+            },
+            {
+                "name": "a Progressing canary stuck at one weight fires; a moving one does not",
+                "interval": "1m",
+                "input_series": [
+                    series(
+                        "canaryml_operator_phase",
+                        "1x90",
+                        model_deployment="iris",
+                        phase="Progressing",
+                    ),
+                    series("canaryml_operator_canary_weight", "10x90", model_deployment="iris"),
+                    series(
+                        "canaryml_operator_phase",
+                        "1x90",
+                        model_deployment="wine",
+                        phase="Progressing",
+                    ),
+                    series("canaryml_operator_canary_weight", "10+1x90", model_deployment="wine"),
+                    series(
+                        "canaryml_operator_phase", "1x90", model_deployment="paused", phase="Paused"
+                    ),
+                    series("canaryml_operator_canary_weight", "25x90", model_deployment="paused"),
+                ],
+                "alert_rule_test": [
+                    alert(rules, "CanarymlCanaryStuck", "25m"),  # stuck, but not yet for 30m
+                    alert(rules, "CanarymlCanaryStuck", "35m", IRIS),
+                    alert(rules, "CanarymlCanaryStuck", "85m", IRIS),
+                ],
+            },
+        ],
+    }
+    path = tmp_path / "tests.yaml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False), encoding="utf-8")
+    result = run("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
