@@ -316,3 +316,15 @@ def test_the_operators_children_validate_against_the_kubernetes_schemas() -> Non
                 continue  # the Gateway API's schemas are not in kubernetes-validate
             for version in (OLDEST, NEWEST):
                 kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_the_chart_ships_the_packages_version_and_image() -> None:
+    from canaryml_operator import __version__
+    from canaryml_operator.settings import OperatorSettings as Settings
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert chart["appVersion"] == __version__
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    # The operator's own default serving image is the chart's default image.
+    default_image = Settings.model_fields["image"].default
+    assert default_image == f"{values['image']['repository']}:{chart['appVersion']}"

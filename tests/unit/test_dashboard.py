@@ -583,3 +583,20 @@ def test_each_check_catches_its_mistake(
     dashboard = copy.deepcopy(load())
     mutate(dashboard)
     assert CHECKS[check](dashboard) != []
+
+
+def test_the_operator_metric_names_are_those_the_operator_exports() -> None:
+    from canaryml_operator import metrics
+
+    exported = set()
+    for metric in (
+        metrics.CANARY_WEIGHT,
+        metrics.PHASE,
+        metrics.STALLED,
+        metrics.HELD_ANALYSES,
+        metrics.ANALYSES,
+        metrics.ROLLOUTS,
+    ):
+        for family in metric.describe():
+            exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert exported == OPERATOR_METRICS
