@@ -15,7 +15,8 @@ ARG EXTRAS=""
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
     && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/canaryml
+# python3.11, not python3: the venv links to /usr/bin/python3.11, which distroless has too.
+RUN python3.11 -m venv /opt/canaryml
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -1,0 +1,1 @@
+"""End-to-end tests on a real cluster (kind in CI); they skip where none is reachable."""
