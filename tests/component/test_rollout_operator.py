@@ -122,9 +122,17 @@ async def test_promote_makes_the_canary_stable_before_retiring_it(
     promoted = await wait_status(
         cluster, "iris", "Promoted", lambda s: s.get("phase") == "Promoted"
     )
-    found = await cluster.get("ModelDeployment", NS, "iris")
-    assert found is not None
-    assert rollout.COMMAND_ANNOTATIONS["promote"] not in found["metadata"].get("annotations", {})
+    # The command is removed right after the status is written (in that order: a crash
+    # between the two repeats a command, never loses one).
+    await eventually(
+        lambda: cluster.get("ModelDeployment", NS, "iris"),
+        until=lambda found: (
+            found is not None
+            and rollout.COMMAND_ANNOTATIONS["promote"]
+            not in found["metadata"].get("annotations", {})
+        ),
+        what="the promote command consumed",
+    )
     assert promoted["history"][-1]["event"] == "promoted"
     assert promoted["history"][-1]["replaced"]["version"] == "1.0.0"
     # The canary keeps its share until the stable track serves the promoted model.
@@ -255,9 +263,15 @@ async def test_a_command_with_no_canary_is_removed_and_explained(cluster: Cluste
         until=lambda found: "CommandIgnored" in found,
         what="a CommandIgnored Event",
     )
-    found = await cluster.get("ModelDeployment", NS, "plain")
-    assert found is not None
-    assert rollout.COMMAND_ANNOTATIONS["promote"] not in found["metadata"].get("annotations", {})
+    await eventually(
+        lambda: cluster.get("ModelDeployment", NS, "plain"),
+        until=lambda found: (
+            found is not None
+            and rollout.COMMAND_ANNOTATIONS["promote"]
+            not in found["metadata"].get("annotations", {})
+        ),
+        what="the ignored command removed",
+    )
 
 
 async def test_the_cli_says_clearly_when_the_resource_does_not_exist(cluster: Cluster) -> None:
