@@ -23,8 +23,11 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY operator ./operator
 COPY cli ./cli
+# The libraries' own test suites (about 110 MB of scipy, pandas, numpy...) are never imported.
 RUN /opt/canaryml/bin/pip install --upgrade pip \
     && /opt/canaryml/bin/pip install ".${EXTRAS:+[$EXTRAS]}" \
+    && /opt/canaryml/bin/pip uninstall --yes pip \
+    && find /opt/canaryml/lib -type d -name tests -prune -exec rm -rf {} + \
     && /opt/canaryml/bin/canaryml --help >/dev/null
 
 FROM gcr.io/distroless/python3-debian12:nonroot
