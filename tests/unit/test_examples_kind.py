@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -33,6 +33,7 @@ from canaryml_operator import api, children
 
 from tests import chart
 from tests.e2e import steps
+from tests.local_http import serving
 from tests.unit.test_crd import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -564,14 +565,8 @@ class _Stub(BaseHTTPRequestHandler):
 @pytest.fixture
 def stub_router() -> Iterator[str]:
     _Stub.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Stub) as url:
+        yield url
 
 
 def test_traffic_sends_rows_at_the_rate_and_counts_answers(

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import functools
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from canaryml_server.artifact import ArtifactError, load_artifact
 from canaryml_server.storage import fetch_model
+
+from tests.local_http import serving
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -22,15 +23,8 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 def file_server(example_models: dict[str, Path]) -> Iterator[str]:
     """A plain static file server on loopback over the example models folder."""
     handler = functools.partial(_QuietHandler, directory=str(example_models["root"]))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(handler) as url:
+        yield url
 
 
 def test_plain_path_and_file_uri(example_models: dict[str, Path], tmp_path: Path) -> None:
