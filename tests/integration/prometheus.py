@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,11 +52,6 @@ __all__ = [
 
 def has_value(value: float | None) -> bool:
     return value is not None
-
-
-def in_ci() -> bool:
-    """CI services set CI=true (GitHub Actions, GitLab): there nothing may be skipped."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _instant_value(body: Any) -> float | None:

@@ -9,7 +9,6 @@ another resource's succeed, and a Progressing canary whose weight does not move.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,27 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart import find, in_ci, render
-
-from .prometheus import prometheus_binary
+from tests.chart import find, render
+from tests.tools import promtool
 
 VALUES = {
     "monitoring.prometheusRule.enabled": "true",
     "monitoring.prometheusRule.stuckAfter": "30m",
     "monitoring.prometheusRule.analysisErrorsFor": "10m",
 }
-
-
-def promtool() -> str:
-    binary = prometheus_binary()
-    candidates = [Path(binary).with_name("promtool")] if binary else []
-    found = next((str(c) for c in candidates if c.is_file()), shutil.which("promtool"))
-    if found is None:
-        message = "promtool is not installed (Debian package prometheus)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 @pytest.fixture
