@@ -32,6 +32,7 @@ SHORT_NAMES = ("md",)
 
 # Schemes the server's storages understand, plus pvc:// which the operator turns into a mount.
 URI_PATTERN = r"^(s3://|gs://|https?://|file://|pvc://|models:/)\S+$"
+HTTP_URL_PATTERN = r"^https?://\S+$"
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -154,7 +155,7 @@ class SecretKeyRef(_Model):
 class PrometheusRef(_Model):
     url: str | None = Field(
         default=None,
-        pattern=r"^https?://\S+$",
+        pattern=HTTP_URL_PATTERN,
         description="the Prometheus HTTP API; default: the operator's (Helm value "
         "prometheus.url, else http://prometheus.monitoring:9090)",
     )

@@ -6,6 +6,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from canaryml_operator import __version__
+from canaryml_operator.api import HTTP_URL_PATTERN
+from canaryml_operator.providers import DEFAULT_PROMETHEUS_URL
 
 
 class OperatorSettings(BaseSettings):
@@ -22,8 +24,8 @@ class OperatorSettings(BaseSettings):
     )
     workers: int = Field(default=8, ge=1, le=256, description="threads for API calls")
     prometheus_url: str = Field(
-        default="http://prometheus.monitoring:9090",
-        pattern=r"^https?://\S+$",
+        default=DEFAULT_PROMETHEUS_URL,
+        pattern=HTTP_URL_PATTERN,
         description="the Prometheus of analyses whose spec names none",
     )
     metrics_port: int | None = Field(
