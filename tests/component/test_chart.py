@@ -26,7 +26,17 @@ from canaryml_cli.main import app
 from canaryml_operator import api, children, crd
 from canaryml_operator.settings import OperatorSettings
 
-from tests.chart import ALL_OPTIONS, CHART, NAMESPACED, ROOT, find, helm, render, template_args
+from tests.chart import (
+    ALL_OPTIONS,
+    CHART,
+    NAMESPACED,
+    ROOT,
+    find,
+    helm,
+    helm_binary,
+    render,
+    template_args,
+)
 
 OLDEST = "1.27"  # Chart.yaml's kubeVersion
 NEWEST = kubernetes_validate.latest_version()
@@ -83,7 +93,7 @@ def test_the_charts_crd_is_the_generated_one() -> None:
 
 def test_deploy_is_the_chart_rendered_with_default_values(tmp_path: Path) -> None:
     out = tmp_path / "canaryml.yaml"
-    env = {**os.environ, "CANARYML_HELM": helm("version", "--short").args[0]}
+    env = {**os.environ, "CANARYML_HELM": helm_binary()}
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "render-manifests.sh"), str(out)],
         check=True,

@@ -12,7 +12,6 @@ Discovery (/api, /apis/GROUP/VERSION) needs no rule: every authenticated user ma
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 import kmock
 import pytest
-from canaryml_operator import rollout
+from canaryml_operator import metrics, rollout
 from kubernetes.config import kube_config
 
 from tests.chart import find, render
@@ -230,7 +229,13 @@ async def exercise(cluster: Cluster, ns: str) -> None:
         what="the canary's Service deleted",
     )
     await cluster.delete("ModelDeployment", ns, "iris")
-    await asyncio.sleep(0.5)  # the operator's reaction to the deletion, if any
+
+    async def series_left() -> float | None:
+        labels = {"namespace": ns, "model_deployment": "iris"}
+        return metrics.REGISTRY.get_sample_value("canaryml_operator_canary_weight", labels)
+
+    # The operator has handled the deletion once its event handler dropped the series.
+    await eventually(series_left, until=lambda value: value is None, what="the deletion handled")
 
 
 def mismatch(used: set[Permission], rules: set[Permission]) -> str:
