@@ -19,13 +19,13 @@ RUN apt-get update \
 RUN python3.11 -m venv /opt/canaryml
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY server ./server
 COPY operator ./operator
 COPY cli ./cli
 # The libraries' own test suites (about 110 MB of scipy, pandas, numpy...) are never imported.
-RUN /opt/canaryml/bin/pip install --upgrade pip \
-    && /opt/canaryml/bin/pip install ".${EXTRAS:+[$EXTRAS]}" \
+# constraints.txt pins every version (scripts/lock.sh), so the image gets the set CI tested.
+RUN /opt/canaryml/bin/pip install --constraint constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
     && /opt/canaryml/bin/pip uninstall --yes pip \
     && find /opt/canaryml/lib -type d -name tests -prune -exec rm -rf {} + \
     && /opt/canaryml/bin/canaryml --help >/dev/null
