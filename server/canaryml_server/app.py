@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
@@ -62,7 +62,12 @@ _BOOLEANS = _TRUE | _FALSE
 
 
 class ModelFailure(Exception):  # noqa: N818 - names the situation, like InvalidInput
-    """The model raised on validated input: a server-side error (500), counted as such."""
+    """The model raised on validated input: a server-side error (500), counted as such.
+
+    Never a 4xx: validation already refused what the artifact's contract refuses (schema, and
+    numbers beyond what the runtime represents), and estimators raise the same ValueError for
+    their own defects as for odd numbers, so a 4xx would hide a broken canary from its 5xx rate.
+    """
 
 
 def _json_response(body: Any, status_code: int = 200) -> Response:
@@ -111,11 +116,16 @@ async def read_json(request: Request, *, limit: int) -> Any:
         ) from error
 
 
-def _records_body_schema(schema: FeatureSchema) -> dict[str, Any]:
+def _records_body_schema(
+    schema: FeatureSchema, max_magnitude: Mapping[str, float]
+) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for feature in schema.features:
         if feature.kind is FeatureKind.NUMERIC:
             prop: dict[str, Any] = {"type": "number"}
+            if feature.name in max_magnitude:
+                limit = max_magnitude[feature.name]
+                prop |= {"minimum": -limit, "maximum": limit}
         elif feature.dtype == "bool":
             prop = {"type": "boolean"}
         else:
@@ -143,6 +153,7 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
     policy = ValidationPolicy(
         allow_unknown_categories=settings.unknown_categories == "allow",
         max_rows=settings.max_batch_rows,
+        max_magnitude=predictor.max_magnitude,
     )
     limit = settings.max_body_bytes
     version_header = (VERSION_HEADER, version.encode("latin-1"))
@@ -242,7 +253,9 @@ def create_app(*, model: LoadedModel, settings: ServerSettings) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {JSON: {"schema": _records_body_schema(schema)}},
+                "content": {
+                    JSON: {"schema": _records_body_schema(schema, predictor.max_magnitude)}
+                },
             }
         },
     )

@@ -5,6 +5,11 @@ verified), `schema.json`, `profile.json` and `manifest.json`. The manifest lists
 every other file, so the sha256 of `manifest.json` alone identifies the whole artifact: that is
 the digest a ModelDeployment's `sha256` field names, and anyone can compute it with `sha256sum`.
 Nothing is unpickled before that digest and every file's hash have been checked.
+
+Packaging is reproducible: the same inputs, packaged with the same libraries (the manifest lists
+their versions), give the same bytes and so the same digest. The manifest therefore holds no
+measurement of the packaging run (the single-row timings go to `PackageResult`) and no creation
+time unless SOURCE_DATE_EPOCH gives one (the reproducible-builds convention).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import importlib.metadata
 import platform
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from canaryml_server.profile import ReferenceProfile, build_profile
 from canaryml_server.runtime import (
+    OnnxCheck,
     OnnxPredictor,
     Predictor,
     SklearnPredictor,
@@ -57,6 +63,8 @@ class ArtifactError(Exception):
 
 
 class RuntimeChoice(BaseModel):
+    """Which runtime serves the model and the evidence for it: only what the inputs determine."""
+
     model_config = ConfigDict(frozen=True)
 
     runtime: RuntimeName
@@ -66,8 +74,6 @@ class RuntimeChoice(BaseModel):
     rows_compared: int = 0
     labels_identical: bool | None = None
     max_abs_difference: float | None = None
-    sklearn_us_per_row: float | None = None
-    onnx_us_per_row: float | None = None
 
 
 class Manifest(BaseModel):
@@ -76,7 +82,8 @@ class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
     version: str
-    created: datetime
+    created: datetime | None = None
+    """Set from SOURCE_DATE_EPOCH only: the clock would change the digest on every run."""
     task: Literal["classification", "regression"]
     classes: list[Any] | None = None
     target: str | None = None
@@ -133,6 +140,9 @@ class PackageResult:
     manifest: Manifest
     digest: str
     schema: FeatureSchema
+    sklearn_us_per_row: float | None = None
+    """Measured while packaging (when the ONNX form was kept); not in the artifact."""
+    onnx_us_per_row: float | None = None
 
 
 def read_reference(path: Path, *, target: str | None) -> pd.DataFrame:
@@ -157,8 +167,12 @@ def package_model(
     target: str | None = None,
     runtime: RuntimeRequest = "auto",
     overwrite: bool = False,
+    created: datetime | None = None,
 ) -> PackageResult:
-    """Write a verified artifact for a fitted estimator or Pipeline."""
+    """Write a verified artifact for a fitted estimator or Pipeline.
+
+    `created` is recorded in the manifest when given (SOURCE_DATE_EPOCH, for the CLI).
+    """
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ArtifactError(f"{out_dir} exists and is not empty (pass --force to replace it)")
     reference = read_reference(reference_path, target=target)
@@ -191,9 +205,10 @@ def package_model(
             f"the model failed to predict on the reference rows: {type(error).__name__}: {error}"
         ) from error
 
-    choice, onnx_bytes = _choose_runtime(
+    choice, check = _choose_runtime(
         model=model, reference=reference, schema=schema, batch=batch, requested=runtime
     )
+    onnx_bytes = check.onnx_bytes if check is not None and check.accepted else None
     categorical = {f.name for f in schema.features if f.kind is FeatureKind.CATEGORICAL}
     profile = build_profile(
         reference, predictions.labels, categorical=categorical, classification=classification
@@ -216,7 +231,7 @@ def package_model(
     manifest = Manifest(
         name=name or model_path.stem,
         version=version,
-        created=datetime.now(UTC),
+        created=created,
         task="classification" if classification else "regression",
         classes=classes,
         target=target,
@@ -227,9 +242,15 @@ def package_model(
         libraries=_library_versions(),
         files=files,
     )
-    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    unset = {"created"} if created is None else None
+    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude=unset))
     return PackageResult(
-        path=out_dir, manifest=manifest, digest=sha256_file(out_dir / MANIFEST_FILE), schema=schema
+        path=out_dir,
+        manifest=manifest,
+        digest=sha256_file(out_dir / MANIFEST_FILE),
+        schema=schema,
+        sklearn_us_per_row=check.sklearn_us_per_row if check is not None else None,
+        onnx_us_per_row=check.onnx_us_per_row if check is not None else None,
     )
 
 
@@ -247,7 +268,7 @@ def _choose_runtime(
     schema: FeatureSchema,
     batch: Batch,
     requested: RuntimeRequest,
-) -> tuple[RuntimeChoice, bytes | None]:
+) -> tuple[RuntimeChoice, OnnxCheck | None]:
     if requested == "sklearn":
         return RuntimeChoice(runtime="sklearn", requested=requested, reason="requested"), None
     check = verify_onnx(model=model, reference=reference, schema=schema, batch=batch)
@@ -260,7 +281,7 @@ def _choose_runtime(
             reason=f"ONNX form refused: {check.reason}",
             rows_compared=check.rows,
         )
-        return choice, None
+        return choice, check
     choice = RuntimeChoice(
         runtime="onnx",
         requested=requested,
@@ -269,10 +290,8 @@ def _choose_runtime(
         rows_compared=check.rows,
         labels_identical=check.labels_identical,
         max_abs_difference=check.max_abs_difference,
-        sklearn_us_per_row=check.sklearn_us_per_row,
-        onnx_us_per_row=check.onnx_us_per_row,
     )
-    return choice, check.onnx_bytes
+    return choice, check
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -16,6 +19,17 @@ if TYPE_CHECKING:
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
+
+
+def _source_date() -> datetime | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org): the creation time to record, if any."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return None
+    if raw.isdigit():
+        with contextlib.suppress(OverflowError, OSError, ValueError):  # beyond datetime's years
+            return datetime.fromtimestamp(int(raw), UTC)
+    raise _fail(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, not {raw!r}")
 
 
 def package(
@@ -36,7 +50,10 @@ def package(
     ] = "auto",
     force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
-    """Package a model with its schema, reference profile and manifest (and ONNX form)."""
+    """Package a model with its schema, reference profile and manifest (and ONNX form).
+
+    The same inputs give the same digest; set SOURCE_DATE_EPOCH to record a creation time.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -49,6 +66,7 @@ def package(
         raise _fail(f"no such model file: {model}")
     if not reference.is_file():
         raise _fail(f"no such reference file: {reference}")
+    created = _source_date()
     try:
         result = package_model(
             model_path=model,
@@ -59,6 +77,7 @@ def package(
             target=target,
             runtime=requested,
             overwrite=force,
+            created=created,
         )
     except ArtifactError as error:
         raise _fail(str(error)) from error
@@ -72,11 +91,11 @@ def package(
     numeric, categorical = kinds.count("numeric"), kinds.count("categorical")
     table.add_row("features", f"{len(kinds)} ({numeric} numeric, {categorical} categorical)")
     table.add_row("runtime", f"{choice.runtime}: {choice.reason}")
-    if choice.sklearn_us_per_row and choice.onnx_us_per_row:
+    if result.sklearn_us_per_row and result.onnx_us_per_row:
         table.add_row(
             "one row",
-            f"sklearn {choice.sklearn_us_per_row:.0f} us, onnx {choice.onnx_us_per_row:.0f} us "
-            f"({choice.sklearn_us_per_row / choice.onnx_us_per_row:.0f}x)",
+            f"sklearn {result.sklearn_us_per_row:.0f} us, onnx {result.onnx_us_per_row:.0f} us "
+            f"({result.sklearn_us_per_row / result.onnx_us_per_row:.0f}x)",
         )
     table.add_row("sha256", result.digest)
     Console(stderr=True).print(table)
@@ -100,7 +119,7 @@ def serve(
 ) -> None:
     """Serve a packaged model over HTTP (/predict, Open Inference Protocol v2, /metrics).
 
-    Every option can also be set by environment variable (CANARYML_*); see the README.
+    Every option can also be set by environment variable (CANARYML_*); see docs/serving.md.
     """
     import uvicorn
     from pydantic import ValidationError
@@ -240,7 +259,7 @@ def router(
     mirroring to the shadow, shadow comparison, Prometheus metrics at /metrics.
 
     Every option can also be set by environment variable (CANARYML_ROUTER_*, and
-    CANARYML_MODEL_DEPLOYMENT, CANARYML_NAMESPACE); see the README.
+    CANARYML_MODEL_DEPLOYMENT, CANARYML_NAMESPACE); see docs/operator.md ("The router").
     """
     import logging
 

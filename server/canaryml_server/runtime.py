@@ -9,16 +9,22 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
-from canaryml_server.schema import Batch, FeatureSchema
+from canaryml_server.schema import Batch, FeatureKind, FeatureSchema, largest_magnitude
 
 PROBABILITY_TOLERANCE = 1e-5
+
+# Every runtime takes numbers within float32's range at most: scikit-learn's tree models cast
+# their input to float32 (and raise beyond it), ONNX models converted from a float32 sample
+# cast to it, and one range keeps an artifact's requests valid whichever runtime serves it.
+NUMBER_MAGNITUDE = largest_magnitude(np.float32)
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,26 @@ class Predictor(Protocol):
     @property
     def has_probabilities(self) -> bool: ...
 
+    @property
+    def max_magnitude(self) -> Mapping[str, float]:
+        """Per numeric feature, the largest |value| this runtime takes (validation enforces it)."""
+        ...
+
     def predict(self, batch: Batch, *, probabilities: bool) -> Prediction: ...
 
 
 def _needs_frame(model: Any, schema: FeatureSchema) -> bool:
     return hasattr(model, "feature_names_in_") or not schema.all_numeric
+
+
+def _magnitudes(
+    schema: FeatureSchema, dtype_of: Callable[[str], npt.DTypeLike]
+) -> dict[str, float]:
+    return {
+        f.name: min(NUMBER_MAGNITUDE, largest_magnitude(dtype_of(f.name)))
+        for f in schema.features
+        if f.kind is FeatureKind.NUMERIC
+    }
 
 
 class SklearnPredictor:
@@ -53,6 +74,8 @@ class SklearnPredictor:
         # row, so one call gives both (a forest's predict is itself a predict_proba call).
         self._labels_from_proba = labels_from_proba and self._proba
         self._classes = np.asarray(getattr(model, "classes_", []))
+        # The model gets float64; NUMBER_MAGNITUDE narrows that to what tree models take.
+        self.max_magnitude = _magnitudes(schema, lambda _: np.float64)
 
     @property
     def has_probabilities(self) -> bool:
@@ -70,12 +93,12 @@ class SklearnPredictor:
         return Prediction(labels=np.asarray(self._model.predict(features)), probabilities=None)
 
 
-_ONNX_DTYPES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "tensor(float)": lambda c: c.astype(np.float32),
-    "tensor(double)": lambda c: c.astype(np.float64),
-    "tensor(int64)": lambda c: c.astype(np.int64),
-    "tensor(string)": lambda c: c.astype(str),
-    "tensor(bool)": lambda c: c.astype(bool),
+_ONNX_DTYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(string)": np.str_,
+    "tensor(bool)": np.bool_,
 }
 
 
@@ -97,6 +120,10 @@ class OnnxPredictor:
         # A model converted from a numpy sample takes one (rows, features) tensor; one
         # converted from a DataFrame takes a (rows, 1) tensor per feature, named after it.
         self._single_input = not all(name in schema.names for name, _ in self._inputs)
+        dtypes = dict(self._inputs)
+        self.max_magnitude = _magnitudes(
+            schema, lambda name: self._inputs[0][1] if self._single_input else dtypes[name]
+        )
         outputs = [o.name for o in self._session.get_outputs()]
         self._label_output = outputs[0]
         self._proba_output = outputs[1] if len(outputs) > 1 else None
@@ -106,11 +133,12 @@ class OnnxPredictor:
         return self._proba_output is not None
 
     def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
+        # Requests are validated against max_magnitude: these casts do not overflow.
         if self._single_input:
-            name, convert = self._inputs[0]
-            feed = {name: convert(batch.matrix())}
+            name, dtype = self._inputs[0]
+            feed = {name: batch.matrix().astype(dtype)}
         else:
-            feed = {n: convert(batch.columns[n].reshape(-1, 1)) for n, convert in self._inputs}
+            feed = {n: batch.columns[n].reshape(-1, 1).astype(dtype) for n, dtype in self._inputs}
         wanted = [self._label_output]
         if probabilities and self._proba_output is not None:
             wanted.append(self._proba_output)

@@ -2,6 +2,8 @@
 
 Validation works column by column so that a batch costs a few vectorised numpy calls per
 feature rather than Python work per value; every problem names the row and the feature.
+Numbers must also lie within what the runtime represents (`largest_magnitude` of its input
+type, declared by the runtime), so that no cast on the way to the model overflows.
 """
 
 from __future__ import annotations
@@ -14,10 +16,32 @@ from functools import cached_property
 from typing import Any, Literal, Self
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 MAX_PROBLEMS = 20
+
+
+def largest_magnitude(dtype: npt.DTypeLike) -> float:
+    """The largest |x| of a float64 that still converts to a number of `dtype`.
+
+    For floats that is anything rounding to a finite value, a little over the exact maximum
+    (so float32 takes 3.4028235e38, its maximum as usually printed); for integers, anything
+    truncating into range.
+    """
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        top = np.finfo(kind).max
+        # From the maximum plus half a unit in the last place on, the cast rounds to infinity.
+        half_ulp = (float(top) - float(np.nextafter(top, kind.type(0)))) / 2
+        return float(np.nextafter(float(top) + half_ulp, 0.0))
+    if kind.kind == "i":
+        return float(np.nextafter(float(np.iinfo(kind).max) + 1.0, 0.0))
+    raise ValueError(f"{kind} is not a signed number type")
+
+
+_FLOAT64_MAX = largest_magnitude(np.float64)
 
 
 class FeatureKind(StrEnum):
@@ -199,6 +223,17 @@ class _MatrixColumns(Mapping[str, np.ndarray]):
 class ValidationPolicy:
     allow_unknown_categories: bool = False
     max_rows: int = 10_000
+    max_magnitude: Mapping[str, float] = field(default_factory=dict)
+    """Per numeric feature, the largest |value| the runtime takes (`Predictor.max_magnitude`);
+    a feature not named here takes any finite float64."""
+
+    @cached_property
+    def smallest_magnitude(self) -> float:
+        """One bound for the whole-matrix fast path; features allowed more take the column path."""
+        return min(self.max_magnitude.values(), default=_FLOAT64_MAX)
+
+    def magnitude(self, name: str) -> float:
+        return self.max_magnitude.get(name, _FLOAT64_MAX)
 
 
 _NUMBER_TYPES = frozenset({int, float})
@@ -213,12 +248,17 @@ def _too_large(value: Any) -> bool:
     return False
 
 
+def _out_of_range(row: int, feature: Feature, limit: float) -> Problem:
+    msg = f"out of range: this model takes numbers from -{limit!r} to {limit!r}"
+    return Problem((row, feature.name), msg, "out_of_range")
+
+
 def _first_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
 def _validate_numeric(
-    feature: Feature, values: Sequence[Any] | np.ndarray, problems: list[Problem]
+    feature: Feature, values: Sequence[Any] | np.ndarray, limit: float, problems: list[Problem]
 ) -> np.ndarray | None:
     if isinstance(values, np.ndarray):
         if values.dtype.kind not in "iuf":
@@ -244,7 +284,7 @@ def _validate_numeric(
             array = np.array(values, dtype=np.float64)
         except OverflowError:
             big = next(i for i, v in enumerate(values) if _too_large(v))
-            problems.append(Problem((big, feature.name), "number too large for a float"))
+            problems.append(_out_of_range(big, feature, limit))
             return None
     missing = np.isnan(array)
     if not feature.nullable and missing.any():
@@ -254,6 +294,10 @@ def _validate_numeric(
     infinite = np.isinf(array)
     if infinite.any():
         problems.append(Problem((_first_row(infinite), feature.name), "infinite value"))
+        return None
+    outside = np.abs(array) > limit  # False for NaN
+    if outside.any():
+        problems.append(_out_of_range(_first_row(outside), feature, limit))
         return None
     return array
 
@@ -294,13 +338,13 @@ def _validate_categorical(
     return array
 
 
-def _accept_matrix(schema: FeatureSchema, matrix: np.ndarray) -> bool:
+def _accept_matrix(schema: FeatureSchema, matrix: np.ndarray, policy: ValidationPolicy) -> bool:
     """Whether a numeric matrix passes every check; if not, the column path says why."""
-    finite = np.isfinite(matrix)
-    if finite.all():
+    within = np.abs(matrix) <= policy.smallest_magnitude  # False for NaN and infinities
+    if within.all():
         return True
     missing_ok = np.isnan(matrix) & schema.nullable
-    return bool((finite | missing_ok).all())
+    return bool((within | missing_ok).all())
 
 
 def validate_matrix(
@@ -326,7 +370,12 @@ def validate_matrix(
             matrix = np.array(flat, dtype=np.float64).reshape(rows, width)
         except OverflowError:
             matrix = None
-    if matrix is None or rows == 0 or rows > policy.max_rows or not _accept_matrix(schema, matrix):
+    if (
+        matrix is None
+        or rows == 0
+        or rows > policy.max_rows
+        or not _accept_matrix(schema, matrix, policy)
+    ):
         # The column path finds and names the first bad value of each feature.
         columns = {name: flat[j::width] for j, name in enumerate(schema.names)}
         return validate_columns(schema, columns, rows=rows, policy=policy)
@@ -380,7 +429,7 @@ def validate_columns(
             problems.append(Problem((feature.name,), msg, "shape"))
             continue
         if feature.kind is FeatureKind.NUMERIC:
-            checked = _validate_numeric(feature, values, problems)
+            checked = _validate_numeric(feature, values, policy.magnitude(feature.name), problems)
         else:
             checked = _validate_categorical(feature, values, policy, problems)
         if checked is not None:
@@ -428,7 +477,7 @@ def validate_records(schema: FeatureSchema, payload: Any, *, policy: ValidationP
                 matrix = np.array(flat, dtype=np.float64).reshape(len(records), len(names))
             except OverflowError:
                 matrix = None
-            if matrix is not None and _accept_matrix(schema, matrix):
+            if matrix is not None and _accept_matrix(schema, matrix, policy):
                 return Batch.from_matrix(schema, matrix)
     columns = {n: [r[n] for r in records] for n in names}
     return validate_columns(schema, columns, rows=len(records), policy=policy)

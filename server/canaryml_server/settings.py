@@ -1,6 +1,6 @@
 """Server settings: every option of `canaryml serve` is also a CANARYML_* environment variable.
 
-The README's "Configuration" section lists them all with their defaults.
+docs/serving.md ("Configuration") lists them all with their defaults.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from canaryml_server.app import create_app
 from canaryml_server.artifact import LoadedModel, load_artifact
 from canaryml_server.runtime import Prediction
-from canaryml_server.schema import Batch
+from canaryml_server.schema import MAX_PROBLEMS, Batch
 from canaryml_server.settings import ServerSettings
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -300,6 +300,7 @@ async def test_metrics_and_drift_can_be_off(canary: LoadedModel, test_rows: pd.D
 class ExplodingPredictor:
     runtime = "sklearn"
     has_probabilities = False
+    max_magnitude: dict[str, float] = {}  # noqa: RUF012 - never changed
 
     def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
         raise RuntimeError("boom: secret internal detail")
@@ -379,6 +380,7 @@ class BrokenOutputPredictor:
 
     runtime = "sklearn"
     has_probabilities = False
+    max_magnitude: dict[str, float] = {}  # noqa: RUF012 - never changed
 
     def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
         return Prediction(labels=None, probabilities=None)  # type: ignore[arg-type]
@@ -395,3 +397,181 @@ async def test_unexpected_errors_are_a_json_500_and_counted(
         samples = _metrics((await client.get("/metrics")).text)
         assert _value(samples, "canaryml_requests_total", code="500") == 1
         assert (await client.get("/v2/health/live")).status_code == 200
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers beyond what the runtime represents
+
+SERVED = [("stable", "auto"), ("stable", "sklearn"), ("canary", "auto"), ("canary", "sklearn")]
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _served(example_models: dict[str, Path], role: str, runtime: Any) -> LoadedModel:
+    loaded = load_artifact(example_models[role], runtime=runtime)
+    assert loaded.predictor.runtime == ("onnx" if runtime == "auto" else "sklearn")
+    return loaded
+
+
+def _out_of_range(problems: list[dict[str, Any]]) -> list[list[Any]]:
+    assert all(p["type"] == "out_of_range" for p in problems), problems
+    return [p["loc"] for p in problems]
+
+
+@pytest.mark.parametrize(("role", "runtime"), SERVED)
+async def test_numbers_beyond_float32_are_422_naming_row_and_feature(
+    example_models: dict[str, Path], test_rows: pd.DataFrame, role: str, runtime: str
+) -> None:
+    rows = _records(test_rows.iloc[:3])
+    names = list(rows[0])
+    async with await _client(_served(example_models, role, runtime)) as client:
+        one = await client.post("/predict", json={**rows[0], "mean radius": 1e308})
+        assert one.status_code == 422
+        assert _out_of_range(one.json()["detail"]) == [[0, "mean radius"]]
+        assert "out of range" in one.json()["detail"][0]["msg"]
+        batch = [rows[0], {**rows[1], "worst area": -1e308}, rows[2]]
+        response = await client.post("/predict", json=batch)
+        assert _out_of_range(response.json()["detail"]) == [[1, "worst area"]]
+        # Every feature at 1e308 (the sklearn runtime used to raise: a 500)
+        every = await client.post("/predict", json=dict.fromkeys(names, 1e308))
+        assert every.status_code == 422
+        assert _out_of_range(every.json()["detail"]) == [[0, n] for n in names[:MAX_PROBLEMS]]
+
+        tensor = [rows[0][n] for n in names] + [
+            1e308 if n == "mean texture" else rows[1][n] for n in names
+        ]
+        infer = await client.post(
+            f"/v2/models/{MODEL}/infer",
+            json={"inputs": [{"name": "x", "shape": [2, 30], "datatype": "FP64", "data": tensor}]},
+        )
+        assert infer.status_code == 422
+        assert infer.json()["error"].startswith("1.mean texture: out of range")
+        by_feature = [
+            {
+                "name": n,
+                "shape": [2],
+                "datatype": "FP64",
+                "data": [rows[0][n], -1e308 if n == "worst radius" else rows[1][n]],
+            }
+            for n in names
+        ]
+        infer = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": by_feature})
+        assert infer.status_code == 422
+        assert infer.json()["error"].startswith("1.worst radius: out of range")
+        samples = _metrics((await client.get("/metrics")).text)
+        assert _value(samples, "canaryml_requests_total", code="422") == 5
+        assert _value(samples, "canaryml_requests_total", code="500") == 0
+        assert _value(samples, "canaryml_drift_window_rows") == 0  # nothing reached the model
+
+
+@pytest.mark.parametrize(("role", "runtime"), SERVED)
+async def test_float32_max_is_accepted_and_answered_like_sklearn(
+    example_models: dict[str, Path], test_rows: pd.DataFrame, role: str, runtime: str
+) -> None:
+    sklearn_model = joblib.load(example_models["root"] / f"{role}.joblib")
+    row = _records(test_rows.iloc[:1])[0]
+    # float32's maximum exactly, as usually printed (it rounds to the same float32), negated
+    edges = [FLOAT32_MAX, 3.4028235e38, -FLOAT32_MAX]
+    rows = [{**row, "mean radius": edge} for edge in edges]
+    expected = sklearn_model.predict(pd.DataFrame(rows).to_numpy()).tolist()
+    async with await _client(_served(example_models, role, runtime)) as client:
+        response = await client.post("/predict", json=rows)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"] == expected
+        tensor = [value for r in rows for value in r.values()]
+        infer = await client.post(
+            f"/v2/models/{MODEL}/infer",
+            json={"inputs": [{"name": "x", "shape": [3, 30], "datatype": "FP64", "data": tensor}]},
+        )
+        assert infer.status_code == 200, infer.text
+        assert infer.json()["outputs"][0]["data"] == expected
+        # The next number up that JSON can carry overflows float32: refused.
+        beyond = 3.4028236e38
+        with np.errstate(over="ignore"):
+            assert np.isinf(np.float32(beyond))
+        refused = await client.post("/predict", json={**row, "mean radius": beyond})
+        assert refused.status_code == 422
+        assert _out_of_range(refused.json()["detail"]) == [[0, "mean radius"]]
+        # The API docs state the exact range that is enforced.
+        openapi = (await client.get("/openapi.json")).json()
+        body = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+        documented = body["schema"]["anyOf"][0]["properties"]["mean radius"]
+        top = documented["maximum"]
+        assert documented["minimum"] == -top and FLOAT32_MAX <= top < beyond
+        at_top = await client.post("/predict", json={**row, "mean radius": top})
+        assert at_top.status_code == 200
+        over = await client.post("/predict", json={**row, "mean radius": np.nextafter(top, beyond)})
+        assert over.status_code == 422
+
+
+def _package_age_and_colour(tmp_path: Path) -> tuple[Any, Path]:
+    """A model whose ONNX form takes `age` as an int64 tensor of its own."""
+    from canaryml_server.artifact import package_model
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {"age": rng.integers(18, 90, 300), "colour": rng.choice(["red", "blue"], 300)}
+    )
+    label = ((frame["age"] > 50) & (frame["colour"] == "red")).astype(int)
+    model = make_pipeline(
+        ColumnTransformer([("c", OneHotEncoder(handle_unknown="ignore"), ["colour"])],
+                          remainder="passthrough"),
+        LogisticRegression(),
+    ).fit(frame, label)  # fmt: skip
+    joblib.dump(model, tmp_path / "m.joblib")
+    frame.assign(label=label).to_csv(tmp_path / "train.csv", index=False)
+    result = package_model(
+        model_path=tmp_path / "m.joblib", reference_path=tmp_path / "train.csv",
+        out_dir=tmp_path / "a", name="ages", target="label",
+    )  # fmt: skip
+    assert result.manifest.runtime.runtime == "onnx"
+    return model, result.path
+
+
+async def test_an_int64_input_takes_int64_range(tmp_path: Path) -> None:
+    model, folder = _package_age_and_colour(tmp_path)
+    inside = [{"age": 9e18, "colour": "red"}, {"age": -9e18, "colour": "red"}]
+    async with await _client(load_artifact(folder)) as client:
+        response = await client.post("/predict", json=inside)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"] == model.predict(pd.DataFrame(inside)).tolist()
+        # 1e19 is within float32 but beyond int64: the cast would give garbage
+        refused = await client.post("/predict", json=[{"age": 1e19, "colour": "red"}])
+        assert refused.status_code == 422
+        assert _out_of_range(refused.json()["detail"]) == [[0, "age"]]
+    async with await _client(load_artifact(folder, runtime="sklearn")) as client:
+        response = await client.post("/predict", json=[{"age": 1e19, "colour": "red"}])
+        assert (
+            response.json()["predictions"]
+            == model.predict(pd.DataFrame([{"age": 1e19, "colour": "red"}])).tolist()
+        )
+
+
+async def test_an_estimator_raising_on_valid_numbers_is_a_500(tmp_path: Path) -> None:
+    """In range, but outside what the estimator can take: the model's defect, not the input's."""
+    from canaryml_server.artifact import package_model
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"dose": rng.uniform(1, 100, 200)})
+    label = (frame["dose"] > 50).astype(int)
+    model = make_pipeline(FunctionTransformer(np.log), LogisticRegression()).fit(frame, label)
+    joblib.dump(model, tmp_path / "m.joblib")
+    frame.assign(label=label).to_csv(tmp_path / "train.csv", index=False)
+    package_model(
+        model_path=tmp_path / "m.joblib", reference_path=tmp_path / "train.csv",
+        out_dir=tmp_path / "a", name="doses", target="label", runtime="sklearn",
+    )  # fmt: skip
+    async with await _client(load_artifact(tmp_path / "a")) as client:
+        assert (await client.post("/predict", json={"dose": 60.0})).status_code == 200
+        with pytest.warns(RuntimeWarning, match="invalid value encountered in log"):
+            response = await client.post("/predict", json={"dose": -1.0})
+        assert response.status_code == 500
+        assert response.json()["detail"][0]["msg"] == "the model failed on this input (ValueError)"
+        samples = _metrics((await client.get("/metrics")).text)
+        assert _value(samples, "canaryml_requests_total", code="500") == 1

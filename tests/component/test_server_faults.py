@@ -41,6 +41,7 @@ class CountingPredictor:
         self.inner = inner
         self.runtime = inner.runtime
         self.has_probabilities = inner.has_probabilities
+        self.max_magnitude = inner.max_magnitude
         self.calls = 0
 
     def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:

@@ -17,6 +17,7 @@ from canaryml_server.schema import (
     Problem,
     ValidationPolicy,
     infer_schema,
+    largest_magnitude,
     validate_columns,
     validate_matrix,
     validate_records,
@@ -420,7 +421,8 @@ def test_int_too_large_for_a_float(
     feature = "b" if schema_name == "numeric" else "n"
     problem = _rejection(schema, [good, good, {**good, feature: big}])
     assert problem.loc == (2, feature)
-    assert problem.msg == "number too large for a float"
+    assert problem.type == "out_of_range"
+    assert problem.msg.startswith("out of range")
 
 
 def test_int_too_large_names_the_row_that_overflows(numeric: FeatureSchema) -> None:
@@ -672,3 +674,130 @@ def test_matrix_accepts_what_records_accept(numeric: FeatureSchema) -> None:
 def test_matrix_rejects_a_bool_among_numbers(numeric: FeatureSchema) -> None:
     with pytest.raises(InvalidInput):
         validate_matrix(numeric, [[1.5, True, 3.0]], rows=1, policy=STRICT)
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers beyond what the runtime represents
+
+
+def test_largest_magnitude_is_the_edge_of_each_cast() -> None:
+    with np.errstate(over="ignore", invalid="ignore"):
+        for dtype in (np.float32, np.float64):
+            limit = largest_magnitude(dtype)
+            beyond = np.nextafter(limit, math.inf)
+            assert np.isfinite(np.array([limit, -limit]).astype(dtype)).all()
+            assert not np.isfinite(np.array([beyond, -beyond]).astype(dtype)).any()
+    # float32's maximum, exactly and as usually printed, is inside
+    assert float(np.finfo(np.float32).max) <= largest_magnitude(np.float32)
+    assert largest_magnitude(np.float32) >= 3.4028235e38
+    assert largest_magnitude(np.float64) == float(np.finfo(np.float64).max)
+    limit = largest_magnitude(np.int64)
+    assert int(np.array([limit]).astype(np.int64)[0]) == int(limit)
+    assert np.nextafter(limit, math.inf) >= 2**63  # beyond int64
+    with pytest.raises(ValueError, match="not a signed number type"):
+        largest_magnitude(np.str_)
+
+
+FLOAT32_LIMIT = largest_magnitude(np.float32)
+# `b` may take more than the others: values between the two bounds leave the fast path.
+LIMITED = ValidationPolicy(max_magnitude={"a": FLOAT32_LIMIT, "b": 2.0**200, "c": FLOAT32_LIMIT})
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, 3.4028236e38, 2**128])
+def test_number_beyond_the_runtime_names_row_and_feature(
+    numeric: FeatureSchema, value: float
+) -> None:
+    good = {"a": 1.0, "b": 2, "c": 3.0}
+    problem = _rejection(numeric, [good, {**good, "c": value}], LIMITED)
+    assert problem.loc == (1, "c")
+    assert problem.type == "out_of_range"
+    assert problem.msg == (
+        f"out of range: this model takes numbers from -{FLOAT32_LIMIT!r} to {FLOAT32_LIMIT!r}"
+    )
+
+
+def test_numbers_at_the_edge_are_accepted(numeric: FeatureSchema) -> None:
+    edge = float(np.finfo(np.float32).max)
+    rows = [{"a": edge, "b": 2.0**200, "c": -3.4028235e38}, {"a": -edge, "b": -(2**200), "c": 0}]
+    expected = [[edge, 2.0**200, -3.4028235e38], [-edge, -(2.0**200), 0.0]]
+    np.testing.assert_array_equal(
+        validate_records(numeric, rows, policy=LIMITED).matrix(), expected
+    )
+    matrix = validate_matrix(numeric, [list(r.values()) for r in rows], rows=2, policy=LIMITED)
+    np.testing.assert_array_equal(matrix.matrix(), expected)
+
+
+def test_each_feature_has_its_own_limit(numeric: FeatureSchema) -> None:
+    # 1e39 is beyond float32 (a, c) but within b's limit
+    batch = validate_records(numeric, {"a": 1.0, "b": 1e39, "c": 1.0}, policy=LIMITED)
+    assert batch.matrix()[0, 1] == 1e39
+    assert _rejection(numeric, {"a": 1e39, "b": 1.0, "c": 1.0}, LIMITED).loc == (0, "a")
+    assert _rejection(numeric, {"a": 1.0, "b": 2.0**201, "c": 1.0}, LIMITED).loc == (0, "b")
+
+
+def test_every_feature_out_of_range_is_reported(numeric: FeatureSchema) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        validate_matrix(numeric, [[1e308, 1e308, 1e308]], rows=1, policy=LIMITED)
+    assert caught.value.status_code == 422
+    assert [p.loc for p in caught.value.problems] == [(0, "a"), (0, "b"), (0, "c")]
+    assert {p.type for p in caught.value.problems} == {"out_of_range"}
+
+
+def test_numpy_columns_out_of_range(numeric: FeatureSchema) -> None:
+    columns = {"a": np.array([1.0, -1e39]), "b": np.array([1, 2]), "c": np.array([1.0, 2.0])}
+    with pytest.raises(InvalidInput) as caught:
+        validate_columns(numeric, columns, rows=2, policy=LIMITED)
+    [problem] = caught.value.problems
+    assert problem.loc == (1, "a")
+    assert problem.type == "out_of_range"
+
+
+def test_without_limits_any_finite_float64_is_accepted(numeric: FeatureSchema) -> None:
+    batch = validate_records(numeric, {"a": 1e308, "b": -1e308, "c": 1.0}, policy=STRICT)
+    np.testing.assert_array_equal(batch.matrix(), [[1e308, -1e308, 1.0]])
+
+
+def _outcome(validate: Any) -> Any:
+    """The problems, or the matrix with NaN written as None (NaN never equals itself)."""
+    try:
+        matrix = validate().matrix()
+    except InvalidInput as error:
+        return error.problems
+    return np.where(np.isnan(matrix), None, matrix).tolist()
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "a": _NUMBER,
+                "b": st.one_of(
+                    _NUMBER,
+                    st.integers(min_value=-(2**202), max_value=2**202),
+                    st.floats(min_value=-1e61, max_value=1e61),
+                ),
+                "c": st.one_of(st.none(), _NUMBER),
+            }
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_all_paths_agree_on_limits(numeric: FeatureSchema, records: list[dict[str, Any]]) -> None:
+    columns = {n: [r[n] for r in records] for n in numeric.names}
+    rows = [[r[n] for n in numeric.names] for r in records]
+    by_columns = _outcome(
+        lambda: validate_columns(numeric, columns, rows=len(records), policy=LIMITED)
+    )
+    assert _outcome(lambda: validate_records(numeric, records, policy=LIMITED)) == by_columns
+    assert (
+        _outcome(lambda: validate_matrix(numeric, rows, rows=len(records), policy=LIMITED))
+        == by_columns
+    )
