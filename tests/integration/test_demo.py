@@ -2,13 +2,15 @@
 
 The scenarios run with a faster policy than the bundled one (two steps of 3 s, 1 s analyses,
 100 requests a second), written as a `--spec` file over the example models; one runs the
-bundled spec itself, without Prometheus (direct scrapes). Each asserts on `summary.json`.
+bundled spec itself, without Prometheus (direct scrapes), then runs the ModelDeployment it kept
+again with the command it printed. Each asserts on `summary.json`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from canaryml_server.artifact import MANIFEST_FILE, sha256_file
 pytestmark = pytest.mark.integration
 
 DEMO_TIMEOUT_S = 120.0
+RUN_AGAIN = "edit it and run it again: "
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +39,30 @@ def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def fast_spec(models: Path, *, scenario: str, path: Path) -> Path:
-    """The bundled example's ModelDeployment with a policy that ends in seconds."""
+def fast_spec(models: Path, *, scenario: str, path: Path, folder_paths: bool = False) -> Path:
+    """The bundled example's ModelDeployment with a policy that ends in seconds; with
+    `folder_paths`, its models are plain paths relative to `path`'s folder (where the demo will
+    run), as `canaryml serve` takes them."""
     roles = {role: models / role for role in ("stable", "canary", "bad")}
     digests = {role: sha256_file(folder / MANIFEST_FILE) for role, folder in roles.items()}
     manifest = scenarios.example_spec(models=roles, digests=digests, scenario=scenario)
     spec = manifest["spec"]
     spec["canary"].update(steps=[20, 50], stepInterval="3s")
     spec["analysis"].update(interval="1s", window="5s", minRequests=10)
+    if folder_paths:
+        relative = {role: os.path.relpath(folder, path.parent) for role, folder in roles.items()}
+        spec["model"]["uri"] = relative["stable"]
+        spec["canary"]["model"]["uri"] = relative["canary"]
+        spec["shadow"]["model"]["uri"] = relative["canary"]
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
 
 
-def run_demo(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    report = cwd / "report"
-    command = [sys.executable, "-m", "canaryml_cli", "demo", "--report", str(report), *args]
+def run_demo(
+    *args: str, cwd: Path, report: str = "report"
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`canaryml demo --report REPORT ARGS` in `cwd` (REPORT relative to it, as typed)."""
+    command = [sys.executable, "-m", "canaryml_cli", "demo", "--report", report, *args]
     result = subprocess.run(
         command,
         cwd=cwd,
@@ -61,8 +73,8 @@ def run_demo(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], d
         check=False,
     )
     assert result.returncode == 0, f"demo failed:\n{result.stdout}\n{result.stderr}"
-    summary = json.loads((report / "summary.json").read_text())
-    assert (report / "rollout.png").read_bytes().startswith(b"\x89PNG")
+    summary = json.loads((cwd / report / "summary.json").read_text())
+    assert (cwd / report / "rollout.png").read_bytes().startswith(b"\x89PNG")
     return result, summary
 
 
@@ -98,6 +110,7 @@ def test_good_canary_is_promoted_with_no_failed_request(
     assert set(summary["codes"]) == {"200"}, summary["codes"]
     assert summary["requests"]["canary"] > 0 and summary["requests"]["stable"] > 0
     assert "Promoted" in result.stdout
+    assert RUN_AGAIN not in result.stdout  # the user's own spec: no copy of it to tell of
 
 
 def test_failing_canary_is_rolled_back_by_its_error_rate_without_prometheus(
@@ -121,11 +134,34 @@ def test_failing_canary_is_rolled_back_by_its_error_rate_without_prometheus(
     assert summary["status"]["stableModel"]["version"] == "1.0.0"
     assert took < 60, f"the bundled errors scenario took {took:.0f} s"
 
+    # The ModelDeployment it ran outlives it, in the report, and names models that still exist.
+    kept = yaml.safe_load((tmp_path / "report" / "modeldeployment.yaml").read_text())
+    assert kept["spec"]["model"]["uri"] == (demo_models / "stable").resolve().as_uri()
+    assert summary["specFile"] == str(Path("report") / "modeldeployment.yaml")
+    # The command it printed runs it again as it is, from the same folder.
+    (printed,) = [
+        line.removeprefix(RUN_AGAIN)
+        for line in result.stdout.splitlines()
+        if line.startswith(RUN_AGAIN)
+    ]
+    canaryml, demo, *again = shlex.split(printed)
+    assert (canaryml, demo) == ("canaryml", "demo")
+    assert again == [
+        "--spec", summary["specFile"], "--traffic", str(demo_models / "test.csv"),
+        "--scenario", "errors",
+    ]  # fmt: skip
+    rerun, second = run_demo(*again, "--prometheus", "off", cwd=tmp_path, report="again")
+    assert second["phase"] == "RolledBack", rerun.stdout
+    assert failed_checks(second) == {"errorRate"}
+    assert second["spec"] == summary["spec"]
+    assert second["specFile"] == summary["specFile"]
+
 
 def test_drifting_canary_inputs_roll_back(
     demo_models: Path, tmp_path: Path, prometheus_bin: str
 ) -> None:
-    spec = fast_spec(demo_models, scenario="drift", path=tmp_path / "md.yaml")
+    """With a spec whose models are plain folder paths, relative to where the demo runs."""
+    spec = fast_spec(demo_models, scenario="drift", path=tmp_path / "md.yaml", folder_paths=True)
     traffic = demo_models / "test.csv"
     result, summary = run_demo(
         "--spec", str(spec), "--traffic", str(traffic), "--scenario", "drift", "--rate", "100",
@@ -137,6 +173,7 @@ def test_drifting_canary_inputs_roll_back(
     assert all(value > summary["thresholds"]["maxDrift"] for value in drifts), drifts
     # Only the canary's inputs moved: the stable kept serving and nothing failed.
     assert set(summary["codes"]) == {"200"}
+    assert summary["spec"]["model"]["uri"] == (demo_models / "stable").resolve().as_uri()
 
 
 def test_interrupt_stops_every_process(demo_models: Path, tmp_path: Path) -> None:

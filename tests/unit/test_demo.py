@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ from typing import Any
 import pytest
 import yaml
 from canaryml_cli.demo import scenarios
+from canaryml_cli.demo.command import kept_spec_path, rerun_command
 from canaryml_cli.demo.processes import DemoError
 from canaryml_cli.demo.record import DemoRecord, TimedEvent
 from canaryml_cli.demo.report import build_summary, plot, write_report
 from canaryml_cli.demo.runner import finished, load_spec_file
 from canaryml_cli.demo.traffic import drift_shift, read_rows
-from canaryml_cli.demo.view import DemoView, analysis_line, render, value_text
+from canaryml_cli.demo.values import bound_text, value_text
+from canaryml_cli.demo.view import DemoView, analysis_line, render
 from canaryml_operator import api
 from canaryml_operator.children import TrackPlan
 from rich.console import Console
@@ -25,10 +28,21 @@ DIGEST = "a" * 64
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def example(scenario: str = "good") -> dict[str, Any]:
-    models = {role: Path(f"/models/{role}") for role in ("stable", "canary", "bad")}
-    digests = dict.fromkeys(models, DIGEST)
-    return scenarios.example_spec(models=models, digests=digests, scenario=scenario)
+ROLES = ("stable", "canary", "bad")
+
+
+def example(scenario: str = "good", *, models: Path = Path("/models")) -> dict[str, Any]:
+    folders = {role: models / role for role in ROLES}
+    digests = dict.fromkeys(folders, DIGEST)
+    return scenarios.example_spec(models=folders, digests=digests, scenario=scenario)
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    """A folder per bundled model's role (the spec's checks need them to exist, no more)."""
+    for role in ROLES:
+        (tmp_path / "models" / role).mkdir(parents=True)
+    return tmp_path / "models"
 
 
 @pytest.mark.parametrize("scenario", scenarios.SCENARIOS)
@@ -65,12 +79,41 @@ def write(path: Path, documents: list[Any]) -> Path:
     return path
 
 
-def test_a_spec_file_gives_name_namespace_and_spec(tmp_path: Path) -> None:
+def test_a_spec_file_gives_name_namespace_and_spec(tmp_path: Path, models: Path) -> None:
     other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
-    path = write(tmp_path / "md.yaml", [other, example()])
+    path = write(tmp_path / "md.yaml", [other, example(models=models)])
     name, namespace, spec = load_spec_file(path)
     assert (name, namespace) == (scenarios.NAME, scenarios.NAMESPACE)
     assert spec.canary is not None and spec.canary.steps == [10, 25, 50]
+    assert spec.model.uri == (models / "stable").as_uri()
+
+
+def test_model_folder_paths_are_read_from_the_current_folder(
+    tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `canaryml serve` reads them: relative to where the command runs, not to the file."""
+    manifest = example(models=models)
+    manifest["spec"]["model"]["uri"] = "models/stable"
+    manifest["spec"]["canary"]["model"]["uri"] = str(models / "canary")  # absolute
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    path = write(specs / "md.yaml", [manifest])
+    monkeypatch.chdir(tmp_path)
+    _, _, spec = load_spec_file(path)
+    assert spec.canary is not None and spec.shadow is not None
+    assert spec.model.uri == (models / "stable").as_uri()
+    assert spec.canary.model.uri == (models / "canary").as_uri()
+    assert spec.shadow.model.uri == (models / "canary").as_uri()  # a file:// URI, as it was
+    assert spec.model.sha256 == DIGEST  # the rest of each model reference is kept
+    # From another folder, the same relative path names another (missing) folder, and says so.
+    monkeypatch.chdir(specs)
+    with pytest.raises(DemoError) as raised:
+        load_spec_file(path)
+    assert str(raised.value) == (
+        f"{path}: spec.model.uri 'models/stable': no such folder {specs / 'models' / 'stable'} "
+        f"(a relative path is read from the current folder, as `canaryml serve` reads it: "
+        f"{specs})"
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,15 +123,20 @@ def test_a_spec_file_gives_name_namespace_and_spec(tmp_path: Path) -> None:
         (lambda m: m["spec"].pop("canary"), "has none"),
         (lambda m: m["spec"]["canary"].update(steps=[50, 10]), "strictly increasing"),
         (lambda m: m["spec"]["model"].update(uri="pvc://claim/stable"), "outside a cluster"),
+        (lambda m: m["spec"]["model"].update(uri="ftp://host/stable"), "unsupported model URI"),
+        (lambda m: m["spec"]["canary"]["model"].update(uri="file:///no/such"), "no such folder"),
+        # A folder path is a URI like the others: the canary must still differ from the stable.
+        (lambda m: m["spec"]["canary"]["model"].update(uri="stable", version="1.0.0"), "differ"),
     ],
 )
 def test_a_spec_file_the_demo_cannot_run_says_why(
-    tmp_path: Path, change: Any, message: str
+    tmp_path: Path, models: Path, change: Any, message: str
 ) -> None:
-    manifest = example()
+    manifest = example(models=models)
+    manifest["spec"]["model"]["uri"] = "stable"
     change(manifest)
     with pytest.raises(DemoError, match=message):
-        load_spec_file(write(tmp_path / "md.yaml", [manifest]))
+        load_spec_file(write(tmp_path / "md.yaml", [manifest]), base=models)
 
 
 def test_unreadable_files_are_demo_errors(tmp_path: Path) -> None:
@@ -168,10 +216,46 @@ def record_with_analysis() -> DemoRecord:
 
 def test_values_read_as_people_read_them() -> None:
     assert value_text("errorRate", 0.0512) == "5.1 %"
+    assert value_text("shadowAgreement", 0.04348) == "4.3 %"
     assert value_text("latencyP99", 0.0042) == "4.2 ms"
     assert value_text("requests", 41.0) == "41"
+    assert value_text("requests", 54.44) == "54"  # Prometheus's increases are fractional
     assert value_text("drift", 0.1234) == "0.123"
+    assert value_text("predictionDrift", 7.852e-05) == "0.000"
+    assert value_text("orders", 12.3456) == "12.346"  # a custom check: a plain number
     assert value_text("drift", None) == "-"
+    check = api.CheckRecord(name="shadowAgreement", verdict="Failed", value=0.2, min=0.85)
+    assert bound_text(check) == ">= 85.0 %"
+    ranged = api.CheckRecord(name="orders", verdict="Successful", value=1.0, min=0.5, max=2)
+    assert bound_text(ranged) == ">= 0.500, <= 2.000"
+
+
+def test_one_format_per_quantity_in_the_lines_and_the_live_panel() -> None:
+    record = record_with_analysis()
+    checks = [
+        api.CheckRecord(name="requests", verdict="Successful", value=54.44, min=20),
+        api.CheckRecord(name="errorRate", verdict="Failed", value=0.2308, max=0.05),
+        api.CheckRecord(name="latencyP99", verdict="Successful", value=0.002491, max=0.2),
+        api.CheckRecord(name="shadowAgreement", verdict="Successful", value=1.0, min=0.85),
+    ]
+    analysis = record.analyses[0].model_copy(update={"checks": checks})
+    record.analyses[0] = analysis
+    record.status = record.status.model_copy(update={"last_analysis": analysis})
+    line = analysis_line(record, analysis)
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(render(record, elapsed=12.0))
+    panel = console.file.getvalue()  # type: ignore[attr-defined]
+    for shown in (
+        "requests 54,",
+        "errorRate 23.1 %",
+        "latencyP99 2.5 ms",
+        "shadowAgreement 100.0 %",
+    ):
+        assert shown in line, shown
+        assert shown.split(" ", 1)[1].rstrip(",") in panel, shown
+    assert "54.44" not in line + panel
+    for bound in (">= 20", "<= 5.0 %", "<= 200.0 ms", ">= 85.0 %"):
+        assert bound in panel, bound
 
 
 def test_the_live_panel_shows_step_weight_checks_and_traffic() -> None:
@@ -240,3 +324,71 @@ def test_a_run_with_no_analysis_still_plots(tmp_path: Path) -> None:
     record = DemoRecord(name="x", scenario="good", metrics="scrape", started_at=T0, spec=spec)
     assert build_summary(record)["decision"] is None
     assert plot(record=record, path=tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_the_examples_spec_is_kept_in_the_report_or_the_work_folder_or_beside_the_models(
+    tmp_path: Path,
+) -> None:
+    report, work, models = tmp_path / "report", tmp_path / "work", tmp_path / "models"
+    kept = kept_spec_path(report=report, work_dir=work, models_dir=models)
+    assert kept == report / "modeldeployment.yaml"
+    assert kept_spec_path(report=None, work_dir=work, models_dir=models) == (
+        work / "modeldeployment.yaml"
+    )
+    assert kept_spec_path(report=None, work_dir=None, models_dir=models) == (
+        models / "modeldeployment.yaml"
+    )
+
+
+def example_run(scenario: str, *, spec_file: Path, traffic_file: Path) -> DemoRecord:
+    spec = api.parse_spec(example(scenario)["spec"])
+    record = DemoRecord(
+        name=scenarios.NAME, scenario=scenario, metrics="scrape", started_at=T0, spec=spec
+    )
+    record.spec_file, record.traffic_file = spec_file, traffic_file
+    return record
+
+
+@pytest.mark.parametrize(
+    ("scenario", "again"),
+    [
+        ("good", []),
+        # The spec holds the bad shadow; with --spec the scenario is refused, and not needed.
+        ("shadow-disagree", []),
+        # Faults the demo injects or sends, which no spec holds.
+        ("errors", ["--scenario", "errors"]),
+        ("latency", ["--scenario", "latency"]),
+        ("drift", ["--scenario", "drift"]),
+    ],
+)
+def test_the_run_again_command_reproduces_the_scenario_with_the_kept_files(
+    scenario: str, again: list[str]
+) -> None:
+    record = example_run(
+        scenario, spec_file=Path("my report/modeldeployment.yaml"), traffic_file=Path("/c/test.csv")
+    )
+    command = rerun_command(record)
+    assert command is not None
+    assert shlex.split(command) == [
+        "canaryml", "demo", "--spec", "my report/modeldeployment.yaml",
+        "--traffic", "/c/test.csv", *again,
+    ]  # fmt: skip
+    record.own_spec = True  # the user's own spec: nothing to tell
+    assert rerun_command(record) is None
+
+
+def test_with_spec_the_live_panel_names_the_file_not_the_examples_scenario() -> None:
+    record = example_run("good", spec_file=Path("/x/mine.yaml"), traffic_file=Path("/x/t.csv"))
+    record.own_spec = True
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(render(record, elapsed=1.0))
+    title = console.file.getvalue().splitlines()[0]  # type: ignore[attr-defined]
+    assert "canaryml demo: breast-cancer (--spec mine.yaml)" in title
+    assert "good" not in title
+
+
+def test_shadow_disagree_is_told_as_a_bad_shadow_that_rolls_a_good_canary_back() -> None:
+    description = scenarios.PLANS["shadow-disagree"].description
+    assert "bad shadow" in description and "good canary" in description
+    assert description.endswith("rolled back")
+    assert not scenarios.PLANS["shadow-disagree"].fault_outside_spec  # the spec holds the shadow

@@ -10,10 +10,15 @@ from canaryml_cli.main import app
 from typer.testing import CliRunner
 
 
-def spec_file(tmp_path: Path, *, canary: bool = True) -> Path:
-    spec = {"model": {"uri": "file:///m/stable", "version": "1.0.0"}}
+def spec_file(tmp_path: Path, *, canary: bool = True, uris: tuple[str, str] | None = None) -> Path:
+    """A ModelDeployment over two model folders made under `tmp_path` (or at `uris`)."""
+    folders = [tmp_path / "m" / "stable", tmp_path / "m" / "canary"]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    stable, canary_uri = uris or (folders[0].as_uri(), folders[1].as_uri())
+    spec = {"model": {"uri": stable, "version": "1.0.0"}}
     if canary:
-        spec["canary"] = {"model": {"uri": "file:///m/canary", "version": "1.1.0"}}
+        spec["canary"] = {"model": {"uri": canary_uri, "version": "1.1.0"}}
     manifest = {"kind": "ModelDeployment", "metadata": {"name": "x"}, "spec": spec}
     path = tmp_path / "md.yaml"
     path.write_text(yaml.safe_dump(manifest))
@@ -47,3 +52,22 @@ def test_what_the_demo_cannot_run_exits_2_with_the_reason(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_spec_with_folder_paths_is_read_from_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain folder paths pass the spec's checks; a missing one says where it was looked for."""
+    path = spec_file(tmp_path, uris=("m/stable", str(tmp_path / "m" / "canary")))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--no-live", "--spec", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "--spec needs --traffic CSV" in result.output  # past every check of the spec
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(app, ["demo", "--no-live", "--spec", str(path)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert f"spec.model.uri 'm/stable': no such folder {elsewhere / 'm' / 'stable'}" in said
+    assert "a relative path is read from the current folder" in said

@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 from canaryml_cli.demo.record import DemoRecord, TimedEvent, WeightChange
 from canaryml_cli.demo.report import (
+    DPI,
+    MARKER_AREA,
     NEEDS_MATPLOTLIB,
+    PANEL_HEIGHT,
+    VERDICT_COLORS,
     ReportError,
     build_figure,
     build_summary,
@@ -23,7 +27,10 @@ from canaryml_cli.demo.report import (
     write_summary,
 )
 from canaryml_operator import api
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tests.unit.specs import CANARY_MODEL, MINIMAL
@@ -33,7 +40,7 @@ ROLLBACK = "canary 1.1.0 rolled back at 25%: errorRate 0.2 > max 0.05 (2 failed 
 SUMMARY_KEYS = {
     "name", "scenario", "metrics", "phase", "timedOut", "startedAt", "finishedAt",
     "durationSeconds", "decision", "history", "analyses", "events", "weights", "requests",
-    "codes", "thresholds", "spec", "status",
+    "codes", "specFile", "trafficFile", "thresholds", "spec", "status",
 }  # fmt: skip
 
 
@@ -41,35 +48,52 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def make_spec() -> api.ModelDeploymentSpec:
+def make_spec(*, analysis: dict[str, Any] | None = None, **extra: Any) -> api.ModelDeploymentSpec:
     return api.ModelDeploymentSpec.model_validate(
         {
             **MINIMAL,
             "canary": {"model": CANARY_MODEL, "steps": [10, 25, 50], "stepInterval": "10s"},
-            "analysis": {"interval": "10s", "minRequests": 10, "failureLimit": 2},
+            "analysis": {
+                "interval": "10s",
+                "minRequests": 10,
+                "failureLimit": 2,
+                **(analysis or {}),
+            },
+            **extra,
         }
     )
 
 
+# The status fields of the built-in checks, as the rollout core fills them in.
+FIELDS = {
+    "requests": "requests",
+    "errorRate": "error_rate",
+    "latencyP99": "latency_p99",
+    "drift": "drift",
+    "predictionDrift": "prediction_drift",
+    "shadowAgreement": "shadow_agreement",
+}
+
+
 def analysis(
-    seconds: float, verdict: str, *, weight: int, error_rate: float | None, **values: Any
+    seconds: float, verdict: str, *, weight: int, **checks: tuple[float | None, str]
 ) -> api.AnalysisRecord:
-    check = api.CheckRecord(
-        name="errorRate",
-        verdict="Failed" if verdict == "Failed" else "Successful",
-        value=error_rate,
-        max=0.05,
-    )
+    """An analysis with the given checks, each (value, its own verdict)."""
+    records = [
+        api.CheckRecord(name=name, verdict=check_verdict, value=value)
+        for name, (value, check_verdict) in checks.items()
+    ]
     return api.AnalysisRecord(
         time=at(seconds),
         verdict=verdict,
         step=[10, 25, 50].index(weight),
         weight=weight,
-        error_rate=error_rate,
-        requests=120.0,
-        checks=[check],
-        **values,
+        checks=records,
+        **{FIELDS[name]: value for name, (value, _) in checks.items() if name in FIELDS},
     )
+
+
+OK = "Successful"
 
 
 def rolled_back() -> DemoRecord:
@@ -78,10 +102,19 @@ def rolled_back() -> DemoRecord:
         name="breast-cancer", scenario="errors", metrics="scrape", started_at=T0, spec=make_spec()
     )
     record.analyses += [
-        analysis(10, "Successful", weight=10, error_rate=0.01, latency_p99=0.004, drift=0.02),
-        analysis(20, "Failed", weight=25, error_rate=0.2, latency_p99=0.006, prediction_drift=0.1),
-        analysis(30, "Failed", weight=25, error_rate=0.21, latency_p99=0.3, drift=0.5),
-    ]
+        analysis(
+            10, OK, weight=10, requests=(120.0, OK), errorRate=(0.01, OK),
+            latencyP99=(0.004, OK), drift=(0.02, OK), predictionDrift=(None, "Inconclusive"),
+        ),
+        analysis(
+            20, "Failed", weight=25, requests=(120.0, OK), errorRate=(0.2, "Failed"),
+            latencyP99=(0.006, OK), drift=(None, "Error"), predictionDrift=(0.1, OK),
+        ),
+        analysis(
+            30, "Failed", weight=25, requests=(120.0, OK), errorRate=(0.21, "Failed"),
+            latencyP99=(0.3, "Failed"), drift=(0.5, "Failed"), predictionDrift=(None, "Error"),
+        ),
+    ]  # fmt: skip
     record.events += [
         TimedEvent(at(1), "Normal", "StepUp", "to 10%"),
         TimedEvent(at(12), "Normal", "StepUp", "to 25%"),
@@ -147,9 +180,9 @@ def test_the_summary_says_what_was_decided_and_measured() -> None:
     assert [a["verdict"] for a in analyses] == ["Successful", "Failed", "Failed"]
     assert analyses[0]["latencyP99"] == 0.004  # seconds, as the analysis recorded it
     assert "predictionDrift" not in analyses[0]  # None values are left out
-    assert analyses[1]["checks"] == [
-        {"name": "errorRate", "verdict": "Failed", "value": 0.2, "max": 0.05, "message": ""}
-    ]
+    assert analyses[1]["checks"][1] == {
+        "name": "errorRate", "verdict": "Failed", "value": 0.2, "message": ""
+    }  # fmt: skip
     assert [(e["seconds"], e["reason"]) for e in summary["events"]] == [
         (1.0, "StepUp"), (12.0, "StepUp"), (30.5, "RolledBack")
     ]  # fmt: skip
@@ -206,51 +239,207 @@ def test_no_decision_without_an_outcome_or_its_reason(phase: Any) -> None:
     assert summary["finishedAt"] is None and summary["durationSeconds"] is None
 
 
-def test_the_plot_is_a_1000_by_900_png(tmp_path: Path) -> None:
-    path = plot(record=rolled_back(), path=tmp_path / "rollout.png")
+def with_shadow(**analysis: Any) -> api.ModelDeploymentSpec:
+    shadow = {"model": {"uri": "s3://models/iris/9.0.0", "version": "9.0.0"}, "percent": 100}
+    return make_spec(shadow=shadow, analysis=analysis)
+
+
+def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
-    assert data.startswith(b"\x89PNG")
-    assert len(data) > 10_000
-    assert struct.unpack(">II", data[16:24]) == (1000, 900)  # IHDR: width, height
+    assert data.startswith(b"\x89PNG") and len(data) > 10_000
+    width, height = struct.unpack(">II", data[16:24])  # IHDR
+    return width, height
 
 
-def test_the_figure_has_four_panels_thresholds_verdicts_and_events() -> None:
+def test_the_plot_is_a_png_1000_wide_and_one_panel_taller_per_check(tmp_path: Path) -> None:
     record = rolled_back()
+    width, height = png_size(plot(record=record, path=tmp_path / "rollout.png"))
+    record.spec = with_shadow()
+    wider = png_size(plot(record=record, path=tmp_path / "shadow.png"))
+    assert width == 1000
+    assert wider == (width, height + round(PANEL_HEIGHT * DPI))
+
+
+def panels(figure: Figure) -> dict[str, Axes]:
+    return {str(ax.get_gid()): ax for ax in figure.axes}
+
+
+def points(ax: Axes) -> tuple[list[float], list[tuple[float, ...]]]:
+    """The y values and face colours of a check panel's points."""
+    scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+    if not scatters:
+        return [], []
+    (scatter,) = scatters
+    offsets = np.asarray(scatter.get_offsets())
+    return [float(y) for y in offsets[:, 1]], [tuple(c) for c in scatter.get_facecolor()]
+
+
+COLOR = {verdict: to_rgba(color) for verdict, color in VERDICT_COLORS.items()}
+
+
+def test_every_check_of_the_spec_has_a_panel_with_its_bounds_in_its_unit() -> None:
+    record = rolled_back()
+    assert list(panels(build_figure(record))) == [
+        "traffic", "check:requests", "check:errorRate", "check:latencyP99", "check:drift",
+        "check:predictionDrift",
+    ]  # fmt: skip
+    custom = {"name": "orders", "query": "sum(rate(orders_total[1m]))", "min": 0.1, "max": 10}
+    record.spec = with_shadow(metrics=[custom])
     figure = build_figure(record)
-    weight, errors, latency, drift = figure.axes
-    assert figure.get_suptitle() == "breast-cancer: RolledBack (errors)"
-    assert weight.get_title() == ROLLBACK
-    # The weight steps from 0 through every change and holds the last one to the end.
-    step = weight.lines[0]
-    assert xs(step) == [0.0, 1.0, 12.0, 30.5, 32.25]
-    assert ys(step) == [0, 10, 25, 0, 0]
-    assert errors.get_legend_handles_labels()[1] == ["error rate", "max 5 %"]
-    assert latency.get_legend_handles_labels()[1] == ["p99 latency", "max 250 ms"]
-    # Both drift thresholds are 0.25: one line for both.
-    assert drift.get_legend_handles_labels()[1] == ["feature drift", "prediction drift", "max 0.25"]
-    assert ys(errors.lines[0]) == pytest.approx([1.0, 20.0, 21.0])
-    assert ys(latency.lines[0]) == pytest.approx([4.0, 6.0, 300.0])
-    # None values are skipped: feature drift at 10 s and 30 s, prediction drift at 20 s.
-    assert xs(drift.lines[0]) == [10.0, 30.0]
-    assert xs(drift.lines[1]) == [20.0]
-    red, green = to_rgba("tab:red"), to_rgba("tab:green")
-    assert [tuple(c) for c in np.asarray(errors.collections[0].get_facecolor())] == [
-        green,
-        red,
-        red,
+    found = panels(figure)
+    assert list(found)[-2:] == ["check:shadowAgreement", "check:orders"]
+    legends = {gid: ax.get_legend_handles_labels()[1] for gid, ax in found.items()}
+    assert legends["check:requests"] == ["min 10"]
+    assert legends["check:errorRate"] == ["max 5.0 %"]
+    assert legends["check:latencyP99"] == ["max 250.0 ms"]
+    assert legends["check:drift"] == ["max 0.250"]
+    assert legends["check:shadowAgreement"] == ["min 90.0 %"]
+    assert legends["check:orders"] == ["min 0.100", "max 10.000"]
+    labels = {gid: ax.get_ylabel() for gid, ax in found.items()}
+    assert labels["check:errorRate"] == "error rate (%)"
+    assert labels["check:latencyP99"] == "p99 latency (ms)"
+    assert labels["check:shadowAgreement"] == "shadow agreement (%)"
+    assert labels["check:orders"] == "orders"
+
+
+def test_each_point_has_the_colour_of_its_own_checks_verdict() -> None:
+    found = panels(build_figure(rolled_back()))
+    ok, failed = COLOR["Successful"], COLOR["Failed"]
+    values, colors = points(found["check:errorRate"])
+    assert values == pytest.approx([1.0, 20.0, 21.0])  # percent
+    assert colors == [ok, failed, failed]
+    values, colors = points(found["check:latencyP99"])
+    assert values == pytest.approx([4.0, 6.0, 300.0])  # milliseconds
+    assert colors == [ok, ok, failed]
+    # Checks without a value (no data, a failed query) have no point.
+    assert points(found["check:drift"]) == ([0.02, 0.5], [ok, failed])
+    assert points(found["check:predictionDrift"]) == ([0.1], [ok])
+
+
+def shadow_disagree() -> DemoRecord:
+    """The shadow-disagree scenario as it runs: too few canary requests for the request
+    checks, no drift data yet, and a shadow agreement far below its bound."""
+    record = DemoRecord(
+        name="breast-cancer",
+        scenario="shadow-disagree",
+        metrics="scrape",
+        started_at=T0,
+        spec=with_shadow(minRequests=20),
+    )
+    held = "Inconclusive"
+    for seconds, requests, agreement in ((7.4, 9.0, 0.214), (9.4, 17.0, 0.18)):
+        record.analyses.append(
+            analysis(
+                seconds,
+                "Failed",
+                weight=10,
+                requests=(requests, held),
+                errorRate=(0.0, held),
+                latencyP99=(0.0096, held),
+                drift=(None, held),
+                predictionDrift=(None, held),
+                shadowAgreement=(agreement, "Failed"),
+            )
+        )
+    record.events += [
+        TimedEvent(at(5), "Normal", "StepUp", "to 10%"),
+        TimedEvent(at(9.4), "Warning", "RolledBack", "shadowAgreement 0.18 < min 0.9"),
     ]
+    record.weights += [WeightChange(at(5), 10), WeightChange(at(9.4), 0)]
+    record.status = api.ModelDeploymentStatus(phase="RolledBack")
+    record.finished_at = at(15)
+    return record
+
+
+def test_shadow_disagree_fails_in_the_shadow_agreement_panel_only() -> None:
+    figure = build_figure(shadow_disagree())
+    found = panels(figure)
+    failed, held = COLOR["Failed"], COLOR["Inconclusive"]
+    with_red = {gid for gid, ax in found.items() if gid != "traffic" and failed in points(ax)[1]}
+    assert with_red == {"check:shadowAgreement"}
+    assert points(found["check:shadowAgreement"]) == (pytest.approx([21.4, 18.0]), [failed] * 2)
+    assert points(found["check:errorRate"])[1] == [held, held]
+    assert points(found["check:latencyP99"])[1] == [held, held]
+    # The verdicts that occur, by their names, after the Events' lines.
+    assert found["traffic"].get_legend_handles_labels()[1] == ["StepUp", "RolledBack"]
+    legend = found["traffic"].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "StepUp", "RolledBack", "Failed", "Inconclusive"
+    ]  # fmt: skip
+    assert figure.get_suptitle() == "breast-cancer: RolledBack (shadow-disagree)"
+
+
+def test_a_point_at_zero_shows_whole() -> None:
+    figure = build_figure(shadow_disagree())
+    figure.canvas.draw()  # the constrained layout places the panels when drawn
+    radius = np.sqrt(MARKER_AREA) / 2 * DPI / 72  # pixels
+    for gid in ("check:errorRate", "check:drift"):
+        ax = panels(figure)[gid]
+        foot = ax.get_window_extent().y0
+        zero = ax.transData.transform((1.0, 0.0))[1]
+        assert zero - foot > radius, gid
+    # And an empty panel still shows 0 above its foot.
+    assert panels(figure)["check:drift"].get_ylim()[0] < 0
+
+
+def promoted() -> DemoRecord:
+    """Three steps up, the promotion, and the canary weight back to 0 once it completed."""
+    record = empty()
+    for seconds, weight in ((1, 10), (12, 25), (23, 50)):
+        record.events.append(TimedEvent(at(seconds), "Normal", "StepUp", f"to {weight}%"))
+        record.weights.append(WeightChange(at(seconds), weight))
+    record.events += [
+        TimedEvent(at(34), "Normal", "Promoted", "canary 1.1.0 promoted to stable"),
+        TimedEvent(at(36.5), "Normal", "PromotionComplete", "canary weight 50% -> 0%"),
+    ]
+    record.weights.append(WeightChange(at(36.5), 0))
+    record.status = api.ModelDeploymentStatus(phase="Promoted")
+    record.finished_at = at(40)
+    return record
+
+
+def test_a_promotion_gives_the_canary_model_all_the_traffic_not_none() -> None:
+    traffic = panels(build_figure(promoted()))["traffic"]
+    step = traffic.lines[0]
+    assert xs(step) == [0.0, 1.0, 12.0, 23.0, 36.5, 40.0]
+    assert ys(step) == [0, 10, 25, 50, 100, 100]
+    assert traffic.get_ylabel() == "traffic to 1.1.0 (%)"
+    events = {line.get_gid(): line.get_color() for line in traffic.lines if line.get_gid()}
+    assert events == {
+        "event:StepUp": "tab:gray",
+        "event:Promoted": "tab:green",
+        "event:PromotionComplete": "tab:green",
+    }
+    # A rollback's drop stays a drop, at its red line.
+    traffic = panels(build_figure(rolled_back()))["traffic"]
+    assert ys(traffic.lines[0]) == [0, 10, 25, 0, 0]
+    assert [xs(line)[0] for line in traffic.lines if line.get_gid() == "event:RolledBack"] == [30.5]
+
+
+def test_events_are_lines_across_every_panel_and_the_subtitle_says_why() -> None:
+    figure = build_figure(rolled_back())
+    assert figure.get_suptitle() == "breast-cancer: RolledBack (errors)"
+    assert figure.axes[0].get_title() == ROLLBACK
     for ax in figure.axes:
         events = [(line.get_gid(), xs(line)[0]) for line in ax.lines if line.get_gid()]
         assert events == [("event:StepUp", 1.0), ("event:StepUp", 12.0), ("event:RolledBack", 30.5)]
 
 
-def test_a_different_prediction_drift_bound_gets_its_own_line() -> None:
+@pytest.mark.parametrize(
+    ("scenario", "title"),
+    [
+        ("good", "breast-cancer: RolledBack (--spec mine.yaml)"),
+        # A fault the demo injected into the user's canary is said, by its option.
+        ("errors", "breast-cancer: RolledBack (--spec mine.yaml --scenario errors)"),
+    ],
+)
+def test_with_spec_the_title_names_the_file_not_the_examples_scenario(
+    scenario: str, title: str
+) -> None:
     record = rolled_back()
-    spec = record.spec.model_dump(by_alias=True, exclude_none=True)
-    spec["analysis"]["thresholds"] = {"maxPredictionDrift": 0.4}
-    record.spec = api.ModelDeploymentSpec.model_validate(spec)
-    labels = build_figure(record).axes[3].get_legend_handles_labels()[1]
-    assert labels[2:] == ["max 0.25 (feature drift)", "max 0.4 (prediction drift)"]
+    record.scenario = scenario
+    record.own_spec, record.spec_file = True, Path("/work/specs/mine.yaml")
+    assert build_figure(record).get_suptitle() == title
 
 
 def test_an_empty_run_or_one_without_values_plots_without_a_warning(tmp_path: Path) -> None:

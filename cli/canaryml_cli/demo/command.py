@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import shlex
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -28,16 +29,39 @@ def default_models_dir() -> Path:
     return Path(cache) / "canaryml" / "example-models"
 
 
+def kept_spec_path(*, report: Path | None, work_dir: Path | None, models_dir: Path) -> Path:
+    """Where the example's ModelDeployment outlives the run: in the report, in the work folder,
+    or else beside the example models it names (their cache)."""
+    return (report or work_dir or models_dir) / scenarios.SPEC_FILE
+
+
+def rerun_command(record: DemoRecord) -> str | None:
+    """The command that runs the example's ModelDeployment of this run again, as the user's
+    spec (None for a run of the user's spec): with the scenario when the spec cannot carry its
+    fault."""
+    if record.own_spec or record.spec_file is None or record.traffic_file is None:
+        return None
+    args = ["canaryml", "demo", "--spec", str(record.spec_file)]
+    args += ["--traffic", str(record.traffic_file)]
+    if scenarios.PLANS[record.scenario].fault_outside_spec:
+        args += ["--scenario", record.scenario]
+    return shlex.join(args)
+
+
+_SCENARIO_HELP = "; ".join(f"{name}: {plan.description}" for name, plan in scenarios.PLANS.items())
+
+
 def demo(
     scenario: Annotated[
         str,
-        typer.Option(help=f"What goes wrong with the canary: {', '.join(scenarios.SCENARIOS)}."),
-    ] = "good",
+        typer.Option(help=f"What goes wrong in the rollout. {_SCENARIO_HELP}."),
+    ] = scenarios.DEFAULT_SCENARIO,
     spec: Annotated[
         Path | None,
         typer.Option(
-            help="Your ModelDeployment YAML (file:// or http(s)/s3/gs/models:/ model URIs) "
-            "instead of the bundled example; needs --traffic."
+            help="Your ModelDeployment YAML instead of the bundled example; needs --traffic. "
+            "Model URIs: a folder path (a relative one is read from the current folder, as "
+            "`canaryml serve` reads it), file://, http(s)://, s3://, gs:// or models:/."
         ),
     ] = None,
     traffic: Annotated[
@@ -49,7 +73,10 @@ def demo(
     ] = 300.0,
     report: Annotated[
         Path | None,
-        typer.Option(help="Write summary.json and rollout.png (a plot) into this folder."),
+        typer.Option(
+            help="Write summary.json, rollout.png (a plot) and, without --spec, the run's "
+            "modeldeployment.yaml into this folder."
+        ),
     ] = None,
     prometheus: Annotated[
         str,
@@ -63,7 +90,11 @@ def demo(
     ] = 50.0,
     work_dir: Annotated[
         Path | None,
-        typer.Option(help="Keep logs, the spec and Prometheus's data here [a temporary folder]."),
+        typer.Option(
+            help="Keep logs and Prometheus's data here (default: a temporary folder, removed at "
+            "the end). Without --spec, the run's modeldeployment.yaml is kept in --report, else "
+            "here, else beside the example models."
+        ),
     ] = None,
     models_dir: Annotated[
         Path | None,
@@ -88,6 +119,7 @@ def demo(
         _fail("--report draws a plot with matplotlib: pip install 'canaryml[demo]'")
     if prometheus not in ("auto", "off") and not prometheus.startswith(("http://", "https://")):
         _fail(f"--prometheus {prometheus!r}: use auto, off, or the http(s):// URL of a Prometheus")
+    models_dir = models_dir or default_models_dir()
     options = DemoOptions(
         scenario=scenario,
         spec_path=spec,
@@ -96,7 +128,8 @@ def demo(
         prometheus=prometheus,
         rate=rate,
         work_dir=work_dir,
-        models_dir=models_dir or (None if spec else default_models_dir()),
+        models_dir=models_dir,
+        spec_out=kept_spec_path(report=report, work_dir=work_dir, models_dir=models_dir),
     )
     try:
         record = asyncio.run(_run(options, console=console, live=live))
@@ -139,6 +172,12 @@ def _conclude(record: DemoRecord, *, console: Console, report: Path | None) -> N
         console.print(f"the rollout had not ended when --duration ran out ({record.outcome})")
     answered = ", ".join(f"{track} {n}" for track, n in sorted(record.requests.items()))
     console.print(f"requests answered: {answered or 'none'}", markup=False)
+    rerun = rerun_command(record)
+    if rerun is not None:
+        # soft_wrap: a long command stays one line, to copy whole.
+        console.print(f"the ModelDeployment of this run: {record.spec_file}", markup=False)
+        console.print(f"the traffic it was sent: {record.traffic_file}", markup=False)
+        console.print(f"edit it and run it again: {rerun}", markup=False, soft_wrap=True)
     if report is not None:
         try:
             summary_path, plot_path = write_report(record=record, directory=report)

@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from canaryml_operator import api
+
+from canaryml_cli.demo import scenarios
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,22 @@ class DemoRecord:
     codes: Counter[int] = field(default_factory=Counter)  # client-side status codes (0: none)
     finished_at: datetime | None = None
     timed_out: bool = False  # --duration ran out before the rollout ended
+    # The ModelDeployment file of the run: the user's (--spec), or the example's as written.
+    spec_file: Path | None = None
+    own_spec: bool = False  # --spec: the user's ModelDeployment, not the bundled example's
+    traffic_file: Path | None = None  # the CSV of the rows sent
+
+    @property
+    def label(self) -> str:
+        """What ran, for a title: the bundled example's scenario, or the user's spec file (a
+        scenario's name would describe the example's models, not the user's), with the fault
+        injected into the user's canary if one was."""
+        if not self.own_spec:
+            return self.scenario
+        spec = f"--spec {self.spec_file.name}" if self.spec_file else "--spec"
+        if self.scenario == scenarios.DEFAULT_SCENARIO:
+            return spec
+        return f"{spec} --scenario {self.scenario}"
 
     @property
     def outcome(self) -> str:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from canaryml_operator import api
+from canaryml_operator import api, rollout
+from canaryml_operator.measurements import Measurements
 from pydantic import BaseModel
 
 from canaryml_cli.demo.record import DemoRecord
+from canaryml_cli.demo.values import axis_label, quantity, value_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -26,14 +27,33 @@ if TYPE_CHECKING:
 SUMMARY: Final = "summary.json"
 PLOT: Final = "rollout.png"
 NEEDS_MATPLOTLIB: Final = "the plot needs matplotlib: pip install 'canaryml[demo]'"
-FIGSIZE: Final = (10.0, 9.0)  # inches; at DPI a 1000 x 900 PNG
+# Inches: 10 wide; the title, the traffic panel and one panel per check high. At DPI, pixels.
+FIG_WIDTH: Final = 10.0
+TITLE_HEIGHT: Final = 0.8
+WEIGHT_HEIGHT: Final = 1.8
+PANEL_HEIGHT: Final = 1.3
 DPI: Final = 100
-VERDICT_COLORS: Final = {"Successful": "tab:green", "Failed": "tab:red"}
-OTHER_VERDICT_COLOR: Final = "tab:gray"  # Inconclusive, Error
+# Each point in its own check's verdict's colour (the rollout core's four verdicts).
+VERDICT_COLORS: Final = {
+    "Successful": "tab:green",
+    "Failed": "tab:red",
+    "Inconclusive": "tab:gray",
+    "Error": "tab:purple",
+}
+LINE_COLOR: Final = "tab:blue"
+MARKER_AREA: Final = 30.0  # points squared
+# Of the values' span: below the lowest, so that a marker at 0 is not cut; above, the legend.
+MARGIN_BELOW: Final = 0.15
+MARGIN_ABOVE: Final = 0.35
+# Panels' ids (Axes.get_gid), for whoever reads the Figure (tests): the traffic, and each check.
+TRAFFIC_GID: Final = "traffic"
+CHECK_GID: Final = "check:"  # + the check's name
+PROMOTION_COMPLETE: Final = "PromotionComplete"
 # Events drawn as vertical lines across every panel: (color, line width).
 EVENT_LINES: Final = {
     "StepUp": ("tab:gray", 0.8),
     "Promoted": ("tab:green", 1.6),
+    PROMOTION_COMPLETE: ("tab:green", 0.8),
     "RolledBack": ("tab:red", 1.6),
 }
 SUBTITLE_WIDTH: Final = 120  # characters of the deciding message under the title
@@ -95,6 +115,8 @@ def build_summary(record: DemoRecord) -> dict[str, Any]:
         "requests": dict(sorted(record.requests.items())),
         # JSON keys are strings; sorted numerically first so 500 follows 200, not "0".
         "codes": {str(code): count for code, count in sorted(record.codes.items())},
+        "specFile": str(record.spec_file) if record.spec_file else None,
+        "trafficFile": str(record.traffic_file) if record.traffic_file else None,
         "thresholds": _dump(record.spec.analysis.thresholds),
         "spec": _dump(record.spec),
         "status": _dump(record.status),
@@ -112,109 +134,90 @@ def write_summary(*, record: DemoRecord, path: Path) -> Path:
     return path
 
 
+def spec_checks(spec: api.ModelDeploymentSpec) -> list[rollout.CheckResult]:
+    """Every check of `spec`'s analyses with its bounds, in the rollout core's order.
+
+    Asked of the rollout core itself (it judges an analysis that measured nothing), so that the
+    plot has a panel for exactly the checks the operator judges: requests, the built-ins, the
+    shadow agreement when a shadow gets traffic, and the custom metrics.
+    """
+    nothing = Measurements(time=datetime.fromtimestamp(0, UTC))
+    return rollout.judge(spec=spec, measurements=nothing)
+
+
 @dataclass(frozen=True)
-class _Series:
-    """One analysis value drawn in a metric panel, with the threshold it is held against."""
+class _Points:
+    """One check's values over the analyses, each with the check's own verdict."""
 
-    label: str
-    value: Callable[[api.AnalysisRecord], float | None]
-    bound: float
-    color: str
-    marker: str
+    xs: list[float]
+    ys: list[float]  # in the shown unit (values.quantity)
+    verdicts: list[str]
 
 
-@dataclass(frozen=True)
-class _Panel:
-    ylabel: str
-    scale: float  # from the analysis's unit to the axis's (a fraction to %, seconds to ms)
-    unit: str  # after a threshold's value in its label
-    series: tuple[_Series, ...]
+def _points(record: DemoRecord, check: str) -> _Points:
+    points = _Points([], [], [])
+    scale = quantity(check).scale
+    for analysis in record.analyses:
+        # A check without a value (no data, or the query failed) has no point: drawn anywhere,
+        # it would read as a value.
+        found = next((c for c in analysis.checks if c.name == check), None)
+        if found is not None and found.value is not None:
+            points.xs.append(record.seconds(analysis.time))
+            points.ys.append(found.value * scale)
+            points.verdicts.append(found.verdict)
+    return points
 
 
-def _panels(record: DemoRecord) -> tuple[_Panel, ...]:
-    limits = record.spec.analysis.thresholds
-    return (
-        _Panel(
-            "error rate (%)",
-            100.0,
-            " %",
-            (_Series("error rate", _error_rate, limits.max_error_rate, "tab:blue", "o"),),
-        ),
-        _Panel(
-            "p99 latency (ms)",
-            1000.0,
-            " ms",
-            (
-                _Series(
-                    "p99 latency",
-                    _latency_p99,
-                    api.parse_duration(limits.max_latency_p99),
-                    "tab:blue",
-                    "o",
-                ),
-            ),
-        ),
-        _Panel(
-            "drift",
-            1.0,
-            "",
-            (
-                _Series("feature drift", _drift, limits.max_drift, "tab:blue", "o"),
-                _Series(
-                    "prediction drift",
-                    _prediction_drift,
-                    limits.max_prediction_drift,
-                    "tab:orange",
-                    "s",
-                ),
-            ),
-        ),
-    )
-
-
-# Named functions rather than lambdas: mypy infers their `float | None` without help.
-def _error_rate(analysis: api.AnalysisRecord) -> float | None:
-    return analysis.error_rate
-
-
-def _latency_p99(analysis: api.AnalysisRecord) -> float | None:
-    return analysis.latency_p99
-
-
-def _drift(analysis: api.AnalysisRecord) -> float | None:
-    return analysis.drift
-
-
-def _prediction_drift(analysis: api.AnalysisRecord) -> float | None:
-    return analysis.prediction_drift
+def canary_model_share(record: DemoRecord) -> tuple[list[float], list[int]]:
+    """(seconds, % of the traffic) the canary's model gets: its canary weight, and 100 % once
+    a promotion completed, when the stable track serves it: the canary weight's drop to 0
+    then is no rollback."""
+    completed = next((e.time for e in record.events if e.reason == PROMOTION_COMPLETE), None)
+    times, shares = [0.0], [0]
+    for change in record.weights:
+        times.append(record.seconds(change.time))
+        # The same decision's time: the Event and the weight it set.
+        promoted = completed is not None and change.time >= completed
+        shares.append(100 if promoted else change.weight)
+    return times, shares
 
 
 def build_figure(record: DemoRecord) -> Figure:
-    """Canary weight, error rate, p99 latency and drift over time, with thresholds and Events.
+    """The canary model's share of the traffic, then one panel per check of the spec, each
+    point coloured by that check's own verdict, with its bounds and the Events.
 
     A Figure with an Agg canvas of its own: no pyplot, so no global backend or figure state.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
-    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    checks = spec_checks(record.spec)
+    height = TITLE_HEIGHT + WEIGHT_HEIGHT + PANEL_HEIGHT * len(checks)
+    figure = Figure(figsize=(FIG_WIDTH, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    grid = figure.subplots(4, 1, sharex=True, squeeze=False)
+    grid = figure.subplots(
+        1 + len(checks),
+        1,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [WEIGHT_HEIGHT] + [PANEL_HEIGHT] * len(checks)},
+    )
     axes: list[Axes] = [row[0] for row in grid]
     end = _end(record)
 
     weight_axes = axes[0]
-    times = [0.0, *(record.seconds(change.time) for change in record.weights)]
-    weights = [0, *(change.weight for change in record.weights)]
-    # Repeat the last weight at the end so the step reaches the right edge.
-    weight_axes.step([*times, end], [*weights, weights[-1]], where="post", color="tab:blue")
-    weight_axes.set_ylabel("canary weight (%)")
+    weight_axes.set_gid(TRAFFIC_GID)
+    times, shares = canary_model_share(record)
+    # Repeat the last share at the end so the step reaches the right edge.
+    weight_axes.step([*times, end], [*shares, shares[-1]], where="post", color=LINE_COLOR)
+    version = record.spec.canary.model.version if record.spec.canary else "the canary"
+    weight_axes.set_ylabel(f"traffic to {version} (%)")
     weight_axes.set_ylim(-5, 105)
     weight_axes.set_yticks([0, 25, 50, 75, 100])
 
-    for ax, panel in zip(axes[1:], _panels(record), strict=True):
-        _draw_panel(ax, record=record, panel=panel)
+    verdicts: set[str] = set()
+    for ax, check in zip(axes[1:], checks, strict=True):
+        verdicts.update(_draw_check(ax, record=record, check=check).verdicts)
 
     drawn: set[str] = set()
     for event in record.events:
@@ -235,62 +238,55 @@ def build_figure(record: DemoRecord) -> Figure:
                 gid=f"event:{event.reason}",
             )
         drawn.add(event.reason)
-
-    verdicts = [
-        Line2D([], [], ls="", marker="o", color=color, label=verdict)
-        for verdict, color in (*VERDICT_COLORS.items(), ("other verdict", OTHER_VERDICT_COLOR))
-    ]
-    handles, _ = weight_axes.get_legend_handles_labels()
-    weight_axes.legend(handles=[*handles, *verdicts], loc="upper left", fontsize=8, ncols=3)
+    _legend(weight_axes, verdicts=verdicts)
 
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[-1].set_xlim(0.0, end + max(1.0, 0.02 * end))  # a margin for the last points
     axes[-1].set_xlabel("seconds since start")
-    figure.suptitle(f"{record.name}: {record.outcome} ({record.scenario})")
+    figure.suptitle(f"{record.name}: {record.outcome} ({record.label})")
     weight_axes.set_title(_subtitle(record), fontsize=9)
     return figure
 
 
-def _draw_panel(ax: Axes, *, record: DemoRecord, panel: _Panel) -> None:
-    for series in panel.series:
-        points = [
-            (record.seconds(analysis.time), value * panel.scale, analysis.verdict)
-            for analysis in record.analyses
-            if (value := series.value(analysis)) is not None
-        ]
-        xs = [x for x, _, _ in points]
-        ys = [y for _, y, _ in points]
-        # Hollow markers in the series's color carry its shape into the legend; the filled
-        # points drawn over them say each analysis's verdict.
-        ax.plot(
-            xs, ys, color=series.color, lw=1, marker=series.marker, mfc="none", label=series.label
-        )
+def _draw_check(ax: Axes, *, record: DemoRecord, check: rollout.CheckResult) -> _Points:
+    ax.set_gid(f"{CHECK_GID}{check.name}")
+    points = _points(record, check.name)
+    scale = quantity(check.name).scale
+    if points.xs:
+        ax.plot(points.xs, points.ys, color=LINE_COLOR, lw=0.8, alpha=0.6, zorder=2)
         ax.scatter(
-            xs,
-            ys,
-            c=[VERDICT_COLORS.get(verdict, OTHER_VERDICT_COLOR) for _, _, verdict in points],
-            marker=series.marker,
-            edgecolors=series.color,
-            linewidths=0.8,
-            s=30,
+            points.xs,
+            points.ys,
+            c=[VERDICT_COLORS[verdict] for verdict in points.verdicts],
+            s=MARKER_AREA,
             zorder=3,
         )
-    # One black line when every series shares its bound, else one line per series in its color.
-    if len({series.bound for series in panel.series}) == 1:
-        lines = [(panel.series[0].bound, "black", "")]
-    else:
-        lines = [(series.bound, series.color, f" ({series.label})") for series in panel.series]
-    for bound, color, suffix in lines:
-        value = bound * panel.scale
-        label = f"max {value:g}{panel.unit}{suffix}"
-        ax.axhline(value, color=color, ls="--", lw=1, label=label)
-    # Values are never negative: start at 0; and leave room above the threshold lines, which
-    # autoscaling would put on the top edge of a panel without values.
-    top = max(ax.get_ylim()[1], 1.15 * max(bound * panel.scale for bound, _, _ in lines))
-    ax.set_ylim(0.0, top if top > 0 else 1.0)
-    ax.set_ylabel(panel.ylabel)
-    ax.legend(loc="upper left", fontsize=8)
+    bounds = [(side, b) for side, b in (("min", check.min), ("max", check.max)) if b is not None]
+    for side, bound in bounds:
+        label = f"{side} {value_text(check.name, bound)}"
+        ax.axhline(bound * scale, color="black", ls="--", lw=1, label=label)
+    if bounds:
+        ax.legend(loc="upper right", fontsize=8)
+    # Room below 0 so that a point at 0 shows whole, and above for the legend.
+    shown = [0.0, *points.ys, *(bound * scale for _, bound in bounds)]
+    low, high = min(shown), max(shown)
+    span = (high - low) or 1.0
+    ax.set_ylim(low - MARGIN_BELOW * span, high + MARGIN_ABOVE * span)
+    ax.set_ylabel(axis_label(check.name), fontsize=9)
+    return points
+
+
+def _legend(ax: Axes, *, verdicts: set[str]) -> None:
+    """The Events' lines, then each verdict that occurs, by its name."""
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax.get_legend_handles_labels()
+    for verdict, color in VERDICT_COLORS.items():
+        if verdict in verdicts:
+            handles.append(Line2D([], [], ls="", marker="o", color=color, label=verdict))
+    if handles:
+        ax.legend(handles=handles, loc="upper left", fontsize=8, ncols=4)
 
 
 def _end(record: DemoRecord) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -24,12 +25,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import unquote, urlparse
 
 import httpx
 import yaml
 from canaryml_operator import api, children, rollout
 from canaryml_operator.reconcile import DeploymentState
 from canaryml_server.artifact import MANIFEST_FILE, sha256_file
+from canaryml_server.storage import scheme_of
 
 from canaryml_cli.demo import scenarios
 from canaryml_cli.demo.example_models import TARGET, ensure_trained
@@ -43,11 +46,14 @@ TICK_S: Final = 0.25
 SERVER_READY = "/v2/health/ready"
 ROUTER_READY = "/router/readyz"
 LOCAL_SCHEMES: Final = ("file://", "http://", "https://", "s3://", "gs://", "models:/")
+RELATIVE_PATH_RULE: Final = (
+    "a relative path is read from the current folder, as `canaryml serve` reads it"
+)
 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    scenario: str = "good"
+    scenario: str = scenarios.DEFAULT_SCENARIO
     spec_path: Path | None = None
     traffic_path: Path | None = None
     duration: float = 300.0
@@ -55,6 +61,8 @@ class DemoOptions:
     rate: float = 50.0  # requests per second
     work_dir: Path | None = None  # None: a temporary folder, removed at the end
     models_dir: Path | None = None  # the bundled models' cache; None: under the work folder
+    # Where the example's ModelDeployment is written (no --spec); None: into the work folder.
+    spec_out: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -66,14 +74,24 @@ class Setup:
     spec: api.ModelDeploymentSpec
     rows: list[Row]
     plan: scenarios.ScenarioPlan
+    spec_file: Path  # the ModelDeployment's file: the user's, or the example's as written
+    traffic_file: Path
     shift: Shift | None = None  # drift: what happens to the requests the canary answers
 
 
 # -- inputs ---------------------------------------------------------------------------------
 
 
-def load_spec_file(path: Path) -> tuple[str, str, api.ModelDeploymentSpec]:
-    """(name, namespace, spec) of the ModelDeployment in a YAML file; DemoError says why not."""
+def load_spec_file(
+    path: Path, *, base: Path | None = None
+) -> tuple[str, str, api.ModelDeploymentSpec]:
+    """(name, namespace, spec) of the ModelDeployment in a YAML file; DemoError says why not.
+
+    A model's plain folder path, which `canaryml serve` reads but the API does not admit,
+    becomes a file:// URI; a relative one is read from `base` (the current folder by default),
+    as `canaryml serve` reads it. Every local model must exist.
+    """
+    base = Path.cwd() if base is None else base
     try:
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     except (OSError, yaml.YAMLError) as error:
@@ -82,20 +100,47 @@ def load_spec_file(path: Path) -> tuple[str, str, api.ModelDeploymentSpec]:
     if not found:
         raise DemoError(f"{path} holds no document with kind: {api.KIND}")
     document = found[0]
+    raw, given = _folder_paths_as_uris(document.get("spec"), base=base)
     try:
-        spec = api.parse_spec(document.get("spec"))
+        spec = api.parse_spec(raw)
     except ValueError as error:
         raise DemoError(f"{path}: invalid spec: {error}") from None
     if spec.canary is None:
         raise DemoError(f"{path}: the demo rolls out spec.canary, and this spec has none")
     for where, model in _models(spec).items():
+        uri = given.get(where, model.uri)
         if not model.uri.startswith(LOCAL_SCHEMES):
             raise DemoError(
-                f"{path}: {where}.uri {model.uri!r} cannot be read outside a cluster: use a "
-                "file:// folder or an http(s)://, s3://, gs:// or models:/ URI"
+                f"{path}: {where}.uri {uri!r} cannot be read outside a cluster: use a folder "
+                "path, a file:// URI, or an http(s)://, s3://, gs:// or models:/ URI"
             )
+        if model.uri.startswith("file://"):
+            local = Path(unquote(urlparse(model.uri).path))
+            if not local.exists():
+                hint = f" ({RELATIVE_PATH_RULE}: {base})" if where in given else ""
+                raise DemoError(f"{path}: {where}.uri {uri!r}: no such folder {local}{hint}")
     metadata = document.get("metadata") or {}
     return str(metadata.get("name") or "demo"), str(metadata.get("namespace") or "default"), spec
+
+
+def _folder_paths_as_uris(spec: Any, *, base: Path) -> tuple[Any, dict[str, str]]:
+    """The raw spec with every model's plain path (`build/models/stable`, `/srv/m`) made a
+    file:// URI, and the paths as given, keyed by where they are (`spec.model`)."""
+    if not isinstance(spec, dict):
+        return spec, {}
+    spec = copy.deepcopy(spec)
+    given = {}
+    for where, holder in (
+        ("spec.model", spec),
+        ("spec.canary.model", spec.get("canary")),
+        ("spec.shadow.model", spec.get("shadow")),
+    ):
+        model = holder.get("model") if isinstance(holder, dict) else None
+        uri = model.get("uri") if isinstance(model, dict) else None
+        if isinstance(model, dict) and isinstance(uri, str) and uri and not scheme_of(uri):
+            given[where] = uri
+            model["uri"] = (base / Path(uri).expanduser()).resolve().as_uri()
+    return spec, given
 
 
 def _models(spec: api.ModelDeploymentSpec) -> dict[str, api.ModelRef]:
@@ -118,15 +163,16 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
         name, namespace, spec = load_spec_file(options.spec_path)
         if plan.shadow_role != "canary":
             raise DemoError(
-                f"--scenario {options.scenario} swaps in the bundled bad model; with --spec, "
-                "point spec.canary and spec.shadow at the model to try instead"
+                f"--scenario {options.scenario} swaps in the bundled bad model as the shadow; "
+                "with --spec, point spec.shadow at the model to compare with instead"
             )
         if options.traffic_path is None:
             raise DemoError(
                 "--spec needs --traffic CSV: rows of your model's features to send (a test "
                 "set; a `target` column is dropped)"
             )
-        rows = read_rows(options.traffic_path)
+        spec_file, traffic_file = options.spec_path, options.traffic_path
+        rows = read_rows(traffic_file)
         preferred = None
     else:
         models_dir = options.models_dir or work / "models"
@@ -136,16 +182,20 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
             digests={role: sha256_file(folder / MANIFEST_FILE) for role, folder in models.items()},
             scenario=options.scenario,
         )
-        (work / "modeldeployment.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-        echo(f"the ModelDeployment of this run: {work / 'modeldeployment.yaml'}")
+        spec_file = options.spec_out or work / scenarios.SPEC_FILE
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        echo(f"scenario {options.scenario}: {plan.description}")
+        echo(f"the ModelDeployment of this run: {spec_file}")
         name, namespace = scenarios.NAME, scenarios.NAMESPACE
         spec = api.parse_spec(manifest["spec"])
-        rows = read_rows(options.traffic_path or models_dir / "test.csv", drop=(TARGET,))
+        traffic_file = options.traffic_path or models_dir / "test.csv"
+        rows = read_rows(traffic_file, drop=(TARGET,))
         preferred = scenarios.DRIFT_FEATURE
     shift = None
     if plan.shift_canary_inputs:
         _, shift = drift_shift(rows, preferred=preferred)
-    return Setup(name, namespace, spec, rows, plan, shift)
+    return Setup(name, namespace, spec, rows, plan, spec_file, traffic_file, shift)
 
 
 # -- the local cluster ----------------------------------------------------------------------
@@ -383,6 +433,9 @@ async def run_demo(
             metrics="",
             started_at=datetime.now(UTC),
             spec=setup.spec,
+            spec_file=setup.spec_file,
+            own_spec=options.spec_path is not None,
+            traffic_file=setup.traffic_file,
         )
         cluster = LocalCluster(setup, group, record)
         try:

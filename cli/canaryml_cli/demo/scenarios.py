@@ -1,15 +1,16 @@
 """The demo's scenarios and its example ModelDeployment: pure data, no I/O.
 
-A scenario says what goes wrong with the canary, and how:
+A scenario says what goes wrong in the rollout, and how:
 
-- good: nothing; the canary should be promoted.
+- good: nothing; the canary is promoted.
 - errors: the canary server answers 20 % of predictions with HTTP 500 (CANARYML_INJECT_ERRORS).
 - latency: 10 % of the canary's predictions take 0.4 s longer (CANARYML_INJECT_LATENCY).
 - drift: requests that the router sends to the canary carry a feature far outside its training
   range (the traffic generator knows which ones: it routes by the sticky header itself).
-- shadow-disagree: the shadow is the bundled `bad` model: the canary's answers disagree with
-  the shadow's (the router compares every canary answer with the shadow's answer to the same
-  request).
+- shadow-disagree: a bad shadow and a good canary: the shadow is the bundled `bad` model, so
+  the good canary's answers disagree with it (the router compares every canary answer with the
+  shadow's answer to the same request), and the shadow agreement check rolls the good canary
+  back. The policy trusts the shadow: a wrong reference fails a good model.
 
 The example spec is the rollout policy the demo uses without `--spec`: short intervals, so that
 a good canary is promoted in about a minute and a bad one rolled back within seconds.
@@ -24,8 +25,10 @@ from typing import Any, Final, Literal, get_args
 
 Scenario = Literal["good", "errors", "latency", "drift", "shadow-disagree"]
 SCENARIOS: Final[tuple[str, ...]] = get_args(Scenario)
+DEFAULT_SCENARIO: Final = "good"
 
 NAME: Final = "breast-cancer"
+SPEC_FILE: Final = "modeldeployment.yaml"  # the example's ModelDeployment, as the demo keeps it
 NAMESPACE: Final = "demo"  # the label a cluster's Prometheus adds; the demo's adds it too
 STICKY_HEADER: Final = "x-canaryml-demo-user"
 # The drift scenario moves this feature of the bundled data (its first column) out of range.
@@ -48,23 +51,30 @@ class ScenarioPlan:
     shift_canary_inputs: bool = False  # drift: move one feature of canary-bound requests
     shadow_role: str = "canary"  # which bundled model the shadow runs
 
+    @property
+    def fault_outside_spec(self) -> bool:
+        """The fault is the demo's doing (injected or sent), not the ModelDeployment's: a run
+        of the spec needs the scenario again to reproduce it."""
+        return bool(self.canary_env) or self.shift_canary_inputs
+
 
 PLANS: Final[Mapping[str, ScenarioPlan]] = {
-    "good": ScenarioPlan("a healthy canary: it should be promoted"),
+    "good": ScenarioPlan("a healthy canary: promoted"),
     "errors": ScenarioPlan(
-        "the canary fails 20 % of its predictions with HTTP 500",
+        "the canary fails 20 % of its predictions with HTTP 500: rolled back",
         canary_env={"CANARYML_INJECT_ERRORS": "0.2"},
     ),
     "latency": ScenarioPlan(
-        "10 % of the canary's predictions take 0.4 s longer",
+        "10 % of the canary's predictions take 0.4 s longer: rolled back",
         canary_env={"CANARYML_INJECT_LATENCY": "0.4", "CANARYML_INJECT_LATENCY_FRACTION": "0.1"},
     ),
     "drift": ScenarioPlan(
-        "the canary's inputs drift: one feature far outside its training range",
+        "the canary's inputs drift, one feature far outside its training range: rolled back",
         shift_canary_inputs=True,
     ),
     "shadow-disagree": ScenarioPlan(
-        "the canary's answers disagree with the shadow's (the bundled bad model)",
+        "a bad shadow (the bundled bad model) and a good canary that disagrees with it: "
+        "the canary is rolled back",
         shadow_role="bad",
     ),
 }

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from canaryml_cli.demo.record import DemoRecord
+from canaryml_cli.demo.values import bound_text, value_text
 
 VERDICT_STYLE: Final = {
     "Successful": "green",
@@ -28,28 +29,6 @@ VERDICT_STYLE: Final = {
     "Error": "magenta",
 }
 SHOWN_EVENTS: Final = 6
-PERCENT_CHECKS: Final = frozenset({"errorRate", "shadowAgreement"})
-
-
-def value_text(name: str, value: float | None) -> str:
-    """A check's value as a person reads it: percent, milliseconds, or a plain number."""
-    if value is None:
-        return "-"
-    if name in PERCENT_CHECKS:
-        return f"{value * 100:.1f} %"
-    if name == "latencyP99":
-        return f"{value * 1000:.1f} ms"
-    if name == "requests":
-        return f"{value:.0f}"
-    return f"{value:.3f}"
-
-
-def bound_text(check: api.CheckRecord) -> str:
-    if check.max is not None:
-        return "<= " + value_text(check.name, check.max)
-    if check.min is not None:
-        return ">= " + value_text(check.name, check.min)
-    return ""
 
 
 def render(record: DemoRecord, *, elapsed: float) -> Panel:
@@ -96,7 +75,7 @@ def render(record: DemoRecord, *, elapsed: float) -> Panel:
         events.append(f"{record.seconds(event.time):6.1f}s {event.reason}: ", style=style or "bold")
         events.append(event.message + "\n", style=style)
     body = Group(head, bar, Text(""), checks, traffic, events)
-    return Panel(body, title=f"canaryml demo: {record.name} ({record.scenario})")
+    return Panel(body, title=f"canaryml demo: {record.name} ({record.label})")
 
 
 def analysis_line(record: DemoRecord, analysis: api.AnalysisRecord) -> str:
