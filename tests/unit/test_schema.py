@@ -478,19 +478,22 @@ def test_fast_path_and_column_path_give_the_same_matrix(numeric: FeatureSchema) 
     np.testing.assert_array_equal(batch.columns["b"], fast[:, 1])
 
 
-_NUMBER = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-)
-
-
-@settings(
+# Property tests here run the same 50 examples every time (no database, derandomized).
+_REPEATABLE = settings(
     max_examples=50,
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+
+_NUMBER = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@_REPEATABLE
 @given(
     st.lists(
         st.fixed_dictionaries({"a": _NUMBER, "b": _NUMBER, "c": st.one_of(st.none(), _NUMBER)}),
@@ -766,13 +769,7 @@ def _outcome(validate: Any) -> Any:
     return np.where(np.isnan(matrix), None, matrix).tolist()
 
 
-@settings(
-    max_examples=50,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@_REPEATABLE
 @given(
     st.lists(
         st.fixed_dictionaries(
