@@ -20,7 +20,10 @@ How each check treats a missing series is a decision, not an accident of PromQL:
   `histogram_quantile` answers NaN, and no series means an empty result: both are "no data".
 - `drift`, `predictionDrift`: a server exports these gauges only once its drift window holds
   enough rows to mean something, so a missing series is the truth "no data", never "no drift".
-  They are computed by the model servers only, so they are not scoped by `source`.
+  They are computed by the model servers only, so they are not scoped by `source`. Drift keeps
+  one series per feature (the largest over the canary's replicas), so that its verdict can
+  name the features that drifted: the provider takes the largest as the check's value (see
+  SERIES_LABEL).
 - `shadowAgreement`: the router labels each comparison with the track whose answer the shadow
   was compared with; agreement is agree / (agree + disagree) over the window (comparisons that
   failed, result="error", say nothing about agreement). A missing "agree" series with some
@@ -34,6 +37,8 @@ Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final, Literal
 
 from canaryml_operator import api
@@ -51,10 +56,15 @@ Source = Literal["router", "server"]
 REQUESTS_TOTAL: Final = "canaryml_requests_total"
 REQUEST_DURATION_BUCKET: Final = "canaryml_request_duration_seconds_bucket"
 FEATURE_DRIFT: Final = "canaryml_feature_drift"
+FEATURE_LABEL: Final = "feature"  # which input feature a FEATURE_DRIFT series is about
 PREDICTION_DRIFT_METRIC: Final = "canaryml_prediction_drift"
 SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"
 SERVER_ERRORS: Final = 'code=~"5.."'
 COMPARED: Final = 'result=~"agree|disagree"'  # not "error": a failed comparison says nothing
+
+# Checks whose query answers one series per value of a label, and that label: the check's
+# value is the largest series', and its sample names the worst few (measurements.Sample).
+SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType({DRIFT: FEATURE_LABEL})
 
 # PromQL durations: integers with units in decreasing order (1h30m, 90s, 250ms).
 _PROMQL_DURATION: Final = re.compile(r"(?=\d)(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?")
@@ -108,7 +118,7 @@ def build_queries(
         REQUESTS: _requests(requests, window=window),
         ERROR_RATE: _error_rate(requests, window=window),
         LATENCY_P99: _latency_p99(requests, window=window),
-        DRIFT: f"max({FEATURE_DRIFT}{selector(canary)})",
+        DRIFT: f"max by ({FEATURE_LABEL}) ({FEATURE_DRIFT}{selector(canary)})",
         PREDICTION_DRIFT: f"max({PREDICTION_DRIFT_METRIC}{selector(canary)})",
     }
     if spec.shadow is not None and spec.shadow.percent > 0:

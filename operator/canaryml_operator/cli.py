@@ -203,6 +203,7 @@ def render_status(found: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
     from canaryml_operator import api
+    from canaryml_operator.measurements import value_text
 
     meta, raw = found.get("metadata", {}), found.get("status") or {}
     status = api.parse_status(raw)
@@ -226,9 +227,9 @@ def render_status(found: dict[str, Any]) -> list[Any]:
         for check in last.checks:
             checks.add_row(
                 check.name,
-                _num(check.value),
-                _num(check.min),
-                _num(check.max),
+                value_text(check.name, check.value),
+                value_text(check.name, check.min),
+                value_text(check.name, check.max),
                 check.verdict,
                 check.message,
             )
@@ -252,10 +253,6 @@ def render_status(found: dict[str, Any]) -> list[Any]:
             )
         out.append(history)
     return out
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
 
 
 def register(app: typer.Typer) -> None:

@@ -3,11 +3,19 @@
 Pure data, no I/O: `providers` fills it from Prometheus, tests and the local demo build it
 directly. Each check is keyed by its name: the built-in names below, or a custom metric's
 `analysis.metrics[].name`.
+
+Also how each check's numbers read, wherever a person reads them (the rollout's Events and
+status messages, `canaryml status`, the demo's lines, panel and plot): one notation per
+quantity. Rates (error rate, shadow agreement) in %, latency in ms, request counts as whole
+numbers (Prometheus's increases are fractional: 54.44 requests reads 54), drift (a PSI) and
+custom checks as plain numbers. Values are kept in the analysis's units (fractions, seconds);
+`Notation.scale` turns them into the shown ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -29,16 +37,42 @@ BUILTIN_CHECKS: Final = (
 )
 
 
+# Features a drift sample names: enough to act on, few enough for one line of an Event.
+WORST_FEATURES_KEPT: Final = 3
+
+FeatureValues = tuple[tuple[str, float], ...]  # (feature, value) pairs, worst first
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One query's answer: a value, no data (value None), or an error saying why not."""
+    """One query's answer: a value, no data (value None), or an error saying why not.
+
+    A check measured per feature (drift) also names its worst features, with their values:
+    its value is the first one's.
+    """
 
     value: float | None = None
     error: str | None = None
+    features: FeatureValues = ()
 
     @classmethod
     def failed(cls, error: str) -> Sample:
         return cls(value=None, error=error)
+
+    @classmethod
+    def worst_of(cls, by_feature: Mapping[str, float]) -> Sample:
+        """One value per feature as one sample: the largest, and the worst few features.
+
+        NaN values are left out (PromQL's max skips them); nothing left is no data. Ties are
+        broken by name, so the same answer always gives the same sample.
+        """
+        ranked = sorted(
+            ((name, value) for name, value in by_feature.items() if not math.isnan(value)),
+            key=lambda item: (-item[1], item[0]),
+        )
+        if not ranked:
+            return cls()
+        return cls(value=ranked[0][1], features=tuple(ranked[:WORST_FEATURES_KEPT]))
 
 
 @dataclass(frozen=True)
@@ -50,3 +84,69 @@ class Measurements:
 
     def get(self, check: str) -> Sample:
         return self.samples.get(check, Sample())
+
+
+# ---------------------------------------------------------------------------------------------
+# How the values read
+
+
+@dataclass(frozen=True)
+class Notation:
+    """How a check's values are written: times `scale`, with `decimals`, then `unit`."""
+
+    scale: float  # from the analysis's unit (a fraction, seconds) to the shown one
+    unit: str  # after the number; "" for none
+    decimals: int
+
+
+NOTATIONS: Final[Mapping[str, Notation]] = {
+    REQUESTS: Notation(1.0, "", 0),
+    ERROR_RATE: Notation(100.0, "%", 1),
+    LATENCY_P99: Notation(1000.0, "ms", 1),
+    DRIFT: Notation(1.0, "", 3),
+    PREDICTION_DRIFT: Notation(1.0, "", 3),
+    SHADOW_AGREEMENT: Notation(100.0, "%", 1),
+}
+CUSTOM_NOTATION: Final = Notation(1.0, "", 3)  # a custom check's unit is the user's query's
+NO_VALUE: Final = "-"
+# Decimals a comparison may add so that a value and its bound never read alike (see
+# `compared_texts`); past them the two are equal for any purpose a person has.
+EXTRA_DECIMALS: Final = 6
+
+
+def notation(check: str) -> Notation:
+    return NOTATIONS.get(check, CUSTOM_NOTATION)
+
+
+def value_text(check: str, value: float | None, *, decimals: int | None = None) -> str:
+    """A check's value (or bound) as a person reads it: `20.0 %`, `4.2 ms`, `54`, `0.333`;
+    `-` for none. `decimals` overrides the check's own."""
+    if value is None:
+        return NO_VALUE
+    shown = notation(check)
+    places = shown.decimals if decimals is None else decimals
+    number = f"{value * shown.scale:.{places}f}"
+    if float(number) == 0:
+        number = number.removeprefix("-")  # a rounded -0.0001 is no negative rate
+    return f"{number} {shown.unit}" if shown.unit else number
+
+
+def compared_texts(check: str, value: float, bound: float) -> tuple[str, str]:
+    """`value` and `bound` written alike, with decimals added (up to EXTRA_DECIMALS) while
+    different numbers would read the same: a 5.04 % error rate over a 5 % max reads
+    `5.04 %` against `5.00 %`, not `5.0 %` against `5.0 %`."""
+    places = notation(check).decimals
+    for extra in range(EXTRA_DECIMALS + 1):
+        texts = (
+            value_text(check, value, decimals=places + extra),
+            value_text(check, bound, decimals=places + extra),
+        )
+        if texts[0] != texts[1] or value == bound:
+            break
+    return texts
+
+
+def features_text(check: str, features: Sequence[tuple[str, float]]) -> str:
+    """`mean radius 8.274, worst area 2.310`: each feature with its value in the check's
+    notation."""
+    return ", ".join(f"{name} {value_text(check, value)}" for name, value in features)

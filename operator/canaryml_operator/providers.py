@@ -1,9 +1,11 @@
 """Metric providers: where the operator's analysis reads its numbers (the I/O side of checks).
 
-Like Flagger's metric providers, each provider answers one PromQL-like query with one number.
-`measure` runs every check of an analysis and turns each answer into a `Sample`: a value, no
-data (None), or an error that says why not. A provider failure is a measurement (the rollout
-core turns it into an Error verdict that holds the weight), never an exception of the handler.
+Like Flagger's metric providers, each provider answers one PromQL-like query with one number,
+or, for a check measured per feature (`checks.SERIES_LABEL`), with one number per feature.
+`measure` runs every check of an analysis and turns each answer into a `Sample`: a value (and
+the worst features), no data (None), or an error that says why not. A provider failure is a
+measurement (the rollout core turns it into an Error verdict that holds the weight), never an
+exception of the handler.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from canaryml_operator import api
+from canaryml_operator import api, checks
 from canaryml_operator.measurements import Measurements, Sample
 
 NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
@@ -37,6 +39,15 @@ class MetricProvider(Protocol):
         """The single value of an instant query at `at`; None when there is no data.
 
         Raises MetricError when the answer cannot be had or is not one number.
+        """
+        ...
+
+    async def query_by(self, promql: str, *, label: str, at: datetime) -> dict[str, float]:
+        """Each series' value of an instant query at `at`, keyed by its `label`; NaN values
+        left out, {} for an empty result.
+
+        Raises MetricError when the answer cannot be had or is not one series per value of
+        `label`.
         """
         ...
 
@@ -82,6 +93,12 @@ class PrometheusProvider:
         )
 
     async def query(self, promql: str, *, at: datetime) -> float | None:
+        return _scalar(await self._instant(promql, at=at), promql=promql)
+
+    async def query_by(self, promql: str, *, label: str, at: datetime) -> dict[str, float]:
+        return _by_label(await self._instant(promql, at=at), label=label, promql=promql)
+
+    async def _instant(self, promql: str, *, at: datetime) -> Any:
         if at.tzinfo is None:
             raise ValueError("query time must be timezone-aware (use datetime.now(UTC))")
         form = {
@@ -90,8 +107,7 @@ class PrometheusProvider:
             # Prometheus gives up too, instead of evaluating for nobody.
             "timeout": f"{self.timeout:g}",
         }
-        data = await self._post("/api/v1/query", form=form)
-        return _scalar(data, promql=promql)
+        return await self._post("/api/v1/query", form=form)
 
     async def is_online(self) -> bool:
         """True when a trivial query answers: works where `/-/ready` is not exposed (proxies)."""
@@ -147,15 +163,12 @@ def _excerpt(value: object) -> str:
 
 def _scalar(data: Any, *, promql: str) -> float | None:
     """One number from an instant query's result; None for an empty result or NaN."""
-    if not isinstance(data, dict):
-        raise MetricError(f"unexpected query result: {_excerpt(data)}")
-    kind, result = data.get("resultType"), data.get("result")
+    kind = _result_type(data)
     if kind == "scalar":
-        return _number(result)
+        return _number(data.get("result"))
     if kind != "vector":
         raise MetricError(f"query returned a {kind}, not an instant vector or a scalar: {promql}")
-    if not isinstance(result, list):
-        raise MetricError(f"unexpected query result: {_excerpt(data)}")
+    result = _series(data)
     if not result:
         return None
     if len(result) > 1:
@@ -165,6 +178,42 @@ def _scalar(data: Any, *, promql: str) -> float | None:
             f"(aggregate it, e.g. with sum or max): {series}{', ...' if len(result) > 3 else ''}"
         )
     return _number(result[0].get("value") if isinstance(result[0], dict) else None)
+
+
+def _by_label(data: Any, *, label: str, promql: str) -> dict[str, float]:
+    """Each series' number from an instant vector, keyed by its `label` (a series without it
+    is keyed "", as PromQL reads a missing label); NaN values are left out."""
+    kind = _result_type(data)
+    if kind != "vector":
+        raise MetricError(f"query returned a {kind}, not an instant vector by {label}: {promql}")
+    values: dict[str, float] = {}
+    seen: set[str] = set()
+    for item in _series(data):
+        metric = item.get("metric") if isinstance(item, dict) else None
+        key = str((metric if isinstance(metric, dict) else {}).get(label, ""))
+        if key in seen:
+            raise MetricError(
+                f"query returned several series with {label}={key!r}, a check needs one "
+                f"per {label} (aggregate it, e.g. with max by ({label})): {promql}"
+            )
+        seen.add(key)
+        value = _number(item.get("value") if isinstance(item, dict) else None)
+        if value is not None:
+            values[key] = value
+    return values
+
+
+def _result_type(data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise MetricError(f"unexpected query result: {_excerpt(data)}")
+    return data.get("resultType")
+
+
+def _series(data: dict[str, Any]) -> list[Any]:
+    result = data.get("result")
+    if not isinstance(result, list):
+        raise MetricError(f"unexpected query result: {_excerpt(data)}")
+    return result
 
 
 def _number(pair: Any) -> float | None:
@@ -249,13 +298,27 @@ async def measure(
     """Every check's sample at `at`, queried concurrently; a failed query is a failed sample."""
     names = list(queries)
     samples = await asyncio.gather(
-        *(_sample(provider=provider, promql=queries[name], at=at) for name in names)
+        *(
+            _sample(
+                provider=provider,
+                promql=queries[name],
+                label=checks.SERIES_LABEL.get(name),
+                at=at,
+            )
+            for name in names
+        )
     )
     return Measurements(time=at, samples=dict(zip(names, samples, strict=True)))
 
 
-async def _sample(*, provider: MetricProvider, promql: str, at: datetime) -> Sample:
+async def _sample(
+    *, provider: MetricProvider, promql: str, label: str | None, at: datetime
+) -> Sample:
+    """The answer to `promql`; with `label`, one value per value of it, reduced to the
+    largest and the worst few."""
     try:
-        return Sample(value=await provider.query(promql, at=at))
+        if label is None:
+            return Sample(value=await provider.query(promql, at=at))
+        return Sample.worst_of(await provider.query_by(promql, label=label, at=at))
     except MetricError as error:
         return Sample.failed(str(error))

@@ -93,10 +93,6 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def judge_value(
     *,
     name: str,
@@ -115,9 +111,16 @@ def judge_value(
     if gate is not None:
         return CheckResult(name, "Inconclusive", value, min, max, f"{name}: {gate}")
     if max is not None and value > max:
-        return CheckResult(name, "Failed", value, min, max, f"{name} {_fmt(value)} > {_fmt(max)}")
+        shown, bound = m.compared_texts(name, value, max)
+        message = f"{name} {shown} > max {bound}"
+        # A value per feature (drift): which ones are over, so a person knows where to look.
+        over = [(feature, each) for feature, each in sample.features if each > max]
+        if over:
+            message += f" ({m.features_text(name, over)})"
+        return CheckResult(name, "Failed", value, min, max, message)
     if min is not None and value < min:
-        return CheckResult(name, "Failed", value, min, max, f"{name} {_fmt(value)} < {_fmt(min)}")
+        shown, bound = m.compared_texts(name, value, min)
+        return CheckResult(name, "Failed", value, min, max, f"{name} {shown} < min {bound}")
     return CheckResult(name, "Successful", value, min, max, "")
 
 
@@ -178,7 +181,8 @@ def _judge_requests(sample: m.Sample, min_requests: int) -> CheckResult:
         return CheckResult(m.REQUESTS, "Error", None, low, None, f"requests: {sample.error}")
     count = sample.value if sample.value is not None and not math.isnan(sample.value) else 0.0
     if count < low:
-        text = f"requests {_fmt(count)} < minRequests {min_requests}"
+        shown, bound = m.compared_texts(m.REQUESTS, count, low)
+        text = f"requests {shown} < minRequests {bound}"
         return CheckResult(m.REQUESTS, "Inconclusive", count, low, None, text)
     return CheckResult(m.REQUESTS, "Successful", count, low, None, "")
 
@@ -588,7 +592,7 @@ def _analyse(
         b.update(failed_checks=failed, held_analyses=0, step_started_at=b.now)
         _clear_stalled(b)
         failing = [r for r in results if r.verdict == "Failed"]
-        detail = "; ".join(_bound_text(r) for r in failing)
+        detail = "; ".join(r.message for r in failing)
         if failed >= analysis.failure_limit:
             message = (
                 f"canary {canary.model.version} rolled back at {status.canary_weight}%: {detail} "
@@ -621,7 +625,9 @@ def _analyse(
         b.action = "pass"
         return
     step = status.current_step or 0
-    summary = ", ".join(f"{r.name} {_fmt(r.value)}" for r in results if r.value is not None)
+    summary = ", ".join(
+        f"{r.name} {m.value_text(r.name, r.value)}" for r in results if r.value is not None
+    )
     if step + 1 < len(canary.steps):
         weight = canary.steps[step + 1]
         message = (
@@ -638,15 +644,6 @@ def _analyse(
         spec,
         reason=f"every step passed; last analysis: {summary}",
     )
-
-
-def _bound_text(result: CheckResult) -> str:
-    value = "no value" if result.value is None else _fmt(result.value)
-    if result.max is not None and result.value is not None and result.value > result.max:
-        return f"{result.name} {value} > max {_fmt(result.max)}"
-    if result.min is not None:
-        return f"{result.name} {value} < min {_fmt(result.min)}"
-    return f"{result.name} {value}"
 
 
 def _stalled(status: api.ModelDeploymentStatus) -> bool:

@@ -66,9 +66,9 @@ def test_a_bad_canary_is_rolled_back(walkthrough: Walkthrough) -> None:
     assert status["canaryWeight"] == 0
     last = status["history"][-1]
     assert (last["event"], last["version"]) == ("rolledBack", "1.2.0"), last
-    # rollout.py: "canary 1.2.0 rolled back at 20%: shadowAgreement 0.2 < min 0.85 (2 failed
-    # analyses in a row, failureLimit 2)"
-    assert "shadowAgreement" in last["reason"] and "< min 0.85" in last["reason"], last
+    # rollout.py: "canary 1.2.0 rolled back at 20%: shadowAgreement 20.0 % < min 85.0 % (2
+    # failed analyses in a row, failureLimit 2)"
+    assert "shadowAgreement" in last["reason"] and "< min 85.0 %" in last["reason"], last
     rolled_back = steps.condition(status, "RolledBack")
     assert rolled_back is not None and rolled_back["reason"] == "AnalysisFailed", rolled_back
     assert rolled_back["message"] == last["reason"]

@@ -171,6 +171,9 @@ def test_drifting_canary_inputs_roll_back(
     assert "drift" in failed_checks(summary)
     drifts = [a["drift"] for a in summary["analyses"] if a["verdict"] == "Failed"]
     assert all(value > summary["thresholds"]["maxDrift"] for value in drifts), drifts
+    # The verdict and the analysis lines name the feature that was moved.
+    assert f"({scenarios.DRIFT_FEATURE} " in summary["decision"], summary["decision"]
+    assert f"({scenarios.DRIFT_FEATURE})" in result.stdout, result.stdout
     # Only the canary's inputs moved: the stable kept serving and nothing failed.
     assert set(summary["codes"]) == {"200"}
     assert summary["spec"]["model"]["uri"] == (demo_models / "stable").resolve().as_uri()

@@ -25,6 +25,7 @@ from canaryml_operator.measurements import (
     PREDICTION_DRIFT,
     REQUESTS,
     SHADOW_AGREEMENT,
+    WORST_FEATURES_KEPT,
     Measurements,
 )
 from canaryml_operator.providers import (
@@ -36,6 +37,7 @@ from canaryml_operator.providers import (
     measure,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample as ExportedSample
 
 from .prometheus import BASIC_AUTH, RunningPrometheus, Target
 
@@ -81,9 +83,18 @@ async def send(url: str, rows: list[dict[str, Any]], *, invalid: int = 0) -> Non
 
 def exported(url: str, family: str) -> list[float]:
     """The values a server exports right now for one metric family."""
+    return [sample.value for sample in exported_samples(url, family)]
+
+
+def exported_by(url: str, family: str, *, label: str) -> dict[str, float]:
+    """The values a server exports right now for one metric family, keyed by one label."""
+    return {sample.labels[label]: sample.value for sample in exported_samples(url, family)}
+
+
+def exported_samples(url: str, family: str) -> list[ExportedSample]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return [
-        sample.value
+        sample
         for metric in text_string_to_metric_families(text)
         if metric.name == family
         for sample in metric.samples
@@ -160,6 +171,18 @@ async def test_measure_reads_the_canary_under_analysis(
     assert 0 < value(result, LATENCY_P99) < 10
     # Exactly the canary's own gauges: the earlier canary's drift is elsewhere.
     assert value(result, DRIFT) == pytest.approx(max(exported(canary, "canaryml_feature_drift")))
+    # And which features: the canary's worst few, by the names it exports, worst first.
+    by_feature = exported_by(canary, "canaryml_feature_drift", label="feature")
+    assert len(by_feature) > WORST_FEATURES_KEPT  # the breast-cancer data has 30 features
+    worst = sorted(by_feature.items(), key=lambda item: (-item[1], item[0]))
+    drift = result.get(DRIFT)
+    assert [name for name, _ in drift.features] == [
+        name for name, _ in worst[:WORST_FEATURES_KEPT]
+    ], drift
+    assert [psi for _, psi in drift.features] == pytest.approx(
+        [psi for _, psi in worst[:WORST_FEATURES_KEPT]]
+    )
+    assert result.get(PREDICTION_DRIFT).features == ()  # no feature to name
     assert value(result, PREDICTION_DRIFT) == pytest.approx(
         exported(canary, "canaryml_prediction_drift")[0]
     )
@@ -239,6 +262,23 @@ async def test_provider_answers_scalars_vectors_and_no_data(
         await provider.query("vector(1)[1m:]", at=now)
     with pytest.raises(ValueError, match="timezone-aware"):
         await provider.query("vector(1)", at=datetime.now())
+
+    # One value per value of a label (drift per feature); NaN is no value, as in `query`.
+    def labelled(promql: str, label: str, value: str) -> str:
+        return f'label_replace({promql}, "{label}", "{value}", "", "")'
+
+    per_feature = " or ".join(
+        labelled(promql, "feature", name)
+        for promql, name in (("vector(1)", "a"), ("vector(2)", "b"), ("vector(0) / 0", "nan"))
+    )
+    assert await provider.query_by(per_feature, label="feature", at=now) == {"a": 1.0, "b": 2.0}
+    assert await provider.query_by("absent_series_xyz", label="feature", at=now) == {}
+    # Two series of one feature (not aggregated by it): which value would the feature have?
+    unaggregated = labelled("vector(1)", "pod", "x") + " or " + labelled("vector(2)", "pod", "y")
+    with pytest.raises(MetricError, match="several series with feature=''"):
+        await provider.query_by(unaggregated, label="feature", at=now)
+    with pytest.raises(MetricError, match="scalar, not an instant vector by feature"):
+        await provider.query_by("scalar(vector(1))", label="feature", at=now)
 
     # Names that need escaping still give queries Prometheus parses, each with its answer.
     weird = 'we"ird\\name\n'

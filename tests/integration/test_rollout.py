@@ -204,7 +204,7 @@ async def test_a_good_canary_is_promoted_through_every_step(world: World) -> Non
     # Every step in order, none skipped, each after a passing analysis with its numbers.
     assert all(f"-> {weight}%" in message for message, weight in zip(steps, STEPS, strict=True))
     assert len(steps) == len(STEPS)
-    assert all("errorRate 0" in message for message in steps[1:])
+    assert all("errorRate 0.0 %" in message for message in steps[1:])
     # The router followed: the canary answered a share of the requests, and none failed.
     assert traffic.tracks["canary"] > 0 and traffic.tracks["stable"] > 0
     assert set(traffic.codes) == {200}, traffic.codes
@@ -237,7 +237,7 @@ async def test_a_failing_canary_is_rolled_back_in_time(world: World) -> None:
     assert rolled["stableModel"]["version"] == "1.0.0"
     condition = next(c for c in rolled["conditions"] if c["type"] == "RolledBack")
     assert condition["status"] == "True" and condition["reason"] == "AnalysisFailed"
-    assert "errorRate" in condition["message"] and "> max 0.05" in condition["message"]
+    assert "errorRate" in condition["message"] and "% > max 5.0 %" in condition["message"]
     reasons = [reason for reason, _ in await running.events()]
     assert "RolledBack" in reasons
     print(f"\nrollback reaction: status {reaction:.2f} s, router {routed_at:.2f} s")
@@ -262,6 +262,7 @@ async def test_a_canary_whose_inputs_drift_is_rolled_back(world: World) -> None:
 
     condition = next(c for c in rolled["conditions"] if c["type"] == "RolledBack")
     assert "drift" in condition["message"], condition["message"]
+    assert f"({feature} " in condition["message"], condition["message"]  # the one moved
     assert rolled["lastAnalysis"]["drift"] > 3.0
     assert rolled["stableModel"]["version"] == "1.0.0"
 

@@ -306,8 +306,8 @@ SITUATIONS: dict[str, Situation] = {
     "rolled-back": (
         rolled_back,
         "Degraded",
-        "canary 1.2.0 rolled back at 20%: shadowAgreement 0.2 < min 0.9 (2 failed analyses in a "
-        "row, failureLimit 2)",
+        "canary 1.2.0 rolled back at 20%: shadowAgreement 20.0 % < min 90.0 % (2 failed analyses "
+        "in a row, failureLimit 2)",
     ),
     "new-canary-after-a-rollback": (
         lambda: (

@@ -36,7 +36,7 @@ def test_the_design_example_gives_the_exact_queries() -> None:
         f' / sum(increase(canaryml_requests_total{{{SCOPE},source="router"}}[1m]))',
         LATENCY_P99: "histogram_quantile(0.99, sum by (le) "
         f'(rate(canaryml_request_duration_seconds_bucket{{{SCOPE},source="router"}}[1m])))',
-        DRIFT: f"max(canaryml_feature_drift{{{SCOPE}}})",
+        DRIFT: f"max by (feature) (canaryml_feature_drift{{{SCOPE}}})",
         PREDICTION_DRIFT: f"max(canaryml_prediction_drift{{{SCOPE}}})",
         SHADOW_AGREEMENT: "(sum(increase(canaryml_shadow_comparisons_total"
         '{model_deployment="iris",namespace="ml",track="canary",result="agree"}[1m]))'
@@ -84,8 +84,16 @@ def test_without_namespace_no_namespace_matcher() -> None:
     built = queries(DESIGN_EXAMPLE, namespace=None)
     assert all("namespace=" not in built[check] for check in BUILTIN_CHECKS)
     assert built[DRIFT] == (
-        'max(canaryml_feature_drift{model_deployment="iris",track="canary",version="1.1.0"})'
+        'max by (feature) (canaryml_feature_drift{model_deployment="iris",track="canary",'
+        'version="1.1.0"})'
     )
+
+
+def test_drift_keeps_one_series_per_feature_and_says_so() -> None:
+    # The provider reads the drift answer per value of this label: the query must group by
+    # it. Prediction drift has no feature: one number, as every other check.
+    assert dict(checks.SERIES_LABEL) == {DRIFT: checks.FEATURE_LABEL}
+    assert queries(DESIGN_EXAMPLE)[DRIFT].startswith(f"max by ({checks.FEATURE_LABEL}) (")
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,12 @@ from canaryml_cli.demo.record import DemoRecord, TimedEvent
 from canaryml_cli.demo.report import build_summary, plot, write_report
 from canaryml_cli.demo.runner import finished, load_spec_file
 from canaryml_cli.demo.traffic import drift_shift, read_rows
-from canaryml_cli.demo.values import bound_text, value_text
+from canaryml_cli.demo.values import bound_text
 from canaryml_cli.demo.view import DemoView, analysis_line, render
 from canaryml_operator import api
+from canaryml_operator import measurements as m
 from canaryml_operator.children import TrackPlan
+from canaryml_operator.measurements import Measurements, Sample, value_text
 from rich.console import Console
 
 DIGEST = "a" * 64
@@ -258,6 +260,23 @@ def test_one_format_per_quantity_in_the_lines_and_the_live_panel() -> None:
         assert bound in panel, bound
 
 
+def test_a_drift_value_shows_the_feature_it_comes_from() -> None:
+    record = record_with_analysis()
+    drift = api.CheckRecord(name=m.DRIFT, verdict="Failed", value=8.274, max=0.25)
+    analysis = record.analyses[0].model_copy(update={"checks": [drift]})
+    record.analyses[0] = analysis
+    record.status = record.status.model_copy(update={"last_analysis": analysis})
+    worst = Sample.worst_of({"mean radius": 8.274, "worst area": 2.31})
+    record.measured[analysis.time] = Measurements(time=analysis.time, samples={m.DRIFT: worst})
+    assert "(drift 8.274 (mean radius))" in analysis_line(record, analysis)
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(render(record, elapsed=12.0))
+    assert "8.274 (mean radius)" in console.file.getvalue()  # type: ignore[attr-defined]
+    # Without the analysis's samples (or with no feature to name), the value alone.
+    record.measured.clear()
+    assert "(drift 8.274)" in analysis_line(record, analysis)
+
+
 def test_the_live_panel_shows_step_weight_checks_and_traffic() -> None:
     console = Console(file=io.StringIO(), width=140, color_system=None)
     console.print(render(record_with_analysis(), elapsed=12.0))
@@ -289,7 +308,7 @@ def test_without_a_terminal_every_analysis_and_event_is_one_line_once() -> None:
 
 def test_the_report_has_the_outcome_every_analysis_and_a_plot(tmp_path: Path) -> None:
     record = record_with_analysis()
-    message = "canary 1.1.0 rolled back at 10%: errorRate 0.2 > max 0.05"
+    message = "canary 1.1.0 rolled back at 10%: errorRate 20.0 % > max 5.0 %"
     record.status = record.status.model_copy(
         update={
             "phase": "RolledBack",

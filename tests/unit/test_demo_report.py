@@ -36,7 +36,7 @@ from matplotlib.lines import Line2D
 from tests.unit.specs import CANARY_MODEL, MINIMAL
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-ROLLBACK = "canary 1.1.0 rolled back at 25%: errorRate 0.2 > max 0.05 (2 failed analyses)"
+ROLLBACK = "canary 1.1.0 rolled back at 25%: errorRate 20.0 % > max 5.0 % (2 failed analyses)"
 SUMMARY_KEYS = {
     "name", "scenario", "metrics", "phase", "timedOut", "startedAt", "finishedAt",
     "durationSeconds", "decision", "history", "analyses", "events", "weights", "requests",
@@ -343,7 +343,7 @@ def shadow_disagree() -> DemoRecord:
         )
     record.events += [
         TimedEvent(at(5), "Normal", "StepUp", "to 10%"),
-        TimedEvent(at(9.4), "Warning", "RolledBack", "shadowAgreement 0.18 < min 0.9"),
+        TimedEvent(at(9.4), "Warning", "RolledBack", "shadowAgreement 18.0 % < min 90.0 %"),
     ]
     record.weights += [WeightChange(at(5), 10), WeightChange(at(9.4), 0)]
     record.status = api.ModelDeploymentStatus(phase="RolledBack")

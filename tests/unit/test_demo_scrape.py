@@ -431,6 +431,37 @@ def test_drift_is_the_max_of_the_newest_scrape_of_each_target() -> None:
     assert measured.get(m.PREDICTION_DRIFT).value == 0.05
 
 
+def test_drift_names_its_worst_features_each_the_max_over_targets() -> None:
+    # As `max by (feature)`: a feature's value is its largest over the replicas; the sample
+    # names the worst few, worst first, as the operator's provider does.
+    history = ScrapeHistory()
+    history.add(
+        target="a",
+        time=at(50),
+        samples=[feature_drift(0.4, "mean radius"), feature_drift(0.05, "mean texture")],
+    )
+    history.add(
+        target="b",
+        time=at(50),
+        samples=[
+            feature_drift(0.1, "mean radius"),
+            feature_drift(0.2, "worst area"),
+            feature_drift(0.01, "mean smoothness"),
+            feature_drift(math.nan, "mean symmetry"),
+        ],
+    )
+    drift = measure(history).get(m.DRIFT)
+    ranked = [
+        ("mean radius", 0.4),
+        ("worst area", 0.2),
+        ("mean texture", 0.05),
+        ("mean smoothness", 0.01),
+    ]
+    assert len(ranked) > m.WORST_FEATURES_KEPT  # the cap is exercised
+    assert drift == Sample(value=0.4, features=tuple(ranked[: m.WORST_FEATURES_KEPT]))
+    assert measure(history).get(m.PREDICTION_DRIFT).features == ()  # no feature to name
+
+
 def test_drift_missing_from_the_newest_scrape_is_no_data() -> None:
     history = history_of(
         {

@@ -220,14 +220,14 @@ def test_judge_value_at_a_bound_is_successful() -> None:
 def test_judge_value_above_max_fails_with_value_and_threshold() -> None:
     result = rollout.judge_value(name="errorRate", sample=Sample(0.2), max=0.05)
     assert result.verdict == "Failed"
-    assert result.message == "errorRate 0.2 > 0.05"
+    assert result.message == "errorRate 20.0 % > max 5.0 %"
     assert (result.value, result.max) == (0.2, 0.05)
 
 
 def test_judge_value_below_min_fails_with_value_and_threshold() -> None:
     result = rollout.judge_value(name="shadowAgreement", sample=Sample(0.5), min=0.9)
     assert result.verdict == "Failed"
-    assert result.message == "shadowAgreement 0.5 < 0.9"
+    assert result.message == "shadowAgreement 50.0 % < min 90.0 %"
 
 
 @pytest.mark.parametrize("sample", [Sample(None), Sample(math.nan)])
@@ -257,6 +257,28 @@ def test_judge_value_infinite_latency_fails() -> None:
     # histogram_quantile answers +Inf when every request fell in the last bucket.
     result = rollout.judge_value(name="latencyP99", sample=Sample(math.inf), max=0.25)
     assert result.verdict == "Failed"
+
+
+def test_a_drift_failure_names_the_features_over_the_bound() -> None:
+    sample = Sample.worst_of({"mean radius": 8.274, "worst area": 2.31, "mean texture": 1.5})
+    result = rollout.judge_value(name=m.DRIFT, sample=sample, max=2.0)
+    assert result.verdict == "Failed"
+    # mean texture drifted too, but within the bound: not named.
+    assert result.message == "drift 8.274 > max 2.000 (mean radius 8.274, worst area 2.310)"
+
+
+def test_a_check_with_no_feature_names_none() -> None:
+    result = rollout.judge_value(name=m.PREDICTION_DRIFT, sample=Sample(0.9), max=0.25)
+    assert result.message == "predictionDrift 0.900 > max 0.250"
+
+
+def test_a_fractional_request_count_never_reads_as_enough() -> None:
+    # Prometheus's increase() extrapolates: 19.6 requests must not read "20 < minRequests 20".
+    spec = make_spec(min_requests=20)
+    results = by_name(rollout.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: 19.6})))
+    assert results[m.REQUESTS].message == "requests 19.6 < minRequests 20.0"
+    results = by_name(rollout.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: 12.0})))
+    assert results[m.REQUESTS].message == "requests 12 < minRequests 20"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +398,8 @@ def test_shadow_agreement_only_with_a_shadow() -> None:
         (1.0, "Successful", ""),
         (0.1, "Successful", ""),
         (10.0, "Successful", ""),
-        (0.05, "Failed", "business-kpi 0.05 < 0.1"),
-        (12.0, "Failed", "business-kpi 12 > 10"),
+        (0.05, "Failed", "business-kpi 0.050 < min 0.100"),
+        (12.0, "Failed", "business-kpi 12.000 > max 10.000"),
         (None, "Inconclusive", "business-kpi: no data"),
     ],
 )
@@ -430,7 +452,7 @@ def test_build_record_keeps_values_reasons_and_checks() -> None:
     assert record.drift is None
     assert record.prediction_drift == 0.05
     assert record.shadow_agreement is None
-    assert record.reasons == ["errorRate 0.2 > 0.05", "drift: no data"]
+    assert record.reasons == ["errorRate 20.0 % > max 5.0 %", "drift: no data"]
     assert [(c.name, c.verdict) for c in record.checks] == [
         (m.REQUESTS, "Successful"),
         (m.ERROR_RATE, "Failed"),
@@ -567,8 +589,9 @@ def test_a_pass_after_the_step_interval_steps_up() -> None:
     assert event.message.startswith(
         "canary weight 5% -> 25% (step 2 of 3): every check passed for 30s ("
     )
-    assert "errorRate 0.01" in event.message
-    assert "requests 120" in event.message
+    assert event.message.endswith(
+        "(requests 120, errorRate 1.0 %, latencyP99 100.0 ms, drift 0.050, predictionDrift 0.050)"
+    )
     progressing = condition(decision.status, "Progressing")
     assert progressing is not None
     assert progressing.message == event.message
@@ -607,7 +630,7 @@ def test_one_failure_below_the_limit_holds_and_restarts_the_step() -> None:
     assert (decision.status.canary_weight, decision.status.phase) == (5, "Progressing")
     assert decision.status.step_started_at == run.now
     assert decision.status.last_analysis is not None
-    assert decision.status.last_analysis.reasons == ["errorRate 0.2 > 0.05"]
+    assert decision.status.last_analysis.reasons == ["errorRate 20.0 % > max 5.0 %"]
     # The step has to earn its whole interval again.
     assert run.analyse(after=29).action == "pass"
     assert run.status.failed_checks == 0
@@ -626,7 +649,7 @@ def test_failures_at_the_limit_roll_back() -> None:
     assert status.step_started_at == run.now
     assert status.stable_model == STABLE_ID  # the stable model keeps serving
     message = (
-        "canary 1.1.0 rolled back at 25%: errorRate 0.3 > max 0.05 "
+        "canary 1.1.0 rolled back at 25%: errorRate 30.0 % > max 5.0 % "
         "(2 failed analyses in a row, failureLimit 2)"
     )
     assert decision.events == [Event("Warning", "RolledBack", message)]
@@ -656,7 +679,7 @@ def test_an_infinite_latency_rolls_back() -> None:
     run.start()
     decision = run.analyse({m.LATENCY_P99: math.inf}, after=5)
     assert decision.action == "rollback"
-    assert "latencyP99 inf > max 0.25" in decision.events[0].message
+    assert "latencyP99 inf ms > max 250.0 ms" in decision.events[0].message
 
 
 def test_an_infinite_latency_is_written_as_valid_json() -> None:
@@ -673,9 +696,25 @@ def test_rollback_message_names_every_failing_check() -> None:
     decision = run.analyse({m.LATENCY_P99: 0.75, m.SHADOW_AGREEMENT: 0.5}, after=5)
     assert decision.action == "rollback"
     [event] = decision.events
-    assert "latencyP99 0.75 > max 0.25" in event.message
-    assert "shadowAgreement 0.5 < min 0.9" in event.message
+    assert "latencyP99 750.0 ms > max 250.0 ms" in event.message
+    assert "shadowAgreement 50.0 % < min 90.0 %" in event.message
     assert "failureLimit 1" in event.message
+
+
+def test_a_drift_rollback_names_the_features_that_drifted() -> None:
+    run = Run(make_spec(failure_limit=1))
+    run.start()
+    drift = Sample.worst_of({"mean radius": 8.274, "worst area": 2.31, "mean texture": 0.01})
+    decision = run.analyse({m.DRIFT: drift}, after=5)
+    assert decision.action == "rollback"
+    assert decision.events == [
+        Event(
+            "Warning",
+            "RolledBack",
+            "canary 1.1.0 rolled back at 5%: drift 8.274 > max 0.250 (mean radius 8.274, "
+            "worst area 2.310) (1 failed analyses in a row, failureLimit 1)",
+        )
+    ]
 
 
 def test_failure_limit_one_rolls_back_at_the_first_failure() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from canaryml_operator import api
+from canaryml_operator.measurements import Measurements
 
 from canaryml_cli.demo import scenarios
 
@@ -45,6 +46,9 @@ class DemoRecord:
     spec: api.ModelDeploymentSpec
     status: api.ModelDeploymentStatus = field(default_factory=api.ModelDeploymentStatus)
     analyses: list[api.AnalysisRecord] = field(default_factory=list)
+    # What each analysis measured, by its time (AnalysisRecord.time): the samples say more
+    # than the record keeps, such as the features a drift value comes from.
+    measured: dict[datetime, Measurements] = field(default_factory=dict)
     events: list[TimedEvent] = field(default_factory=list)
     weights: list[WeightChange] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)  # answered requests per track

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from canaryml_operator import api, rollout
-from canaryml_operator.measurements import Measurements
+from canaryml_operator.measurements import Measurements, notation, value_text
 from pydantic import BaseModel
 
 from canaryml_cli.demo.record import DemoRecord
-from canaryml_cli.demo.values import axis_label, quantity, value_text
+from canaryml_cli.demo.values import axis_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -150,13 +150,13 @@ class _Points:
     """One check's values over the analyses, each with the check's own verdict."""
 
     xs: list[float]
-    ys: list[float]  # in the shown unit (values.quantity)
+    ys: list[float]  # in the shown unit (measurements.notation)
     verdicts: list[str]
 
 
 def _points(record: DemoRecord, check: str) -> _Points:
     points = _Points([], [], [])
-    scale = quantity(check).scale
+    scale = notation(check).scale
     for analysis in record.analyses:
         # A check without a value (no data, or the query failed) has no point: drawn anywhere,
         # it would read as a value.
@@ -252,7 +252,7 @@ def build_figure(record: DemoRecord) -> Figure:
 def _draw_check(ax: Axes, *, record: DemoRecord, check: rollout.CheckResult) -> _Points:
     ax.set_gid(f"{CHECK_GID}{check.name}")
     points = _points(record, check.name)
-    scale = quantity(check.name).scale
+    scale = notation(check.name).scale
     if points.xs:
         ax.plot(points.xs, points.ys, color=LINE_COLOR, lw=0.8, alpha=0.6, zorder=2)
         ax.scatter(

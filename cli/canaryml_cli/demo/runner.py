@@ -494,6 +494,8 @@ async def _roll_out(
             before, status = status, decision.status
             if status.last_analysis is not None and status.last_analysis != before.last_analysis:
                 record.analyses.append(status.last_analysis)
+                if measurements is not None:
+                    record.measured[measurements.time] = measurements
             for event in decision.events:
                 record.events.append(TimedEvent(now, event.type, event.reason, event.message))
             record.status = status

@@ -21,7 +21,8 @@ shadow comparisons) and treats missing series as the PromQL does (see `checks`):
   PromQL sums `rate()`s instead: rates are increases divided by the same range, and a quantile
   does not change when every bucket is scaled alike.
 - `drift`, `predictionDrift`: the largest value of the gauge in the newest scrape of each target
-  in the window; None when no such scrape holds the series.
+  in the window; None when no such scrape holds the series. Drift is taken per feature first
+  (`max by (feature)`), so that its sample names the worst features, as the provider's does.
 - `shadowAgreement` (when the spec mirrors traffic): agree / (agree + disagree) of the
   increases of `canaryml_shadow_comparisons_total`; None when that sum is 0 or absent.
 - Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
@@ -60,6 +61,7 @@ from typing import Final
 from canaryml_operator import api
 from canaryml_operator.checks import (
     FEATURE_DRIFT,
+    FEATURE_LABEL,
     PREDICTION_DRIFT_METRIC,
     REQUEST_DURATION_BUCKET,
     REQUESTS_TOTAL,
@@ -272,7 +274,9 @@ def measure_scraped(
         # No 5xx series is no failed request (`or on() vector(0)`); no total is no data.
         ERROR_RATE: _ratio(0.0 if errors is None else errors, total),
         LATENCY_P99: _sample(_latency_p99(window, scope=requests)),
-        DRIFT: _sample(_latest_max(window, metric=FEATURE_DRIFT, scope=canary)),
+        DRIFT: Sample.worst_of(
+            _latest_max_by(window, metric=FEATURE_DRIFT, scope=canary, label=FEATURE_LABEL)
+        ),
         PREDICTION_DRIFT: _sample(
             _latest_max(window, metric=PREDICTION_DRIFT_METRIC, scope=canary)
         ),
@@ -330,16 +334,33 @@ def _latency_p99(
 def _latest_max(
     window: Mapping[str, Sequence[Scrape]], *, metric: str, scope: Mapping[str, str]
 ) -> float | None:
+    numbers = [sample.value for sample in _latest(window, metric=metric, scope=scope)]
+    return max(numbers) if numbers else None
+
+
+def _latest_max_by(
+    window: Mapping[str, Sequence[Scrape]], *, metric: str, scope: Mapping[str, str], label: str
+) -> dict[str, float]:
+    """`max by (label)`: the largest value of each value of `label` (missing reads "")."""
+    found: dict[str, float] = {}
+    for sample in _latest(window, metric=metric, scope=scope):
+        key = sample.labels.get(label, "")
+        found[key] = max(found.get(key, sample.value), sample.value)
+    return found
+
+
+def _latest(
+    window: Mapping[str, Sequence[Scrape]], *, metric: str, scope: Mapping[str, str]
+) -> list[ScrapedSample]:
+    """The samples of `metric` in scope in each target's newest scrape, NaN ones left out
+    (PromQL's max skips NaN unless every value is NaN, and a NaN answer is no data)."""
     # Only the newest scrape: a series missing from it is gone (Prometheus marks it stale).
-    values = [
-        sample.value
+    return [
+        sample
         for scrapes in window.values()
         for sample in scrapes[-1].named(metric)
-        if _in_scope(sample.labels, scope)
+        if _in_scope(sample.labels, scope) and not math.isnan(sample.value)
     ]
-    # PromQL's max() skips NaN unless every value is NaN.
-    numbers = [value for value in values if not math.isnan(value)]
-    return max(numbers) if numbers else None
 
 
 def _shadow_agreement(

@@ -1,14 +1,12 @@
-"""How each check's numbers read, in the live panel, the plain lines and the plot alike.
+"""How each check's numbers read in the live panel, the plain lines and the plot.
 
-One format per quantity: rates (error rate, shadow agreement) in %, latency in ms, request
-counts as whole numbers (Prometheus's increases are fractional: 54.44 requests reads 54), drift
-(a PSI) and custom checks as plain numbers. Values arrive in the analysis's units (fractions,
-seconds); `Quantity.scale` turns them into the shown ones.
+The notation itself (units, scale, decimals) is the operator's, `measurements.value_text`: the
+demo's lines read like the Events they sit next to. Here: what the demo adds around it, the
+plot's axis names, the panel's bounds, and the worst feature next to a drift value.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 from canaryml_operator import api
@@ -19,46 +17,25 @@ from canaryml_operator.measurements import (
     PREDICTION_DRIFT,
     REQUESTS,
     SHADOW_AGREEMENT,
+    Measurements,
+    notation,
+    value_text,
 )
 
-
-@dataclass(frozen=True)
-class Quantity:
-    """What a check measures and how its values are shown."""
-
-    label: str  # an axis's name for it
-    scale: float  # from the analysis's unit to the shown one
-    unit: str  # after the number; "" for none
-    decimals: int
-
-
-QUANTITIES: Final = {
-    REQUESTS: Quantity("canary requests", 1.0, "", 0),
-    ERROR_RATE: Quantity("error rate", 100.0, "%", 1),
-    LATENCY_P99: Quantity("p99 latency", 1000.0, "ms", 1),
-    DRIFT: Quantity("feature drift", 1.0, "", 3),
-    PREDICTION_DRIFT: Quantity("prediction drift", 1.0, "", 3),
-    SHADOW_AGREEMENT: Quantity("shadow agreement", 100.0, "%", 1),
+# An axis's name for each built-in check; a custom check's is its own name.
+AXIS_NAMES: Final = {
+    REQUESTS: "canary requests",
+    ERROR_RATE: "error rate",
+    LATENCY_P99: "p99 latency",
+    DRIFT: "feature drift",
+    PREDICTION_DRIFT: "prediction drift",
+    SHADOW_AGREEMENT: "shadow agreement",
 }
 
 
-def quantity(check: str) -> Quantity:
-    """A built-in check's quantity; a custom check's value is a plain number under its name."""
-    return QUANTITIES.get(check) or Quantity(check, 1.0, "", 3)
-
-
-def value_text(check: str, value: float | None) -> str:
-    """A check's value as a person reads it: `20.0 %`, `4.2 ms`, `54`, `0.333`; `-` for none."""
-    if value is None:
-        return "-"
-    shown = quantity(check)
-    number = f"{value * shown.scale:.{shown.decimals}f}"
-    return f"{number} {shown.unit}" if shown.unit else number
-
-
 def axis_label(check: str) -> str:
-    shown = quantity(check)
-    return f"{shown.label} ({shown.unit})" if shown.unit else shown.label
+    name, unit = AXIS_NAMES.get(check, check), notation(check).unit
+    return f"{name} ({unit})" if unit else name
 
 
 def bound_text(check: api.CheckRecord) -> str:
@@ -69,3 +46,14 @@ def bound_text(check: api.CheckRecord) -> str:
     if check.max is not None:
         parts.append("<= " + value_text(check.name, check.max))
     return ", ".join(parts)
+
+
+def check_value_text(check: api.CheckRecord, measured: Measurements | None) -> str:
+    """The check's value, and for drift the feature it comes from (the worst one, when the
+    analysis's `measured` samples are at hand): `0.274 (mean radius)`."""
+    shown = value_text(check.name, check.value)
+    features = measured.get(check.name).features if measured is not None else ()
+    if check.value is None or not features:
+        return shown
+    worst, _ = features[0]
+    return f"{shown} ({worst})"

@@ -1,9 +1,9 @@
 """What the person running the demo sees: a live panel in a terminal, plain lines elsewhere.
 
 The panel shows the phase, the step and weight, each check of the last analysis against its
-bound with its verdict, the requests each track answered, and the latest Events. Without a
-terminal (CI, a pipe) every Event and every analysis is printed as one line instead, so a log
-tells the same story.
+bound with its verdict (drift with the feature it comes from), the requests each track
+answered, and the latest Events. Without a terminal (CI, a pipe) every Event and every analysis
+is printed as one line instead, so a log tells the same story.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from canaryml_cli.demo.record import DemoRecord
-from canaryml_cli.demo.values import bound_text, value_text
+from canaryml_cli.demo.values import bound_text, check_value_text
 
 VERDICT_STYLE: Final = {
     "Successful": "green",
@@ -54,10 +54,11 @@ def render(record: DemoRecord, *, elapsed: float) -> Panel:
         checks.add_column(column)
     last = status.last_analysis
     if last is not None:
+        measured = record.measured.get(last.time)
         for check in last.checks:
             checks.add_row(
                 check.name,
-                value_text(check.name, check.value),
+                check_value_text(check, measured),
                 bound_text(check),
                 Text(check.verdict, style=VERDICT_STYLE.get(check.verdict, "")),
             )
@@ -79,8 +80,9 @@ def render(record: DemoRecord, *, elapsed: float) -> Panel:
 
 
 def analysis_line(record: DemoRecord, analysis: api.AnalysisRecord) -> str:
+    measured = record.measured.get(analysis.time)
     values = ", ".join(
-        f"{c.name} {value_text(c.name, c.value)}" for c in analysis.checks if c.value is not None
+        f"{c.name} {check_value_text(c, measured)}" for c in analysis.checks if c.value is not None
     )
     return (
         f"{record.seconds(analysis.time):6.1f}s analysis at {analysis.weight} %: "
