@@ -60,8 +60,7 @@ def _unpack(archive: Path, destination: Path) -> Path:
 
 class LocalStorage:
     def fetch(self, *, uri: str, destination: Path) -> Path:
-        parsed = urlparse(uri)
-        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
+        path = local_path(uri)
         if not path.exists():
             raise ArtifactError(f"no such model folder: {path}")
         if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
@@ -183,6 +182,12 @@ def scheme_of(uri: str) -> str:
     scheme = urlparse(uri).scheme
     # A Windows drive letter or a bare path has no real scheme.
     return "" if len(scheme) <= 1 else scheme
+
+
+def local_path(uri: str) -> Path:
+    """The path a file:// URI or a plain path names."""
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
 
 
 def check_trusted(uri: str, trusted_sources: list[str]) -> None:

@@ -216,6 +216,21 @@ def record_with_analysis() -> DemoRecord:
     return record
 
 
+def with_checks(record: DemoRecord, checks: list[api.CheckRecord]) -> api.AnalysisRecord:
+    """The record's one analysis, and its status's last analysis, with these checks instead."""
+    analysis = record.analyses[0].model_copy(update={"checks": checks})
+    record.analyses[0] = analysis
+    record.status = record.status.model_copy(update={"last_analysis": analysis})
+    return analysis
+
+
+def panel_text(record: DemoRecord, *, elapsed: float = 12.0) -> str:
+    """The live panel as plain text."""
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(render(record, elapsed=elapsed))
+    return console.file.getvalue()  # type: ignore[no-any-return, attr-defined]
+
+
 def test_values_read_as_people_read_them() -> None:
     assert value_text("errorRate", 0.0512) == "5.1 %"
     assert value_text("shadowAgreement", 0.04348) == "4.3 %"
@@ -240,13 +255,9 @@ def test_one_format_per_quantity_in_the_lines_and_the_live_panel() -> None:
         api.CheckRecord(name="latencyP99", verdict="Successful", value=0.002491, max=0.2),
         api.CheckRecord(name="shadowAgreement", verdict="Successful", value=1.0, min=0.85),
     ]
-    analysis = record.analyses[0].model_copy(update={"checks": checks})
-    record.analyses[0] = analysis
-    record.status = record.status.model_copy(update={"last_analysis": analysis})
+    analysis = with_checks(record, checks)
     line = analysis_line(record, analysis)
-    console = Console(file=io.StringIO(), width=140, color_system=None)
-    console.print(render(record, elapsed=12.0))
-    panel = console.file.getvalue()  # type: ignore[attr-defined]
+    panel = panel_text(record)
     for shown in (
         "requests 54,",
         "errorRate 23.1 %",
@@ -263,24 +274,18 @@ def test_one_format_per_quantity_in_the_lines_and_the_live_panel() -> None:
 def test_a_drift_value_shows_the_feature_it_comes_from() -> None:
     record = record_with_analysis()
     drift = api.CheckRecord(name=m.DRIFT, verdict="Failed", value=8.274, max=0.25)
-    analysis = record.analyses[0].model_copy(update={"checks": [drift]})
-    record.analyses[0] = analysis
-    record.status = record.status.model_copy(update={"last_analysis": analysis})
+    analysis = with_checks(record, [drift])
     worst = Sample.worst_of({"mean radius": 8.274, "worst area": 2.31})
     record.measured[analysis.time] = Measurements(time=analysis.time, samples={m.DRIFT: worst})
     assert "(drift 8.274 (mean radius))" in analysis_line(record, analysis)
-    console = Console(file=io.StringIO(), width=140, color_system=None)
-    console.print(render(record, elapsed=12.0))
-    assert "8.274 (mean radius)" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert "8.274 (mean radius)" in panel_text(record)
     # Without the analysis's samples (or with no feature to name), the value alone.
     record.measured.clear()
     assert "(drift 8.274)" in analysis_line(record, analysis)
 
 
 def test_the_live_panel_shows_step_weight_checks_and_traffic() -> None:
-    console = Console(file=io.StringIO(), width=140, color_system=None)
-    console.print(render(record_with_analysis(), elapsed=12.0))
-    text = console.file.getvalue()  # type: ignore[attr-defined]
+    text = panel_text(record_with_analysis())
     for expected in (
         "step 1/3",
         "canary weight 10 %",
@@ -399,9 +404,7 @@ def test_the_run_again_command_reproduces_the_scenario_with_the_kept_files(
 def test_with_spec_the_live_panel_names_the_file_not_the_examples_scenario() -> None:
     record = example_run("good", spec_file=Path("/x/mine.yaml"), traffic_file=Path("/x/t.csv"))
     record.own_spec = True
-    console = Console(file=io.StringIO(), width=140, color_system=None)
-    console.print(render(record, elapsed=1.0))
-    title = console.file.getvalue().splitlines()[0]  # type: ignore[attr-defined]
+    title = panel_text(record, elapsed=1.0).splitlines()[0]
     assert "canaryml demo: breast-cancer (--spec mine.yaml)" in title
     assert "good" not in title
 

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote, urlparse
 
 import httpx
 import yaml
 from canaryml_operator import api, children, rollout
 from canaryml_operator.reconcile import DeploymentState
 from canaryml_server.artifact import MANIFEST_FILE, sha256_file
-from canaryml_server.storage import scheme_of
+from canaryml_server.storage import local_path, scheme_of
 
 from canaryml_cli.demo import scenarios
 from canaryml_cli.demo.example_models import TARGET, ensure_trained
@@ -115,7 +114,7 @@ def load_spec_file(
                 "path, a file:// URI, or an http(s)://, s3://, gs:// or models:/ URI"
             )
         if model.uri.startswith("file://"):
-            local = Path(unquote(urlparse(model.uri).path))
+            local = local_path(model.uri)
             if not local.exists():
                 hint = f" ({RELATIVE_PATH_RULE}: {base})" if where in given else ""
                 raise DemoError(f"{path}: {where}.uri {uri!r}: no such folder {local}{hint}")
