@@ -20,6 +20,7 @@ RUN python3.11 -m venv /opt/canaryml
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY api ./api
 COPY server ./server
 COPY operator ./operator
 COPY cli ./cli

@@ -36,7 +36,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from canaryml_operator import api  # noqa: E402
+from canaryml_api import resource as api  # noqa: E402
 
 from tests.component.operator_harness import Cluster, running_emulator  # noqa: E402
 from tests.kube_emulator import KubeEmulator  # noqa: E402

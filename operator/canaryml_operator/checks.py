@@ -41,7 +41,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, Literal
 
-from canaryml_operator import api
+from canaryml_api import resource as api
+
 from canaryml_operator.measurements import (
     DRIFT,
     ERROR_RATE,

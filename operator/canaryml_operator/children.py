@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from canaryml_operator import api
+from canaryml_api import resource as api
 
 Track = Literal["stable", "canary", "shadow"]
 TRACKS: tuple[Track, ...] = ("stable", "canary", "shadow")

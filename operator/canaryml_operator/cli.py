@@ -103,7 +103,8 @@ def _current_namespace() -> str:
 
 
 def _client_and_object(name: str, namespace: str | None) -> tuple[Any, str, dict[str, Any]]:
-    from canaryml_operator import api
+    from canaryml_api import resource as api
+
     from canaryml_operator.kube import KubeError, load_client
 
     namespace = namespace or _current_namespace()
@@ -120,7 +121,8 @@ def _client_and_object(name: str, namespace: str | None) -> tuple[Any, str, dict
 
 
 def _annotate(name: str, namespace: str | None, annotations: dict[str, str | None]) -> str:
-    from canaryml_operator import api
+    from canaryml_api import resource as api
+
     from canaryml_operator.kube import KubeError
 
     client, namespace, _ = _client_and_object(name, namespace)
@@ -200,9 +202,9 @@ def status(
 def render_status(found: dict[str, Any]) -> list[Any]:
     """The rich renderables of `canaryml status` (a summary, the last analysis, conditions,
     history), from the object as the API returns it."""
+    from canaryml_api import resource as api
     from rich.table import Table
 
-    from canaryml_operator import api
     from canaryml_operator.measurements import value_text
 
     meta, raw = found.get("metadata", {}), found.get("status") or {}

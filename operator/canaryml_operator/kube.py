@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import urllib3
+from canaryml_api import resource as api
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from canaryml_operator import api
 from canaryml_operator.children import ChildKey, Owner
 from canaryml_operator.reconcile import Action, Plan
 

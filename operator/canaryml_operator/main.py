@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from canaryml_api import resource as api
 
-from canaryml_operator import api, checks, children, metrics, providers, reconcile, rollout
+from canaryml_operator import checks, children, metrics, providers, reconcile, rollout
 from canaryml_operator.children import Track
 from canaryml_operator.kube import (
     KubeClient,

@@ -15,9 +15,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Final, get_args
 
+from canaryml_api import resource as api
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-
-from canaryml_operator import api
 
 PHASES: Final[tuple[str, ...]] = get_args(api.Phase)
 VERDICTS: Final[tuple[str, ...]] = get_args(api.Verdict)

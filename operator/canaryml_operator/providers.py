@@ -18,8 +18,9 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 import httpx
+from canaryml_api import resource as api
 
-from canaryml_operator import api, checks
+from canaryml_operator import checks
 from canaryml_operator.measurements import Measurements, Sample
 
 NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})

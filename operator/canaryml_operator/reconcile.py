@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from canaryml_operator import api, children
+from canaryml_api import resource as api
+
+from canaryml_operator import children
 from canaryml_operator.children import ChildKey, Manifest, Owner, Track
 
 Verb = Literal["create", "patch", "delete"]

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from canaryml_operator import api
+from canaryml_api import resource as api
+
 from canaryml_operator import measurements as m
 from canaryml_operator.children import Track, TrackPlan
 from canaryml_operator.reconcile import DeploymentState, Event, set_condition

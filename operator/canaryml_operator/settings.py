@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from canaryml_api.resource import HTTP_URL_PATTERN
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from canaryml_operator import __version__
-from canaryml_operator.api import HTTP_URL_PATTERN
 from canaryml_operator.providers import DEFAULT_PROMETHEUS_URL
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import kmock
 import kopf
 import yaml
-from canaryml_operator import api
+from canaryml_api import resource as api
 
 from tests.kube_emulator import KubeEmulator
 

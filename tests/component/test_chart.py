@@ -22,8 +22,9 @@ import kubernetes_validate
 import pytest
 import typer
 import yaml
+from canaryml_api import resource as api
 from canaryml_cli.main import app
-from canaryml_operator import api, children, crd
+from canaryml_operator import children, crd
 from canaryml_operator.settings import OperatorSettings
 
 from tests.chart import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from canaryml_operator import api
+from canaryml_api import resource as api
 
 from tests.component.operator_harness import Cluster, eventually, running_operator
 

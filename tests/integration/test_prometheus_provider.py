@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from canaryml_operator import api
+from canaryml_api import resource as api
 from canaryml_operator.checks import build_queries
 from canaryml_operator.measurements import (
     DRIFT,

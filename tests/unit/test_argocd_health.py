@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
-from canaryml_operator import api, children, reconcile, rollout
+from canaryml_api import resource as api
+from canaryml_operator import children, reconcile, rollout
 from canaryml_operator import measurements as m
 from canaryml_operator.children import Track
 from canaryml_operator.measurements import Measurements, Sample

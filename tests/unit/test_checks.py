@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from canaryml_operator import api, checks
+from canaryml_api import resource as api
+from canaryml_operator import checks
 from canaryml_operator.measurements import (
     BUILTIN_CHECKS,
     DRIFT,

@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 import pytest
-from canaryml_operator import api, children
+from canaryml_api import resource as api
+from canaryml_operator import children
 from canaryml_operator.children import ANNOTATION_SPEC_HASH, Owner
 
 OWNER = Owner(name="iris", namespace="ml", uid="0b6c1f5e-1111-4222-8333-944455556666")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from canaryml_operator import api, children
+from canaryml_api import resource as api
+from canaryml_operator import children
 from canaryml_operator.children import Owner, TrackPlan
 
 OWNER = Owner(name="iris", namespace="ml", uid="uid-1")

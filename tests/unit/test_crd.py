@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from canaryml_operator import api, children, crd, reconcile
+from canaryml_api import resource as api
+from canaryml_operator import children, crd, reconcile
 from canaryml_operator.reconcile import DeploymentState
 
 from tests.unit.specs import DESIGN_EXAMPLE, MINIMAL, changed
@@ -72,7 +73,7 @@ def test_the_committed_crd_is_the_one_the_models_generate() -> None:
                 committed.splitlines(keepends=True),
                 generated.splitlines(keepends=True),
                 fromfile=f"crds/{crd.CRD_FILE} (committed)",
-                tofile="render_crd() (from canaryml_operator/api.py)",
+                tofile="render_crd() (from canaryml_api/resource.py)",
             )
         )[:60]
     )

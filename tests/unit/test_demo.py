@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from canaryml_api import resource as api
 from canaryml_cli.demo import scenarios
 from canaryml_cli.demo.command import kept_spec_path, rerun_command
 from canaryml_cli.demo.processes import DemoError
@@ -20,7 +21,6 @@ from canaryml_cli.demo.runner import finished, load_spec_file
 from canaryml_cli.demo.traffic import drift_shift, read_rows
 from canaryml_cli.demo.values import bound_text
 from canaryml_cli.demo.view import DemoView, analysis_line, render
-from canaryml_operator import api
 from canaryml_operator import measurements as m
 from canaryml_operator.children import TrackPlan
 from canaryml_operator.measurements import Measurements, Sample, value_text

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from canaryml_api import resource as api
 from canaryml_cli.demo.record import DemoRecord, TimedEvent, WeightChange
 from canaryml_cli.demo.report import (
     DPI,
@@ -26,7 +27,6 @@ from canaryml_cli.demo.report import (
     write_report,
     write_summary,
 )
-from canaryml_operator import api
 from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba

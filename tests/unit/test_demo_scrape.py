@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from canaryml_api import resource as api
 from canaryml_cli.demo.scrape import (
     CUSTOM_NEEDS_PROMETHEUS,
     ScrapedSample,
@@ -18,7 +19,7 @@ from canaryml_cli.demo.scrape import (
     measure_scraped,
     parse_exposition,
 )
-from canaryml_operator import api, checks
+from canaryml_operator import checks
 from canaryml_operator import measurements as m
 from canaryml_operator.checks import (
     FEATURE_DRIFT,

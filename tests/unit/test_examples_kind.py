@@ -28,7 +28,8 @@ from urllib.parse import urlparse
 import kubernetes_validate
 import pytest
 import yaml
-from canaryml_operator import api, children
+from canaryml_api import resource as api
+from canaryml_operator import children
 
 from tests import chart
 from tests.e2e import steps

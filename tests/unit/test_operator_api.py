@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 import pytest
-from canaryml_operator import api
+from canaryml_api import resource as api
 from hypothesis import assume, given
 from hypothesis import strategies as st
 

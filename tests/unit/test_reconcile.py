@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from canaryml_operator import api, children, reconcile
+from canaryml_api import resource as api
+from canaryml_operator import children, reconcile
 from canaryml_operator.children import ANNOTATION_SPEC_HASH, ChildKey, Owner
 from canaryml_operator.reconcile import DeploymentState, Event, Plan, set_condition
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from canaryml_operator import api, rollout
+from canaryml_api import resource as api
 from canaryml_operator import measurements as m
+from canaryml_operator import rollout
 from canaryml_operator.children import Track
 from canaryml_operator.measurements import Measurements, Sample
 from canaryml_operator.reconcile import DeploymentState

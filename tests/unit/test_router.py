@@ -325,7 +325,7 @@ def test_table_validation() -> None:
 
 
 def test_follow_constants_match_the_operator_api() -> None:
-    from canaryml_operator import api
+    from canaryml_api import resource as api
     from canaryml_server import router_follow
 
     assert (router_follow.GROUP, router_follow.VERSION, router_follow.PLURAL) == (

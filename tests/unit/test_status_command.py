@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
-from canaryml_operator import api, rollout
+from canaryml_api import resource as api
 from canaryml_operator import measurements as m
+from canaryml_operator import rollout
 from canaryml_operator.cli import render_status
 from rich.console import Console
 

@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
 import httpx
-from canaryml_operator import api, checks, providers
+from canaryml_api import resource as api
+from canaryml_operator import checks, providers
 from canaryml_operator.measurements import Measurements
 
 from canaryml_cli.demo.scrape import ScrapeHistory, measure_scraped, parse_exposition

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from canaryml_operator import api
+from canaryml_api import resource as api
 from canaryml_operator.measurements import Measurements
 
 from canaryml_cli.demo import scenarios

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from canaryml_operator import api, rollout
+from canaryml_api import resource as api
+from canaryml_operator import rollout
 from canaryml_operator.measurements import Measurements, notation, value_text
 from pydantic import BaseModel
 

@@ -28,7 +28,8 @@ from typing import Any, Final
 
 import httpx
 import yaml
-from canaryml_operator import api, children, rollout
+from canaryml_api import resource as api
+from canaryml_operator import children, rollout
 from canaryml_operator.reconcile import DeploymentState
 from canaryml_server.artifact import MANIFEST_FILE, sha256_file
 from canaryml_server.storage import local_path, scheme_of

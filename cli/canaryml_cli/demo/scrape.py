@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
-from canaryml_operator import api
+from canaryml_api import resource as api
 from canaryml_operator.checks import (
     FEATURE_DRIFT,
     FEATURE_LABEL,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from canaryml_operator import api
+from canaryml_api import resource as api
 from canaryml_operator.measurements import (
     DRIFT,
     ERROR_RATE,

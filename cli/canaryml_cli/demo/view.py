@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final
 
-from canaryml_operator import api
+from canaryml_api import resource as api
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel

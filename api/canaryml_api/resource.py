@@ -1,8 +1,9 @@
 """The ModelDeployment API (canaryml.dev/v1alpha1): the single source of truth.
 
-The CRD in crds/ is generated from these models (`canaryml crd`) and the operator validates
-every object with them again, so an object admitted by an older CRD still gets a clear message.
-Field names are camelCase on the wire, as ../shared/docs/DESIGN.md fixes them.
+The CRD in crds/ is generated from these models (`canaryml crd`); the operator validates every
+object with them again, so an object admitted by an older CRD still gets a clear message, and
+the builtin router reads the object it follows with them too. Field names are camelCase on the
+wire (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ Duration = Annotated[
 ]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
+DEFAULT_SHADOW_PERCENT = 100
+DEFAULT_PROBABILITY_TOLERANCE = 0.05
+
 
 def _list_map(*, key: str) -> dict[str, Any]:
     """CRD markers for a list of objects identified by one field (merged by it, no duplicates)."""
@@ -138,10 +142,12 @@ class CanarySpec(_Model):
 
 class ShadowSpec(_Model):
     model: ModelRef
-    percent: int = Field(default=100, ge=0, le=100, description="share of traffic mirrored")
+    percent: int = Field(
+        default=DEFAULT_SHADOW_PERCENT, ge=0, le=100, description="share of traffic mirrored"
+    )
     replicas: int = Field(default=1, ge=0, le=100)
     probability_tolerance: Fraction = Field(
-        default=0.05,
+        default=DEFAULT_PROBABILITY_TOLERANCE,
         description="shadow and live answers agree when the class is the same and every "
         "probability differs by at most this much",
     )
@@ -307,7 +313,6 @@ class ModelDeploymentSpec(_Model):
 
 
 Phase = Literal["Pending", "Progressing", "Paused", "Promoted", "RolledBack", "Failed", "Stable"]
-ConditionType = Literal["Ready", "Progressing", "Degraded", "RolledBack", "Reconciling", "Stalled"]
 
 
 class _StatusModel(BaseModel):

@@ -1,0 +1,62 @@
+"""The names of the metrics contract: series, labels, label values and HTTP headers.
+
+Each name is written here once. The model server and the router export these series, the
+operator's checks query them, the dashboard and the alerts read them; docs/metrics.md lists
+them with their labels, exporters and readers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- series exported by the model servers and the builtin router ------------------------------
+REQUESTS_TOTAL: Final = "canaryml_requests_total"  # counter: track, version, code, source
+REQUEST_DURATION: Final = "canaryml_request_duration_seconds"  # histogram: track, version, source
+REQUEST_DURATION_BUCKET: Final = f"{REQUEST_DURATION}_bucket"
+FEATURE_DRIFT: Final = "canaryml_feature_drift"  # gauge per feature (PSI), servers only
+PREDICTION_DRIFT: Final = "canaryml_prediction_drift"  # gauge (PSI), servers only
+DRIFT_WINDOW_ROWS: Final = "canaryml_drift_window_rows"
+MODEL_INFO: Final = "canaryml_model_info"
+SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"  # router: track, result
+ROUTER_CANARY_WEIGHT: Final = "canaryml_router_canary_weight"
+ROUTER_SHADOW_PERCENT: Final = "canaryml_router_shadow_percent"
+
+# --- series exported by the operator ----------------------------------------------------------
+OPERATOR_CANARY_WEIGHT: Final = "canaryml_operator_canary_weight"
+OPERATOR_PHASE: Final = "canaryml_operator_phase"
+OPERATOR_STALLED: Final = "canaryml_operator_stalled"
+OPERATOR_HELD_ANALYSES: Final = "canaryml_operator_held_analyses"
+OPERATOR_ANALYSES: Final = "canaryml_operator_analyses"
+OPERATOR_ROLLOUTS: Final = "canaryml_operator_rollouts"
+
+# --- labels -----------------------------------------------------------------------------------
+MODEL_DEPLOYMENT_LABEL: Final = "model_deployment"
+NAMESPACE_LABEL: Final = "namespace"
+TRACK_LABEL: Final = "track"
+VERSION_LABEL: Final = "version"
+CODE_LABEL: Final = "code"
+SOURCE_LABEL: Final = "source"
+FEATURE_LABEL: Final = "feature"  # which input feature a FEATURE_DRIFT series is about
+RESULT_LABEL: Final = "result"
+MODEL_LABEL: Final = "model"
+RUNTIME_LABEL: Final = "runtime"
+
+# Both the router and the servers count requests; `source` says whose view a series is, so a
+# query picks one and never counts a request twice.
+SOURCE_ROUTER: Final = "router"
+SOURCE_SERVER: Final = "server"
+
+# RESULT_LABEL values of SHADOW_COMPARISONS. "error": an answer could not be read or compared;
+# "skipped": no comparison was made (too many mirrors in flight).
+COMPARISON_RESULTS: Final = ("agree", "disagree", "error", "skipped")
+
+# Histogram buckets of REQUEST_DURATION, in seconds, the same for every exporter so that one
+# histogram_quantile reads them all. Fine at the low end: a compiled model answers in well
+# under a millisecond.
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+# --- HTTP headers (lowercase, as ASGI carries them) -------------------------------------------
+VERSION_HEADER: Final = "x-canaryml-model-version"  # the model version that answered
+TRACK_HEADER: Final = "x-canaryml-track"  # the track the router sent the request to
