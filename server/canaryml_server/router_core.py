@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+from canaryml_api import resource
+from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
+from canaryml_api.routing import RoutingPlan, plan_routing
+from canaryml_api.tracks import TRACKS as TRACKS
+from canaryml_api.tracks import LiveTrack, service_url
 
-Track = Literal["stable", "canary", "shadow"]
-LiveTrack = Literal["stable", "canary"]
 Comparison = Literal["agree", "disagree", "error"]
-TRACKS: tuple[Track, ...] = ("stable", "canary", "shadow")
-DEFAULT_PROBABILITY_TOLERANCE = 0.05
 # Sticky values fall into one of this many buckets; weight w (percent) takes the first w * 100.
 BUCKETS = 10_000
 _PER_PERCENT = BUCKETS // 100
@@ -228,81 +229,35 @@ def _close(a: list[list[float]], b: list[list[float]], *, tolerance: float) -> b
 # --- the ModelDeployment object ------------------------------------------------------------------
 
 
-def default_upstream(*, name: str, track: str) -> str:
-    """The operator's Service of the track (port 80), resolved in the router's own namespace."""
-    return f"http://{name}-{track}"
+def table_from_plan(
+    plan: RoutingPlan, *, name: str, upstreams: Mapping[str, str] | None = None
+) -> RoutingTable:
+    """The routing table of a routing plan (`canaryml_api.routing`). Upstreams are the
+    operator's Services NAME-TRACK unless `upstreams` overrides a track; a track the plan does
+    not have gets none."""
+    overrides = upstreams or {}
+    return RoutingTable(
+        upstreams={t: overrides.get(t) or service_url(name, t) for t in plan.tracks},
+        canary_weight=plan.canary_weight,
+        shadow_percent=plan.shadow_percent,
+        sticky_header=plan.sticky_header,
+        versions={track: version for track, version in plan.versions.items()},
+        probability_tolerance=plan.probability_tolerance,
+    )
 
 
 def table_from_model_deployment(
     obj: Mapping[str, Any], *, upstreams: Mapping[str, str] | None = None
 ) -> RoutingTable:
-    """The routing table a ModelDeployment object (as the API returns it) stands for.
+    """The routing table a ModelDeployment object (as the API returns it) stands for: its spec
+    and status read with the API's own models, its weights from the one routing plan.
 
-    canary weight: status.canaryWeight while spec.canary is set, else 0; shadow percent:
-    spec.shadow.percent while spec.shadow is set, else 0. Upstreams are the operator's Services
-    NAME-TRACK unless `upstreams` overrides a track; a track the spec does not have gets none.
-    Raises ValueError when the object cannot be read.
+    Raises ValueError when the object cannot be read (the follower then keeps its last table).
     """
-    metadata = _mapping(obj.get("metadata"), "metadata")
-    name = metadata.get("name")
+    metadata = obj.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
     if not isinstance(name, str) or not name:
         raise ValueError("the object has no metadata.name")
-    spec = _mapping(obj.get("spec"), "spec")
-    status = _mapping(obj.get("status"), "status")
-    model = _mapping(spec.get("model"), "spec.model")
-    canary = _optional_mapping(spec.get("canary"), "spec.canary")
-    shadow = _optional_mapping(spec.get("shadow"), "spec.shadow")
-    routing = _mapping(spec.get("routing"), "spec.routing")
-
-    present: list[Track] = ["stable"]
-    versions: dict[str, str] = {}
-    stable_version = status.get("stableVersion") or model.get("version")
-    if stable_version is not None:
-        versions["stable"] = str(stable_version)
-    canary_weight = 0
-    if canary is not None:
-        present.append("canary")
-        canary_weight = _int(status.get("canaryWeight", 0), "status.canaryWeight")
-        version = _mapping(canary.get("model"), "spec.canary.model").get("version")
-        if version is not None:
-            versions["canary"] = str(version)
-    shadow_percent = 0
-    tolerance = DEFAULT_PROBABILITY_TOLERANCE
-    if shadow is not None:
-        present.append("shadow")
-        shadow_percent = _int(shadow.get("percent", 100), "spec.shadow.percent")
-        raw_tolerance = shadow.get("probabilityTolerance", DEFAULT_PROBABILITY_TOLERANCE)
-        if isinstance(raw_tolerance, bool) or not isinstance(raw_tolerance, int | float):
-            raise ValueError("spec.shadow.probabilityTolerance is not a number")
-        tolerance = float(raw_tolerance)
-        version = _mapping(shadow.get("model"), "spec.shadow.model").get("version")
-        if version is not None:
-            versions["shadow"] = str(version)
-    overrides = upstreams or {}
-    sticky = routing.get("stickyHeader")
-    return RoutingTable(
-        upstreams={t: overrides.get(t) or default_upstream(name=name, track=t) for t in present},
-        canary_weight=canary_weight,
-        shadow_percent=shadow_percent,
-        sticky_header=str(sticky) if sticky else None,
-        versions=versions,
-        probability_tolerance=tolerance,
-    )
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where} is not an object")
-    return value
-
-
-def _optional_mapping(value: Any, where: str) -> Mapping[str, Any] | None:
-    return None if value is None else _mapping(value, where)
-
-
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where} is not an integer: {value!r}")
-    return value
+    spec = resource.parse_spec(obj.get("spec"))
+    status = resource.parse_status(obj.get("status"))
+    return table_from_plan(plan_routing(spec, status), name=name, upstreams=upstreams)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
+from canaryml_api.tracks import TRACKS
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from canaryml_server.router_core import DEFAULT_PROBABILITY_TOLERANCE, TRACKS, RoutingTable
+from canaryml_server.router_core import RoutingTable
 from canaryml_server.router_upstream import url_problem
 
 _HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"

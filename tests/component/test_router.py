@@ -690,8 +690,13 @@ def _spec(**extra: Any) -> dict[str, Any]:
 
 
 async def _set_status(cluster: Cluster, status: dict[str, Any]) -> None:
+    # The status the operator writes during the rollout of _spec()'s canary: its weight goes
+    # to that canary only (canaryml_api.routing).
+    rollout = {"phase": "Progressing", "canaryModel": _spec()["canary"]["model"]}
     await cluster.call(
-        "PATCH", cluster.path("ModelDeployment", NAMESPACE, NAME, "status"), {"status": status}
+        "PATCH",
+        cluster.path("ModelDeployment", NAMESPACE, NAME, "status"),
+        {"status": {**rollout, **status}},
     )
 
 

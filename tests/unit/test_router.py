@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
+from canaryml_api.tracks import service_url
 from canaryml_server.router_core import (
     BUCKETS,
     RoutingTable,
     choose_track,
     compare_answers,
-    default_upstream,
     parse_answer,
     should_mirror,
     sticky_bucket,
@@ -269,12 +269,12 @@ def test_table_of_a_full_object() -> None:
         shadow={"model": {"uri": "s3://m/3", "version": "2.0.0"}, "percent": 40,
                 "probabilityTolerance": 0.1},
         routing={"router": "builtin", "stickyHeader": "x-user-id"},
-        status={"canaryWeight": 10, "stableVersion": "0.9.0"},
+        status={"canaryWeight": 10, "stableVersion": "0.9.0", "phase": "Progressing",
+                "canaryModel": {"uri": "s3://m/2", "version": "1.1.0"}},
     )  # fmt: skip
     table = table_from_model_deployment(obj)
     assert table.upstreams == {
-        track: default_upstream(name="iris", track=track)
-        for track in ("stable", "canary", "shadow")
+        track: service_url("iris", track) for track in ("stable", "canary", "shadow")
     }
     assert table.canary_weight == 10
     assert table.shadow_percent == 40
