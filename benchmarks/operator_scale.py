@@ -4,10 +4,11 @@
     python benchmarks/operator_scale.py [--count 100] [--tracks 3]
 
 Starts kmock's Kubernetes API emulator in this process (with the behaviours of
-tests/kube_emulator.py), runs `canaryml operator --all-namespaces --standalone` as a separate
-process against it, creates COUNT ModelDeployments at once (stable, canary and shadow by default:
-eleven children each, the builtin router's four included) and waits until every one has all
-its children and a status whose observedGeneration is current. It reports:
+testing/canaryml_testing/kube_emulator.py), runs `canaryml operator --all-namespaces
+--standalone` as a separate process against it, creates COUNT ModelDeployments at once
+(stable, canary and shadow by default: eleven children each, the builtin router's four
+included) and waits until every one has all its children and a status whose observedGeneration
+is current. It reports:
 
 - the wall time until then (dominated by the emulator, which looks objects up linearly);
 - the operator process's peak memory (VmHWM) and its growth per resource;
@@ -34,12 +35,11 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "testing"))  # the test support it shares with tests/
 
 from canaryml_api import resource as api  # noqa: E402
-
-from tests.component.operator_harness import Cluster, running_emulator  # noqa: E402
-from tests.kube_emulator import KubeEmulator  # noqa: E402
+from canaryml_testing.cluster import Cluster, running_emulator  # noqa: E402
+from canaryml_testing.kube_emulator import KubeEmulator  # noqa: E402
 
 NS = "scale"
 TARGET_PEAK_MB = 200.0

@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from canaryml_testing.cluster import Cluster, running_emulator, running_operator
 from kubernetes.config import kube_config
-
-from tests.component.operator_harness import Cluster, running_emulator, running_operator
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import copy
 from typing import Any
 
 from canaryml_api import resource as api
-
-from tests.component.operator_harness import Cluster, eventually, running_operator
+from canaryml_testing.cluster import Cluster, eventually, running_operator
 
 NS = "ml"
 STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}

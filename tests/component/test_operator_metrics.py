@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from canaryml_operator import main, metrics, rollout
+from canaryml_testing.cluster import Cluster, eventually
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.component.operator_harness import Cluster, eventually
 
 NS = "default"
 SPEC = {

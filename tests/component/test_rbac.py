@@ -21,16 +21,16 @@ from typing import Any
 import kmock
 import pytest
 from canaryml_operator import metrics, rollout
-from kubernetes.config import kube_config
-
-from tests.chart import find, render
-from tests.component.operator_harness import (
+from canaryml_testing.cluster import (
     TEST_USER_AGENT,
     Cluster,
     eventually,
     running_emulator,
     running_operator,
 )
+from kubernetes.config import kube_config
+
+from tests.chart import find, render
 
 PEERING = "canaryml"  # the chart's peering name: the release's full name
 STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}

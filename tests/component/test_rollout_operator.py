@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 from canaryml_cli.main import app
 from canaryml_operator import rollout
+from canaryml_testing.cluster import Cluster, eventually
 from typer.testing import CliRunner
-
-from tests.component.operator_harness import Cluster, eventually
 
 NS = "default"  # the CLI's namespace when the kubeconfig context names none
 STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}

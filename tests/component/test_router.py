@@ -20,15 +20,14 @@ from canaryml_server.router import RouterApp, create_router_app
 from canaryml_server.router_core import RoutingTable
 from canaryml_server.router_follow import ModelDeploymentFollower, load_configuration
 from canaryml_server.router_upstream import UpstreamPool
-from kubernetes.config import kube_config
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.component.operator_harness import (
+from canaryml_testing.cluster import (
     Cluster,
     eventually,
     running_emulator,
     write_kubeconfig,
 )
+from kubernetes.config import kube_config
+from prometheus_client.parser import text_string_to_metric_families
 
 Handler = Callable[[aiohttp.web.Request, bytes], Awaitable[aiohttp.web.StreamResponse]]
 

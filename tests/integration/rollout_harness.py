@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 import pandas as pd
+from canaryml_testing.cluster import ApiError, Cluster
 
-from tests.component.operator_harness import ApiError, Cluster
 from tests.integration.conftest import free_port, router_command, serve_command, stop, wait_ready
 
 

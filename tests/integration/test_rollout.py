@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from canaryml_testing.cluster import Cluster, eventually, running_emulator, running_operator
 from kubernetes.config import kube_config
 
-from tests.component.operator_harness import Cluster, eventually, running_emulator, running_operator
 from tests.integration.conftest import free_port
 from tests.integration.prometheus import RunningPrometheus, Target
 from tests.integration.rollout_harness import Kubelet, Processes, Traffic, background

@@ -20,7 +20,7 @@ import kopf
 import yaml
 from canaryml_api import resource as api
 
-from tests.kube_emulator import KubeEmulator
+from canaryml_testing.kube_emulator import KubeEmulator
 
 T = TypeVar("T")
 
