@@ -22,6 +22,7 @@ WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY api ./api
 COPY server ./server
+COPY router ./router
 COPY operator ./operator
 COPY cli ./cli
 # The libraries' own test suites (about 110 MB of scipy, pandas, numpy...) are never imported.

@@ -1,1 +1,2 @@
-"""The one `canaryml` command: it gathers the sub-commands of the server and the operator."""
+"""The one `canaryml` command: it gathers the sub-commands of the model server, the router and
+the operator."""

@@ -1,4 +1,8 @@
-"""`canaryml package` and `canaryml serve`."""
+"""`canaryml package`, and `serve`: what `canaryml serve` runs with its settings.
+
+The `serve` command's options are made from `ServerSettings` by the CLI package
+(`canaryml_cli.options`); this module only loads the model and serves it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 if TYPE_CHECKING:
-    from pydantic import ValidationError
+    from canaryml_server.settings import ServerSettings
 
 
 def _fail(message: str) -> typer.Exit:
@@ -102,50 +106,17 @@ def package(
     typer.echo(result.digest)
 
 
-def serve(
-    model: Annotated[
-        str | None,
-        typer.Argument(help="Artifact folder or URI (default: $CANARYML_MODEL_URI)."),
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address [0.0.0.0].")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [8080].")] = None,
-    track: Annotated[str | None, typer.Option(help="stable, canary or shadow.")] = None,
-    model_deployment: Annotated[
-        str | None, typer.Option(help="ModelDeployment name for the metrics labels.")
-    ] = None,
-    sha256: Annotated[
-        str | None, typer.Option(help="Expected artifact digest (sha256 of manifest.json).")
-    ] = None,
-) -> None:
+def serve(settings: ServerSettings) -> None:
     """Serve a packaged model over HTTP (/predict, Open Inference Protocol v2, /metrics).
 
     Every option can also be set by environment variable (CANARYML_*); see docs/serving.md.
     """
     import uvicorn
-    from pydantic import ValidationError
 
     from canaryml_server.app import create_app
     from canaryml_server.artifact import ArtifactError, load_artifact
-    from canaryml_server.settings import ServerSettings
     from canaryml_server.storage import fetch_model
 
-    overrides = {
-        "model_uri": model,
-        "host": host,
-        "port": port,
-        "track": track,
-        "model_deployment": model_deployment,
-        "model_sha256": sha256,
-    }
-    try:
-        settings = ServerSettings.model_validate(
-            {k: v for k, v in overrides.items() if v is not None}
-        )
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
-        )
-        raise _fail(f"invalid settings: {problems}") from error
     try:
         folder = fetch_model(
             settings.model_uri,
@@ -182,170 +153,6 @@ def serve(
     )
 
 
-def router(
-    model_deployment: Annotated[
-        str | None,
-        typer.Option(help="ModelDeployment name: followed with --follow, and the metrics label."),
-    ] = None,
-    follow: Annotated[
-        bool | None,
-        typer.Option(
-            "--follow/--no-follow",
-            help="Follow the ModelDeployment's weights through a Kubernetes watch "
-            "(default: static weights).",
-        ),
-    ] = None,
-    namespace: Annotated[
-        str | None,
-        typer.Option(
-            help="Its namespace [$CANARYML_NAMESPACE, else the pod's, else the "
-            "kubeconfig context's]."
-        ),
-    ] = None,
-    upstream: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="TRACK=URL of a track's model servers (repeatable); with --follow it "
-            "overrides the default http://NAME-TRACK."
-        ),
-    ] = None,
-    canary_weight: Annotated[
-        int | None, typer.Option(help="Static mode: percent of traffic to the canary [0].")
-    ] = None,
-    shadow_percent: Annotated[
-        int | None,
-        typer.Option(help="Static mode: percent of prediction requests mirrored [0]."),
-    ] = None,
-    sticky_header: Annotated[
-        str | None,
-        typer.Option(
-            help="Static mode: requests with the same value of this header stay on one track."
-        ),
-    ] = None,
-    version: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Static mode: TRACK=VERSION for the metrics of upstreams that do "
-            "not send x-canaryml-model-version (repeatable)."
-        ),
-    ] = None,
-    probability_tolerance: Annotated[
-        float | None,
-        typer.Option(help="Static mode: shadow and live probabilities agree within this [0.05]."),
-    ] = None,
-    admin: Annotated[
-        bool | None,
-        typer.Option(
-            "--admin/--no-admin",
-            help="Static mode: accept PUT /router/weights {canaryWeight, shadowPercent}.",
-        ),
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address [0.0.0.0].")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [8080].")] = None,
-    upstream_timeout: Annotated[
-        float | None, typer.Option(help="Seconds to wait for a track's answer, then 504 [30].")
-    ] = None,
-    shadow_timeout: Annotated[
-        float | None, typer.Option(help="Seconds to wait for the shadow's answer [5].")
-    ] = None,
-    max_mirrors: Annotated[
-        int | None, typer.Option(help="Mirrors in flight at most; more are skipped [64].")
-    ] = None,
-    log_level: Annotated[
-        str | None, typer.Option(help="critical, error, warning, info (default) or debug.")
-    ] = None,
-) -> None:
-    """Route a ModelDeployment's traffic: weighted or sticky split between stable and canary,
-    mirroring to the shadow, shadow comparison, Prometheus metrics at /metrics.
-
-    Every option can also be set by environment variable (CANARYML_ROUTER_*, and
-    CANARYML_MODEL_DEPLOYMENT, CANARYML_NAMESPACE); see docs/operator.md ("The router").
-    """
-    import logging
-
-    from pydantic import ValidationError
-
-    from canaryml_server.router import create_router_app
-    from canaryml_server.router_server import run_router
-    from canaryml_server.router_settings import RouterSettings
-
-    overrides = {
-        "model_deployment": model_deployment,
-        "follow": follow,
-        "namespace": namespace,
-        "upstreams": upstream or None,
-        "canary_weight": canary_weight,
-        "shadow_percent": shadow_percent,
-        "sticky_header": sticky_header,
-        "versions": version or None,
-        "probability_tolerance": probability_tolerance,
-        "admin": admin,
-        "host": host,
-        "port": port,
-        "upstream_timeout": upstream_timeout,
-        "shadow_timeout": shadow_timeout,
-        "max_mirrors": max_mirrors,
-        "log_level": log_level,
-    }
-    try:
-        settings = RouterSettings.model_validate(
-            {k: v for k, v in overrides.items() if v is not None}
-        )
-    except ValidationError as error:
-        raise _fail(f"invalid settings: {_problems(error)}") from error
-    logging.basicConfig(
-        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if settings.follow:
-        from canaryml_server.router_follow import ModelDeploymentFollower, default_namespace
-
-        follower = ModelDeploymentFollower(
-            name=settings.model_deployment,
-            namespace=settings.namespace or default_namespace(),
-            upstreams=settings.upstreams,
-        )
-        app = create_router_app(
-            model_deployment=settings.model_deployment,
-            weight_source=follower.run,
-            upstream_timeout=settings.upstream_timeout,
-            shadow_timeout=settings.shadow_timeout,
-            max_mirrors=settings.max_mirrors,
-        )
-        what = f"following {follower.namespace}/{follower.name}"
-    else:
-        try:
-            table = settings.static_table()
-        except ValueError as error:
-            raise _fail(str(error)) from error
-        app = create_router_app(
-            model_deployment=settings.model_deployment,
-            table=table,
-            admin=settings.admin,
-            upstream_timeout=settings.upstream_timeout,
-            shadow_timeout=settings.shadow_timeout,
-            max_mirrors=settings.max_mirrors,
-        )
-        what = f"canary {table.canary_weight}%, shadow {table.shadow_percent}%" + (
-            ", admin" if settings.admin else ""
-        )
-    gc.collect()
-    gc.freeze()  # as in serve: keep long-lived objects out of the collector's full passes
-    typer.secho(
-        f"routing {settings.model_deployment} ({what}) on {settings.host}:{settings.port}",
-        err=True,
-    )
-    sys.stdout.flush()
-    run_router(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
-    )
-
-
 def register(app: typer.Typer) -> None:
+    """`canaryml package`; `canaryml serve` is made from ServerSettings by the CLI package."""
     app.command()(package)
-    app.command()(serve)
-    app.command()(router)

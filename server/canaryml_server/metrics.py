@@ -1,31 +1,37 @@
 """Prometheus metrics of one server, on a registry of its own (one per app, as MLServer does).
 
-Names and labels follow the metrics contract in docs/DESIGN.md; the operator's analysis queries
-them. Drift gauges are computed from the window's bin counts at scrape time.
+Names and labels are the metrics contract of `canaryml_api.telemetry` (docs/metrics.md); the
+operator's analysis queries them. Drift gauges are computed from the window's bin counts at
+scrape time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from canaryml_api.telemetry import (
+    CODE_LABEL,
+    DRIFT_WINDOW_ROWS,
+    FEATURE_DRIFT,
+    FEATURE_LABEL,
+    LATENCY_BUCKETS,
+    MODEL_DEPLOYMENT_LABEL,
+    MODEL_INFO,
+    MODEL_LABEL,
+    PREDICTION_DRIFT,
+    REQUEST_DURATION,
+    REQUESTS_TOTAL,
+    RUNTIME_LABEL,
+    SOURCE_LABEL,
+    SOURCE_SERVER,
+    TRACK_LABEL,
+    VERSION_LABEL,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from canaryml_server.drift import DriftMonitor
-
-# Fine at the low end: a compiled model answers in well under a millisecond.
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-
-REQUESTS_TOTAL = "canaryml_requests_total"
-REQUEST_DURATION = "canaryml_request_duration_seconds"
-FEATURE_DRIFT = "canaryml_feature_drift"
-PREDICTION_DRIFT = "canaryml_prediction_drift"
-DRIFT_WINDOW_ROWS = "canaryml_drift_window_rows"
-MODEL_INFO = "canaryml_model_info"
-SOURCE = "server"
 
 
 class DriftCollector(Collector):
@@ -48,7 +54,7 @@ class DriftCollector(Collector):
         features = GaugeMetricFamily(
             FEATURE_DRIFT,
             "PSI of the feature's recent values against the training reference",
-            labels=[*names, "feature"],
+            labels=[*names, FEATURE_LABEL],
         )
         for feature, value in report.feature_psi.items():
             features.add_metric([*values, feature], value)
@@ -63,6 +69,8 @@ class DriftCollector(Collector):
 
 
 class ServerMetrics:
+    """The request counter and latency histogram, the model's info, and drift when watched."""
+
     def __init__(
         self,
         *,
@@ -74,13 +82,17 @@ class ServerMetrics:
         runtime: str,
     ) -> None:
         self.registry = registry
-        self.labels = {"model_deployment": model_deployment, "track": track, "version": version}
+        self.labels = {
+            MODEL_DEPLOYMENT_LABEL: model_deployment,
+            TRACK_LABEL: track,
+            VERSION_LABEL: version,
+        }
         # The router counts the same requests with source="router": a query picks one view.
-        self._request_labels = {**self.labels, "source": SOURCE}
+        self._request_labels = {**self.labels, SOURCE_LABEL: SOURCE_SERVER}
         self._requests = Counter(
             REQUESTS_TOTAL.removesuffix("_total"),
             "Prediction requests by HTTP status code",
-            [*self._request_labels, "code"],
+            [*self._request_labels, CODE_LABEL],
             registry=registry,
         )
         self._duration = Histogram(
@@ -93,21 +105,25 @@ class ServerMetrics:
         info = Gauge(
             MODEL_INFO,
             "The model this server answers with (always 1)",
-            [*self.labels, "model", "runtime"],
+            [*self.labels, MODEL_LABEL, RUNTIME_LABEL],
             registry=registry,
         )
-        info.labels(**self.labels, model=model_name, runtime=runtime).set(1)
+        info.labels(**self.labels, **{MODEL_LABEL: model_name, RUNTIME_LABEL: runtime}).set(1)
         self._by_code: dict[int, Counter] = {}
         # Series at 0 before the first request: Prometheus takes a new series' first sample as
         # its baseline, so a 500 series born at 1 would hide that first error from increase().
         for code in (200, 500):
-            self._by_code[code] = self._requests.labels(**self._request_labels, code=str(code))
+            self._counter_of(code)
+
+    def _counter_of(self, code: int) -> Counter:
+        counter = self._requests.labels(**self._request_labels, **{CODE_LABEL: str(code)})
+        self._by_code[code] = counter
+        return counter
 
     def observe_request(self, *, code: int, seconds: float) -> None:
         counter = self._by_code.get(code)
         if counter is None:
-            counter = self._requests.labels(**self._request_labels, code=str(code))
-            self._by_code[code] = counter
+            counter = self._counter_of(code)
         counter.inc()
         self._duration.observe(seconds)
 

@@ -1,6 +1,7 @@
 """Server settings: every option of `canaryml serve` is also a CANARYML_* environment variable.
 
-docs/serving.md ("Configuration") lists them all with their defaults.
+Each field's default and description are also its flag's default and help (the CLI package
+makes the command's options from this class); docs/serving.md ("Configuration") lists them all.
 """
 
 from __future__ import annotations
@@ -8,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from canaryml_api.tracks import Track
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-Track = Literal["stable", "canary", "shadow"]
 
 
 class ServerSettings(BaseSettings):
@@ -19,31 +19,81 @@ class ServerSettings(BaseSettings):
         env_prefix="CANARYML_", extra="ignore", protected_namespaces=()
     )
 
-    model_uri: str
-    model_sha256: str | None = None
-    require_sha256: bool = False
-    trusted_sources: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    model_name: str | None = None
-    model_version: str | None = None
-    model_deployment: str | None = None
-    track: Track = "stable"
-    host: str = "0.0.0.0"
-    port: int = Field(default=8080, ge=0, le=65535)
-    runtime: Literal["auto", "sklearn"] = "auto"
-    onnx_threads: int = Field(default=1, ge=1)
-    drift_enabled: bool = True
-    drift_window: int = Field(default=1000, ge=10)
-    drift_min_rows: int = Field(default=100, ge=1)
-    metrics_enabled: bool = True
-    unknown_categories: Literal["reject", "allow"] = "reject"
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_batch_rows: int = Field(default=10_000, ge=1)
-    model_cache_dir: Path | None = None
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    model_uri: str = Field(description="Artifact folder or URI of the model to serve.")
+    model_sha256: str | None = Field(
+        default=None,
+        description="Expected artifact digest (sha256 of manifest.json); a mismatch refuses to "
+        "load.",
+    )
+    require_sha256: bool = Field(
+        default=False, description="Refuse to unpickle any model when no digest is configured."
+    )
+    trusted_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated URI prefixes; models from anywhere else are refused.",
+    )
+    model_name: str | None = Field(
+        default=None, description="The name under /v2/models/{name} (default: the manifest's)."
+    )
+    model_version: str | None = Field(
+        default=None,
+        description="The version reported and used as the version label (default: the manifest's).",
+    )
+    model_deployment: str | None = Field(
+        default=None,
+        description="ModelDeployment name for the metrics labels (default: the model's name).",
+    )
+    track: Track = Field(default="stable", description="stable, canary or shadow.")
+    host: str = Field(default="0.0.0.0", description="Listen address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
+    runtime: Literal["auto", "sklearn"] = Field(
+        default="auto", description="auto (the artifact's verified choice) or sklearn."
+    )
+    onnx_threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads.")
+    drift_enabled: bool = Field(default=True, description="Keep the drift window.")
+    drift_window: int = Field(default=1000, ge=10, description="Rows in the drift window.")
+    drift_min_rows: int = Field(
+        default=100,
+        ge=1,
+        description="Drift series appear once the window holds this many rows.",
+    )
+    metrics_enabled: bool = Field(default=True, description="Count requests and latencies.")
+    unknown_categories: Literal["reject", "allow"] = Field(
+        default="reject", description="reject or allow categories unseen in the reference."
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    max_batch_rows: int = Field(default=10_000, ge=1, description="Larger batches get 413.")
+    model_cache_dir: Path | None = Field(
+        default=None,
+        description="Where remote artifacts are downloaded (default: a temporary folder).",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="critical, error, warning, info, debug or trace."
+    )
     # Fault injection for demos: bad canaries on demand. Off (all zero) in any real deployment.
-    inject_errors: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
-    inject_latency: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    inject_latency_fraction: float = Field(default=1.0, ge=0, le=1, allow_inf_nan=False)
+    inject_errors: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Demos only: fraction of prediction requests answered 500 without "
+        "calling the model.",
+    )
+    inject_latency: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Demos only: seconds added to a prediction request.",
+    )
+    inject_latency_fraction: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Demos only: fraction of prediction requests that get that latency.",
+    )
 
     @field_validator("trusted_sources", mode="before")
     @classmethod

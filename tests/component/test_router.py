@@ -16,10 +16,10 @@ import aiohttp.web
 import httpx
 import pytest
 import yaml
-from canaryml_server.router import RouterApp, create_router_app
-from canaryml_server.router_core import RoutingTable
-from canaryml_server.router_follow import ModelDeploymentFollower, load_configuration
-from canaryml_server.router_upstream import UpstreamPool
+from canaryml_router.app import RouterApp, create_router_app
+from canaryml_router.core import RoutingTable
+from canaryml_router.follow import ModelDeploymentFollower, load_configuration
+from canaryml_router.upstream import UpstreamPool
 from canaryml_testing.cluster import (
     Cluster,
     eventually,

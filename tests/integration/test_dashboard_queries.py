@@ -21,9 +21,9 @@ from wsgiref.simple_server import WSGIServer
 
 import httpx
 import pytest
+from canaryml_router.metrics import RouterMetrics
 from canaryml_server.drift import DriftMonitor, DriftReport
 from canaryml_server.metrics import REQUESTS_TOTAL, ServerMetrics
-from canaryml_server.router_metrics import RouterMetrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from .prometheus import RunningPrometheus, Target

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from canaryml_api.telemetry import ROUTER_CANARY_WEIGHT as CANARY_WEIGHT
+from canaryml_api.telemetry import ROUTER_SHADOW_PERCENT as SHADOW_PERCENT
+from canaryml_api.telemetry import SHADOW_COMPARISONS
+from canaryml_api.telemetry import SOURCE_ROUTER as ROUTER_SOURCE
 from canaryml_server.metrics import (
     DRIFT_WINDOW_ROWS,
     FEATURE_DRIFT,
@@ -26,12 +30,6 @@ from canaryml_server.metrics import (
     REQUEST_DURATION,
     REQUESTS_TOTAL,
 )
-from canaryml_server.router_metrics import (
-    CANARY_WEIGHT,
-    SHADOW_COMPARISONS,
-    SHADOW_PERCENT,
-)
-from canaryml_server.router_metrics import SOURCE as ROUTER_SOURCE
 
 DASHBOARD_PATH = Path(__file__).parents[2] / "charts" / "canaryml" / "dashboards" / "canaryml.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import typer
-from canaryml_server import cli as server_cli
+from canaryml_cli.main import app
 from canaryml_server.artifact import MANIFEST_FILE, load_artifact, sha256_file
 from typer.testing import CliRunner, Result
 
@@ -24,8 +23,6 @@ def _no_source_date(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _invoke(argv: list[str]) -> Result:
-    app = typer.Typer()
-    server_cli.register(app)
     return CliRunner().invoke(app, argv)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from canaryml_api.tracks import service_url
-from canaryml_server.router_core import (
+from canaryml_router.core import (
     BUCKETS,
     RoutingTable,
     choose_track,
@@ -20,7 +20,7 @@ from canaryml_server.router_core import (
     sticky_bucket,
     table_from_model_deployment,
 )
-from canaryml_server.router_settings import RouterSettings
+from canaryml_router.settings import RouterSettings
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -92,7 +92,7 @@ def test_sticky_bucket_does_not_depend_on_the_process() -> None:
     import subprocess
     import sys
 
-    code = "from canaryml_server.router_core import sticky_bucket; print(sticky_bucket('alice'))"
+    code = "from canaryml_router.core import sticky_bucket; print(sticky_bucket('alice'))"
     other = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -326,7 +326,7 @@ def test_table_validation() -> None:
 
 def test_follow_constants_match_the_operator_api() -> None:
     from canaryml_api import resource as api
-    from canaryml_server import router_follow
+    from canaryml_router import follow as router_follow
 
     assert (router_follow.GROUP, router_follow.VERSION, router_follow.PLURAL) == (
         api.GROUP,

@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 import pandas as pd
-from canaryml_server.router_core import RoutingTable, choose_track
+from canaryml_api.telemetry import TRACK_HEADER
+from canaryml_router.core import RoutingTable, choose_track
 
 from canaryml_cli.demo.processes import DemoError
 from canaryml_cli.demo.record import DemoRecord
@@ -121,6 +122,6 @@ class Traffic:
             self.record.codes[0] += 1
             return
         self.record.codes[response.status_code] += 1
-        track = response.headers.get("x-canaryml-track")  # the router names who answered
+        track = response.headers.get(TRACK_HEADER)  # the router names who answered
         if track:
             self.record.requests[track] += 1

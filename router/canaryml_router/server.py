@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from canaryml_server.router import RouterApp
+from canaryml_router.app import RouterApp
 
 
 class CorkedTransport:

@@ -1,15 +1,16 @@
 """The router's decisions as pure functions: which track answers, whether to mirror, whether the
 shadow agreed, and the routing table a ModelDeployment object stands for.
 
-No I/O here, so every rule of the data plane is unit-tested with plain values; the ASGI app in
-`router.py` only feeds them the request's header and a random draw.
+No I/O here (an import-linter contract holds it), so every rule of the data plane is
+unit-tested with plain values; the proxy (`proxy.py`) and the mirror (`mirror.py`) only feed
+them the request's header, a random draw and the answers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -81,6 +82,12 @@ class RoutingTable:
             "upstreams": dict(self.upstreams),
             "versions": dict(self.versions),
         }
+
+
+ApplyTable = Callable[[RoutingTable], None]
+"""Routes every request from now on by the table it is given (the app's `set_table`)."""
+WeightSource = Callable[[ApplyTable], Awaitable[None]]
+"""Runs for the router's lifetime and calls its argument with each new routing table."""
 
 
 def sticky_bucket(value: str) -> int:

@@ -1,8 +1,9 @@
 """Prometheus metrics of the router, on a registry of its own, served at the router's /metrics.
 
-Names and labels follow the metrics contract in docs/DESIGN.md. The request series carry
-`source="router"` (the model servers' carry `source="server"`), so a query picks one view of the
-traffic and never counts a request twice.
+Names and labels are the metrics contract of `canaryml_api.telemetry` (docs/metrics.md). The
+request series carry
+`source="router"` (the model servers' carry `source="server"`), so a query picks one view of
+the traffic and never counts a request twice.
 
 The request counter and histogram are plain numbers turned into metric families at scrape time,
 not prometheus_client's Counter and Histogram: those take a lock per increment and walk the
@@ -16,18 +17,27 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 
+from canaryml_api.telemetry import (
+    CODE_LABEL,
+    COMPARISON_RESULTS,
+    LATENCY_BUCKETS,
+    MODEL_DEPLOYMENT_LABEL,
+    REQUEST_DURATION,
+    REQUESTS_TOTAL,
+    RESULT_LABEL,
+    ROUTER_CANARY_WEIGHT,
+    ROUTER_SHADOW_PERCENT,
+    SHADOW_COMPARISONS,
+    SOURCE_LABEL,
+    SOURCE_ROUTER,
+    TRACK_LABEL,
+    VERSION_LABEL,
+)
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from canaryml_server.metrics import LATENCY_BUCKETS, REQUEST_DURATION, REQUESTS_TOTAL
-
-SHADOW_COMPARISONS = "canaryml_shadow_comparisons_total"
-CANARY_WEIGHT = "canaryml_router_canary_weight"
-SHADOW_PERCENT = "canaryml_router_shadow_percent"
-SOURCE = "router"
-COMPARISON_RESULTS = ("agree", "disagree", "error", "skipped")
 DECLARED_CODES = (200, 500, 502, 503, 504)
 
 
@@ -53,15 +63,15 @@ class _RouterCollector(Collector):
         requests = CounterMetricFamily(
             REQUESTS_TOTAL,
             "Requests answered through the router, by the track that answered and status code",
-            labels=["model_deployment", "track", "version", "code", "source"],
+            labels=[MODEL_DEPLOYMENT_LABEL, TRACK_LABEL, VERSION_LABEL, CODE_LABEL, SOURCE_LABEL],
         )
         for (track, version, code), count in sorted(self.requests.items()):
-            requests.add_metric([self.deployment, track, version, str(code), SOURCE], count)
+            requests.add_metric([self.deployment, track, version, str(code), SOURCE_ROUTER], count)
         yield requests
         durations = HistogramMetricFamily(
             REQUEST_DURATION,
             "Time from a request's arrival at the router to its answer being ready, by track",
-            labels=["model_deployment", "track", "version", "source"],
+            labels=[MODEL_DEPLOYMENT_LABEL, TRACK_LABEL, VERSION_LABEL, SOURCE_LABEL],
         )
         bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
         for (track, version), histogram in sorted(self.durations.items()):
@@ -70,14 +80,14 @@ class _RouterCollector(Collector):
                 cumulative += count
                 buckets.append((bound, float(cumulative)))
             durations.add_metric(
-                [self.deployment, track, version, SOURCE], buckets, histogram.total
+                [self.deployment, track, version, SOURCE_ROUTER], buckets, histogram.total
             )
         yield durations
         comparisons = CounterMetricFamily(
             SHADOW_COMPARISONS,
             "Shadow answers compared with the live answer of `track`: agree, disagree, error "
             "(the shadow failed or timed out) or skipped (too many mirrors in flight)",
-            labels=["model_deployment", "track", "result"],
+            labels=[MODEL_DEPLOYMENT_LABEL, TRACK_LABEL, RESULT_LABEL],
         )
         for (track, result), count in sorted(self.comparisons.items()):
             comparisons.add_metric([self.deployment, track, result], count)
@@ -90,17 +100,17 @@ class RouterMetrics:
         self._collector = _RouterCollector(model_deployment)
         registry.register(self._collector)
         self._canary_weight = Gauge(
-            CANARY_WEIGHT,
+            ROUTER_CANARY_WEIGHT,
             "Percent of traffic the router sends to the canary",
-            ["model_deployment"],
+            [MODEL_DEPLOYMENT_LABEL],
             registry=registry,
-        ).labels(model_deployment=model_deployment)
+        ).labels(model_deployment)
         self._shadow_percent = Gauge(
-            SHADOW_PERCENT,
+            ROUTER_SHADOW_PERCENT,
             "Percent of prediction requests the router mirrors to the shadow",
-            ["model_deployment"],
+            [MODEL_DEPLOYMENT_LABEL],
             registry=registry,
-        ).labels(model_deployment=model_deployment)
+        ).labels(model_deployment)
 
     def observe_request(self, *, track: str, version: str, code: int, seconds: float) -> None:
         collector = self._collector

@@ -1,7 +1,9 @@
 """Router settings: every option of `canaryml router` is also an environment variable.
 
 CANARYML_ROUTER_* for the router's own options; the ModelDeployment and namespace also read
-CANARYML_MODEL_DEPLOYMENT and CANARYML_NAMESPACE, the names the model servers use.
+CANARYML_MODEL_DEPLOYMENT and CANARYML_NAMESPACE, the names the model servers use. Each field's
+default and description are also its flag's default and help (the CLI package makes the
+command's options from this class).
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
+from canaryml_api.telemetry import VERSION_HEADER
 from canaryml_api.tracks import TRACKS
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from canaryml_server.router_core import RoutingTable
-from canaryml_server.router_upstream import url_problem
+from canaryml_router.core import RoutingTable
+from canaryml_router.upstream import url_problem
 
 _HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
@@ -48,25 +51,67 @@ class RouterSettings(BaseSettings):
         validation_alias=AliasChoices(
             "CANARYML_ROUTER_MODEL_DEPLOYMENT", "CANARYML_MODEL_DEPLOYMENT"
         ),
+        description="ModelDeployment name: followed with --follow, and the metrics label.",
     )
     namespace: str | None = Field(
         default=None,
         validation_alias=AliasChoices("CANARYML_ROUTER_NAMESPACE", "CANARYML_NAMESPACE"),
+        description="Its namespace (default: the pod's, else the kubeconfig context's).",
     )
-    follow: bool = False
-    canary_weight: int = Field(default=0, ge=0, le=100)
-    shadow_percent: int = Field(default=0, ge=0, le=100)
-    sticky_header: str | None = Field(default=None, max_length=256, pattern=_HEADER_PATTERN)
-    upstreams: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    versions: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    probability_tolerance: float = Field(default=DEFAULT_PROBABILITY_TOLERANCE, ge=0, le=1)
-    admin: bool = False
-    host: str = "0.0.0.0"
-    port: int = Field(default=8080, ge=0, le=65535)
-    upstream_timeout: float = Field(default=30.0, gt=0)
-    shadow_timeout: float = Field(default=5.0, gt=0)
-    max_mirrors: int = Field(default=64, ge=0)
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    follow: bool = Field(
+        default=False,
+        description="Follow the ModelDeployment's weights through a Kubernetes watch; "
+        "without it the weights are static.",
+    )
+    canary_weight: int = Field(
+        default=0, ge=0, le=100, description="Static mode: percent of traffic to the canary."
+    )
+    shadow_percent: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Static mode: percent of prediction requests mirrored to the shadow.",
+    )
+    sticky_header: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=_HEADER_PATTERN,
+        description="Static mode: requests with the same value of this header stay on one track.",
+    )
+    upstreams: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="TRACK=URL of a track's model servers (repeatable, or comma-separated); "
+        "with --follow it overrides the default http://NAME-TRACK.",
+    )
+    versions: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Static mode: TRACK=VERSION for the metrics of upstreams that do not "
+        f"send {VERSION_HEADER} (repeatable, or comma-separated).",
+    )
+    probability_tolerance: float = Field(
+        default=DEFAULT_PROBABILITY_TOLERANCE,
+        ge=0,
+        le=1,
+        description="Static mode: shadow and live probabilities agree within this.",
+    )
+    admin: bool = Field(
+        default=False,
+        description="Static mode: accept PUT /router/weights {canaryWeight, shadowPercent}.",
+    )
+    host: str = Field(default="0.0.0.0", description="Listen address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
+    upstream_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait for a track's answer, then 504."
+    )
+    shadow_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for the shadow's answer."
+    )
+    max_mirrors: int = Field(
+        default=64, ge=0, description="Mirrors in flight at most; more are skipped."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="critical, error, warning, info, debug or trace."
+    )
 
     @field_validator("upstreams", mode="before")
     @classmethod

@@ -23,17 +23,14 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from canaryml_api.resource import GROUP, PLURAL, VERSION
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from canaryml_server.router import ApplyTable
-from canaryml_server.router_core import table_from_model_deployment
+from canaryml_router.core import ApplyTable, table_from_model_deployment
 
 log = logging.getLogger("canaryml.router.follow")
 
-GROUP = "canaryml.dev"
-VERSION = "v1alpha1"
-PLURAL = "modeldeployments"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 

@@ -1,0 +1,217 @@
+"""The router's own endpoints: /metrics, /router/healthz, /router/readyz and /router/weights.
+
+`GET /router/weights` shows the table; `PUT /router/weights` changes it, only with `admin`
+(static weights): with a weight source the ModelDeployment's status sets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from canaryml_router.asgi import (
+    Answer,
+    BodyTooLargeError,
+    ClientGoneError,
+    Receive,
+    Scope,
+    Send,
+    json_answer,
+    read_body,
+    respond,
+)
+from canaryml_router.core import TRACKS
+from canaryml_router.routes import Routes
+from canaryml_router.upstream import url_problem
+
+PATHS = frozenset({"/metrics", "/router/healthz", "/router/readyz", "/router/weights"})
+PREFIX = "/router/"  # every path under it is the router's, known or not
+
+
+def _known_tracks(value: dict[str, str], what: str) -> None:
+    unknown = sorted(set(value) - set(TRACKS))
+    if unknown:
+        raise ValueError(f"unknown track(s) {unknown} in {what}: use stable, canary or shadow")
+
+
+class WeightsUpdate(BaseModel):
+    """The body of `PUT /router/weights`: any part of what GET shows that an admin may change.
+
+    `upstreams` and `versions` are merged into the table per track, so one PUT can point the
+    stable track at a newly started server and relabel it (a local promotion).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+    canary_weight: StrictInt | None = Field(default=None, ge=0, le=100, alias="canaryWeight")
+    shadow_percent: StrictInt | None = Field(default=None, ge=0, le=100, alias="shadowPercent")
+    upstreams: dict[str, StrictStr] | None = None
+    versions: dict[str, StrictStr] | None = None
+
+    @field_validator("upstreams")
+    @classmethod
+    def _http_urls(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        _known_tracks(value, "upstreams")
+        for track, url in value.items():
+            problem = url_problem(url)
+            if problem is not None:
+                raise ValueError(f"upstream of {track} {url!r}: {problem}")
+        return value
+
+    @field_validator("versions")
+    @classmethod
+    def _nonempty_versions(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        _known_tracks(value, "versions")
+        empty = sorted(track for track, version in value.items() if not version.strip())
+        if empty:
+            raise ValueError(f"empty version for {empty}: a version labels the metrics")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> WeightsUpdate:
+        if (
+            self.canary_weight is None
+            and self.shadow_percent is None
+            and not self.upstreams
+            and not self.versions
+        ):
+            raise ValueError(
+                "nothing to change: send canaryWeight, shadowPercent or both, "
+                "and/or upstreams or versions"
+            )
+        return self
+
+
+def _invalid(error: ValidationError) -> Answer:
+    problems = [
+        {"loc": ["body", *item["loc"]], "msg": item["msg"], "type": item["type"]}
+        for item in error.errors(include_url=False)
+    ]
+    message = "; ".join(
+        f"{'.'.join(map(str, p['loc'][1:])) or 'body'}: {p['msg']}" for p in problems
+    )
+    return json_answer(422, {"error": f"invalid weights: {message}", "detail": problems})
+
+
+class AdminEndpoints:
+    """Answers the router's own paths (PATHS, and 404 for others under PREFIX).
+
+    `source` says where the weights come from: "follow" (a weight source) or "static".
+    """
+
+    def __init__(
+        self,
+        *,
+        model_deployment: str,
+        routes: Routes,
+        registry: CollectorRegistry,
+        source: Literal["follow", "static"],
+        admin: bool,
+    ) -> None:
+        self.model_deployment = model_deployment
+        self._routes = routes
+        self._registry = registry
+        self._source = source
+        self._admin = admin
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        allowed = ("GET", "HEAD", "PUT") if path == "/router/weights" else ("GET", "HEAD")
+        if path not in PATHS:
+            answer = json_answer(404, {"error": f"no router endpoint {path}"})
+        elif method not in allowed:
+            status, headers, body = json_answer(
+                405, {"error": f"{method} is not allowed on {path}"}
+            )
+            answer = (status, [*headers, (b"allow", ", ".join(allowed).encode())], body)
+        elif method == "PUT":
+            try:
+                payload = await read_body(receive)
+            except ClientGoneError:
+                return
+            except BodyTooLargeError:
+                payload = b"?"
+            answer = self.put_weights(payload)
+        else:
+            answer = self._get(path)
+        status, headers, body = answer
+        await respond(send, status, headers, b"" if method == "HEAD" else body)
+
+    def _get(self, path: str) -> Answer:
+        if path == "/metrics":
+            return (
+                200,
+                [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+                generate_latest(self._registry),
+            )
+        if path == "/router/healthz":
+            return json_answer(200, {"live": True})
+        if path == "/router/readyz":
+            if self._routes.current is not None:
+                return json_answer(200, {"ready": True})
+            return json_answer(503, {"ready": False, "reason": "no routing table yet"})
+        return self.get_weights()
+
+    def get_weights(self) -> Answer:
+        table = self._routes.table
+        if table is None:
+            return json_answer(503, {"error": "no routing table yet"})
+        return json_answer(
+            200,
+            {
+                "modelDeployment": self.model_deployment,
+                "source": self._source,
+                "admin": self._admin,
+                **table.as_json(),
+            },
+        )
+
+    def put_weights(self, payload: bytes) -> Answer:
+        if not self._admin:
+            reason = (
+                "the weights follow the ModelDeployment: change its status instead"
+                if self._source == "follow"
+                else "the weights are read-only: start the router with --admin to change them"
+            )
+            return json_answer(403, {"error": reason})
+        try:
+            update = WeightsUpdate.model_validate_json(payload)
+        except ValidationError as error:
+            return _invalid(error)
+        table = self._routes.table
+        assert table is not None  # admin mode always starts with a table
+        # Merged per track: a PUT names only the tracks it changes.
+        upstreams = {**table.upstreams, **(update.upstreams or {})}
+        versions = {**table.versions, **(update.versions or {})}
+        changes: dict[str, Any] = {"upstreams": upstreams, "versions": versions}
+        for share, track, name, field in (
+            (update.canary_weight, "canary", "canaryWeight", "canary_weight"),
+            (update.shadow_percent, "shadow", "shadowPercent", "shadow_percent"),
+        ):
+            if share is None:
+                continue
+            if share > 0 and track not in upstreams:
+                message = (
+                    f"{name} > 0 needs a {track} upstream "
+                    f"(--upstream {track}=URL, or upstreams.{track} in the same PUT)"
+                )
+                return json_answer(422, {"error": message})
+            changes[field] = share
+        self._routes.set_table(replace(table, **changes))
+        return self.get_weights()

@@ -1,0 +1,190 @@
+"""The builtin traffic router as an ASGI app: a reverse proxy in front of one ModelDeployment's
+model servers.
+
+`create_router_app` builds a plain ASGI app (no framework: its per-request cost would be paid on
+every proxied request) composed of four parts, each usable alone: `Routes` (the current table
+and its upstream pools), `Proxy` (each request to the stable or canary track by weight or by a
+sticky header's hash), `Mirror` (a share of prediction requests to the shadow after the client
+has its answer, compared with the live answer) and `AdminEndpoints` (/metrics and /router/*).
+This module adds the lifecycle: the routing table comes from a weight source (the
+ModelDeployment's status through a watch, see `follow`) started with the app, or is set at start
+and, with `admin`, through `PUT /router/weights`.
+
+The decisions themselves are pure functions in `core`; the upstream connections are the small
+pooled client of `upstream`; `server` runs the app under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from types import TracebackType
+
+from prometheus_client import CollectorRegistry
+
+from canaryml_router.admin import PATHS, PREFIX, AdminEndpoints
+from canaryml_router.asgi import Receive, Scope, Send
+from canaryml_router.core import RoutingTable, WeightSource
+from canaryml_router.metrics import RouterMetrics
+from canaryml_router.mirror import Mirror
+from canaryml_router.proxy import Proxy
+from canaryml_router.routes import Routes
+
+log = logging.getLogger("canaryml.router")
+
+
+class RouterApp:
+    """The router as an ASGI app. Use it with uvicorn, or `async with` it in tests: entering
+    starts the weight source, leaving stops it and closes the upstream connections."""
+
+    def __init__(
+        self,
+        *,
+        model_deployment: str,
+        table: RoutingTable | None,
+        weight_source: WeightSource | None,
+        admin: bool,
+        upstream_timeout: float,
+        shadow_timeout: float,
+        max_mirrors: int,
+    ) -> None:
+        if admin and weight_source is not None:
+            raise ValueError("PUT /router/weights would fight the weight source: not both")
+        self.model_deployment = model_deployment
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics = RouterMetrics(registry=self.registry, model_deployment=model_deployment)
+        self.routes = Routes(model_deployment=model_deployment, metrics=self.metrics)
+        self.mirror = Mirror(
+            model_deployment=model_deployment,
+            metrics=self.metrics,
+            shadow_timeout=shadow_timeout,
+            max_mirrors=max_mirrors,
+        )
+        self.proxy = Proxy(
+            routes=self.routes,
+            metrics=self.metrics,
+            mirror=self.mirror,
+            upstream_timeout=upstream_timeout,
+            random=random.random,
+        )
+        self.admin = AdminEndpoints(
+            model_deployment=model_deployment,
+            routes=self.routes,
+            registry=self.registry,
+            source="follow" if weight_source is not None else "static",
+            admin=admin,
+        )
+        # Bound once: the dispatch below is on every request's path.
+        self._handle_proxied = self.proxy.handle
+        self._handle_own = self.admin.handle
+        self._weight_source = weight_source
+        self._source_task: asyncio.Task[None] | None = None
+        if table is not None:
+            self.set_table(table)
+
+    @property
+    def table(self) -> RoutingTable | None:
+        return self.routes.table
+
+    def set_table(self, table: RoutingTable) -> None:
+        """Route every request from now on by `table`; requests in flight finish as they were."""
+        self.routes.set_table(table)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._weight_source is not None and self._source_task is None:
+            self._source_task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def _follow(self) -> None:
+        assert self._weight_source is not None
+        try:
+            await self._weight_source(self.routes.set_table)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The source retries on its own; reaching this is a bug. Keep serving the last table.
+            log.exception("the weight source of %s stopped", self.model_deployment)
+
+    async def close(self) -> None:
+        """Stop the weight source, let mirrors in flight finish briefly, close connections."""
+        if self._source_task is not None:
+            self._source_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._source_task
+            self._source_task = None
+        await self.mirror.drain(within=1.0)
+        self.routes.close()
+
+    async def __aenter__(self) -> RouterApp:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path in PATHS or path.startswith(PREFIX):
+                await self._handle_own(scope, receive, send)
+            else:
+                await self._handle_proxied(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_router_app(
+    *,
+    model_deployment: str,
+    table: RoutingTable | None = None,
+    weight_source: WeightSource | None = None,
+    admin: bool = False,
+    upstream_timeout: float = 30.0,
+    shadow_timeout: float = 5.0,
+    max_mirrors: int = 64,
+) -> RouterApp:
+    """The router for one ModelDeployment.
+
+    Give it a `table` (static weights; with `admin`, changeable through PUT /router/weights), a
+    `weight_source` (started with the app: the ModelDeployment watch), or both (the table
+    serves until the source delivers one). Without a table it answers 503 until one arrives.
+    """
+    if table is None and weight_source is None:
+        raise ValueError("give the router a routing table, a weight source, or both")
+    if admin and table is None:
+        raise ValueError("the admin endpoint changes a table: give one to start from")
+    if upstream_timeout <= 0 or shadow_timeout <= 0:
+        raise ValueError("timeouts must be positive")
+    if max_mirrors < 0:
+        raise ValueError("max_mirrors must be zero or more")
+    return RouterApp(
+        model_deployment=model_deployment,
+        table=table,
+        weight_source=weight_source,
+        admin=admin,
+        upstream_timeout=upstream_timeout,
+        shadow_timeout=shadow_timeout,
+        max_mirrors=max_mirrors,
+    )

@@ -1,0 +1,132 @@
+"""Mirroring: a prediction request sent on to the shadow after the client has its answer, and
+the shadow's answer compared with the live one.
+
+The shadow's own answers are counted as track="shadow" in the request series (its error rate
+and latency), the comparisons by the live track they were compared with. At most
+`max_mirrors` mirrors are in flight; beyond that a mirror is skipped and counted as such, so a
+slow shadow can never pile up memory or connections in the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from canaryml_api.telemetry import VERSION_HEADER
+
+from canaryml_router.core import RoutingTable, compare_answers
+from canaryml_router.metrics import RouterMetrics
+from canaryml_router.upstream import (
+    Headers,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+)
+
+log = logging.getLogger("canaryml.router")
+
+_VERSION_HEADER = VERSION_HEADER.encode("latin-1")
+
+
+def is_prediction(method: str, path: str) -> bool:
+    """Whether a request is one the shadow gets too: POST /predict or a v2 inference."""
+    return method == "POST" and (
+        path == "/predict" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+    )
+
+
+class Mirror:
+    """Sends requests to the shadow in tasks of their own and counts what came back."""
+
+    def __init__(
+        self,
+        *,
+        model_deployment: str,
+        metrics: RouterMetrics,
+        shadow_timeout: float,
+        max_mirrors: int,
+    ) -> None:
+        self.model_deployment = model_deployment
+        self._metrics = metrics
+        self._shadow_timeout = shadow_timeout
+        self._max_mirrors = max_mirrors
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def send(
+        self,
+        shadow: UpstreamPool,
+        table: RoutingTable,
+        track: str,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        live: bytes,
+    ) -> None:
+        """Mirror one request whose `track` answered `live`; returns at once."""
+        if len(self._in_flight) >= self._max_mirrors:
+            self._metrics.observe_comparison(track=track, result="skipped")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._call(shadow, table, track, method, target, headers, body, live)
+        )
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _call(
+        self,
+        shadow: UpstreamPool,
+        table: RoutingTable,
+        track: str,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        live: bytes,
+    ) -> None:
+        start = time.perf_counter()
+        response: UpstreamResponse | None = None
+        try:
+            response = await shadow.request(
+                method=method,
+                target=target,
+                headers=headers,
+                body=body,
+                within=self._shadow_timeout,
+            )
+            code = response.status
+        except UpstreamTimeoutError:
+            code = 504
+        except UpstreamError as error:
+            log.debug("the shadow of %s failed: %s", self.model_deployment, error)
+            code = 502
+        except Exception:
+            log.exception("mirroring to the shadow failed")
+            code = 502
+        version: str | None = None
+        if response is not None:
+            for name, value in response.headers:
+                if name == _VERSION_HEADER:
+                    version = value.decode("latin-1")
+        self._metrics.observe_request(
+            track="shadow",
+            version=version or table.version("shadow"),
+            code=code,
+            seconds=time.perf_counter() - start,
+        )
+        if response is None or not 200 <= code < 300:
+            result = "error"
+        else:
+            result = compare_answers(
+                live=live, shadow=response.body, tolerance=table.probability_tolerance
+            )
+        self._metrics.observe_comparison(track=track, result=result)
+
+    async def drain(self, *, within: float = 1.0) -> None:
+        """Let the mirrors in flight finish for up to `within` seconds, then cancel the rest."""
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=within)
+            for task in pending:
+                task.cancel()

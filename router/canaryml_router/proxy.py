@@ -1,0 +1,197 @@
+"""Proxying: each request forwarded to the track `core.choose_track` picks, its answer passed
+back with the track named, then handed to the mirror.
+
+Rules a user sees: an answer carries the track header (who answered); an unreachable track is
+a 502 and one too slow a 504, both JSON naming the track, never a 500. Only POST prediction
+requests whose live answer was a 2xx are mirrored: there is nothing to compare otherwise.
+
+This is the router's hot path: one pass over the headers each way, no allocation it can avoid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from canaryml_api.telemetry import TRACK_HEADER, VERSION_HEADER
+
+from canaryml_router.asgi import (
+    MAX_BODY_BYTES,
+    BodyTooLargeError,
+    ClientGoneError,
+    Receive,
+    Scope,
+    Send,
+    json_answer,
+    read_body,
+    respond,
+)
+from canaryml_router.core import choose_track, should_mirror
+from canaryml_router.metrics import RouterMetrics
+from canaryml_router.mirror import Mirror, is_prediction
+from canaryml_router.routes import Routes
+from canaryml_router.upstream import Headers, UpstreamError, UpstreamPool, UpstreamTimeoutError
+
+log = logging.getLogger("canaryml.router")
+
+_VERSION_HEADER = VERSION_HEADER.encode("latin-1")
+_TRACK_HEADER = TRACK_HEADER.encode("latin-1")
+# Meaningful for one connection only (RFC 9110 7.6.1), or set by the server that answers.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+        b"proxy-connection", b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
+        b"host", b"content-length", b"expect",
+    }
+)  # fmt: skip
+# uvicorn adds its own date header; the length is that of the body the router sends.
+_DROPPED_ANSWER_HEADERS = _HOP_BY_HOP | {b"date"}
+
+
+def request_headers(
+    raw: Iterable[tuple[bytes, bytes]], *, sticky: bytes | None, client: Any
+) -> tuple[Headers, str | None]:
+    """The headers to forward (hop-by-hop ones dropped, X-Forwarded-For extended) and the
+    sticky header's value, in one pass."""
+    forward: Headers = []
+    sticky_value: str | None = None
+    connection_tokens: bytes | None = None
+    forwarded_for: bytes | None = None
+    for name, value in raw:
+        if name in _HOP_BY_HOP:
+            if name == b"connection":
+                connection_tokens = value
+            continue
+        if name == sticky:
+            sticky_value = value.decode("latin-1")
+        if name == b"x-forwarded-for":
+            forwarded_for = value
+            continue
+        forward.append((name, value))
+    if connection_tokens is not None:
+        named = {token.strip().lower() for token in connection_tokens.split(b",")}
+        forward = [(name, value) for name, value in forward if name not in named]
+    if client:
+        peer = str(client[0]).encode("latin-1")
+        forward.append(
+            (b"x-forwarded-for", forwarded_for + b", " + peer if forwarded_for else peer)
+        )
+    elif forwarded_for is not None:
+        forward.append((b"x-forwarded-for", forwarded_for))
+    return forward, sticky_value
+
+
+def answer_headers(raw: Headers, track: bytes) -> tuple[Headers, bytes | None]:
+    """The upstream's answer headers to pass on, with the track added, and its model version."""
+    headers: Headers = [(_TRACK_HEADER, track)]
+    version: bytes | None = None
+    for name, value in raw:
+        if name in _DROPPED_ANSWER_HEADERS:
+            continue
+        if name == _VERSION_HEADER:
+            version = value
+        headers.append((name, value))
+    return headers, version
+
+
+class Proxy:
+    """Forwards requests by the current routes, counts them, and passes predictions on to the
+    mirror. `random` draws the split and the mirror share (uniform in [0, 1))."""
+
+    def __init__(
+        self,
+        *,
+        routes: Routes,
+        metrics: RouterMetrics,
+        mirror: Mirror,
+        upstream_timeout: float,
+        random: Callable[[], float],
+    ) -> None:
+        self._routes = routes
+        self._metrics = metrics
+        self._mirror = mirror
+        self._upstream_timeout = upstream_timeout
+        self._random = random
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        try:
+            body = await read_body(receive)
+        except ClientGoneError:
+            return
+        except BodyTooLargeError:
+            await respond(send, *json_answer(413, {"error": f"body over {MAX_BODY_BYTES} bytes"}))
+            return
+        routing = self._routes.current
+        if routing is None:
+            await respond(send, *json_answer(503, {"error": "no routing table yet"}))
+            return
+        table = routing.table
+        headers, sticky_value = request_headers(
+            scope["headers"], sticky=routing.sticky, client=scope.get("client")
+        )
+        track = choose_track(table, sticky_value=sticky_value, draw=self._random())
+        method: str = scope["method"]
+        target: bytes = scope.get("raw_path") or scope["path"].encode()
+        if scope["query_string"]:
+            # ASGI's raw_path has no query; some servers (httpx's test transport) include it.
+            target = target.partition(b"?")[0] + b"?" + scope["query_string"]
+        status, headers_out, answer, version = await self._forward(
+            routing.pools[track], track, method.encode(), target, headers, body
+        )
+        await respond(send, status, headers_out, answer)
+        self._metrics.observe_request(
+            track=track,
+            version=version or table.version(track),
+            code=status,
+            seconds=time.perf_counter() - start,
+        )
+        # After the client has its answer: the mirror never delays or changes it.
+        shadow = routing.shadow
+        if (
+            shadow is not None
+            and 200 <= status < 300
+            and is_prediction(method, scope["path"])
+            and should_mirror(percent=table.shadow_percent, draw=self._random())
+        ):
+            self._mirror.send(shadow, table, track, method.encode(), target, headers, body, answer)
+
+    async def _forward(
+        self,
+        pool: UpstreamPool,
+        track: str,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+    ) -> tuple[int, Headers, bytes, str | None]:
+        """The upstream's answer, or a 502/504 saying which track failed; never raises."""
+        try:
+            response = await pool.request(
+                method=method,
+                target=target,
+                headers=headers,
+                body=body,
+                within=self._upstream_timeout,
+            )
+        except UpstreamTimeoutError:
+            message = f"the {track} track did not answer within {self._upstream_timeout:g} s"
+            return (*json_answer(504, {"error": message}), None)
+        except UpstreamError as error:
+            log.warning("the %s track (%s) is unreachable: %s", track, pool.url, error)
+            return (
+                *json_answer(502, {"error": f"the {track} track is unreachable: {error}"}),
+                None,
+            )
+        except Exception:
+            log.exception("forwarding to the %s track failed", track)
+            return (*json_answer(502, {"error": f"forwarding to the {track} track failed"}), None)
+        headers_out, version = answer_headers(response.headers, track.encode())
+        return (
+            response.status,
+            headers_out,
+            response.body,
+            version.decode("latin-1") if version else None,
+        )

@@ -1,0 +1,79 @@
+"""The router's current routing table and the upstream pools it points at.
+
+A new table replaces the old one as a whole (`Routes.set_table`): a request reads one
+consistent `Routing` snapshot even while a watch swaps in the next, and pools whose URL is
+no longer in the table are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from canaryml_router.core import RoutingTable
+from canaryml_router.metrics import RouterMetrics
+from canaryml_router.upstream import UpstreamPool
+
+log = logging.getLogger("canaryml.router")
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """A table with what the hot path needs from it precomputed; swapped as one object."""
+
+    table: RoutingTable
+    pools: dict[str, UpstreamPool]
+    sticky: bytes | None
+    shadow: UpstreamPool | None
+
+
+class Routes:
+    """Holds the current `Routing` (None until a first table) and one pool per upstream URL;
+    reports each table's shares in the router's metrics."""
+
+    def __init__(self, *, model_deployment: str, metrics: RouterMetrics) -> None:
+        self.model_deployment = model_deployment
+        self.current: Routing | None = None
+        self._metrics = metrics
+        self._pools: dict[str, UpstreamPool] = {}
+
+    @property
+    def table(self) -> RoutingTable | None:
+        return None if self.current is None else self.current.table
+
+    def set_table(self, table: RoutingTable) -> None:
+        """Route every request from now on by `table`; requests in flight finish as they were."""
+        pools = {track: self._pool(url) for track, url in table.upstreams.items()}
+        sticky = table.sticky_header.lower().encode("latin-1") if table.sticky_header else None
+        shadow = pools.get("shadow") if table.shadow_active else None
+        previous = self.current
+        self.current = Routing(table=table, pools=pools, sticky=sticky, shadow=shadow)
+        self._metrics.set_weights(
+            canary_weight=table.canary_weight if table.canary_active else 0,
+            shadow_percent=table.shadow_percent if table.shadow_active else 0,
+        )
+        if shadow is not None:
+            live = ("stable", "canary") if table.canary_active else ("stable",)
+            self._metrics.declare_comparisons(tracks=live)
+        for url in set(self._pools) - set(table.upstreams.values()):
+            self._pools.pop(url).close()
+        if previous is None or previous.table != table:
+            log.info(
+                "routing %s: canary %d%%, shadow %d%%, sticky header %s, upstreams %s",
+                self.model_deployment,
+                table.canary_weight if table.canary_active else 0,
+                table.shadow_percent if table.shadow_active else 0,
+                table.sticky_header or "none",
+                dict(table.upstreams),
+            )
+
+    def _pool(self, url: str) -> UpstreamPool:
+        pool = self._pools.get(url)
+        if pool is None:
+            pool = self._pools[url] = UpstreamPool(url)
+        return pool
+
+    def close(self) -> None:
+        """Close every pool's idle connections."""
+        for pool in self._pools.values():
+            pool.close()

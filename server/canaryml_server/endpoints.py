@@ -1,0 +1,117 @@
+"""The server's HTTP handlers: each turns a request into a call on the data plane.
+
+Prediction handlers (/predict and the Open Inference Protocol v2 infer routes) go through the
+prediction pipeline; the others (OIP v2 health and metadata, /metrics, /drift) answer directly.
+`app` lists which path and method each one answers.
+
+The handlers carry no docstrings: FastAPI would publish them as the operations' descriptions,
+and the OpenAPI document stays as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from canaryml_server.dataplane import DataPlane, server_metadata
+from canaryml_server.pipeline import (
+    PredictionPipeline,
+    inference_error,
+    json_response,
+    records_error,
+)
+from canaryml_server.schema import InvalidInput, Problem
+
+_TRUE = frozenset({"true", "1", "yes"})
+_BOOLEANS = _TRUE | {"false", "0", "no"}
+
+
+def probabilities_asked(request: Request) -> bool:
+    """The `probabilities` query flag of /predict (true unless said otherwise)."""
+    raw = request.query_params.get("probabilities", "true").lower()
+    if raw not in _BOOLEANS:
+        raise InvalidInput(
+            [Problem(("query", "probabilities"), f"expected true or false, got {raw!r}")]
+        )
+    return raw in _TRUE
+
+
+class Endpoints:
+    """The handlers of one app, over its data plane, prediction pipeline and metrics registry."""
+
+    def __init__(
+        self, plane: DataPlane, pipeline: PredictionPipeline, registry: CollectorRegistry
+    ) -> None:
+        self.plane = plane
+        self.pipeline = pipeline
+        self.registry = registry
+
+    # --- prediction: through the pipeline ------------------------------------------------------
+
+    async def predict(self, request: Request) -> Response:
+        return await self.pipeline.answer(request, self._predict_records, records_error)
+
+    async def infer_latest(self, request: Request, model_name: str) -> Response:
+        return await self._infer(request, model_name, None)
+
+    async def infer_version(
+        self, request: Request, model_name: str, model_version: str
+    ) -> Response:
+        return await self._infer(request, model_name, model_version)
+
+    async def _infer(self, request: Request, model_name: str, version: str | None) -> Response:
+        # Another model's path is a 404 before the pipeline: not a prediction of this model.
+        missing = self._not_found(model_name, version)
+        if missing is not None:
+            return missing
+        return await self.pipeline.answer(request, self._infer_body, inference_error)
+
+    def _predict_records(self, request: Request, payload: Any) -> Response:
+        # The query is read after the body, so a bad body is reported first.
+        asked = probabilities_asked(request)
+        return json_response(self.plane.predict_records(payload, probabilities=asked))
+
+    def _infer_body(self, request: Request, payload: Any) -> Response:
+        return json_response(self.plane.infer(payload))
+
+    # --- Open Inference Protocol v2: health and metadata ---------------------------------------
+
+    async def server_metadata(self) -> Response:
+        return json_response(server_metadata())
+
+    async def live(self) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self) -> Response:
+        # The model is loaded and verified before the app exists, so serving means ready.
+        return json_response({"ready": True})
+
+    async def model_metadata(self, model_name: str) -> Response:
+        return self._not_found(model_name) or json_response(self.plane.metadata)
+
+    async def model_version_metadata(self, model_name: str, model_version: str) -> Response:
+        return self._not_found(model_name, model_version) or json_response(self.plane.metadata)
+
+    async def model_ready(self, model_name: str) -> Response:
+        return self._not_found(model_name) or self._model_ready()
+
+    async def model_version_ready(self, model_name: str, model_version: str) -> Response:
+        return self._not_found(model_name, model_version) or self._model_ready()
+
+    def _model_ready(self) -> Response:
+        return json_response({"name": self.plane.identity.name, "ready": True})
+
+    def _not_found(self, model_name: str, model_version: str | None = None) -> Response | None:
+        reason = self.plane.not_served(model_name, model_version)
+        return None if reason is None else json_response({"error": reason}, 404)
+
+    # --- monitoring ---------------------------------------------------------------------------
+
+    async def prometheus_metrics(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def drift(self) -> Response:
+        return json_response(self.plane.drift_summary())
