@@ -22,6 +22,7 @@ ROUTER_CANARY_WEIGHT: Final = "canaryml_router_canary_weight"
 ROUTER_SHADOW_PERCENT: Final = "canaryml_router_shadow_percent"
 
 # --- series exported by the operator ----------------------------------------------------------
+# The two counters are named as prometheus_client declares them; they are exposed with `_total`.
 OPERATOR_CANARY_WEIGHT: Final = "canaryml_operator_canary_weight"
 OPERATOR_PHASE: Final = "canaryml_operator_phase"
 OPERATOR_STALLED: Final = "canaryml_operator_stalled"
@@ -40,6 +41,8 @@ FEATURE_LABEL: Final = "feature"  # which input feature a FEATURE_DRIFT series i
 RESULT_LABEL: Final = "result"
 MODEL_LABEL: Final = "model"
 RUNTIME_LABEL: Final = "runtime"
+PHASE_LABEL: Final = "phase"  # the operator's phase gauge: one series per phase
+VERDICT_LABEL: Final = "verdict"  # the operator's analyses counter: the overall verdict
 
 # Both the router and the servers count requests; `source` says whose view a series is, so a
 # query picks one and never counts a request twice.

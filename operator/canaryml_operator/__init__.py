@@ -1,7 +1,17 @@
 """canaryml's control plane: the kopf operator that reconciles ModelDeployments.
 
-Pure core: `api` (the resource's models), `children` (builders of owned objects), `reconcile`
-(plans, status and events) and `crd`. Shell: `kube` (API I/O) and `main` (kopf handlers).
+Pure core, in layers (an import-linter contract holds them; docs/architecture.md):
+
+- `loop`: one turn of a resource's rollout loop, behind two ports (measure; the tracks);
+- `rollout`: the rollout core, from (spec, status, measurements, now) to the rollout state;
+  `reconcile`: the children to create, patch or delete, the observed state, the phase, Events;
+- `children`: builders of the objects a ModelDeployment owns;
+- `checks`: the PromQL of every analysis check, and the labels that scope it;
+- `state` (the shared vocabulary) and `measurements` (what one analysis measured);
+- `crd`: the CRD, generated from the resource's models (canaryml_api).
+
+Shell: `main` (the kopf handlers and the analysis daemon), `kube` (API I/O), `providers`
+(metric providers: Prometheus), `metrics` (the operator's own metrics), `settings` and `cli`.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -1,12 +1,13 @@
 """The PromQL of every analysis check: pure text, no I/O (`providers` runs it).
 
-The built-in checks read the series of the metrics contract (../shared/docs/DESIGN.md). Each
+The built-in checks read the series of the metrics contract (docs/metrics.md). Each
 one is scoped to the canary under analysis: `model_deployment`, `namespace` (when known; a
 cluster Prometheus adds it to every target), `track="canary"` and the canary's `version`, so
 that requests an earlier canary served inside the window never count for a new rollout. The
 request metrics are also scoped by `source` ("router" or "server"), because both the builtin
-router and the model servers export `canaryml_requests_total` and
-`canaryml_request_duration_seconds`: summing both would count every request twice.
+router and the model servers export the request counter and the latency histogram: summing
+both would count every request twice. `check_scope` builds these labels, for the PromQL here
+and for the demo's evaluator of direct scrapes alike.
 
 How each check treats a missing series is a decision, not an accident of PromQL:
 
@@ -38,10 +39,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal
 
 from canaryml_api import resource as api
+from canaryml_api import telemetry as t
 
 from canaryml_operator.measurements import (
     DRIFT,
@@ -54,18 +57,14 @@ from canaryml_operator.measurements import (
 
 Source = Literal["router", "server"]
 
-REQUESTS_TOTAL: Final = "canaryml_requests_total"
-REQUEST_DURATION_BUCKET: Final = "canaryml_request_duration_seconds_bucket"
-FEATURE_DRIFT: Final = "canaryml_feature_drift"
-FEATURE_LABEL: Final = "feature"  # which input feature a FEATURE_DRIFT series is about
-PREDICTION_DRIFT_METRIC: Final = "canaryml_prediction_drift"
-SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"
-SERVER_ERRORS: Final = 'code=~"5.."'
-COMPARED: Final = 'result=~"agree|disagree"'  # not "error": a failed comparison says nothing
+SERVER_ERROR_CODES: Final = "5.."  # CODE_LABEL values of a failed request (a PromQL regex)
+COMPARED_RESULTS: Final = "agree|disagree"  # not "error": a failed comparison says nothing
+SERVER_ERRORS: Final = f'{t.CODE_LABEL}=~"{SERVER_ERROR_CODES}"'
+COMPARED: Final = f'{t.RESULT_LABEL}=~"{COMPARED_RESULTS}"'
 
 # Checks whose query answers one series per value of a label, and that label: the check's
 # value is the largest series', and its sample names the worst few (measurements.Sample).
-SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType({DRIFT: FEATURE_LABEL})
+SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType({DRIFT: t.FEATURE_LABEL})
 
 # PromQL durations: integers with units in decreasing order (1h30m, 90s, 250ms).
 _PROMQL_DURATION: Final = re.compile(r"(?=\d)(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?")
@@ -78,7 +77,7 @@ def quote(value: str) -> str:
     return '"' + value.translate(_ESCAPES) + '"'
 
 
-def selector(labels: dict[str, str], *, extra: str = "") -> str:
+def selector(labels: Mapping[str, str], *, extra: str = "") -> str:
     """`{a="x",b="y"}` with every value escaped; `extra` is appended verbatim (a matcher)."""
     matchers = [f"{name}={quote(value)}" for name, value in labels.items()]
     if extra:
@@ -97,6 +96,32 @@ def range_duration(window: str) -> str:
     return f"{max(1, round(api.parse_duration(window) * 1000))}ms"
 
 
+@dataclass(frozen=True)
+class CheckScope:
+    """The labels that select the canary under analysis, per kind of series (see above)."""
+
+    canary: Mapping[str, str]  # the canary's servers' series: drift
+    requests: Mapping[str, str]  # the request series: the canary's, from one source
+    comparisons: Mapping[str, str]  # the router's shadow comparisons: no version label
+
+
+def check_scope(
+    *, spec: api.ModelDeploymentSpec, name: str, namespace: str | None, source: Source
+) -> CheckScope:
+    """The scope of every check of this spec's canary: `namespace` when known (a cluster's
+    Prometheus adds it to every target; direct scrapes have none)."""
+    if spec.canary is None:
+        raise ValueError("a check scope needs spec.canary: there is nothing to analyse")
+    scope = {t.MODEL_DEPLOYMENT_LABEL: name}
+    if namespace is not None:
+        scope[t.NAMESPACE_LABEL] = namespace
+    comparisons = {**scope, t.TRACK_LABEL: "canary"}
+    canary = {**comparisons, t.VERSION_LABEL: spec.canary.model.version}
+    return CheckScope(
+        canary=canary, requests={**canary, t.SOURCE_LABEL: source}, comparisons=comparisons
+    )
+
+
 def build_queries(
     *,
     spec: api.ModelDeploymentSpec,
@@ -112,50 +137,43 @@ def build_queries(
     if spec.canary is None:
         raise ValueError("build_queries needs spec.canary: there is nothing to analyse")
     window = range_duration(spec.analysis.window)
-    scope = _scope(name=name, namespace=namespace)
-    canary = {**scope, "track": "canary", "version": spec.canary.model.version}
-    requests = {**canary, "source": source}
+    scope = check_scope(spec=spec, name=name, namespace=namespace, source=source)
+    canary, requests = scope.canary, scope.requests
+    drift = f"max by ({t.FEATURE_LABEL}) ({t.FEATURE_DRIFT}{selector(canary)})"
     queries = {
         REQUESTS: _requests(requests, window=window),
         ERROR_RATE: _error_rate(requests, window=window),
         LATENCY_P99: _latency_p99(requests, window=window),
-        DRIFT: f"max by ({FEATURE_LABEL}) ({FEATURE_DRIFT}{selector(canary)})",
-        PREDICTION_DRIFT: f"max({PREDICTION_DRIFT_METRIC}{selector(canary)})",
+        DRIFT: drift,
+        PREDICTION_DRIFT: f"max({t.PREDICTION_DRIFT}{selector(canary)})",
     }
     if spec.shadow is not None and spec.shadow.percent > 0:
-        queries[SHADOW_AGREEMENT] = _shadow_agreement({**scope, "track": "canary"}, window=window)
+        queries[SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
     for metric in spec.analysis.metrics:
         queries[metric.name] = metric.query
     return queries
 
 
-def _scope(*, name: str, namespace: str | None) -> dict[str, str]:
-    labels = {"model_deployment": name}
-    if namespace is not None:
-        labels["namespace"] = namespace
-    return labels
+def _requests(labels: Mapping[str, str], *, window: str) -> str:
+    return f"sum(increase({t.REQUESTS_TOTAL}{selector(labels)}[{window}])) or on() vector(0)"
 
 
-def _requests(labels: dict[str, str], *, window: str) -> str:
-    return f"sum(increase({REQUESTS_TOTAL}{selector(labels)}[{window}])) or on() vector(0)"
-
-
-def _error_rate(labels: dict[str, str], *, window: str) -> str:
+def _error_rate(labels: Mapping[str, str], *, window: str) -> str:
     server_errors = selector(labels, extra=SERVER_ERRORS)
-    errors = f"sum(increase({REQUESTS_TOTAL}{server_errors}[{window}]))"
-    total = f"sum(increase({REQUESTS_TOTAL}{selector(labels)}[{window}]))"
+    errors = f"sum(increase({t.REQUESTS_TOTAL}{server_errors}[{window}]))"
+    total = f"sum(increase({t.REQUESTS_TOTAL}{selector(labels)}[{window}]))"
     return f"({errors} or on() vector(0)) / {total}"
 
 
-def _latency_p99(labels: dict[str, str], *, window: str) -> str:
-    rates = f"rate({REQUEST_DURATION_BUCKET}{selector(labels)}[{window}])"
+def _latency_p99(labels: Mapping[str, str], *, window: str) -> str:
+    rates = f"rate({t.REQUEST_DURATION_BUCKET}{selector(labels)}[{window}])"
     return f"histogram_quantile(0.99, sum by (le) ({rates}))"
 
 
-def _shadow_agreement(labels: dict[str, str], *, window: str) -> str:
-    agree = selector({**labels, "result": "agree"})
+def _shadow_agreement(labels: Mapping[str, str], *, window: str) -> str:
+    agree = selector({**labels, t.RESULT_LABEL: "agree"})
     compared = selector(labels, extra=COMPARED)
     return (
-        f"(sum(increase({SHADOW_COMPARISONS}{agree}[{window}])) or on() vector(0))"
-        f" / sum(increase({SHADOW_COMPARISONS}{compared}[{window}]))"
+        f"(sum(increase({t.SHADOW_COMPARISONS}{agree}[{window}])) or on() vector(0))"
+        f" / sum(increase({t.SHADOW_COMPARISONS}{compared}[{window}]))"
     )

@@ -12,17 +12,25 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from canaryml_api import resource as api
+from canaryml_api.routing import RoutingPlan, plan_routing
+from canaryml_api.tracks import ROUTER_PORT, SERVER_PORT, SERVICE_PORT, Track, service_name
 
-Track = Literal["stable", "canary", "shadow"]
-TRACKS: tuple[Track, ...] = ("stable", "canary", "shadow")
+from canaryml_operator.state import (
+    ANNOTATION_MODEL,
+    ANNOTATION_MODEL_VERSION,
+    VERSION_LABEL,
+    Owner,
+    TrackPlan,
+    model_reference,
+)
+
 Manifest = dict[str, Any]
 
-SERVER_PORT = 8080
 CONTAINER_NAME = "model-server"
 MODEL_MOUNT = "/mnt/models"
 CACHE_DIR = "/var/cache/canaryml"
@@ -32,8 +40,6 @@ RUN_AS = 65532  # the image's non-root user
 LABEL_MODEL_DEPLOYMENT = "canaryml.dev/model-deployment"
 LABEL_TRACK = "canaryml.dev/track"
 ANNOTATION_SPEC_HASH = "canaryml.dev/spec-hash"
-ANNOTATION_MODEL_VERSION = "canaryml.dev/model-version"  # exact; the version label is sanitised
-ANNOTATION_MODEL = "canaryml.dev/model"  # uri@version#sha256: which artifact exactly
 MANAGED_BY = "canaryml-operator"
 
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
@@ -70,27 +76,8 @@ def label_value(text: str) -> str:
 
 ChildKind = Literal["Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "HTTPRoute"]
 ROUTER = "router"
-ROUTER_PORT = 8080
 LABEL_COMPONENT = "canaryml.dev/component"
 GATEWAY_API = "gateway.networking.k8s.io/v1"
-
-
-@dataclass(frozen=True)
-class TrackPlan:
-    """How the model tracks run, as the rollout state says (see `rollout.plan_tracks`)."""
-
-    stable_model: api.ModelRef
-    canary_replicas: int | None  # None: no canary track at all
-    canary_weight: int = 0
-
-
-@dataclass(frozen=True)
-class Owner:
-    """What the children need to know of the ModelDeployment that owns them."""
-
-    name: str
-    namespace: str
-    uid: str
 
 
 @dataclass(frozen=True)
@@ -103,15 +90,6 @@ class ChildKey:
     @classmethod
     def of(cls, manifest: Mapping[str, Any]) -> ChildKey:
         return cls(kind=manifest["kind"], name=manifest["metadata"]["name"])
-
-
-def model_reference(*, uri: str, version: str, sha256: str | None) -> str:
-    """One string naming an artifact exactly: two models of one version differ by it."""
-    return f"{uri}@{version}" + (f"#{sha256}" if sha256 else "")
-
-
-def track_name(owner: str, track: Track) -> str:
-    return f"{owner}-{track}"
 
 
 def selector_labels(owner: str, track: Track) -> dict[str, str]:
@@ -133,7 +111,7 @@ def track_labels(owner: str, track: Track, version: str) -> dict[str, str]:
     return {
         **common_labels(owner),
         "app.kubernetes.io/component": f"{track}-model-server",
-        "app.kubernetes.io/version": label_value(version),
+        VERSION_LABEL: label_value(version),
         LABEL_TRACK: track,
     }
 
@@ -198,41 +176,22 @@ def build_deployment(
 ) -> Manifest:
     labels = track_labels(owner.name, track, model.version)
     uri, volumes, mounts = _model_location(model)
-    metadata = _metadata(owner, track_name(owner.name, track), labels)
+    metadata = _metadata(owner, service_name(owner.name, track), labels)
     metadata["annotations"] = {
         ANNOTATION_MODEL_VERSION: model.version,
         ANNOTATION_MODEL: model_reference(
             uri=model.uri, version=model.version, sha256=model.sha256
         ),
     }
-    env = [
-        {"name": "CANARYML_MODEL_URI", "value": uri},
-        {"name": "CANARYML_MODEL_VERSION", "value": model.version},
-        {"name": "CANARYML_TRACK", "value": track},
-        {"name": "CANARYML_MODEL_DEPLOYMENT", "value": owner.name},
-        {"name": "CANARYML_PORT", "value": str(SERVER_PORT)},
-        {"name": "CANARYML_MODEL_CACHE_DIR", "value": CACHE_DIR},
-    ]
-    if model.sha256:
-        env.append({"name": "CANARYML_MODEL_SHA256", "value": model.sha256})
-    container = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "args": ["serve"],
-        "env": env,
-        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
-        # Loading can mean downloading a large artifact: allow five minutes before liveness.
-        "startupProbe": _probe("/v2/health/live", period=5, failures=60),
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        "resources": copy.deepcopy(dict(resources or DEFAULT_RESOURCES)),
-        "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "cache", "mountPath": CACHE_DIR},
-            {"name": "tmp", "mountPath": "/tmp"},
-            *mounts,
-        ],
-    }
+    container = _server_container(
+        owner=owner,
+        track=track,
+        model=model,
+        uri=uri,
+        mounts=mounts,
+        image=image,
+        resources=resources,
+    )
     pod_annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(SERVER_PORT),
@@ -276,6 +235,48 @@ def build_deployment(
     return _with_hash(manifest)
 
 
+def _server_container(
+    *,
+    owner: Owner,
+    track: Track,
+    model: api.ModelRef,
+    uri: str,
+    mounts: list[dict[str, Any]],
+    image: str,
+    resources: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The `canaryml serve` container of a track, loading the model from `uri` (on `mounts`)."""
+    env = [
+        {"name": "CANARYML_MODEL_URI", "value": uri},
+        {"name": "CANARYML_MODEL_VERSION", "value": model.version},
+        {"name": "CANARYML_TRACK", "value": track},
+        {"name": "CANARYML_MODEL_DEPLOYMENT", "value": owner.name},
+        {"name": "CANARYML_PORT", "value": str(SERVER_PORT)},
+        {"name": "CANARYML_MODEL_CACHE_DIR", "value": CACHE_DIR},
+    ]
+    if model.sha256:
+        env.append({"name": "CANARYML_MODEL_SHA256", "value": model.sha256})
+    container = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "args": ["serve"],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        # Loading can mean downloading a large artifact: allow five minutes before liveness.
+        "startupProbe": _probe("/v2/health/live", period=5, failures=60),
+        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
+        "resources": copy.deepcopy(dict(resources or DEFAULT_RESOURCES)),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *mounts,
+        ],
+    }
+    return container
+
+
 def _container_security() -> dict[str, Any]:
     """Non-root, read-only root filesystem, no capabilities: every container canaryml runs."""
     return {
@@ -307,7 +308,9 @@ def build_service(
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
         },
     }
     return _with_hash(manifest)
@@ -333,11 +336,13 @@ def build_children(
     spec: api.ModelDeploymentSpec,
     image: str,
     plan: TrackPlan | None = None,
+    routing: RoutingPlan | None = None,
 ) -> list[Manifest]:
     """Every object the ModelDeployment should own, in the order they are best created.
 
     `plan` (from the rollout core) says which model the stable track serves and how the canary
-    runs; without it, the spec as written. Raises ValueError when the owner's name cannot make
+    runs, and `routing` (`plan_routing`) the traffic of the HTTPRoute; without them, the spec
+    as written, with the plan's canary weight. Raises ValueError when the owner's name cannot make
     valid child names.
     """
     problem = name_problem(owner.name)
@@ -360,7 +365,7 @@ def build_children(
         children.append(
             build_service(
                 owner=owner,
-                name=track_name(owner.name, track),
+                name=service_name(owner.name, track),
                 labels=track_labels(owner.name, track, model.version),
                 selector=selector_labels(owner.name, track),
             )
@@ -381,11 +386,19 @@ def build_children(
             build_http_route(
                 owner=owner,
                 spec=spec,
-                canary_weight=plan.canary_weight if "canary" in tracks else 0,
+                routing=routing or routing_of(spec, plan),
                 canary_present="canary" in tracks,
             )
         )
     return children
+
+
+def routing_of(spec: api.ModelDeploymentSpec, plan: TrackPlan) -> RoutingPlan:
+    """The routing plan of the spec with the canary weight the track plan took from it (the
+    rollout core's `plan_tracks` reads it off `plan_routing(spec, status)`)."""
+    return replace(
+        plan_routing(spec, api.ModelDeploymentStatus()), canary_weight=plan.canary_weight
+    )
 
 
 def router_name(owner: str) -> str:
@@ -405,32 +418,7 @@ def build_router(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -> 
         "app.kubernetes.io/component": ROUTER,
         LABEL_COMPONENT: ROUTER,
     }
-    account: Manifest = {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _metadata(owner, name, labels),
-        "automountServiceAccountToken": False,  # mounted by the router's pod only
-    }
-    role: Manifest = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _metadata(owner, name, labels),
-        "rules": [
-            {
-                "apiGroups": [api.GROUP],
-                "resources": [api.PLURAL],
-                "resourceNames": [owner.name],
-                "verbs": ["get", "list", "watch"],
-            }
-        ],
-    }
-    binding: Manifest = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": _metadata(owner, name, labels),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
-    }
+    account, role, binding = _router_access(owner, name, labels)
     container = {
         "name": ROUTER,
         "image": image,
@@ -493,31 +481,64 @@ def build_router(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -> 
     return [_with_hash(account), _with_hash(role), _with_hash(binding), _with_hash(deployment)]
 
 
+def _router_access(
+    owner: Owner, name: str, labels: dict[str, str]
+) -> tuple[Manifest, Manifest, Manifest]:
+    """The router's ServiceAccount, and the Role (bound to it) that reads its one resource."""
+    account: Manifest = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(owner, name, labels),
+        "automountServiceAccountToken": False,  # mounted by the router's pod only
+    }
+    role: Manifest = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(owner, name, labels),
+        "rules": [
+            {
+                "apiGroups": [api.GROUP],
+                "resources": [api.PLURAL],
+                "resourceNames": [owner.name],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+    binding: Manifest = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(owner, name, labels),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
+    }
+    return account, role, binding
+
+
 def build_http_route(
-    *, owner: Owner, spec: api.ModelDeploymentSpec, canary_weight: int, canary_present: bool
+    *, owner: Owner, spec: api.ModelDeploymentSpec, routing: RoutingPlan, canary_present: bool
 ) -> Manifest:
     """The Gateway API route: backend weights for stable and canary, and a RequestMirror filter
-    for the shadow. Without parentRefs it attaches to the resource's Service (mesh routing)."""
+    for the shadow, as the routing plan says. Without parentRefs it attaches to the resource's
+    Service (mesh routing)."""
     parents = [
         {key: value for key, value in ref.model_dump(by_alias=True).items() if value is not None}
         for ref in spec.routing.parent_refs
-    ] or [{"group": "", "kind": "Service", "name": owner.name, "port": 80}]
+    ] or [{"group": "", "kind": "Service", "name": owner.name, "port": SERVICE_PORT}]
+    weight = routing.canary_weight if canary_present else 0
     backends = [
-        {"name": track_name(owner.name, "stable"), "port": 80, "weight": 100 - canary_weight}
+        {"name": service_name(owner.name, "stable"), "port": SERVICE_PORT, "weight": 100 - weight}
     ]
     if canary_present:
         backends.append(
-            {"name": track_name(owner.name, "canary"), "port": 80, "weight": canary_weight}
+            {"name": service_name(owner.name, "canary"), "port": SERVICE_PORT, "weight": weight}
         )
     rule: dict[str, Any] = {"backendRefs": backends}
-    if spec.shadow is not None and spec.shadow.percent > 0:
+    if routing.shadow_percent > 0:
+        shadow = {"name": service_name(owner.name, "shadow"), "port": SERVICE_PORT}
         rule["filters"] = [
             {
                 "type": "RequestMirror",
-                "requestMirror": {
-                    "backendRef": {"name": track_name(owner.name, "shadow"), "port": 80},
-                    "percent": spec.shadow.percent,
-                },
+                "requestMirror": {"backendRef": shadow, "percent": routing.shadow_percent},
             }
         ]
     labels = {**common_labels(owner.name), "app.kubernetes.io/component": "route"}

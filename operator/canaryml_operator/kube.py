@@ -19,8 +19,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from canaryml_operator.children import ChildKey, Owner
+from canaryml_operator.children import ChildKey
 from canaryml_operator.reconcile import Action, Plan
+from canaryml_operator.state import Owner
 
 log = logging.getLogger(__name__)
 

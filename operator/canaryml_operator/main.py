@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import math
 import threading
@@ -21,9 +22,11 @@ from typing import Any
 
 import kopf
 from canaryml_api import resource as api
+from canaryml_api import telemetry
+from canaryml_api.routing import RoutingPlan
+from canaryml_api.tracks import TRACKS, Track, service_name
 
-from canaryml_operator import checks, children, metrics, providers, reconcile, rollout
-from canaryml_operator.children import Track
+from canaryml_operator import checks, children, loop, metrics, providers, reconcile, rollout
 from canaryml_operator.kube import (
     KubeClient,
     KubeError,
@@ -37,10 +40,10 @@ from canaryml_operator.kube import (
 )
 from canaryml_operator.measurements import Measurements, Sample
 from canaryml_operator.settings import OperatorSettings
+from canaryml_operator.state import DeploymentState, Owner, TrackPlan, parse_owner
 
 log = logging.getLogger(__name__)
 
-SETTINGS = OperatorSettings()
 MD = (api.GROUP, api.VERSION, api.PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": children.MANAGED_BY}
 KOPF_PREFIX = f"operator.{api.GROUP}"
@@ -52,8 +55,15 @@ DAEMON_POLL_SECONDS = 1.0  # the daemon re-reads the rollout state at least this
 WRITTEN_PAUSE_SECONDS = 0.25
 
 
+@functools.cache
+def operator_settings() -> OperatorSettings:
+    """The operator's settings, read from the environment once, when first needed."""
+    return OperatorSettings()
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    own = operator_settings()
     # Progress in our own annotations, never in .status: the CRD's status schema is ours.
     # Not under canaryml.dev/ itself: kopf leaves its prefix's annotations out of the diff, and
     # the command annotations (canaryml.dev/promote...) must be seen as changes.
@@ -64,7 +74,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.posting.reporting_component = "canaryml-operator"
     settings.posting.event_name_prefix = "canaryml-"
-    settings.execution.max_workers = SETTINGS.workers
+    settings.execution.max_workers = own.workers
     # Watch only the children canaryml manages, filtered by the API server.
     selector = ",".join(f"{key}={value}" for key, value in MANAGED.items())
     settings.watching.label_selectors["apps/v1/deployments"] = selector
@@ -75,8 +85,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.scanning.disabled = True
     kube = memo["kube"] = load_client()
     check_crd(kube)
-    if SETTINGS.metrics_port is not None:
-        memo["stop_metrics"] = metrics.serve(port=SETTINGS.metrics_port)
+    if own.metrics_port is not None:
+        memo["stop_metrics"] = metrics.serve(port=own.metrics_port)
 
 
 @kopf.on.cleanup()
@@ -107,6 +117,45 @@ def _kube(memo: kopf.Memo) -> KubeClient:
     return client
 
 
+class KubeTracks:
+    """The `loop.Tracks` of one ModelDeployment in the cluster: its children (`objects`), read
+    once, and the changes the plan needed applied (`applied`, for the Events)."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        owner: Owner,
+        *,
+        spec: api.ModelDeploymentSpec | None,
+        image: str,
+        reconciled_before: bool,
+    ) -> None:
+        self.kube, self.owner, self.image = kube, owner, image
+        self.reconciled_before = reconciled_before
+        labels = {children.LABEL_MODEL_DEPLOYMENT: owner.name}
+        self.objects = read_children(kube, owner, labels, child_kinds(spec))
+        self.applied = reconcile.Plan()
+
+    def live(self) -> dict[Track, DeploymentState]:
+        return _tracks(self.owner, self.objects)
+
+    def apply(
+        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan, routing: RoutingPlan
+    ) -> dict[Track, DeploymentState]:
+        desired = children.build_children(
+            owner=self.owner, spec=spec, image=self.image, plan=plan, routing=routing
+        )
+        changes = reconcile.plan_children(
+            desired=desired,
+            live=self.objects,
+            owner=self.owner,
+            reconciled_before=self.reconciled_before,
+        )
+        done, results = apply_plan(self.kube, self.owner, changes)
+        self.applied = reconcile.Plan(done)
+        return _tracks(self.owner, self.objects, results)
+
+
 def reconcile_model_deployment(
     body: Mapping[str, Any],
     *,
@@ -124,7 +173,7 @@ def reconcile_model_deployment(
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp"):
         return reconcile.Plan()  # owner references let the garbage collector clean up
-    owner = reconcile.parse_owner(body)
+    owner = parse_owner(body)
     generation = meta.get("generation")
     previous = api.parse_status(body.get("status"))
     spec: api.ModelDeploymentSpec | None = None
@@ -135,67 +184,46 @@ def reconcile_model_deployment(
         except ValueError as error:
             invalid = str(error)
 
-    labels = {children.LABEL_MODEL_DEPLOYMENT: owner.name}
-    live = read_children(kube, owner, labels, child_kinds(spec))
-    tracks = _tracks(owner, live)
-    decision: rollout.Decision | None = None
-    plan = reconcile.Plan()
-    current = previous
-    if spec is not None:
-        decision = rollout.decide(
-            spec=spec,
-            status=previous,
-            measurements=measurements,
-            now=now,
-            tracks=tracks,
-            commands=rollout.commands_from(meta.get("annotations")),
-            generation=generation,
-        )
-        current = decision.status
-        desired = children.build_children(
-            owner=owner,
-            spec=spec,
-            image=image,
-            plan=rollout.plan_tracks(spec=spec, status=current, now=now),
-        )
-        plan = reconcile.plan_children(
-            desired=desired,
-            live=live,
-            owner=owner,
-            reconciled_before=previous.observed_generation == generation,
-        )
-    done, results = apply_plan(kube, owner, plan)
-    tracks = _tracks(owner, live, results)
-    status = reconcile.build_status(
+    tracks = KubeTracks(
+        kube,
+        owner,
+        spec=spec,
+        image=image,
+        reconciled_before=previous.observed_generation == generation,
+    )
+    done = loop.turn(
         spec=spec,
         invalid=invalid,
-        previous=current,
+        previous=previous,
         tracks=tracks,
-        generation=generation,
+        measurements=measurements,
         now=now,
+        generation=generation,
+        commands=rollout.commands_from(meta.get("annotations")),
     )
-    applied = reconcile.Plan(done)
+    status = done.status
     patch = reconcile.status_patch(status)
     if patch != reconcile.status_patch(previous):
         apply_status(kube, owner, patch, resource_version=meta.get("resourceVersion"))
     metrics.observe_status(
         namespace=owner.namespace, name=owner.name, previous=previous, status=status
     )
-    events = reconcile.build_events(previous=previous, status=status, plan=applied)
-    if decision is not None:
-        events = decision.events + events
-        consumed = [rollout.COMMAND_ANNOTATIONS[c] for c in sorted(decision.consumed)]
+    events = done.events + reconcile.build_events(
+        previous=previous, status=status, plan=tracks.applied
+    )
+    if spec is not None:
+        consumed = [rollout.COMMAND_ANNOTATIONS[c] for c in sorted(done.consumed)]
         apply_consumed_annotations(kube, owner, consumed)
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
-    return applied
+    return tracks.applied
 
 
 def _tracks(
-    owner: children.Owner,
+    owner: Owner,
     live: list[dict[str, Any]],
     results: Mapping[children.ChildKey, dict[str, Any] | None] | None = None,
-) -> dict[Track, reconcile.DeploymentState]:
+) -> dict[Track, DeploymentState]:
     deployments: dict[str, Mapping[str, Any] | None] = {
         obj["metadata"]["name"]: obj for obj in live if obj.get("kind") == "Deployment"
     }
@@ -203,8 +231,8 @@ def _tracks(
         {key.name: obj for key, obj in (results or {}).items() if key.kind == "Deployment"}
     )
     return {
-        track: reconcile.DeploymentState.of(deployments.get(children.track_name(owner.name, track)))
-        for track in children.TRACKS
+        track: DeploymentState.of(deployments.get(service_name(owner.name, track)))
+        for track in TRACKS
     }
 
 
@@ -213,6 +241,7 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+# One lock per resource, dropped when the resource is deleted (model_deployment_deleted).
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -220,6 +249,11 @@ _locks_guard = threading.Lock()
 def _lock(namespace: str, name: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def _forget_lock(namespace: str, name: str) -> None:
+    with _locks_guard:
+        _locks.pop((namespace, name), None)
 
 
 def reconcile_latest(
@@ -249,7 +283,11 @@ def reconcile_latest(
                 measurements = None  # another analysis was written since these were taken
             try:
                 return reconcile_model_deployment(
-                    found, kube=kube, image=SETTINGS.image, now=_now(), measurements=measurements
+                    found,
+                    kube=kube,
+                    image=operator_settings().image,
+                    now=_now(),
+                    measurements=measurements,
                 )
             except KubeError as error:
                 if error.status != 409 or attempt == attempts - 1:
@@ -268,7 +306,7 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo) -> None:
             raise kopf.TemporaryError(f"conflict: {error}", delay=CONFLICT_RETRY_SECONDS) from error
         raise kopf.TemporaryError(
             f"Kubernetes {'refused a change' if refused else 'API'}: {error}",
-            delay=SETTINGS.refused_retry_seconds if refused else RETRY_SECONDS,
+            delay=operator_settings().refused_retry_seconds if refused else RETRY_SECONDS,
         ) from error
 
 
@@ -315,7 +353,9 @@ def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
 @kopf.on.event(*MD, when=_deleted)
 def model_deployment_deleted(body: kopf.Body, **_: Any) -> None:
     meta = body.get("metadata", {})
-    metrics.forget(namespace=meta.get("namespace") or "default", name=meta.get("name", ""))
+    namespace, name = meta.get("namespace") or "default", meta.get("name", "")
+    metrics.forget(namespace=namespace, name=name)
+    _forget_lock(namespace, name)
 
 
 def _has_canary(spec: kopf.Spec, **_: Any) -> bool:
@@ -359,10 +399,14 @@ async def analysis_daemon(
             waits = [w for w in (due, drain) if w is not None]
             wake_at = time.monotonic() + min(waits) if waits else math.inf
             continue
-        owner = reconcile.parse_owner(snapshot)
-        measurements = None
-        if due == 0.0:
-            measurements = await take_measurements(spec=spec, owner=owner, kube=kube, now=now)
+        owner = parse_owner(snapshot)
+        measurements = await loop.measure_if_due(
+            spec=spec,
+            owner=owner,
+            status=status,
+            now=now,
+            measure=functools.partial(take_measurements, kube=kube),
+        )
         pause = WRITTEN_PAUSE_SECONDS  # time for the watch to bring the status just written
         try:
             await asyncio.to_thread(
@@ -384,7 +428,7 @@ async def analysis_daemon(
 
 
 async def take_measurements(
-    *, spec: api.ModelDeploymentSpec, owner: children.Owner, kube: KubeClient, now: datetime
+    *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime, kube: KubeClient
 ) -> Measurements:
     """Every check's sample from the metrics provider the spec names; never raises: a provider
     that cannot be reached or configured gives Error samples, which hold the weight."""
@@ -392,7 +436,9 @@ async def take_measurements(
         spec=spec,
         name=owner.name,
         namespace=owner.namespace,
-        source="router" if spec.routing.router == "builtin" else "server",
+        source=telemetry.SOURCE_ROUTER
+        if spec.routing.router == "builtin"
+        else telemetry.SOURCE_SERVER,
     )
     try:
         headers = await asyncio.to_thread(_auth_headers, spec, owner, kube)
@@ -400,7 +446,7 @@ async def take_measurements(
         reason = f"cannot read the Prometheus credentials: {error}"
         return Measurements(time=now, samples=dict.fromkeys(queries, Sample.failed(reason)))
     provider = providers.build_provider(
-        analysis=spec.analysis, headers=headers, default_url=SETTINGS.prometheus_url
+        analysis=spec.analysis, headers=headers, default_url=operator_settings().prometheus_url
     )
     try:
         return await providers.measure(provider=provider, queries=queries, at=now)
@@ -408,9 +454,7 @@ async def take_measurements(
         await provider.aclose()
 
 
-def _auth_headers(
-    spec: api.ModelDeploymentSpec, owner: children.Owner, kube: KubeClient
-) -> dict[str, str]:
+def _auth_headers(spec: api.ModelDeploymentSpec, owner: Owner, kube: KubeClient) -> dict[str, str]:
     prometheus = spec.analysis.prometheus
     token = authorization = None
     if prometheus.bearer_token_secret_ref is not None:

@@ -16,48 +16,49 @@ from collections.abc import Callable
 from typing import Final, get_args
 
 from canaryml_api import resource as api
+from canaryml_api import telemetry as t
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 PHASES: Final[tuple[str, ...]] = get_args(api.Phase)
 VERDICTS: Final[tuple[str, ...]] = get_args(api.Verdict)
 RESULTS: Final[tuple[str, ...]] = ("promoted", "rolledBack")
-LABELS: Final = ("namespace", "model_deployment")
+LABELS: Final = (t.NAMESPACE_LABEL, t.MODEL_DEPLOYMENT_LABEL)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 CANARY_WEIGHT = Gauge(
-    "canaryml_operator_canary_weight",
+    t.OPERATOR_CANARY_WEIGHT,
     "Percent of traffic the canary gets, as the resource's status says",
     LABELS,
     registry=REGISTRY,
 )
 PHASE = Gauge(
-    "canaryml_operator_phase",
+    t.OPERATOR_PHASE,
     "1 for the resource's current phase, 0 for the others",
-    [*LABELS, "phase"],
+    [*LABELS, t.PHASE_LABEL],
     registry=REGISTRY,
 )
 STALLED = Gauge(
-    "canaryml_operator_stalled",
+    t.OPERATOR_STALLED,
     "1 while the Stalled condition is True (invalid spec, or analyses held for long)",
     LABELS,
     registry=REGISTRY,
 )
 HELD_ANALYSES = Gauge(
-    "canaryml_operator_held_analyses",
+    t.OPERATOR_HELD_ANALYSES,
     "Inconclusive or Error analyses in a row (the weight is held meanwhile)",
     LABELS,
     registry=REGISTRY,
 )
 ANALYSES = Counter(
-    "canaryml_operator_analyses",
+    t.OPERATOR_ANALYSES,
     "Canary analyses by overall verdict",
-    [*LABELS, "verdict"],
+    [*LABELS, t.VERDICT_LABEL],
     registry=REGISTRY,
 )
 ROLLOUTS = Counter(
-    "canaryml_operator_rollouts",
+    t.OPERATOR_ROLLOUTS,
     "Rollouts ended, by result: promoted or rolledBack",
-    [*LABELS, "result"],
+    [*LABELS, t.RESULT_LABEL],
     registry=REGISTRY,
 )
 
@@ -70,27 +71,27 @@ def observe_status(
     status: api.ModelDeploymentStatus,
 ) -> None:
     """Record a status just written over `previous`."""
-    labels = {"namespace": namespace, "model_deployment": name}
+    labels = {t.NAMESPACE_LABEL: namespace, t.MODEL_DEPLOYMENT_LABEL: name}
     # Counters start at 0: Prometheus takes a new series' first sample as its baseline, so a
     # series born at 1 would hide the first rollback from increase() (and from the alert).
     for verdict in VERDICTS:
-        ANALYSES.labels(**labels, verdict=verdict)
+        ANALYSES.labels(**labels, **{t.VERDICT_LABEL: verdict})
     for result in RESULTS:
-        ROLLOUTS.labels(**labels, result=result)
+        ROLLOUTS.labels(**labels, **{t.RESULT_LABEL: result})
     CANARY_WEIGHT.labels(**labels).set(status.canary_weight)
     for phase in PHASES:
-        PHASE.labels(**labels, phase=phase).set(1 if status.phase == phase else 0)
+        PHASE.labels(**labels, **{t.PHASE_LABEL: phase}).set(1 if status.phase == phase else 0)
     stalled = any(c.type == "Stalled" and c.status == "True" for c in status.conditions)
     STALLED.labels(**labels).set(1 if stalled else 0)
     HELD_ANALYSES.labels(**labels).set(status.held_analyses)
     last = status.last_analysis
     before = previous.last_analysis
     if last is not None and (before is None or before.time != last.time):
-        ANALYSES.labels(**labels, verdict=last.verdict).inc()
+        ANALYSES.labels(**labels, **{t.VERDICT_LABEL: last.verdict}).inc()
     seen = {(entry.event, entry.version, entry.time) for entry in previous.history}
     for entry in status.history:
         if (entry.event, entry.version, entry.time) not in seen:
-            ROLLOUTS.labels(**labels, result=entry.event).inc()
+            ROLLOUTS.labels(**labels, **{t.RESULT_LABEL: entry.event}).inc()
 
 
 def forget(*, namespace: str, name: str) -> None:

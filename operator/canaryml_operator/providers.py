@@ -61,12 +61,6 @@ class MetricProvider(Protocol):
         ...
 
 
-class ProviderFactory(Protocol):
-    def __call__(
-        self, *, analysis: api.AnalysisSpec, headers: Mapping[str, str], default_url: str
-    ) -> MetricProvider: ...
-
-
 class PrometheusProvider:
     """Instant queries against Prometheus's HTTP API (`/api/v1/query`).
 
@@ -259,24 +253,6 @@ def _header_value(value: str, *, what: str) -> str:
     return stripped
 
 
-def _prometheus(
-    *, analysis: api.AnalysisSpec, headers: Mapping[str, str], default_url: str
-) -> MetricProvider:
-    ref = analysis.prometheus
-    return PrometheusProvider(
-        url=ref.url or default_url, timeout=api.parse_duration(ref.timeout), headers=headers
-    )
-
-
-PROVIDERS: dict[str, ProviderFactory] = {"prometheus": _prometheus}
-
-
-def provider_type(analysis: api.AnalysisSpec) -> str:
-    """Which provider an analysis names; `analysis.prometheus` is the only one so far."""
-    del analysis
-    return "prometheus"
-
-
 DEFAULT_PROMETHEUS_URL = "http://prometheus.monitoring:9090"
 
 
@@ -286,10 +262,12 @@ def build_provider(
     headers: Mapping[str, str],
     default_url: str = DEFAULT_PROMETHEUS_URL,
 ) -> MetricProvider:
-    """The provider an analysis reads from; `headers` carry credentials from its Secrets, and
-    `default_url` serves analyses that name no URL (the operator's setting)."""
-    return PROVIDERS[provider_type(analysis)](
-        analysis=analysis, headers=headers, default_url=default_url
+    """The provider an analysis reads from (`analysis.prometheus`, the only kind so far);
+    `headers` carry credentials from its Secrets, and `default_url` serves analyses that name
+    no URL (the operator's setting)."""
+    ref = analysis.prometheus
+    return PrometheusProvider(
+        url=ref.url or default_url, timeout=api.parse_duration(ref.timeout), headers=headers
     )
 
 

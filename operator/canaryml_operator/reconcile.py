@@ -1,7 +1,12 @@
 """The reconciliation core: from what should exist and what does, what to do and what to report.
 
-Pure functions of (spec, status, live children, generation, now). The kopf handlers in
-`handlers` gather those inputs and apply the results; nothing here does I/O.
+Pure functions of (spec, status, live children, generation, now). The operator's handlers
+(`main`, through `loop`) gather those inputs and apply the results; nothing here does I/O.
+
+The status has one writer per field (docs/architecture.md): the rollout core (`rollout.decide`)
+writes the rollout state; `observe` writes what the children say (Ready, Reconciling, Degraded,
+the stable version, the observed generation) and what an invalid spec stops; `phase_of`
+derives the phase from both; `build_status` puts the three together.
 """
 
 from __future__ import annotations
@@ -12,12 +17,20 @@ from datetime import datetime
 from typing import Any, Literal
 
 from canaryml_api import resource as api
+from canaryml_api.tracks import Track
 
 from canaryml_operator import children
-from canaryml_operator.children import ChildKey, Manifest, Owner, Track
+from canaryml_operator.children import ChildKey, Manifest
+from canaryml_operator.state import (
+    DeploymentState,
+    Event,
+    Owner,
+    condition,
+    rollout_phase,
+    set_condition,
+)
 
 Verb = Literal["create", "patch", "delete"]
-EventType = Literal["Normal", "Warning"]
 
 
 @dataclass(frozen=True)
@@ -27,61 +40,6 @@ class Action:
     manifest: Manifest
     reason: str  # the Event reason: Created, Updated, Restored, Deleted
     message: str
-
-
-@dataclass(frozen=True)
-class Event:
-    type: EventType
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class DeploymentState:
-    """What a live Deployment says of its rollout (what kstatus reads for Deployments)."""
-
-    exists: bool = False
-    desired: int = 0
-    available: int = 0
-    updated: int = 0
-    current: bool = False  # the controller has seen the latest spec
-    version: str | None = None
-    model: str | None = None  # children.model_reference of the artifact it runs, when known
-
-    def serves(self, *, uri: str, version: str, sha256: str | None) -> bool:
-        """Whether it has rolled out with exactly this artifact (by version alone for a
-        Deployment written before the operator recorded the whole reference)."""
-        if not self.rolled_out:
-            return False
-        if self.model is not None:
-            return self.model == children.model_reference(uri=uri, version=version, sha256=sha256)
-        return self.version == version
-
-    @property
-    def rolled_out(self) -> bool:
-        return (
-            self.exists
-            and self.current
-            and self.updated >= self.desired
-            and self.available >= self.desired
-        )
-
-    @classmethod
-    def of(cls, live: Mapping[str, Any] | None) -> DeploymentState:
-        if live is None:
-            return cls()
-        meta, spec, status = live.get("metadata", {}), live.get("spec", {}), live.get("status", {})
-        desired = int(spec.get("replicas", 1))
-        return cls(
-            exists=True,
-            desired=desired,
-            available=int(status.get("availableReplicas") or 0),
-            updated=int(status.get("updatedReplicas") or 0),
-            current=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
-            version=(meta.get("annotations") or {}).get(children.ANNOTATION_MODEL_VERSION)
-            or (meta.get("labels") or {}).get("app.kubernetes.io/version"),
-            model=(meta.get("annotations") or {}).get(children.ANNOTATION_MODEL),
-        )
 
 
 @dataclass(frozen=True)
@@ -144,38 +102,6 @@ def _hash(obj: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def set_condition(
-    conditions: Sequence[api.Condition],
-    *,
-    type: str,
-    status: Literal["True", "False", "Unknown"],
-    reason: str,
-    message: str,
-    generation: int | None,
-    now: datetime,
-) -> list[api.Condition]:
-    """The conditions with one set; lastTransitionTime moves only when the status flips."""
-    previous = next((c for c in conditions if c.type == type), None)
-    since = previous.last_transition_time if previous and previous.status == status else now
-    updated = api.Condition(
-        type=type,
-        status=status,
-        reason=reason,
-        message=message,
-        last_transition_time=since,
-        observed_generation=generation,
-    )
-    others = [c for c in conditions if c.type != type]
-    return sorted([*others, updated], key=lambda c: _CONDITION_ORDER.get(c.type, 99))
-
-
-_CONDITION_ORDER = {"Ready": 0, "Progressing": 1, "Degraded": 2, "RolledBack": 3}
-
-
-def condition(status: api.ModelDeploymentStatus, type: str) -> api.Condition | None:
-    return next((c for c in status.conditions if c.type == type), None)
-
-
 def build_status(
     *,
     spec: api.ModelDeploymentSpec | None,
@@ -185,12 +111,71 @@ def build_status(
     generation: int | None,
     now: datetime,
 ) -> api.ModelDeploymentStatus:
-    """The status the resource should show, kstatus-style.
+    """The status the resource should show: `previous` (the rollout core's status) with the
+    observed state of the children and the phase derived from both."""
+    observed = observe(
+        spec=spec,
+        invalid=invalid,
+        previous=previous,
+        tracks=tracks,
+        generation=generation,
+        now=now,
+    )
+    stable = tracks.get("stable", DeploymentState())
+    phase = phase_of(
+        spec=spec,
+        invalid=invalid,
+        rollout=previous,
+        stable=stable,
+        stable_version=observed.stable_version,
+    )
+    return observed.model_copy(update={"phase": phase})
+
+
+def _rolling_stable(stable: DeploymentState, stable_version: str | None) -> bool:
+    """The stable model is rolling to a new version (it served one before)."""
+    return stable.exists and not stable.rolled_out and stable_version is not None
+
+
+def phase_of(
+    *,
+    spec: api.ModelDeploymentSpec | None,
+    invalid: str | None,
+    rollout: api.ModelDeploymentStatus,
+    stable: DeploymentState,
+    stable_version: str | None,
+) -> api.Phase:
+    """The one phase of the resource, from the rollout state and the observed state.
+
+    Failed while the spec is invalid; Pending until the stable model first served; then, with
+    a canary, the rollout's phase (`state.rollout_phase`), and without one, Progressing while
+    the stable model rolls to a new version, else Stable.
+    """
+    if invalid is not None or spec is None:
+        return "Failed"
+    if stable_version is None:
+        return "Pending"
+    if spec.canary is None:
+        return "Progressing" if _rolling_stable(stable, stable_version) else "Stable"
+    return rollout_phase(rollout)
+
+
+def observe(
+    *,
+    spec: api.ModelDeploymentSpec | None,
+    invalid: str | None,
+    previous: api.ModelDeploymentStatus,
+    tracks: Mapping[Track, DeploymentState],
+    generation: int | None,
+    now: datetime,
+) -> api.ModelDeploymentStatus:
+    """`previous` with the observed state, kstatus-style.
 
     Ready: the stable Deployment has rolled out and its replicas are available.
-    Progressing: a canary is deployed, or the stable model is rolling to a new version.
-    Degraded (and kstatus' Stalled): the spec cannot be served as written.
-    Reconciling: the operator is still bringing children into shape.
+    Reconciling: the operator is still bringing the model Deployments into shape.
+    Degraded (and kstatus' Stalled, reason InvalidSpec): the spec cannot be served as written;
+    then Progressing says nothing progresses. Without a canary, Progressing says whether the
+    stable model rolls out; with one, it is the rollout core's.
     """
     stable = tracks.get("stable", DeploymentState())
     conditions = list(previous.conditions)
@@ -216,56 +201,35 @@ def build_status(
         put("Ready", False, "StableMissing", "the stable Deployment does not exist yet")
     else:
         put("Ready", False, "StableNotAvailable", f"stable model {stable.version}: {replicas}")
+    observed = {"stable_version": stable_version, "observed_generation": generation}
 
-    fields: dict[str, Any] = {"stable_version": stable_version, "observed_generation": generation}
     if invalid is not None or spec is None:
         message = invalid or "the spec is missing"
         put("Degraded", True, "InvalidSpec", message)
         put("Stalled", True, "InvalidSpec", message)
         put("Reconciling", False, "InvalidSpec", "waiting for a corrected spec")
         put("Progressing", False, "InvalidSpec", "nothing changes until the spec is corrected")
-        return previous.model_copy(update={**fields, "phase": "Failed", "conditions": conditions})
+        return previous.model_copy(update={**observed, "conditions": conditions})
 
     put("Degraded", False, "AsExpected", "the spec is valid and its children are in place")
     stalled = condition(previous, "Stalled")
     if stalled is None or stalled.reason == "InvalidSpec":
-        put("Stalled", False, "AsExpected", "")  # the rollout core sets and clears its own
-    canary = spec.canary
-    canary_state = tracks.get("canary", DeploymentState())
-    rolling_stable = stable.exists and not stable.rolled_out and stable_version is not None
-    phase = previous.phase
-    if canary is None:
-        # With a canary the rollout core owns the phase and the Progressing condition.
-        if rolling_stable:
-            put(
-                "Progressing",
-                True,
-                "StableRollingOut",
-                f"stable model rolling out to {stable.version}: {replicas}",
-            )
+        put("Stalled", False, "AsExpected", "")
+    if spec.canary is None:
+        if _rolling_stable(stable, stable_version):
+            message = f"stable model rolling out to {stable.version}: {replicas}"
+            put("Progressing", True, "StableRollingOut", message)
         else:
             put("Progressing", False, "NoCanary", "no canary in the spec")
-        phase = "Progressing" if rolling_stable else "Stable"
-    if stable_version is None:
-        phase = "Pending"  # until the stable model first serves (the rollout core restores)
-    elif phase in (None, "Pending", "Failed"):
-        phase = "Progressing" if canary is not None else "Stable"
-    canary_settled = canary_state.rolled_out or not canary_state.exists
-    settled = stable.rolled_out and canary_settled
+    canary = tracks.get("canary", DeploymentState())
+    settled = stable.rolled_out and (canary.rolled_out or not canary.exists)
     put(
         "Reconciling",
         not settled,
         "AsExpected" if settled else "RollingOut",
         "" if settled else "waiting for the model Deployments to roll out",
     )
-    return previous.model_copy(
-        update={
-            **fields,
-            "phase": phase,
-            "canary_version": canary.model.version if canary else None,
-            "conditions": conditions,
-        }
-    )
+    return previous.model_copy(update={**observed, "conditions": conditions})
 
 
 def build_events(
@@ -309,8 +273,3 @@ def build_events(
 def status_patch(status: api.ModelDeploymentStatus) -> dict[str, Any]:
     """The status as JSON for a merge patch; fields that became empty are removed explicitly."""
     return status.model_dump(by_alias=True, mode="json")
-
-
-def parse_owner(body: Mapping[str, Any]) -> Owner:
-    meta = body.get("metadata", {})
-    return Owner(name=meta["name"], namespace=meta.get("namespace") or "default", uid=meta["uid"])

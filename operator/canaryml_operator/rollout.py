@@ -1,9 +1,13 @@
 """The rollout core: from (spec, status, measurements, now) to the next status, and why.
 
 Pure functions, no kopf, HTTP or Kubernetes client (an import-linter contract holds it). The
-operator's handlers and its analysis daemon gather the inputs and apply the Decision; the local
-demo drives the same `decide()`. Everything the next decision needs is in the returned status,
-so a restarted operator resumes at the same step with the same failure count.
+rollout loop (`loop.turn`, which the operator and the local demo both drive) gathers the inputs
+and applies the Decision. Everything the next decision needs is in the returned status, so a
+restarted operator resumes at the same step with the same failure count.
+
+The rollout core writes the rollout state: the weight, step, models, history, last analysis
+and counters, and the Progressing, RolledBack and (from analyses) Stalled conditions; the
+reconciler adds what the children say and derives the phase (`reconcile.phase_of`).
 
 The rollout of one canary (identified by its model's uri, version and sha256):
 
@@ -26,10 +30,17 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from canaryml_api import resource as api
+from canaryml_api.routing import plan_routing
+from canaryml_api.tracks import Track
 
 from canaryml_operator import measurements as m
-from canaryml_operator.children import Track, TrackPlan
-from canaryml_operator.reconcile import DeploymentState, Event, set_condition
+from canaryml_operator.state import (
+    DeploymentState,
+    Event,
+    TrackPlan,
+    rollout_phase,
+    set_condition,
+)
 
 Verdict = api.Verdict
 Command = Literal["promote", "abort", "rollback", "pause"]
@@ -385,7 +396,7 @@ def decide(
     if b.status.canary_model != identity(canary.model):
         _start(b, spec)
     else:
-        _restore_phase(b, spec)
+        b.update(phase=rollout_phase(b.status))
     phase = b.status.phase
     if phase == "Promoted":
         _finish_promotion(b, tracks)
@@ -440,30 +451,6 @@ def _weight_text(status: api.ModelDeploymentStatus, paused: bool) -> str:
     return (
         f"rollout {state} at step {(status.current_step or 0) + 1}, weight {status.canary_weight}%"
     )
-
-
-def _restore_phase(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
-    """The rollout's phase, where the status shows another one (Failed while the spec was
-    invalid, Pending before the stable was first available): it follows from the models."""
-    if b.status.phase in ("Progressing", "Paused", "Promoted", "RolledBack"):
-        return
-    assert spec.canary is not None
-    canary = identity(spec.canary.model)
-    last = b.status.history[-1] if b.status.history else None
-    if b.status.stable_model == canary:
-        b.update(phase="Promoted")
-    elif (
-        last
-        and last.event == "rolledBack"
-        and (last.uri, last.version)
-        == (
-            canary.uri,
-            canary.version,
-        )
-    ):
-        b.update(phase="RolledBack")
-    else:
-        b.update(phase="Progressing")
 
 
 def _follow_spec_model(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
@@ -727,7 +714,9 @@ def _roll_back(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str, messa
 def plan_tracks(
     *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
 ) -> TrackPlan:
-    """The stable model the stable track serves, and whether and how the canary runs.
+    """The stable model the stable track serves, and whether and how the canary runs; the
+    canary's weight is the routing plan's (`plan_routing`: only while the status is about the
+    spec's canary, 0 once it rolled back).
 
     After a rollback or a finished promotion the canary keeps its pods for DRAIN_SECONDS after
     its weight went to 0, then it is scaled to 0 (rolled back: kept for inspection) or removed
@@ -735,8 +724,9 @@ def plan_tracks(
     """
     stable = status.stable_model.as_ref() if status.stable_model else spec.model
     canary = spec.canary
+    weight = plan_routing(spec, status).canary_weight
     if canary is None:
-        return TrackPlan(stable, None, 0)
+        return TrackPlan(stable, None, weight)
     current = status.canary_model == identity(canary.model)
     drained = (
         status.canary_weight == 0
@@ -744,10 +734,7 @@ def plan_tracks(
         and (now - status.step_started_at).total_seconds() >= DRAIN_SECONDS
     )
     if current and status.phase == "RolledBack":
-        return TrackPlan(stable, 0 if drained else canary.replicas, 0)
-    if current and status.phase == "Promoted":
-        if drained:
-            return TrackPlan(stable, None, 0)
-        return TrackPlan(stable, canary.replicas, status.canary_weight)
-    weight = status.canary_weight if current else 0
+        return TrackPlan(stable, 0 if drained else canary.replicas, weight)
+    if current and status.phase == "Promoted" and drained:
+        return TrackPlan(stable, None, weight)
     return TrackPlan(stable, canary.replicas, weight)

@@ -29,7 +29,7 @@ def metrics_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    monkeypatch.setattr(main.SETTINGS, "metrics_port", port)
+    monkeypatch.setattr(main.operator_settings(), "metrics_port", port)
     # The registry is the process's: other tests' resources of the same name left series.
     metrics.forget(namespace=NS, name="iris")
     monkeypatch.setattr(rollout, "DRAIN_SECONDS", 0.5)

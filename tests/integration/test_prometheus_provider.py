@@ -29,7 +29,6 @@ from canaryml_operator.measurements import (
     Measurements,
 )
 from canaryml_operator.providers import (
-    PROVIDERS,
     MetricError,
     PrometheusProvider,
     auth_headers,
@@ -341,4 +340,4 @@ def test_auth_headers() -> None:
         auth_headers(bearer_token=" \n", authorization=None)
     with pytest.raises(ValueError, match="several lines"):
         auth_headers(bearer_token="a\nb", authorization=None)
-    assert set(PROVIDERS) == {"prometheus"}
+    assert isinstance(build_provider(analysis=api.AnalysisSpec(), headers={}), PrometheusProvider)

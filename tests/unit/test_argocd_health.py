@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import yaml
 from canaryml_api import resource as api
-from canaryml_operator import children, reconcile, rollout
+from canaryml_api.tracks import Track
 from canaryml_operator import measurements as m
-from canaryml_operator.children import Track
+from canaryml_operator import reconcile, rollout, state
 from canaryml_operator.measurements import Measurements, Sample
-from canaryml_operator.reconcile import DeploymentState
+from canaryml_operator.state import DeploymentState
 
 pytest.importorskip("lupa")
 
@@ -74,7 +74,7 @@ def serving(model: Mapping[str, Any], *, ready: bool = True) -> DeploymentState:
         updated=1,
         current=True,
         version=model["version"],
-        model=children.model_reference(uri=model["uri"], version=model["version"], sha256=None),
+        model=state.model_reference(uri=model["uri"], version=model["version"], sha256=None),
     )
 
 
@@ -227,7 +227,7 @@ def manually_rolled_back(*, rolled_out: bool) -> Resource:
         updated=0,
         current=True,
         version=STABLE["version"],
-        model=children.model_reference(uri=STABLE["uri"], version="1.0.0", sha256=None),
+        model=state.model_reference(uri=STABLE["uri"], version="1.0.0", sha256=None),
     )
     resource.reconcile(live(stable=rolling), commands={"rollback"})
     if rolled_out:
@@ -343,7 +343,7 @@ def test_the_situations_are_what_their_names_say() -> None:
 
     def phase_and(resource: Resource, kind: str) -> tuple[str | None, str | None, str | None]:
         assert resource.status is not None
-        condition = reconcile.condition(resource.status, kind)
+        condition = state.condition(resource.status, kind)
         return (
             resource.status.phase,
             condition.status if condition else None,

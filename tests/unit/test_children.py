@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from canaryml_api import resource as api
 from canaryml_operator import children
-from canaryml_operator.children import ANNOTATION_SPEC_HASH, Owner
+from canaryml_operator.children import ANNOTATION_SPEC_HASH
+from canaryml_operator.state import Owner
 
 OWNER = Owner(name="iris", namespace="ml", uid="0b6c1f5e-1111-4222-8333-944455556666")
 IMAGE = "ghcr.io/canaryml/canaryml:0.1.0"

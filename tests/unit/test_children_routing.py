@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from canaryml_api import resource as api
 from canaryml_operator import children
-from canaryml_operator.children import Owner, TrackPlan
+from canaryml_operator.state import Owner, TrackPlan
 
 OWNER = Owner(name="iris", namespace="ml", uid="uid-1")
 IMAGE = "ghcr.io/canaryml/canaryml:0.1.0"

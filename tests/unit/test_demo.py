@@ -22,8 +22,8 @@ from canaryml_cli.demo.traffic import drift_shift, read_rows
 from canaryml_cli.demo.values import bound_text
 from canaryml_cli.demo.view import DemoView, analysis_line, render
 from canaryml_operator import measurements as m
-from canaryml_operator.children import TrackPlan
 from canaryml_operator.measurements import Measurements, Sample, value_text
+from canaryml_operator.state import TrackPlan
 from rich.console import Console
 
 DIGEST = "a" * 64

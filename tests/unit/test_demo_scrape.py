@@ -10,6 +10,13 @@ from typing import Any
 
 import pytest
 from canaryml_api import resource as api
+from canaryml_api.telemetry import (
+    FEATURE_DRIFT,
+    REQUEST_DURATION_BUCKET,
+    REQUESTS_TOTAL,
+    SHADOW_COMPARISONS,
+)
+from canaryml_api.telemetry import PREDICTION_DRIFT as PREDICTION_DRIFT_METRIC
 from canaryml_cli.demo.scrape import (
     CUSTOM_NEEDS_PROMETHEUS,
     ScrapedSample,
@@ -21,16 +28,9 @@ from canaryml_cli.demo.scrape import (
 )
 from canaryml_operator import checks
 from canaryml_operator import measurements as m
-from canaryml_operator.checks import (
-    FEATURE_DRIFT,
-    PREDICTION_DRIFT_METRIC,
-    REQUEST_DURATION_BUCKET,
-    REQUESTS_TOTAL,
-    SHADOW_COMPARISONS,
-)
 from canaryml_operator.measurements import Sample
+from canaryml_router.metrics import RouterMetrics
 from canaryml_server.metrics import LATENCY_BUCKETS
-from canaryml_server.router_metrics import RouterMetrics
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from tests.unit.specs import CANARY_MODEL, MINIMAL

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from canaryml_api import resource as api
-from canaryml_operator import children, reconcile
-from canaryml_operator.children import ANNOTATION_SPEC_HASH, ChildKey, Owner
-from canaryml_operator.reconcile import DeploymentState, Event, Plan, set_condition
+from canaryml_operator import children, reconcile, state
+from canaryml_operator.children import ANNOTATION_SPEC_HASH, ChildKey
+from canaryml_operator.reconcile import Plan
+from canaryml_operator.state import DeploymentState, Event, Owner, set_condition
 
 OWNER = Owner(name="iris", namespace="ml", uid="uid-iris")
 STRANGER = Owner(name="iris", namespace="ml", uid="uid-someone-else")
@@ -311,7 +312,7 @@ def conditions(status: api.ModelDeploymentStatus) -> dict[str, tuple[str, str]]:
 
 
 def get(status: api.ModelDeploymentStatus, kind: str) -> api.Condition:
-    found = reconcile.condition(status, kind)
+    found = state.condition(status, kind)
     assert found is not None, f"no {kind} condition in {status.conditions}"
     return found
 
@@ -368,6 +369,7 @@ def test_with_a_canary_the_rollout_cores_phase_weight_and_progressing_are_kept()
     previous_status = EMPTY.model_copy(
         update={
             "phase": "Progressing",
+            "canary_version": "1.1.0",  # the rollout core's, as `rollout.decide` writes it
             "canary_weight": 10,
             "current_step": 1,
             "conditions": previous,
@@ -643,12 +645,12 @@ def test_the_status_patch_reads_back_as_the_same_status() -> None:
 
 def test_parse_owner_reads_name_namespace_and_uid() -> None:
     body = {"metadata": {"name": "iris", "namespace": "ml", "uid": "u-1"}}
-    assert reconcile.parse_owner(body) == Owner(name="iris", namespace="ml", uid="u-1")
+    assert state.parse_owner(body) == Owner(name="iris", namespace="ml", uid="u-1")
 
 
 def test_parse_owner_defaults_the_namespace() -> None:
     body = {"metadata": {"name": "iris", "uid": "u-1"}}
-    assert reconcile.parse_owner(body).namespace == "default"
+    assert state.parse_owner(body).namespace == "default"
 
 
 def test_the_stable_version_is_read_from_the_exact_annotation_before_the_label() -> None:

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from canaryml_api import resource as api
+from canaryml_api.tracks import Track
 from canaryml_operator import measurements as m
 from canaryml_operator import rollout
-from canaryml_operator.children import Track, TrackPlan, model_reference
 from canaryml_operator.measurements import Measurements, Sample
-from canaryml_operator.reconcile import DeploymentState, Event
 from canaryml_operator.rollout import Command, Decision
+from canaryml_operator.state import DeploymentState, Event, TrackPlan, model_reference
 
 from tests.unit.specs import CANARY_MODEL, DESIGN_EXAMPLE, MINIMAL, changed
 

@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from canaryml_api import resource as api
+from canaryml_api.tracks import Track
 from canaryml_operator import measurements as m
 from canaryml_operator import rollout
-from canaryml_operator.children import Track
 from canaryml_operator.measurements import Measurements, Sample
-from canaryml_operator.reconcile import DeploymentState
 from canaryml_operator.rollout import Command, Decision
+from canaryml_operator.state import DeploymentState
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

@@ -16,8 +16,10 @@ from typing import Final, Protocol
 
 import httpx
 from canaryml_api import resource as api
+from canaryml_api import telemetry
 from canaryml_operator import checks, providers
 from canaryml_operator.measurements import Measurements
+from canaryml_operator.state import Owner
 
 from canaryml_cli.demo.scrape import ScrapeHistory, measure_scraped, parse_exposition
 
@@ -26,24 +28,32 @@ QUERY_TIMEOUT_S: Final = 2.0
 
 
 class Measurer(Protocol):
-    async def measure(self, *, spec: api.ModelDeploymentSpec, at: datetime) -> Measurements: ...
+    """Where the analyses get their numbers; `measure` is the loop's `Measure` port."""
+
+    async def measure(
+        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+    ) -> Measurements: ...
 
     async def aclose(self) -> None: ...
 
 
 class PrometheusMeasurer:
-    """The operator's queries against Prometheus at `url`."""
+    """The operator's queries against Prometheus at `url`, whose targets carry the owner's
+    namespace (as a cluster's Prometheus adds it)."""
 
-    def __init__(self, *, url: str, name: str, namespace: str | None) -> None:
-        self.name = name
-        self.namespace = namespace
+    def __init__(self, *, url: str) -> None:
         self._provider = providers.PrometheusProvider(url=url, timeout=QUERY_TIMEOUT_S)
 
-    async def measure(self, *, spec: api.ModelDeploymentSpec, at: datetime) -> Measurements:
+    async def measure(
+        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+    ) -> Measurements:
         queries = checks.build_queries(
-            spec=spec, name=self.name, namespace=self.namespace, source="router"
+            spec=spec,
+            name=owner.name,
+            namespace=owner.namespace,
+            source=telemetry.SOURCE_ROUTER,
         )
-        return await providers.measure(provider=self._provider, queries=queries, at=at)
+        return await providers.measure(provider=self._provider, queries=queries, at=now)
 
     async def is_online(self) -> bool:
         return await self._provider.is_online()
@@ -55,9 +65,8 @@ class PrometheusMeasurer:
 class ScrapeMeasurer:
     """Scrapes `targets` (base URLs) every second into a window of history."""
 
-    def __init__(self, *, targets: Sequence[str], name: str, window_seconds: float) -> None:
+    def __init__(self, *, targets: Sequence[str], window_seconds: float) -> None:
         self.targets = list(targets)
-        self.name = name
         self.keep_seconds = window_seconds + 5 * SCRAPE_INTERVAL_S
         self.history = ScrapeHistory()
         self._client = httpx.AsyncClient(timeout=SCRAPE_INTERVAL_S)
@@ -66,8 +75,11 @@ class ScrapeMeasurer:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def measure(self, *, spec: api.ModelDeploymentSpec, at: datetime) -> Measurements:
-        return measure_scraped(history=self.history, spec=spec, name=self.name, at=at)
+    async def measure(
+        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+    ) -> Measurements:
+        # Direct scrapes carry no namespace label: the scope has none.
+        return measure_scraped(history=self.history, spec=spec, name=owner.name, at=now)
 
     async def aclose(self) -> None:
         if self._task is not None:

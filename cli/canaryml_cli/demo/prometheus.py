@@ -142,14 +142,6 @@ class LocalPrometheus:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def set_targets(self, targets: Sequence[Target]) -> None:
-        """Scrape these targets from now on (a config reload, no restart)."""
-        self._write_config(targets)
-        if self.running:
-            response = httpx.post(f"{self.url}/-/reload", auth=self.auth, timeout=10.0)
-            if response.status_code != 200:
-                raise PrometheusError(f"reload failed: HTTP {response.status_code} {response.text}")
-
     def log(self) -> str:
         """The end of Prometheus's own log, for error messages."""
         if not self.log_path.exists():

@@ -1,16 +1,13 @@
 """One demo run: real processes, real metrics, and the operator's rollout core deciding.
 
-The loop is the operator's analysis daemon with the cluster replaced by local processes:
+The loop is the operator's own (`canaryml_operator.loop`) with the cluster replaced by local
+processes:
 
-    every 0.25 s: is an analysis due (rollout.next_analysis_in)? then measure
-                  decide(spec, status, measurements, now, tracks)   <- the operator's core
-                  plan_tracks(...) -> weight to the router, stable model, canary running or not
-                  apply the plan to the processes (LocalCluster)
+    every 0.25 s: measure when an analysis is due (loop.measure_if_due), then loop.turn:
+                  decide -> plan the tracks -> apply to the processes (LocalCluster) -> status
 
-State is the status `decide` returns, as in the resource's `.status`; `tracks` says what each
-local server serves, as the live Deployments do for the operator. A promotion starts a new
-stable server with the canary's model and switches the router's stable upstream to it once it
-is ready (a rolling update, in one step), then stops the old one after the drain time.
+State is the status `loop.turn` returns, the one the operator would write in the resource's
+`.status`; `LocalCluster` (demo.cluster) plays the cluster's part.
 """
 
 from __future__ import annotations
@@ -20,31 +17,29 @@ import contextlib
 import copy
 import json
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-import httpx
 import yaml
 from canaryml_api import resource as api
-from canaryml_operator import children, rollout
-from canaryml_operator.reconcile import DeploymentState
+from canaryml_operator import loop
+from canaryml_operator.state import Owner, TrackPlan
 from canaryml_server.artifact import MANIFEST_FILE, sha256_file
 from canaryml_server.storage import local_path, scheme_of
 
 from canaryml_cli.demo import scenarios
+from canaryml_cli.demo.cluster import LocalCluster
 from canaryml_cli.demo.example_models import TARGET, ensure_trained
 from canaryml_cli.demo.measure import Measurer, PrometheusMeasurer, ScrapeMeasurer
-from canaryml_cli.demo.processes import DemoError, LocalProcess, ProcessGroup
+from canaryml_cli.demo.processes import DemoError, ProcessGroup
 from canaryml_cli.demo.prometheus import LocalPrometheus, PrometheusError, Target, prometheus_binary
-from canaryml_cli.demo.record import DemoRecord, TimedEvent, WeightChange
+from canaryml_cli.demo.record import DemoRecord, TimedEvent
 from canaryml_cli.demo.traffic import Row, Shift, Traffic, drift_shift, read_rows
 
 TICK_S: Final = 0.25
-SERVER_READY = "/v2/health/ready"
-ROUTER_READY = "/router/readyz"
 LOCAL_SCHEMES: Final = ("file://", "http://", "https://", "s3://", "gs://", "models:/")
 RELATIVE_PATH_RULE: Final = (
     "a relative path is read from the current folder, as `canaryml serve` reads it"
@@ -198,146 +193,6 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
     return Setup(name, namespace, spec, rows, plan, spec_file, traffic_file, shift)
 
 
-# -- the local cluster ----------------------------------------------------------------------
-
-
-@dataclass
-class LocalTrack:
-    process: LocalProcess
-    model: api.ModelRef
-
-
-@dataclass
-class LocalCluster:
-    """The processes standing in for the ModelDeployment's Deployments and its router."""
-
-    setup: Setup
-    group: ProcessGroup
-    record: DemoRecord
-    tracks: dict[children.Track, LocalTrack] = field(default_factory=dict)
-    router: LocalProcess | None = None
-    weight: int = 0  # what the router was given
-    _client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10.0))
-    _promotion: asyncio.Task[None] | None = None
-    _retired: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def _serve(self, track: children.Track, model: api.ModelRef) -> LocalProcess:
-        args = ["serve", model.uri, "--track", track, "--model-deployment", self.setup.name]
-        if model.sha256:
-            args += ["--sha256", model.sha256]
-        env = {"CANARYML_LOG_LEVEL": "warning", **scenarios.SERVER_ENV}
-        if track == "canary":
-            env.update(self.setup.plan.canary_env)
-        suffix = "" if track not in self.tracks else f"-{len(self.group.processes)}"
-        return self.group.start(name=f"{track}-server{suffix}", args=args, env=env)
-
-    async def start(self) -> None:
-        """Every server at once, then the router in front of them (weight 0)."""
-        spec = self.setup.spec
-        assert spec.canary is not None
-        wanted: dict[children.Track, api.ModelRef] = {
-            "stable": spec.model,
-            "canary": spec.canary.model,
-        }
-        if spec.shadow is not None and spec.shadow.percent > 0:
-            wanted["shadow"] = spec.shadow.model
-        started = {track: LocalTrack(self._serve(track, m), m) for track, m in wanted.items()}
-        self.tracks.update(started)
-        await asyncio.gather(*(t.process.wait_ready(path=SERVER_READY) for t in started.values()))
-        args = ["router", "--model-deployment", self.setup.name, "--admin", "--log-level"]
-        args += ["warning", "--canary-weight", "0"]
-        args += ["--sticky-header", spec.routing.sticky_header or scenarios.STICKY_HEADER]
-        for track, local in started.items():
-            args += ["--upstream", f"{track}={local.process.url}"]
-            args += ["--version", f"{track}={local.model.version}"]
-        if spec.shadow is not None:
-            args += ["--shadow-percent", str(spec.shadow.percent)]
-            args += ["--probability-tolerance", str(spec.shadow.probability_tolerance)]
-        self.router = self.group.start(name="router", args=args)
-        await self.router.wait_ready(path=ROUTER_READY)
-
-    def states(self) -> dict[children.Track, DeploymentState]:
-        """What each track's "Deployment" says: rolled out with its model while it runs."""
-        states: dict[children.Track, DeploymentState] = {}
-        for track, local in self.tracks.items():
-            running = local.process.alive
-            model = local.model
-            states[track] = DeploymentState(
-                exists=True,
-                desired=1,
-                available=1 if running else 0,
-                updated=1,
-                current=True,
-                version=model.version,
-                model=children.model_reference(
-                    uri=model.uri, version=model.version, sha256=model.sha256
-                ),
-            )
-        return states
-
-    async def apply(self, plan: children.TrackPlan, *, now: datetime) -> None:
-        """Make the processes match the plan (rollout.plan_tracks): weight first, so that no
-        request goes to a server about to stop."""
-        if plan.canary_weight != self.weight:
-            await self._put({"canaryWeight": plan.canary_weight})
-            self.weight = plan.canary_weight
-            self.record.weights.append(WeightChange(now, plan.canary_weight))
-        stable = self.tracks["stable"]
-        if _identity(plan.stable_model) != _identity(stable.model) and self._promotion is None:
-            self._promotion = asyncio.get_running_loop().create_task(
-                self._roll_stable(plan.stable_model)
-            )
-        canary = self.tracks.get("canary")
-        if canary is not None and not plan.canary_replicas and self.weight == 0:
-            del self.tracks["canary"]
-            await asyncio.to_thread(canary.process.stop)
-
-    async def _roll_stable(self, model: api.ModelRef) -> None:
-        """The stable Deployment's rolling update: the new server first, then the switch."""
-        old = self.tracks["stable"]
-        new = self._serve("stable", model)
-        await new.wait_ready(path=SERVER_READY)
-        await self._put({"upstreams": {"stable": new.url}, "versions": {"stable": model.version}})
-        self.tracks["stable"] = LocalTrack(new, model)
-        self._retired.append(asyncio.get_running_loop().create_task(self._retire(old.process)))
-
-    async def _retire(self, process: LocalProcess) -> None:
-        # Requests already sent to it finish first (the operator's drain time, as for pods).
-        await asyncio.sleep(rollout.DRAIN_SECONDS)
-        await asyncio.to_thread(process.stop)
-
-    async def _put(self, body: Mapping[str, Any]) -> None:
-        assert self.router is not None
-        response = await self._client.put(f"{self.router.url}/router/weights", json=dict(body))
-        if response.status_code != 200:
-            raise DemoError(
-                f"the router refused {body}: HTTP {response.status_code} {response.text}"
-            )
-
-    def check_alive(self) -> None:
-        """A process that died on its own is the demo failing, not the rollout."""
-        for local in self.tracks.values():
-            if not local.process.alive:
-                raise DemoError(
-                    f"{local.process.name} exited with code {local.process.popen.returncode}:\n"
-                    + local.process.log_tail()
-                )
-        if self.router is not None and not self.router.alive:
-            raise DemoError(f"the router exited:\n{self.router.log_tail()}")
-
-    async def close(self) -> None:
-        for task in [self._promotion, *self._retired]:
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, DemoError):
-                    await task
-        await self._client.aclose()
-
-
-def _identity(model: api.ModelRef) -> tuple[str, str, str | None]:
-    return (model.uri, model.version, model.sha256)
-
-
 # -- metrics --------------------------------------------------------------------------------
 
 
@@ -362,7 +217,7 @@ async def metrics_source(
             await asyncio.to_thread(server.start)
         except PrometheusError as error:
             raise DemoError(f"cannot start Prometheus: {error}") from None
-        measurer = PrometheusMeasurer(url=server.url, name=setup.name, namespace=setup.namespace)
+        measurer = PrometheusMeasurer(url=server.url)
         try:
             echo(f"Prometheus: {server.url} (scraping every second)")
             yield "prometheus", measurer
@@ -371,7 +226,7 @@ async def metrics_source(
             await asyncio.to_thread(server.stop)
     elif mode == "off":
         window = api.parse_duration(setup.spec.analysis.window)
-        scraper = ScrapeMeasurer(targets=urls, name=setup.name, window_seconds=window)
+        scraper = ScrapeMeasurer(targets=urls, window_seconds=window)
         scraper.start()
         try:
             yield "scrape", scraper
@@ -388,7 +243,7 @@ async def metrics_source(
             f"using the Prometheus at {mode}: it must scrape {', '.join(urls)} every few seconds "
             f"with the label namespace={setup.namespace} (file_sd_configs: {targets})"
         )
-        measurer = PrometheusMeasurer(url=mode, name=setup.name, namespace=setup.namespace)
+        measurer = PrometheusMeasurer(url=mode)
         try:
             if not await measurer.is_online():
                 raise DemoError(f"the Prometheus at {mode} does not answer queries")
@@ -400,7 +255,7 @@ async def metrics_source(
 # -- the run --------------------------------------------------------------------------------
 
 
-def finished(status: api.ModelDeploymentStatus, plan: children.TrackPlan) -> bool:
+def finished(status: api.ModelDeploymentStatus, plan: TrackPlan) -> bool:
     """The rollout ended and its canary was drained (scaled to 0, or removed)."""
     if status.phase == "RolledBack":
         return not plan.canary_replicas
@@ -437,7 +292,7 @@ async def run_demo(
             own_spec=options.spec_path is not None,
             traffic_file=setup.traffic_file,
         )
-        cluster = LocalCluster(setup, group, record)
+        cluster = LocalCluster(setup.name, setup.spec, setup.plan.canary_env, group, record)
         try:
             echo(f"starting the model servers and the router (logs: {group.log_dir})")
             await cluster.start()
@@ -473,42 +328,78 @@ async def _roll_out(
         shift=setup.shift,
     )
     sender = asyncio.get_running_loop().create_task(traffic.run())
-    deadline = asyncio.get_running_loop().time() + options.duration
-    status = api.ModelDeploymentStatus()
     try:
-        while True:
-            cluster.check_alive()
-            now = datetime.now(UTC)
-            due = rollout.next_analysis_in(spec=spec, status=status, now=now)
-            measurements = None
-            if due == 0.0:
-                measurements = await measurer.measure(spec=spec, at=now)
-            decision = rollout.decide(
-                spec=spec,
-                status=status,
-                measurements=measurements,
-                now=now,
-                tracks=cluster.states(),
-                generation=1,
-            )
-            before, status = status, decision.status
-            if status.last_analysis is not None and status.last_analysis != before.last_analysis:
-                record.analyses.append(status.last_analysis)
-                if measurements is not None:
-                    record.measured[measurements.time] = measurements
-            for event in decision.events:
-                record.events.append(TimedEvent(now, event.type, event.reason, event.message))
-            record.status = status
-            plan = rollout.plan_tracks(spec=spec, status=status, now=now)
-            await cluster.apply(plan, now=now)
-            observe(record)
-            if finished(status, plan):
-                return
-            if asyncio.get_running_loop().time() >= deadline:
-                record.timed_out = True
-                return
-            await asyncio.sleep(TICK_S)
+        await roll_out(
+            setup,
+            cluster,
+            measurer,
+            record,
+            observe,
+            duration=options.duration,
+            check=cluster.check_alive,
+        )
     finally:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
+
+
+class DemoTracks(loop.Tracks, Protocol):
+    """The tracks the demo's loop drives: `loop.Tracks`, and acting on what was applied."""
+
+    async def converge(self, *, now: datetime) -> None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def roll_out(
+    setup: Setup,
+    cluster: DemoTracks,
+    measurer: Measurer,
+    record: DemoRecord,
+    observe: Observer,
+    *,
+    duration: float,
+    check: Callable[[], None] = lambda: None,
+    clock: Callable[[], datetime] = _now,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Turn the operator's loop until the rollout ended and its canary was drained, or for
+    `duration` seconds (`clock` time). `check` raises when the demo itself broke."""
+    spec = setup.spec
+    owner = Owner(name=setup.name, namespace=setup.namespace, uid="")
+    deadline = clock() + timedelta(seconds=duration)
+    status = api.ModelDeploymentStatus()
+    while True:
+        check()
+        now = clock()
+        measurements = await loop.measure_if_due(
+            spec=spec, owner=owner, status=status, now=now, measure=measurer.measure
+        )
+        turn = loop.turn(
+            spec=spec,
+            invalid=None,
+            previous=status,
+            tracks=cluster,
+            measurements=measurements,
+            now=now,
+            generation=1,
+        )
+        before, status = status, turn.status
+        if status.last_analysis is not None and status.last_analysis != before.last_analysis:
+            record.analyses.append(status.last_analysis)
+            if measurements is not None:
+                record.measured[measurements.time] = measurements
+        for event in turn.events:
+            record.events.append(TimedEvent(now, event.type, event.reason, event.message))
+        record.status = status
+        await cluster.converge(now=now)
+        observe(record)
+        if turn.plan is not None and finished(status, turn.plan):
+            return
+        if clock() >= deadline:
+            record.timed_out = True
+            return
+        await sleep(TICK_S)

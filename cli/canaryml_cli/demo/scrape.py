@@ -5,16 +5,16 @@ answer with `parse_exposition`, keeps it in a `ScrapeHistory`, and `measure_scra
 every check of `checks.build_queries` from the scrapes in the analysis window
 `[at - analysis.window, at]` (both ends included).
 
-Each check has the scope of its PromQL (`model_deployment`, `track="canary"`, the canary's
-`version`, and `source` for the request metrics; `model_deployment` and `track` only for the
-shadow comparisons) and treats missing series as the PromQL does (see `checks`):
+Each check has the scope of its PromQL, from the same `checks.check_scope` (the scrapes carry
+no namespace label, so the scope has none), and treats missing series as the PromQL does (see
+`checks`):
 
 - A counter's increase over the window is its last sample in the window minus its first, plus
   the value before every drop (a drop is a counter reset, as in Prometheus's `increase()`). A
   series first seen inside the window takes its first sample as baseline; a series with fewer
   than two samples in the window contributes nothing. A series is one label set of one target
   (the target plays the part of Prometheus's `instance` label).
-- `requests`: the sum of the increases of `canaryml_requests_total`; 0 when nothing contributes.
+- `requests`: the sum of the increases of the request counter; 0 when nothing contributes.
 - `errorRate`: the 5xx part of that sum over the whole of it; None when the whole is 0 or
   nothing contributes.
 - `latencyP99`: `histogram_quantile(0.99, ...)` of the bucket increases summed by `le`. The
@@ -24,7 +24,7 @@ shadow comparisons) and treats missing series as the PromQL does (see `checks`):
   in the window; None when no such scrape holds the series. Drift is taken per feature first
   (`max by (feature)`), so that its sample names the worst features, as the provider's does.
 - `shadowAgreement` (when the spec mirrors traffic): agree / (agree + disagree) of the
-  increases of `canaryml_shadow_comparisons_total`; None when that sum is 0 or absent.
+  increases of the router's shadow comparison counter; None when that sum is 0 or absent.
 - Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
   the demo with a Prometheus.
 
@@ -59,15 +59,8 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from canaryml_api import resource as api
-from canaryml_operator.checks import (
-    FEATURE_DRIFT,
-    FEATURE_LABEL,
-    PREDICTION_DRIFT_METRIC,
-    REQUEST_DURATION_BUCKET,
-    REQUESTS_TOTAL,
-    SHADOW_COMPARISONS,
-    Source,
-)
+from canaryml_api import telemetry as t
+from canaryml_operator.checks import COMPARED_RESULTS, SERVER_ERROR_CODES, Source, check_scope
 from canaryml_operator.measurements import (
     DRIFT,
     ERROR_RATE,
@@ -87,8 +80,8 @@ CUSTOM_NEEDS_PROMETHEUS: Final = (
 P99: Final = 0.99
 # The matchers of checks.SERVER_ERRORS and checks.COMPARED, as Python regexes (PromQL anchors
 # them, hence fullmatch).
-_SERVER_ERROR_CODE: Final = re.compile(r"5..")
-_COMPARED_RESULT: Final = re.compile(r"agree|disagree")
+_SERVER_ERROR_CODE: Final = re.compile(SERVER_ERROR_CODES)
+_COMPARED_RESULT: Final = re.compile(COMPARED_RESULTS)
 # prometheus_client exposes the creation time of every counter and histogram as a gauge of
 # its own: a timestamp, not a measurement.
 _CREATED_SUFFIX: Final = "_created"
@@ -98,8 +91,8 @@ LabelKey = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True)
 class ScrapedSample:
-    """One sample of an exposition: its full name (`canaryml_requests_total`,
-    `canaryml_request_duration_seconds_bucket`), labels and value."""
+    """One sample of an exposition: its full name (a counter's with `_total`, a histogram
+    bucket's with `_bucket`), labels and value."""
 
     name: str
     labels: Mapping[str, str]
@@ -259,15 +252,16 @@ def measure_scraped(
     window = history.between(
         start=at - timedelta(seconds=api.parse_duration(spec.analysis.window)), end=at
     )
-    canary = {"model_deployment": name, "track": "canary", "version": spec.canary.model.version}
-    requests = {**canary, "source": source}
+    # The PromQL's scope; direct scrapes carry no namespace label.
+    scope = check_scope(spec=spec, name=name, namespace=None, source=source)
+    canary, requests = scope.canary, scope.requests
 
-    request_increases = _increases(window, metric=REQUESTS_TOTAL, scope=requests)
+    request_increases = _increases(window, metric=t.REQUESTS_TOTAL, scope=requests)
     total = _sum(increase for _, increase in request_increases)
     errors = _sum(
         increase
         for labels, increase in request_increases
-        if _SERVER_ERROR_CODE.fullmatch(labels.get("code", ""))
+        if _SERVER_ERROR_CODE.fullmatch(labels.get(t.CODE_LABEL, ""))
     )
     samples = {
         REQUESTS: _sample(0.0 if total is None else total),
@@ -275,16 +269,12 @@ def measure_scraped(
         ERROR_RATE: _ratio(0.0 if errors is None else errors, total),
         LATENCY_P99: _sample(_latency_p99(window, scope=requests)),
         DRIFT: Sample.worst_of(
-            _latest_max_by(window, metric=FEATURE_DRIFT, scope=canary, label=FEATURE_LABEL)
+            _latest_max_by(window, metric=t.FEATURE_DRIFT, scope=canary, label=t.FEATURE_LABEL)
         ),
-        PREDICTION_DRIFT: _sample(
-            _latest_max(window, metric=PREDICTION_DRIFT_METRIC, scope=canary)
-        ),
+        PREDICTION_DRIFT: _sample(_latest_max(window, metric=t.PREDICTION_DRIFT, scope=canary)),
     }
     if spec.shadow is not None and spec.shadow.percent > 0:
-        samples[SHADOW_AGREEMENT] = _shadow_agreement(
-            window, scope={"model_deployment": name, "track": "canary"}
-        )
+        samples[SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
     for metric in spec.analysis.metrics:
         samples[metric.name] = Sample.failed(CUSTOM_NEEDS_PROMETHEUS)
     return Measurements(time=at, samples=samples)
@@ -320,7 +310,7 @@ def _latency_p99(
     window: Mapping[str, Sequence[Scrape]], *, scope: Mapping[str, str]
 ) -> float | None:
     by_bound: dict[float, float] = defaultdict(float)
-    for labels, increase in _increases(window, metric=REQUEST_DURATION_BUCKET, scope=scope):
+    for labels, increase in _increases(window, metric=t.REQUEST_DURATION_BUCKET, scope=scope):
         try:
             bound = float(labels.get("le", ""))  # "+Inf" included; "1" and "1.0" are one bucket
         except ValueError:
@@ -367,9 +357,9 @@ def _shadow_agreement(
     window: Mapping[str, Sequence[Scrape]], *, scope: Mapping[str, str]
 ) -> Sample:
     compared = [
-        (labels.get("result", ""), increase)
-        for labels, increase in _increases(window, metric=SHADOW_COMPARISONS, scope=scope)
-        if _COMPARED_RESULT.fullmatch(labels.get("result", ""))
+        (labels.get(t.RESULT_LABEL, ""), increase)
+        for labels, increase in _increases(window, metric=t.SHADOW_COMPARISONS, scope=scope)
+        if _COMPARED_RESULT.fullmatch(labels.get(t.RESULT_LABEL, ""))
     ]
     agree = _sum(increase for result, increase in compared if result == "agree")
     # Only disagreements is 0 % agreement; no comparison at all is no data.

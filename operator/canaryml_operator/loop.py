@@ -1,0 +1,119 @@
+"""One turn of a ModelDeployment's rollout loop, for the operator and the local demo alike.
+
+    analysis due? -> measure -> decide -> plan the tracks -> apply -> status from the children
+
+The turn is pure but for two small ports: `Measure` (the metrics of one analysis) and `Tracks`
+(what the track Deployments say, and making them follow a plan). The operator (`main`) drives
+it with the Kubernetes API and Prometheus; `canaryml demo` with local processes and direct
+scrapes or a local Prometheus. Both so write the same status for the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from canaryml_api import resource as api
+from canaryml_api.routing import RoutingPlan, plan_routing
+from canaryml_api.tracks import Track
+
+from canaryml_operator import reconcile, rollout
+from canaryml_operator.measurements import Measurements
+from canaryml_operator.state import DeploymentState, Event, Owner, TrackPlan
+
+
+class Measure(Protocol):
+    """Takes one analysis of the spec's canary: every check's sample at `now`."""
+
+    async def __call__(
+        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+    ) -> Measurements: ...
+
+
+class Tracks(Protocol):
+    """The track Deployments (and the traffic split) of one ModelDeployment."""
+
+    def live(self) -> Mapping[Track, DeploymentState]:
+        """What each track's Deployment says now."""
+        ...
+
+    def apply(
+        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan, routing: RoutingPlan
+    ) -> Mapping[Track, DeploymentState]:
+        """Have the tracks follow `plan` and the traffic `routing`; what they say then (a
+        change may take effect later, as a Deployment rolls out after its update)."""
+        ...
+
+
+async def measure_if_due(
+    *,
+    spec: api.ModelDeploymentSpec,
+    owner: Owner,
+    status: api.ModelDeploymentStatus,
+    now: datetime,
+    measure: Measure,
+) -> Measurements | None:
+    """An analysis when one is due (`rollout.next_analysis_in`), else None."""
+    if rollout.next_analysis_in(spec=spec, status=status, now=now) != 0.0:
+        return None
+    return await measure(spec=spec, owner=owner, now=now)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one turn decided: the status to write, the rollout's Events and commands done,
+    and the plan the tracks were given (None with an invalid spec: nothing changes)."""
+
+    status: api.ModelDeploymentStatus
+    events: list[Event] = field(default_factory=list)
+    consumed: frozenset[rollout.Command] = frozenset()
+    plan: TrackPlan | None = None
+
+
+def turn(
+    *,
+    spec: api.ModelDeploymentSpec | None,
+    invalid: str | None,
+    previous: api.ModelDeploymentStatus,
+    tracks: Tracks,
+    measurements: Measurements | None,
+    now: datetime,
+    generation: int | None,
+    commands: Collection[rollout.Command] = frozenset(),
+) -> Turn:
+    """One turn: the rollout core decides on the live tracks (and `measurements`, when an
+    analysis was taken), the tracks follow its plan, and the status is the rollout state with
+    the observed state of the tracks after that and the phase of both."""
+    live = tracks.live()
+    if spec is None:
+        status = reconcile.build_status(
+            spec=None,
+            invalid=invalid,
+            previous=previous,
+            tracks=live,
+            generation=generation,
+            now=now,
+        )
+        return Turn(status)
+    decision = rollout.decide(
+        spec=spec,
+        status=previous,
+        measurements=measurements,
+        now=now,
+        tracks=live,
+        commands=commands,
+        generation=generation,
+    )
+    plan = rollout.plan_tracks(spec=spec, status=decision.status, now=now)
+    after = tracks.apply(spec=spec, plan=plan, routing=plan_routing(spec, decision.status))
+    status = reconcile.build_status(
+        spec=spec,
+        invalid=invalid,
+        previous=decision.status,
+        tracks=after,
+        generation=generation,
+        now=now,
+    )
+    return Turn(status, decision.events, decision.consumed, plan)
