@@ -46,14 +46,7 @@ from typing import Final, Literal
 from canaryml_api import resource as api
 from canaryml_api import telemetry as t
 
-from canaryml_operator.measurements import (
-    DRIFT,
-    ERROR_RATE,
-    LATENCY_P99,
-    PREDICTION_DRIFT,
-    REQUESTS,
-    SHADOW_AGREEMENT,
-)
+from canaryml_operator import measurements as m
 
 Source = Literal["router", "server"]
 
@@ -64,7 +57,7 @@ COMPARED: Final = f'{t.RESULT_LABEL}=~"{COMPARED_RESULTS}"'
 
 # Checks whose query answers one series per value of a label, and that label: the check's
 # value is the largest series', and its sample names the worst few (measurements.Sample).
-SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType({DRIFT: t.FEATURE_LABEL})
+SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType({m.DRIFT: t.FEATURE_LABEL})
 
 # PromQL durations: integers with units in decreasing order (1h30m, 90s, 250ms).
 _PROMQL_DURATION: Final = re.compile(r"(?=\d)(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?")
@@ -141,14 +134,14 @@ def build_queries(
     canary, requests = scope.canary, scope.requests
     drift = f"max by ({t.FEATURE_LABEL}) ({t.FEATURE_DRIFT}{selector(canary)})"
     queries = {
-        REQUESTS: _requests(requests, window=window),
-        ERROR_RATE: _error_rate(requests, window=window),
-        LATENCY_P99: _latency_p99(requests, window=window),
-        DRIFT: drift,
-        PREDICTION_DRIFT: f"max({t.PREDICTION_DRIFT}{selector(canary)})",
+        m.REQUESTS: _requests(requests, window=window),
+        m.ERROR_RATE: _error_rate(requests, window=window),
+        m.LATENCY_P99: _latency_p99(requests, window=window),
+        m.DRIFT: drift,
+        m.PREDICTION_DRIFT: f"max({t.PREDICTION_DRIFT}{selector(canary)})",
     }
     if spec.shadow is not None and spec.shadow.percent > 0:
-        queries[SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
+        queries[m.SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
     for metric in spec.analysis.metrics:
         queries[metric.name] = metric.query
     return queries

@@ -1,4 +1,4 @@
-"""The CustomResourceDefinition, generated from the pydantic models in `api`.
+"""The CustomResourceDefinition, generated from the pydantic models in `canaryml_api.resource`.
 
 Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no `$ref`, no JSON Schema
 `null` type, no `anyOf` carrying types. pydantic emits JSON Schema 2020-12, so this module

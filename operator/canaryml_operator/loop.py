@@ -87,33 +87,22 @@ def turn(
     analysis was taken), the tracks follow its plan, and the status is the rollout state with
     the observed state of the tracks after that and the phase of both."""
     live = tracks.live()
-    if spec is None:
-        status = reconcile.build_status(
-            spec=None,
-            invalid=invalid,
-            previous=previous,
-            tracks=live,
-            generation=generation,
+    decided, events, consumed, plan = previous, [], frozenset[rollout.Command](), None
+    after = live
+    if spec is not None:
+        decision = rollout.decide(
+            spec=spec,
+            status=previous,
+            measurements=measurements,
             now=now,
+            tracks=live,
+            commands=commands,
+            generation=generation,
         )
-        return Turn(status)
-    decision = rollout.decide(
-        spec=spec,
-        status=previous,
-        measurements=measurements,
-        now=now,
-        tracks=live,
-        commands=commands,
-        generation=generation,
-    )
-    plan = rollout.plan_tracks(spec=spec, status=decision.status, now=now)
-    after = tracks.apply(spec=spec, plan=plan, routing=plan_routing(spec, decision.status))
+        decided, events, consumed = decision.status, decision.events, decision.consumed
+        plan = rollout.plan_tracks(spec=spec, status=decided, now=now)
+        after = tracks.apply(spec=spec, plan=plan, routing=plan_routing(spec, decided))
     status = reconcile.build_status(
-        spec=spec,
-        invalid=invalid,
-        previous=decision.status,
-        tracks=after,
-        generation=generation,
-        now=now,
+        spec=spec, invalid=invalid, previous=decided, tracks=after, generation=generation, now=now
     )
-    return Turn(status, decision.events, decision.consumed, plan)
+    return Turn(status, events, consumed, plan)

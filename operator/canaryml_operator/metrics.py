@@ -12,6 +12,7 @@ chart's ServiceMonitor does) so that the resource's namespace wins over the oper
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Final, get_args
 
@@ -25,41 +26,35 @@ RESULTS: Final[tuple[str, ...]] = ("promoted", "rolledBack")
 LABELS: Final = (t.NAMESPACE_LABEL, t.MODEL_DEPLOYMENT_LABEL)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-CANARY_WEIGHT = Gauge(
+_gauge = functools.partial(Gauge, registry=REGISTRY)
+_counter = functools.partial(Counter, registry=REGISTRY)
+CANARY_WEIGHT = _gauge(
     t.OPERATOR_CANARY_WEIGHT,
     "Percent of traffic the canary gets, as the resource's status says",
     LABELS,
-    registry=REGISTRY,
 )
-PHASE = Gauge(
+PHASE = _gauge(
     t.OPERATOR_PHASE,
     "1 for the resource's current phase, 0 for the others",
     [*LABELS, t.PHASE_LABEL],
-    registry=REGISTRY,
 )
-STALLED = Gauge(
+STALLED = _gauge(
     t.OPERATOR_STALLED,
     "1 while the Stalled condition is True (invalid spec, or analyses held for long)",
     LABELS,
-    registry=REGISTRY,
 )
-HELD_ANALYSES = Gauge(
+HELD_ANALYSES = _gauge(
     t.OPERATOR_HELD_ANALYSES,
     "Inconclusive or Error analyses in a row (the weight is held meanwhile)",
     LABELS,
-    registry=REGISTRY,
 )
-ANALYSES = Counter(
-    t.OPERATOR_ANALYSES,
-    "Canary analyses by overall verdict",
-    [*LABELS, t.VERDICT_LABEL],
-    registry=REGISTRY,
+ANALYSES = _counter(
+    t.OPERATOR_ANALYSES, "Canary analyses by overall verdict", [*LABELS, t.VERDICT_LABEL]
 )
-ROLLOUTS = Counter(
+ROLLOUTS = _counter(
     t.OPERATOR_ROLLOUTS,
     "Rollouts ended, by result: promoted or rolledBack",
     [*LABELS, t.RESULT_LABEL],
-    registry=REGISTRY,
 )
 
 

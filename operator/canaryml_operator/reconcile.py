@@ -102,36 +102,6 @@ def _hash(obj: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def build_status(
-    *,
-    spec: api.ModelDeploymentSpec | None,
-    invalid: str | None,
-    previous: api.ModelDeploymentStatus,
-    tracks: Mapping[Track, DeploymentState],
-    generation: int | None,
-    now: datetime,
-) -> api.ModelDeploymentStatus:
-    """The status the resource should show: `previous` (the rollout core's status) with the
-    observed state of the children and the phase derived from both."""
-    observed = observe(
-        spec=spec,
-        invalid=invalid,
-        previous=previous,
-        tracks=tracks,
-        generation=generation,
-        now=now,
-    )
-    stable = tracks.get("stable", DeploymentState())
-    phase = phase_of(
-        spec=spec,
-        invalid=invalid,
-        rollout=previous,
-        stable=stable,
-        stable_version=observed.stable_version,
-    )
-    return observed.model_copy(update={"phase": phase})
-
-
 def _rolling_stable(stable: DeploymentState, stable_version: str | None) -> bool:
     """The stable model is rolling to a new version (it served one before)."""
     return stable.exists and not stable.rolled_out and stable_version is not None
@@ -160,7 +130,7 @@ def phase_of(
     return rollout_phase(rollout)
 
 
-def observe(
+def build_status(
     *,
     spec: api.ModelDeploymentSpec | None,
     invalid: str | None,
@@ -169,7 +139,8 @@ def observe(
     generation: int | None,
     now: datetime,
 ) -> api.ModelDeploymentStatus:
-    """`previous` with the observed state, kstatus-style.
+    """The status the resource shows: `previous` (the rollout core's status) with the observed
+    state of the children, kstatus-style, and the phase derived from both (`phase_of`).
 
     Ready: the stable Deployment has rolled out and its replicas are available.
     Reconciling: the operator is still bringing the model Deployments into shape.
@@ -209,7 +180,10 @@ def observe(
         put("Stalled", True, "InvalidSpec", message)
         put("Reconciling", False, "InvalidSpec", "waiting for a corrected spec")
         put("Progressing", False, "InvalidSpec", "nothing changes until the spec is corrected")
-        return previous.model_copy(update={**observed, "conditions": conditions})
+        phase = phase_of(
+            spec=spec, invalid=message, rollout=previous, stable=stable, stable_version=None
+        )
+        return previous.model_copy(update={**observed, "phase": phase, "conditions": conditions})
 
     put("Degraded", False, "AsExpected", "the spec is valid and its children are in place")
     stalled = condition(previous, "Stalled")
@@ -229,7 +203,10 @@ def observe(
         "AsExpected" if settled else "RollingOut",
         "" if settled else "waiting for the model Deployments to roll out",
     )
-    return previous.model_copy(update={**observed, "conditions": conditions})
+    phase = phase_of(
+        spec=spec, invalid=invalid, rollout=previous, stable=stable, stable_version=stable_version
+    )
+    return previous.model_copy(update={**observed, "phase": phase, "conditions": conditions})
 
 
 def build_events(

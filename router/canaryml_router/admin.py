@@ -21,17 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from canaryml_router.asgi import (
-    Answer,
-    BodyTooLargeError,
-    ClientGoneError,
-    Receive,
-    Scope,
-    Send,
-    json_answer,
-    read_body,
-    respond,
-)
+from canaryml_router import asgi
 from canaryml_router.core import TRACKS
 from canaryml_router.routes import Routes
 from canaryml_router.upstream import url_problem
@@ -98,7 +88,7 @@ class WeightsUpdate(BaseModel):
         return self
 
 
-def _invalid(error: ValidationError) -> Answer:
+def _invalid(error: ValidationError) -> asgi.Answer:
     problems = [
         {"loc": ["body", *item["loc"]], "msg": item["msg"], "type": item["type"]}
         for item in error.errors(include_url=False)
@@ -106,7 +96,7 @@ def _invalid(error: ValidationError) -> Answer:
     message = "; ".join(
         f"{'.'.join(map(str, p['loc'][1:])) or 'body'}: {p['msg']}" for p in problems
     )
-    return json_answer(422, {"error": f"invalid weights: {message}", "detail": problems})
+    return asgi.json_answer(422, {"error": f"invalid weights: {message}", "detail": problems})
 
 
 class AdminEndpoints:
@@ -130,30 +120,30 @@ class AdminEndpoints:
         self._source = source
         self._admin = admin
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         path, method = scope["path"], scope["method"]
         allowed = ("GET", "HEAD", "PUT") if path == "/router/weights" else ("GET", "HEAD")
         if path not in PATHS:
-            answer = json_answer(404, {"error": f"no router endpoint {path}"})
+            answer = asgi.json_answer(404, {"error": f"no router endpoint {path}"})
         elif method not in allowed:
-            status, headers, body = json_answer(
+            status, headers, body = asgi.json_answer(
                 405, {"error": f"{method} is not allowed on {path}"}
             )
             answer = (status, [*headers, (b"allow", ", ".join(allowed).encode())], body)
         elif method == "PUT":
             try:
-                payload = await read_body(receive)
-            except ClientGoneError:
+                payload = await asgi.read_body(receive)
+            except asgi.ClientGoneError:
                 return
-            except BodyTooLargeError:
+            except asgi.BodyTooLargeError:
                 payload = b"?"
             answer = self.put_weights(payload)
         else:
             answer = self._get(path)
         status, headers, body = answer
-        await respond(send, status, headers, b"" if method == "HEAD" else body)
+        await asgi.respond(send, status, headers, b"" if method == "HEAD" else body)
 
-    def _get(self, path: str) -> Answer:
+    def _get(self, path: str) -> asgi.Answer:
         if path == "/metrics":
             return (
                 200,
@@ -161,18 +151,18 @@ class AdminEndpoints:
                 generate_latest(self._registry),
             )
         if path == "/router/healthz":
-            return json_answer(200, {"live": True})
+            return asgi.json_answer(200, {"live": True})
         if path == "/router/readyz":
             if self._routes.current is not None:
-                return json_answer(200, {"ready": True})
-            return json_answer(503, {"ready": False, "reason": "no routing table yet"})
+                return asgi.json_answer(200, {"ready": True})
+            return asgi.json_answer(503, {"ready": False, "reason": "no routing table yet"})
         return self.get_weights()
 
-    def get_weights(self) -> Answer:
+    def get_weights(self) -> asgi.Answer:
         table = self._routes.table
         if table is None:
-            return json_answer(503, {"error": "no routing table yet"})
-        return json_answer(
+            return asgi.json_answer(503, {"error": "no routing table yet"})
+        return asgi.json_answer(
             200,
             {
                 "modelDeployment": self.model_deployment,
@@ -182,14 +172,14 @@ class AdminEndpoints:
             },
         )
 
-    def put_weights(self, payload: bytes) -> Answer:
+    def put_weights(self, payload: bytes) -> asgi.Answer:
         if not self._admin:
             reason = (
                 "the weights follow the ModelDeployment: change its status instead"
                 if self._source == "follow"
                 else "the weights are read-only: start the router with --admin to change them"
             )
-            return json_answer(403, {"error": reason})
+            return asgi.json_answer(403, {"error": reason})
         try:
             update = WeightsUpdate.model_validate_json(payload)
         except ValidationError as error:
@@ -211,7 +201,7 @@ class AdminEndpoints:
                     f"{name} > 0 needs a {track} upstream "
                     f"(--upstream {track}=URL, or upstreams.{track} in the same PUT)"
                 )
-                return json_answer(422, {"error": message})
+                return asgi.json_answer(422, {"error": message})
             changes[field] = share
         self._routes.set_table(replace(table, **changes))
         return self.get_weights()

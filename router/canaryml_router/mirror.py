@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import NamedTuple
 
 from canaryml_api.telemetry import VERSION_HEADER
 
@@ -26,6 +27,20 @@ from canaryml_router.upstream import (
 )
 
 log = logging.getLogger("canaryml.router")
+
+
+class _Mirrored(NamedTuple):
+    """One request on its way to the shadow, with the live answer to compare with."""
+
+    shadow: UpstreamPool
+    table: RoutingTable
+    track: str
+    method: bytes
+    target: bytes
+    headers: Headers
+    body: bytes
+    live: bytes
+
 
 _VERSION_HEADER = VERSION_HEADER.encode("latin-1")
 
@@ -69,23 +84,13 @@ class Mirror:
         if len(self._in_flight) >= self._max_mirrors:
             self._metrics.observe_comparison(track=track, result="skipped")
             return
-        task = asyncio.get_running_loop().create_task(
-            self._call(shadow, table, track, method, target, headers, body, live)
-        )
+        request = _Mirrored(shadow, table, track, method, target, headers, body, live)
+        task = asyncio.get_running_loop().create_task(self._call(request))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _call(
-        self,
-        shadow: UpstreamPool,
-        table: RoutingTable,
-        track: str,
-        method: bytes,
-        target: bytes,
-        headers: Headers,
-        body: bytes,
-        live: bytes,
-    ) -> None:
+    async def _call(self, request: _Mirrored) -> None:
+        shadow, table, track, method, target, headers, body, live = request
         start = time.perf_counter()
         response: UpstreamResponse | None = None
         try:

@@ -60,17 +60,9 @@ from typing import Final
 
 from canaryml_api import resource as api
 from canaryml_api import telemetry as t
+from canaryml_operator import measurements as m
 from canaryml_operator.checks import COMPARED_RESULTS, SERVER_ERROR_CODES, Source, check_scope
-from canaryml_operator.measurements import (
-    DRIFT,
-    ERROR_RATE,
-    LATENCY_P99,
-    PREDICTION_DRIFT,
-    REQUESTS,
-    SHADOW_AGREEMENT,
-    Measurements,
-    Sample,
-)
+from canaryml_operator.measurements import Measurements, Sample
 from prometheus_client.parser import text_string_to_metric_families
 
 CUSTOM_NEEDS_PROMETHEUS: Final = (
@@ -264,17 +256,17 @@ def measure_scraped(
         if _SERVER_ERROR_CODE.fullmatch(labels.get(t.CODE_LABEL, ""))
     )
     samples = {
-        REQUESTS: _sample(0.0 if total is None else total),
+        m.REQUESTS: _sample(0.0 if total is None else total),
         # No 5xx series is no failed request (`or on() vector(0)`); no total is no data.
-        ERROR_RATE: _ratio(0.0 if errors is None else errors, total),
-        LATENCY_P99: _sample(_latency_p99(window, scope=requests)),
-        DRIFT: Sample.worst_of(
+        m.ERROR_RATE: _ratio(0.0 if errors is None else errors, total),
+        m.LATENCY_P99: _sample(_latency_p99(window, scope=requests)),
+        m.DRIFT: Sample.worst_of(
             _latest_max_by(window, metric=t.FEATURE_DRIFT, scope=canary, label=t.FEATURE_LABEL)
         ),
-        PREDICTION_DRIFT: _sample(_latest_max(window, metric=t.PREDICTION_DRIFT, scope=canary)),
+        m.PREDICTION_DRIFT: _sample(_latest_max(window, metric=t.PREDICTION_DRIFT, scope=canary)),
     }
     if spec.shadow is not None and spec.shadow.percent > 0:
-        samples[SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
+        samples[m.SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
     for metric in spec.analysis.metrics:
         samples[metric.name] = Sample.failed(CUSTOM_NEEDS_PROMETHEUS)
     return Measurements(time=at, samples=samples)

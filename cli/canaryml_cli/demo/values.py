@@ -10,26 +10,17 @@ from __future__ import annotations
 from typing import Final
 
 from canaryml_api import resource as api
-from canaryml_operator.measurements import (
-    DRIFT,
-    ERROR_RATE,
-    LATENCY_P99,
-    PREDICTION_DRIFT,
-    REQUESTS,
-    SHADOW_AGREEMENT,
-    Measurements,
-    notation,
-    value_text,
-)
+from canaryml_operator import measurements as m
+from canaryml_operator.measurements import Measurements, notation, value_text
 
 # An axis's name for each built-in check; a custom check's is its own name.
 AXIS_NAMES: Final = {
-    REQUESTS: "canary requests",
-    ERROR_RATE: "error rate",
-    LATENCY_P99: "p99 latency",
-    DRIFT: "feature drift",
-    PREDICTION_DRIFT: "prediction drift",
-    SHADOW_AGREEMENT: "shadow agreement",
+    m.REQUESTS: "canary requests",
+    m.ERROR_RATE: "error rate",
+    m.LATENCY_P99: "p99 latency",
+    m.DRIFT: "feature drift",
+    m.PREDICTION_DRIFT: "prediction drift",
+    m.SHADOW_AGREEMENT: "shadow agreement",
 }
 
 
