@@ -412,12 +412,15 @@ def decide(
     if "abort" in commands:
         b.consumed.add("abort")
         _roll_back(
-            b, spec, reason="Aborted", message="aborted by the canaryml.dev/abort annotation"
+            b,
+            spec,
+            reason="Aborted",
+            message=f"aborted by the {COMMAND_ANNOTATIONS['abort']} annotation",
         )
         return b.decision()
     if "promote" in commands:
         b.consumed.add("promote")
-        _promote(b, spec, reason="promoted by the canaryml.dev/promote annotation")
+        _promote(b, spec, reason=f"promoted by the {COMMAND_ANNOTATIONS['promote']} annotation")
         return b.decision()
 
     paused = spec.paused or "pause" in commands

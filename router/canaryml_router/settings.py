@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
 from canaryml_api.telemetry import VERSION_HEADER
-from canaryml_api.tracks import TRACKS
+from canaryml_api.tracks import ROUTER_PORT, TRACKS
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -99,7 +99,7 @@ class RouterSettings(BaseSettings):
         description="Static mode: accept PUT /router/weights {canaryWeight, shadowPercent}.",
     )
     host: str = Field(default="0.0.0.0", description="Listen address.")
-    port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
+    port: int = Field(default=ROUTER_PORT, ge=0, le=65535, description="Listen port.")
     upstream_timeout: float = Field(
         default=30.0, gt=0, description="Seconds to wait for a track's answer, then 504."
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from canaryml_api.tracks import Track
+from canaryml_api.tracks import SERVER_PORT, Track
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -45,7 +45,7 @@ class ServerSettings(BaseSettings):
     )
     track: Track = Field(default="stable", description="stable, canary or shadow.")
     host: str = Field(default="0.0.0.0", description="Listen address.")
-    port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
+    port: int = Field(default=SERVER_PORT, ge=0, le=65535, description="Listen port.")
     runtime: Literal["auto", "sklearn"] = Field(
         default="auto", description="auto (the artifact's verified choice) or sklearn."
     )

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
+from canaryml_api import resource as api
+
 Scenario = Literal["good", "errors", "latency", "drift", "shadow-disagree"]
 SCENARIOS: Final[tuple[str, ...]] = get_args(Scenario)
 DEFAULT_SCENARIO: Final = "good"
@@ -95,8 +97,8 @@ def example_spec(
         }
 
     return {
-        "apiVersion": "canaryml.dev/v1alpha1",
-        "kind": "ModelDeployment",
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
         "metadata": {"name": NAME, "namespace": NAMESPACE},
         "spec": {
             "model": ref("stable"),
