@@ -6,7 +6,8 @@ Pure core, in layers (an import-linter contract holds them; docs/architecture.md
 - `rollout`: the rollout core, from (spec, status, measurements, now) to the rollout state;
   `reconcile`: the children to create, patch or delete, the observed state, the phase, Events;
 - `children`: builders of the objects a ModelDeployment owns;
-- `checks`: the PromQL of every analysis check, and the labels that scope it;
+- `checks`: the PromQL of every analysis check, and the labels that scope it; `verdicts`: each
+  check judged against its bounds, and the analysis's record;
 - `state` (the shared vocabulary) and `measurements` (what one analysis measured);
 - `crd`: the CRD, generated from the resource's models (canaryml_api).
 

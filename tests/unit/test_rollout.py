@@ -17,7 +17,7 @@ import pytest
 from canaryml_api import resource as api
 from canaryml_api.tracks import Track
 from canaryml_operator import measurements as m
-from canaryml_operator import rollout
+from canaryml_operator import rollout, verdicts
 from canaryml_operator.measurements import Measurements, Sample
 from canaryml_operator.rollout import Command, Decision
 from canaryml_operator.state import DeploymentState, Event, TrackPlan, model_reference
@@ -209,38 +209,38 @@ def test_paused_annotation_not_true(value: str) -> None:
 
 
 def test_judge_value_within_bounds_is_successful() -> None:
-    result = rollout.judge_value(name="kpi", sample=Sample(1.0), min=0.5, max=2.0)
+    result = verdicts.judge_value(name="kpi", sample=Sample(1.0), min=0.5, max=2.0)
     assert (result.verdict, result.value, result.message) == ("Successful", 1.0, "")
 
 
 def test_judge_value_at_a_bound_is_successful() -> None:
-    assert rollout.judge_value(name="x", sample=Sample(0.05), max=0.05).verdict == "Successful"
-    assert rollout.judge_value(name="x", sample=Sample(0.9), min=0.9).verdict == "Successful"
+    assert verdicts.judge_value(name="x", sample=Sample(0.05), max=0.05).verdict == "Successful"
+    assert verdicts.judge_value(name="x", sample=Sample(0.9), min=0.9).verdict == "Successful"
 
 
 def test_judge_value_above_max_fails_with_value_and_threshold() -> None:
-    result = rollout.judge_value(name="errorRate", sample=Sample(0.2), max=0.05)
+    result = verdicts.judge_value(name="errorRate", sample=Sample(0.2), max=0.05)
     assert result.verdict == "Failed"
     assert result.message == "errorRate 20.0 % > max 5.0 %"
     assert (result.value, result.max) == (0.2, 0.05)
 
 
 def test_judge_value_below_min_fails_with_value_and_threshold() -> None:
-    result = rollout.judge_value(name="shadowAgreement", sample=Sample(0.5), min=0.9)
+    result = verdicts.judge_value(name="shadowAgreement", sample=Sample(0.5), min=0.9)
     assert result.verdict == "Failed"
     assert result.message == "shadowAgreement 50.0 % < min 90.0 %"
 
 
 @pytest.mark.parametrize("sample", [Sample(None), Sample(math.nan)])
 def test_judge_value_without_data_is_inconclusive(sample: Sample) -> None:
-    result = rollout.judge_value(name="drift", sample=sample, max=0.25)
+    result = verdicts.judge_value(name="drift", sample=sample, max=0.25)
     assert result.verdict == "Inconclusive"
     assert result.value is None
     assert result.message == "drift: no data"
 
 
 def test_judge_value_error_is_error_whatever_the_gate() -> None:
-    result = rollout.judge_value(
+    result = verdicts.judge_value(
         name="errorRate", sample=Sample.failed("timeout"), max=0.05, gate="too few"
     )
     assert result.verdict == "Error"
@@ -248,7 +248,7 @@ def test_judge_value_error_is_error_whatever_the_gate() -> None:
 
 
 def test_judge_value_gate_makes_even_a_failing_value_inconclusive() -> None:
-    result = rollout.judge_value(name="errorRate", sample=Sample(0.9), max=0.05, gate="too few")
+    result = verdicts.judge_value(name="errorRate", sample=Sample(0.9), max=0.05, gate="too few")
     assert result.verdict == "Inconclusive"
     assert result.value == 0.9
     assert result.message == "errorRate: too few"
@@ -256,29 +256,29 @@ def test_judge_value_gate_makes_even_a_failing_value_inconclusive() -> None:
 
 def test_judge_value_infinite_latency_fails() -> None:
     # histogram_quantile answers +Inf when every request fell in the last bucket.
-    result = rollout.judge_value(name="latencyP99", sample=Sample(math.inf), max=0.25)
+    result = verdicts.judge_value(name="latencyP99", sample=Sample(math.inf), max=0.25)
     assert result.verdict == "Failed"
 
 
 def test_a_drift_failure_names_the_features_over_the_bound() -> None:
     sample = Sample.worst_of({"mean radius": 8.274, "worst area": 2.31, "mean texture": 1.5})
-    result = rollout.judge_value(name=m.DRIFT, sample=sample, max=2.0)
+    result = verdicts.judge_value(name=m.DRIFT, sample=sample, max=2.0)
     assert result.verdict == "Failed"
     # mean texture drifted too, but within the bound: not named.
     assert result.message == "drift 8.274 > max 2.000 (mean radius 8.274, worst area 2.310)"
 
 
 def test_a_check_with_no_feature_names_none() -> None:
-    result = rollout.judge_value(name=m.PREDICTION_DRIFT, sample=Sample(0.9), max=0.25)
+    result = verdicts.judge_value(name=m.PREDICTION_DRIFT, sample=Sample(0.9), max=0.25)
     assert result.message == "predictionDrift 0.900 > max 0.250"
 
 
 def test_a_fractional_request_count_never_reads_as_enough() -> None:
     # Prometheus's increase() extrapolates: 19.6 requests must not read "20 < minRequests 20".
     spec = make_spec(min_requests=20)
-    results = by_name(rollout.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: 19.6})))
+    results = by_name(verdicts.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: 19.6})))
     assert results[m.REQUESTS].message == "requests 19.6 < minRequests 20.0"
-    results = by_name(rollout.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: 12.0})))
+    results = by_name(verdicts.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: 12.0})))
     assert results[m.REQUESTS].message == "requests 12 < minRequests 20"
 
 
@@ -286,12 +286,12 @@ def test_a_fractional_request_count_never_reads_as_enough() -> None:
 # Verdicts of a whole analysis
 
 
-def by_name(results: list[rollout.CheckResult]) -> dict[str, rollout.CheckResult]:
+def by_name(results: list[verdicts.CheckResult]) -> dict[str, verdicts.CheckResult]:
     return {result.name: result for result in results}
 
 
 def test_judge_checks_in_order_all_passing() -> None:
-    results = rollout.judge(spec=make_spec(), measurements=measured(T0))
+    results = verdicts.judge(spec=make_spec(), measurements=measured(T0))
     assert [r.name for r in results] == [
         m.REQUESTS,
         m.ERROR_RATE,
@@ -300,11 +300,11 @@ def test_judge_checks_in_order_all_passing() -> None:
         m.PREDICTION_DRIFT,
     ]
     assert {r.verdict for r in results} == {"Successful"}
-    assert rollout.overall(results) == "Successful"
+    assert verdicts.overall(results) == "Successful"
 
 
 def test_judge_thresholds_come_from_the_spec() -> None:
-    results = by_name(rollout.judge(spec=make_spec(), measurements=measured(T0)))
+    results = by_name(verdicts.judge(spec=make_spec(), measurements=measured(T0)))
     assert results[m.REQUESTS].min == 50.0
     assert results[m.ERROR_RATE].max == 0.05
     assert results[m.LATENCY_P99].max == 0.25  # "250ms"
@@ -314,7 +314,7 @@ def test_judge_thresholds_come_from_the_spec() -> None:
 
 def test_too_few_requests_make_error_rate_and_latency_inconclusive() -> None:
     overrides = {m.REQUESTS: 3.0, m.ERROR_RATE: 0.9, m.LATENCY_P99: 5.0}
-    results = by_name(rollout.judge(spec=make_spec(), measurements=measured(T0, overrides)))
+    results = by_name(verdicts.judge(spec=make_spec(), measurements=measured(T0, overrides)))
     assert results[m.REQUESTS].verdict == "Inconclusive"
     assert results[m.REQUESTS].message == "requests 3 < minRequests 50"
     for name in (m.ERROR_RATE, m.LATENCY_P99):
@@ -326,15 +326,15 @@ def test_too_few_requests_make_error_rate_and_latency_inconclusive() -> None:
 
 def test_too_few_requests_do_not_hide_a_drift_failure() -> None:
     overrides = {m.REQUESTS: 3.0, m.DRIFT: 0.9}
-    results = rollout.judge(spec=make_spec(), measurements=measured(T0, overrides))
+    results = verdicts.judge(spec=make_spec(), measurements=measured(T0, overrides))
     assert by_name(results)[m.DRIFT].verdict == "Failed"
-    assert rollout.overall(results) == "Failed"
+    assert verdicts.overall(results) == "Failed"
 
 
 @pytest.mark.parametrize("value", [None, math.nan])
 def test_no_request_data_counts_as_zero_requests(value: float | None) -> None:
     results = by_name(
-        rollout.judge(spec=make_spec(), measurements=measured(T0, {m.REQUESTS: value}))
+        verdicts.judge(spec=make_spec(), measurements=measured(T0, {m.REQUESTS: value}))
     )
     assert results[m.REQUESTS].verdict == "Inconclusive"
     assert results[m.REQUESTS].value == 0.0
@@ -343,7 +343,7 @@ def test_no_request_data_counts_as_zero_requests(value: float | None) -> None:
 
 def test_exactly_min_requests_is_enough() -> None:
     results = by_name(
-        rollout.judge(spec=make_spec(), measurements=measured(T0, {m.REQUESTS: 50.0}))
+        verdicts.judge(spec=make_spec(), measurements=measured(T0, {m.REQUESTS: 50.0}))
     )
     assert results[m.REQUESTS].verdict == "Successful"
     assert results[m.ERROR_RATE].verdict == "Successful"
@@ -351,21 +351,21 @@ def test_exactly_min_requests_is_enough() -> None:
 
 def test_min_requests_zero_needs_no_traffic() -> None:
     spec = make_spec(min_requests=0)
-    results = by_name(rollout.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: None})))
+    results = by_name(verdicts.judge(spec=spec, measurements=measured(T0, {m.REQUESTS: None})))
     assert results[m.REQUESTS].verdict == "Successful"
     assert results[m.ERROR_RATE].verdict == "Successful"
 
 
 def test_unreachable_prometheus_is_error() -> None:
-    results = rollout.judge(spec=make_spec(), measurements=measured(T0, UNREACHABLE))
+    results = verdicts.judge(spec=make_spec(), measurements=measured(T0, UNREACHABLE))
     assert by_name(results)[m.REQUESTS].verdict == "Error"
     assert by_name(results)[m.DRIFT].message == "drift: prometheus unreachable"
-    assert rollout.overall(results) == "Error"
+    assert verdicts.overall(results) == "Error"
 
 
 def test_nan_error_rate_is_no_data() -> None:
     results = by_name(
-        rollout.judge(spec=make_spec(), measurements=measured(T0, {m.ERROR_RATE: math.nan}))
+        verdicts.judge(spec=make_spec(), measurements=measured(T0, {m.ERROR_RATE: math.nan}))
     )
     assert results[m.ERROR_RATE].verdict == "Inconclusive"
     assert results[m.ERROR_RATE].message == "errorRate: no data"
@@ -373,23 +373,23 @@ def test_nan_error_rate_is_no_data() -> None:
 
 def test_shadow_agreement_only_with_a_shadow() -> None:
     overrides = {m.SHADOW_AGREEMENT: 0.1}
-    without = rollout.judge(spec=make_spec(), measurements=measured(T0, overrides))
+    without = verdicts.judge(spec=make_spec(), measurements=measured(T0, overrides))
     assert m.SHADOW_AGREEMENT not in by_name(without)
-    assert rollout.overall(without) == "Successful"
+    assert verdicts.overall(without) == "Successful"
 
     shadow = {"model": {"uri": "gs://models/iris/2.0.0", "version": "2.0.0"}}
     off = make_spec(shadow={**shadow, "percent": 0})
-    assert m.SHADOW_AGREEMENT not in by_name(rollout.judge(spec=off, measurements=measured(T0)))
+    assert m.SHADOW_AGREEMENT not in by_name(verdicts.judge(spec=off, measurements=measured(T0)))
 
     on = make_spec(shadow=shadow)
-    results = by_name(rollout.judge(spec=on, measurements=measured(T0, overrides)))
+    results = by_name(verdicts.judge(spec=on, measurements=measured(T0, overrides)))
     assert results[m.SHADOW_AGREEMENT].verdict == "Failed"
     assert results[m.SHADOW_AGREEMENT].min == 0.9
     agreeing = by_name(
-        rollout.judge(spec=on, measurements=measured(T0, {m.SHADOW_AGREEMENT: 0.97}))
+        verdicts.judge(spec=on, measurements=measured(T0, {m.SHADOW_AGREEMENT: 0.97}))
     )
     assert agreeing[m.SHADOW_AGREEMENT].verdict == "Successful"
-    missing = by_name(rollout.judge(spec=on, measurements=measured(T0)))
+    missing = by_name(verdicts.judge(spec=on, measurements=measured(T0)))
     assert missing[m.SHADOW_AGREEMENT].verdict == "Inconclusive"
 
 
@@ -406,7 +406,7 @@ def test_shadow_agreement_only_with_a_shadow() -> None:
 )
 def test_custom_metric_min_and_max(value: float | None, verdict: str, message: str) -> None:
     spec = api.parse_spec(DESIGN_EXAMPLE)
-    results = rollout.judge(
+    results = verdicts.judge(
         spec=spec, measurements=measured(T0, {m.SHADOW_AGREEMENT: 0.95, "business-kpi": value})
     )
     assert results[-1].name == "business-kpi"
@@ -418,18 +418,18 @@ def test_custom_metric_min_and_max(value: float | None, verdict: str, message: s
 def test_custom_metric_with_only_a_max() -> None:
     raw = changed(raw_spec(), "analysis.metrics", [{"name": "cost", "query": "q", "max": 3}])
     spec = api.parse_spec(raw)
-    low = rollout.judge(spec=spec, measurements=measured(T0, {"cost": -100.0}))
-    high = rollout.judge(spec=spec, measurements=measured(T0, {"cost": 3.5}))
+    low = verdicts.judge(spec=spec, measurements=measured(T0, {"cost": -100.0}))
+    high = verdicts.judge(spec=spec, measurements=measured(T0, {"cost": 3.5}))
     assert by_name(low)["cost"].verdict == "Successful"
     assert by_name(high)["cost"].verdict == "Failed"
 
 
-def result(verdict: api.Verdict) -> rollout.CheckResult:
-    return rollout.CheckResult("x", verdict, None)
+def result(verdict: api.Verdict) -> verdicts.CheckResult:
+    return verdicts.CheckResult("x", verdict, None)
 
 
 @pytest.mark.parametrize(
-    ("verdicts", "expected"),
+    ("given", "expected"),
     [
         ([], "Successful"),
         (["Successful", "Successful"], "Successful"),
@@ -439,15 +439,15 @@ def result(verdict: api.Verdict) -> rollout.CheckResult:
         (["Failed", "Successful"], "Failed"),
     ],
 )
-def test_overall_precedence(verdicts: list[api.Verdict], expected: str) -> None:
-    assert rollout.overall([result(v) for v in verdicts]) == expected
+def test_overall_precedence(given: list[api.Verdict], expected: str) -> None:
+    assert verdicts.overall([result(v) for v in given]) == expected
 
 
 def test_build_record_keeps_values_reasons_and_checks() -> None:
-    results = rollout.judge(
+    results = verdicts.judge(
         spec=make_spec(), measurements=measured(T0, {m.ERROR_RATE: 0.2, m.DRIFT: None})
     )
-    record = rollout.build_record(results=results, time=T0, step=1, weight=25)
+    record = verdicts.build_record(results=results, time=T0, step=1, weight=25)
     assert (record.time, record.step, record.weight, record.verdict) == (T0, 1, 25, "Failed")
     assert (record.requests, record.error_rate, record.latency_p99) == (120.0, 0.2, 0.1)
     assert record.drift is None

@@ -233,7 +233,7 @@ def measurements(
 
 
 def expected_verdict(spec: api.ModelDeploymentSpec, kinds: Mapping[str, str]) -> str:
-    """The analysis' verdict, worked out independently of `rollout.judge`."""
+    """The analysis' verdict, worked out independently of `verdicts.judge`."""
     requests = kinds[m.REQUESTS]
     if requests == "error":
         verdicts = ["Error"]

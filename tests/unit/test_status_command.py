@@ -7,16 +7,16 @@ from datetime import UTC, datetime
 
 from canaryml_api import resource as api
 from canaryml_operator import measurements as m
-from canaryml_operator import rollout
+from canaryml_operator import verdicts
 from canaryml_operator.cli import render_status
 from rich.console import Console
 
 
 def test_the_last_analysis_reads_in_each_checks_unit() -> None:
-    failed = rollout.judge_value(name=m.ERROR_RATE, sample=m.Sample(0.2308), max=0.05)
-    latency = rollout.judge_value(name=m.LATENCY_P99, sample=m.Sample(0.002491), max=0.2)
-    requests = rollout.judge_value(name=m.REQUESTS, sample=m.Sample(54.44), min=20)
-    record = rollout.build_record(
+    failed = verdicts.judge_value(name=m.ERROR_RATE, sample=m.Sample(0.2308), max=0.05)
+    latency = verdicts.judge_value(name=m.LATENCY_P99, sample=m.Sample(0.002491), max=0.2)
+    requests = verdicts.judge_value(name=m.REQUESTS, sample=m.Sample(54.44), min=20)
+    record = verdicts.build_record(
         results=[requests, failed, latency],
         time=datetime(2024, 5, 1, tzinfo=UTC),
         step=0,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from canaryml_api import resource as api
-from canaryml_operator import rollout
+from canaryml_operator import verdicts
 from canaryml_operator.measurements import Measurements, notation, value_text
 from pydantic import BaseModel
 
@@ -135,7 +135,7 @@ def write_summary(*, record: DemoRecord, path: Path) -> Path:
     return path
 
 
-def spec_checks(spec: api.ModelDeploymentSpec) -> list[rollout.CheckResult]:
+def spec_checks(spec: api.ModelDeploymentSpec) -> list[verdicts.CheckResult]:
     """Every check of `spec`'s analyses with its bounds, in the rollout core's order.
 
     Asked of the rollout core itself (it judges an analysis that measured nothing), so that the
@@ -143,7 +143,7 @@ def spec_checks(spec: api.ModelDeploymentSpec) -> list[rollout.CheckResult]:
     shadow agreement when a shadow gets traffic, and the custom metrics.
     """
     nothing = Measurements(time=datetime.fromtimestamp(0, UTC))
-    return rollout.judge(spec=spec, measurements=nothing)
+    return verdicts.judge(spec=spec, measurements=nothing)
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ def build_figure(record: DemoRecord) -> Figure:
     return figure
 
 
-def _draw_check(ax: Axes, *, record: DemoRecord, check: rollout.CheckResult) -> _Points:
+def _draw_check(ax: Axes, *, record: DemoRecord, check: verdicts.CheckResult) -> _Points:
     ax.set_gid(f"{CHECK_GID}{check.name}")
     points = _points(record, check.name)
     scale = notation(check.name).scale
