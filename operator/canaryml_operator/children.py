@@ -336,14 +336,12 @@ def build_children(
     spec: api.ModelDeploymentSpec,
     image: str,
     plan: TrackPlan | None = None,
-    routing: RoutingPlan | None = None,
 ) -> list[Manifest]:
     """Every object the ModelDeployment should own, in the order they are best created.
 
-    `plan` (from the rollout core) says which model the stable track serves and how the canary
-    runs, and `routing` (`plan_routing`) the traffic of the HTTPRoute; without them, the spec
-    as written, with the plan's canary weight. Raises ValueError when the owner's name cannot make
-    valid child names.
+    `plan` (from the rollout core) says which model the stable track serves, how the canary
+    runs and the canary's weight; without it, the spec as written. Raises ValueError when the
+    owner's name cannot make valid child names.
     """
     problem = name_problem(owner.name)
     if problem:
@@ -386,7 +384,7 @@ def build_children(
             build_http_route(
                 owner=owner,
                 spec=spec,
-                routing=routing or routing_of(spec, plan),
+                routing=routing_of(spec, plan),
                 canary_present="canary" in tracks,
             )
         )
@@ -394,8 +392,9 @@ def build_children(
 
 
 def routing_of(spec: api.ModelDeploymentSpec, plan: TrackPlan) -> RoutingPlan:
-    """The routing plan of the spec with the canary weight the track plan took from it (the
-    rollout core's `plan_tracks` reads it off `plan_routing(spec, status)`)."""
+    """The traffic of a track plan: the spec's routing with the canary weight the plan took
+    from `plan_routing(spec, status)` (`rollout.plan_tracks`). What the HTTPRoute and the
+    demo's router are given."""
     return replace(
         plan_routing(spec, api.ModelDeploymentStatus()), canary_weight=plan.canary_weight
     )

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Protocol
 
 from canaryml_api import resource as api
-from canaryml_api.routing import RoutingPlan, plan_routing
 from canaryml_api.tracks import Track
 
 from canaryml_operator import reconcile, rollout
@@ -40,10 +39,11 @@ class Tracks(Protocol):
         ...
 
     def apply(
-        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan, routing: RoutingPlan
+        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan
     ) -> Mapping[Track, DeploymentState]:
-        """Have the tracks follow `plan` and the traffic `routing`; what they say then (a
-        change may take effect later, as a Deployment rolls out after its update)."""
+        """Have the tracks and their traffic follow `plan` (its weight is the routing plan's);
+        what they say then (a change may take effect later, as a Deployment rolls out after its
+        update)."""
         ...
 
 
@@ -101,7 +101,7 @@ def turn(
         )
         decided, events, consumed = decision.status, decision.events, decision.consumed
         plan = rollout.plan_tracks(spec=spec, status=decided, now=now)
-        after = tracks.apply(spec=spec, plan=plan, routing=plan_routing(spec, decided))
+        after = tracks.apply(spec=spec, plan=plan)
     status = reconcile.build_status(
         spec=spec, invalid=invalid, previous=decided, tracks=after, generation=generation, now=now
     )

@@ -23,7 +23,6 @@ from typing import Any
 import kopf
 from canaryml_api import resource as api
 from canaryml_api import telemetry
-from canaryml_api.routing import RoutingPlan
 from canaryml_api.tracks import TRACKS, Track, service_name
 
 from canaryml_operator import checks, children, loop, metrics, providers, reconcile, rollout
@@ -140,11 +139,9 @@ class KubeTracks:
         return _tracks(self.owner, self.objects)
 
     def apply(
-        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan, routing: RoutingPlan
+        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan
     ) -> dict[Track, DeploymentState]:
-        desired = children.build_children(
-            owner=self.owner, spec=spec, image=self.image, plan=plan, routing=routing
-        )
+        desired = children.build_children(owner=self.owner, spec=spec, image=self.image, plan=plan)
         changes = reconcile.plan_children(
             desired=desired,
             live=self.objects,

@@ -23,6 +23,7 @@ from canaryml_cli.demo import runner, scenarios
 from canaryml_cli.demo.record import DemoRecord
 from canaryml_operator import measurements as m
 from canaryml_operator import reconcile, rollout
+from canaryml_operator.children import routing_of
 from canaryml_operator.measurements import Measurements, Sample
 from canaryml_operator.state import DeploymentState, Owner, TrackPlan, model_reference
 
@@ -94,9 +95,9 @@ class FakeCluster:
         return self.turns[-1].live
 
     def apply(
-        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan, routing: RoutingPlan
+        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan
     ) -> dict[Track, DeploymentState]:
-        self.wanted = (plan, routing)
+        self.wanted = (plan, routing_of(spec, plan))
         self.turns[-1].after = self.states()
         return self.turns[-1].after
 

@@ -22,6 +22,7 @@ from canaryml_api import resource as api
 from canaryml_api.routing import RoutingPlan, plan_routing
 from canaryml_api.tracks import Track
 from canaryml_operator import rollout
+from canaryml_operator.children import routing_of
 from canaryml_operator.state import DeploymentState, TrackPlan, model_reference
 
 from canaryml_cli.demo import scenarios
@@ -114,12 +115,12 @@ class LocalCluster:
         return self.states()
 
     def apply(
-        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan, routing: RoutingPlan
+        self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan
     ) -> dict[Track, DeploymentState]:
-        """`loop.Tracks`: take the plan (`converge` acts on it, as a Deployment rolls out after
-        its update); what the servers say until then."""
-        del spec  # the setup's, which every process was started with
-        self.wanted = (plan, routing)
+        """`loop.Tracks`: take the plan and its traffic, as the operator's HTTPRoute does
+        (`converge` acts on them, as a Deployment rolls out after its update); what the servers
+        say until then."""
+        self.wanted = (plan, routing_of(spec, plan))
         return self.states()
 
     async def converge(self, *, now: datetime) -> None:
