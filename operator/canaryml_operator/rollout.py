@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from canaryml_api import resource as api
-from canaryml_api.routing import plan_routing
+from canaryml_api.routing import is_current_canary, plan_routing
 from canaryml_api.tracks import Track
 
 from canaryml_operator import measurements as m
@@ -124,7 +124,7 @@ def drain_ends_in(
 ) -> float | None:
     """Seconds until a rolled-back or promoted canary's drain is over (0: it is), or None
     when no canary is draining."""
-    if spec.canary is None or status.canary_model != identity(spec.canary.model):
+    if not is_current_canary(spec, status):
         return None
     if status.phase not in ("RolledBack", "Promoted") or status.canary_weight != 0:
         return None
@@ -134,11 +134,7 @@ def drain_ends_in(
 
 
 def in_rollout(*, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus) -> bool:
-    return (
-        spec.canary is not None
-        and status.canary_model == identity(spec.canary.model)
-        and status.phase in ("Progressing", "Paused")
-    )
+    return is_current_canary(spec, status) and status.phase in ("Progressing", "Paused")
 
 
 def _history(status: api.ModelDeploymentStatus, entry: api.HistoryEntry) -> list[api.HistoryEntry]:
@@ -239,7 +235,7 @@ def decide(
         _no_canary(b, commands)
         return b.decision()
 
-    if b.status.canary_model != identity(canary.model):
+    if not is_current_canary(spec, b.status):
         _start(b, spec)
     else:
         b.update(phase=rollout_phase(b.status))
@@ -576,7 +572,7 @@ def plan_tracks(
     weight = plan_routing(spec, status).canary_weight
     if canary is None:
         return TrackPlan(stable, None, weight)
-    current = status.canary_model == identity(canary.model)
+    current = is_current_canary(spec, status)
     drained = (
         status.canary_weight == 0
         and status.step_started_at is not None
