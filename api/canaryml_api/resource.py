@@ -80,6 +80,7 @@ Duration = Annotated[
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 DEFAULT_SHADOW_PERCENT = 100
+DEFAULT_PROGRESS_DEADLINE = "10m"  # as Flagger's and Argo Rollouts' progressDeadlineSeconds
 DEFAULT_PROBABILITY_TOLERANCE = 0.05
 
 
@@ -218,9 +219,31 @@ class CustomMetric(_Model):
 RESERVED_METRIC_NAMES = ("requests", "drift")
 
 
+MIN_ANALYSIS_INTERVAL = "1s"
+
+
+def _at_least_min_interval(text: str) -> str:
+    if parse_duration(text) < parse_duration(MIN_ANALYSIS_INTERVAL):
+        raise ValueError(f"interval {text!r} is shorter than the minimum {MIN_ANALYSIS_INTERVAL}")
+    return text
+
+
 class AnalysisSpec(_Model):
     prometheus: PrometheusRef = Field(default_factory=PrometheusRef)
-    interval: Duration = "15s"
+    interval: Annotated[
+        Duration,
+        Field(
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    {
+                        "rule": f"duration(self) >= duration('{MIN_ANALYSIS_INTERVAL}')",
+                        "message": f"must be at least {MIN_ANALYSIS_INTERVAL}",
+                    }
+                ]
+            }
+        ),
+        AfterValidator(_at_least_min_interval),
+    ] = "15s"
     window: Duration = "1m"
     min_requests: int = Field(default=50, ge=0)
     failure_limit: int = Field(default=2, ge=1, le=100)
@@ -300,6 +323,16 @@ class ModelDeploymentSpec(_Model):
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     paused: bool = False
+    allow_unpinned_models: bool = Field(
+        default=False,
+        description="serve models that have no sha256 (their artifact is not verified before "
+        "it is unpickled); without it a track whose model has no sha256 is not created",
+    )
+    progress_deadline: Duration = Field(
+        default=DEFAULT_PROGRESS_DEADLINE,
+        description="how long a canary may take to become available (or stay unavailable) "
+        "before it is rolled back",
+    )
 
     @model_validator(mode="after")
     def _canary_differs(self) -> ModelDeploymentSpec:
@@ -406,6 +439,11 @@ class ModelDeploymentStatus(_StatusModel):
         default=None, description="the canary the current or last rollout is about"
     )
     last_analysis: AnalysisRecord | None = None
+    handled_commands: dict[str, str] = Field(
+        default_factory=dict,
+        description="command annotation -> the value last acted on: the same value again "
+        "(a GitOps replay) does nothing",
+    )
     history: Annotated[list[HistoryEntry], Field(max_length=20)] = Field(default_factory=list)
     observed_generation: int | None = None
     conditions: Annotated[

@@ -281,7 +281,18 @@ def test_every_duration_field_has_the_duration_pattern(root: Node) -> None:
         ".spec.analysis.interval",
         ".spec.analysis.window",
         ".spec.analysis.thresholds.maxLatencyP99",
+        ".spec.progressDeadline",
     }
+
+
+def test_the_analysis_interval_has_a_minimum_in_the_crd_and_the_models(root: Node) -> None:
+    interval = at(root, "spec.analysis.interval")
+    rules = [rule["rule"] for rule in interval["x-kubernetes-validations"]]
+    assert rules == [f"duration(self) >= duration('{api.MIN_ANALYSIS_INTERVAL}')"]
+    spec = {"model": {"uri": "file:///m", "version": "1"}}
+    with pytest.raises(ValueError, match="shorter than the minimum 1s"):
+        api.parse_spec({**spec, "analysis": {"interval": "1ms"}})
+    assert api.parse_spec({**spec, "analysis": {"interval": "1s"}}).analysis.interval == "1s"
 
 
 # --- the CRD schema and the pydantic models agree ---------------------------------------------
