@@ -9,8 +9,17 @@
 #
 #   docker build -t canaryml .                       # the base install
 #   docker build --build-arg EXTRAS=s3,gcs -t canaryml .  # with optional model storages
+#
+# The base images are build arguments so that a release pins them by digest (a tag moves, a
+# digest is the bytes that were tested): `docker buildx imagetools inspect IMAGE` prints a tag's
+# digest, then
+#   docker build --build-arg BUILD_IMAGE=debian:12-slim@sha256:... \
+#     --build-arg RUNTIME_IMAGE=gcr.io/distroless/python3-debian12:nonroot@sha256:... .
+# Keep the tag in front of the digest: it says which release line the digest belongs to.
+ARG BUILD_IMAGE=debian:12-slim
+ARG RUNTIME_IMAGE=gcr.io/distroless/python3-debian12:nonroot
 
-FROM debian:12-slim AS build
+FROM ${BUILD_IMAGE} AS build
 ARG EXTRAS=""
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
@@ -21,6 +30,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY api ./api
+COPY httpd ./httpd
 COPY server ./server
 COPY router ./router
 COPY operator ./operator
@@ -32,7 +42,7 @@ RUN /opt/canaryml/bin/pip install --constraint constraints.txt ".${EXTRAS:+[$EXT
     && find /opt/canaryml/lib -type d -name tests -prune -exec rm -rf {} + \
     && /opt/canaryml/bin/canaryml --help >/dev/null
 
-FROM gcr.io/distroless/python3-debian12:nonroot
+FROM ${RUNTIME_IMAGE} AS runtime
 COPY --from=build /opt/canaryml /opt/canaryml
 ENV PATH=/opt/canaryml/bin:/usr/local/bin:/usr/bin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hashlib
 import os
 import sys
 import tempfile
@@ -47,13 +48,16 @@ TARGET_CPU_MS = 20.0
 
 
 def spec(index: int, tracks: int) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": {"uri": f"s3://models/m{index}/1.0.0", "version": "1.0.0"},
-    }
+    # Pinned: the operator creates no track for a model without a digest.
+    def model(version: str) -> dict[str, Any]:
+        digest = hashlib.sha256(f"m{index}/{version}".encode()).hexdigest()
+        return {"uri": f"s3://models/m{index}/{version}", "version": version, "sha256": digest}
+
+    body: dict[str, Any] = {"model": model("1.0.0")}
     if tracks >= 2:
-        body["canary"] = {"model": {"uri": f"s3://models/m{index}/1.1.0", "version": "1.1.0"}}
+        body["canary"] = {"model": model("1.1.0")}
     if tracks >= 3:
-        body["shadow"] = {"model": {"uri": f"s3://models/m{index}/2.0.0", "version": "2.0.0"}}
+        body["shadow"] = {"model": model("2.0.0")}
     return body
 
 

@@ -31,6 +31,7 @@ wrk). Other load on the machine shows in the figures: run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -140,6 +141,7 @@ def model_server(label: str, folder: Path, track: str) -> Process:
     command = [
         sys.executable, "-m", "canaryml_cli", "serve", str(folder), "--host", "127.0.0.1",
         "--port", str(port), "--track", track, "--model-deployment", DEPLOYMENT,
+        "--sha256", hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest(),
     ]  # fmt: skip
     return Process(label, port, command, "/v2/health/ready", {"CANARYML_LOG_LEVEL": "warning"})
 

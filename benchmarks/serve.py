@@ -21,6 +21,7 @@ wrk) and network access to PyPI the first time, for the peers' environments.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -160,6 +161,7 @@ def canaryml(folder: Path, port: int, label: str, env: dict[str, str]) -> Server
     command = [
         sys.executable, "-m", "canaryml_cli", "serve", str(folder),
         "--host", "127.0.0.1", "--port", str(port),
+        "--sha256", hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest(),
     ]  # fmt: skip
     return Server(label, port, command, env={"CANARYML_LOG_LEVEL": "warning", **env})
 

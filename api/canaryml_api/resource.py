@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -474,8 +475,35 @@ def explain(error: ValidationError) -> str:
 
 
 def parse_status(raw: Any) -> ModelDeploymentStatus:
-    """The status as the operator last wrote it; anything unreadable starts afresh."""
+    """The status as the operator last wrote it. An unreadable field (a hand edit, an older or
+    newer operator) is dropped alone, and an unreadable entry of a list alone: the history, the
+    step and the counters it does not touch survive."""
     try:
         return ModelDeploymentStatus.model_validate(raw or {})
     except ValidationError:
+        pass
+    if not isinstance(raw, Mapping):
         return ModelDeploymentStatus()
+    kept: dict[str, Any] = {}
+    for name, info in ModelDeploymentStatus.model_fields.items():
+        key = info.alias or name
+        if key not in raw:
+            continue
+        value = raw[key]
+        if _status_field_ok(key, value):
+            kept[key] = value
+        elif isinstance(value, list):
+            # Entry by entry, the newest kept when the list is over its limit.
+            entries = [entry for entry in value if _status_field_ok(key, [entry])]
+            while entries and not _status_field_ok(key, entries):
+                entries = entries[1:]
+            kept[key] = entries
+    return ModelDeploymentStatus.model_validate(kept)
+
+
+def _status_field_ok(key: str, value: Any) -> bool:
+    try:
+        ModelDeploymentStatus.model_validate({key: value})
+    except ValidationError:
+        return False
+    return True

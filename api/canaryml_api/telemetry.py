@@ -17,7 +17,7 @@ FEATURE_DRIFT: Final = "canaryml_feature_drift"  # gauge per feature (PSI), serv
 PREDICTION_DRIFT: Final = "canaryml_prediction_drift"  # gauge (PSI), servers only
 DRIFT_WINDOW_ROWS: Final = "canaryml_drift_window_rows"
 MODEL_INFO: Final = "canaryml_model_info"
-SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"  # router: track, result
+SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"  # router: track, version, result
 ROUTER_CANARY_WEIGHT: Final = "canaryml_router_canary_weight"
 ROUTER_SHADOW_PERCENT: Final = "canaryml_router_shadow_percent"
 

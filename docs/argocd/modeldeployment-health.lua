@@ -40,9 +40,11 @@ if status == nil or status.observedGeneration == nil
 end
 
 local conditions = status.conditions
--- An explicit failure first: the spec cannot be served (InvalidSpec, phase Failed), or the
--- analysis has been held so long (Stalled: AnalysisInconclusive, MetricsUnavailable) that a
--- person must act.
+-- An explicit failure first: the spec cannot be served (InvalidSpec, phase Failed), a child it
+-- needs belongs to another resource (ChildConflict), the canary was rolled back (Stalled:
+-- RolledBack), or the analysis is really stuck (Stalled: MetricsUnavailable, or
+-- AnalysisInconclusive past progressDeadline): a person must act. A rollout whose analyses are
+-- merely held (a drift window warming up) is Progressing, below.
 for _, kind in ipairs({ "Degraded", "Stalled" }) do
   local condition = find(conditions, kind)
   if holds(condition) then
@@ -67,6 +69,14 @@ if status.phase == "Paused" then
   return hs
 end
 
+-- serving.replicas: 0 on purpose: nothing is broken, nothing serves (as a suspended CronJob).
+local ready = find(conditions, "Ready")
+if ready ~= nil and ready.status == "False" and ready.reason == "ScaledToZero" then
+  hs.status = "Suspended"
+  hs.message = text(ready, "scaled to zero")
+  return hs
+end
+
 -- A rollout in flight, a promotion finishing, a stable model rolling out: on its way.
 local progressing = find(conditions, "Progressing")
 local reconciling = find(conditions, "Reconciling")
@@ -85,7 +95,6 @@ if holds(reconciling) then
   return hs
 end
 
-local ready = find(conditions, "Ready")
 if holds(ready) then
   hs.status = "Healthy"
   hs.message = text(ready, "stable model " .. (status.stableVersion or "?") .. " serving")

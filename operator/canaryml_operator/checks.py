@@ -29,8 +29,9 @@ How each check treats a missing series is a decision, not an accident of PromQL:
   was compared with; agreement is agree / (agree + disagree) over the window (comparisons that
   failed, result="error", say nothing about agreement). A missing "agree" series with some
   "disagree" ones is 0 % agreement, so the numerator falls back to 0; no comparisons at all is
-  "no data". The router's comparison counter carries no canary `version`, so it is not scoped
-  by one.
+  "no data". Comparisons carry the live track's `version`, so they are scoped by the canary's
+  version like the request series: a previous canary's comparisons never count in the next
+  one's window.
 
 Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
 """
@@ -95,7 +96,7 @@ class CheckScope:
 
     canary: Mapping[str, str]  # the canary's servers' series: drift
     requests: Mapping[str, str]  # the request series: the canary's, from one source
-    comparisons: Mapping[str, str]  # the router's shadow comparisons: no version label
+    comparisons: Mapping[str, str]  # the router's shadow comparisons (no `source`)
 
 
 def check_scope(
@@ -108,10 +109,9 @@ def check_scope(
     scope = {t.MODEL_DEPLOYMENT_LABEL: name}
     if namespace is not None:
         scope[t.NAMESPACE_LABEL] = namespace
-    comparisons = {**scope, t.TRACK_LABEL: "canary"}
-    canary = {**comparisons, t.VERSION_LABEL: spec.canary.model.version}
+    canary = {**scope, t.TRACK_LABEL: "canary", t.VERSION_LABEL: spec.canary.model.version}
     return CheckScope(
-        canary=canary, requests={**canary, t.SOURCE_LABEL: source}, comparisons=comparisons
+        canary=canary, requests={**canary, t.SOURCE_LABEL: source}, comparisons=canary
     )
 
 

@@ -66,6 +66,29 @@ def name_problem(name: str) -> str | None:
     )
 
 
+UNPINNED_MODEL = "UnpinnedModel"  # the reason of the condition and the Event
+
+
+def unpinned_problem(spec: api.ModelDeploymentSpec) -> str | None:
+    """Why the spec's tracks are not created: a model without a sha256 while the spec does not
+    allow unpinned models (the server would unpickle an unverified artifact), or None."""
+    if spec.allow_unpinned_models:
+        return None
+    models = {"spec.model": spec.model}
+    if spec.canary is not None:
+        models["spec.canary.model"] = spec.canary.model
+    if spec.shadow is not None:
+        models["spec.shadow.model"] = spec.shadow.model
+    missing = [f"{where}.sha256" for where, model in models.items() if not model.sha256]
+    if not missing:
+        return None
+    return (
+        f"{', '.join(missing)} not set: no track is created or changed until each model is "
+        "pinned to its digest (the sha256 `canaryml package` prints), or "
+        "spec.allowUnpinnedModels is true"
+    )
+
+
 def label_value(text: str) -> str:
     """`text` as a valid label value: [A-Za-z0-9._-], at most 63, alphanumeric at both ends.
 
@@ -74,7 +97,16 @@ def label_value(text: str) -> str:
     return _LABEL_UNSAFE.sub("_", text)[:63].strip("._-")
 
 
-ChildKind = Literal["Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "HTTPRoute"]
+ChildKind = Literal[
+    "Deployment",
+    "Service",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "HTTPRoute",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+]
 ROUTER = "router"
 LABEL_COMPONENT = "canaryml.dev/component"
 GATEWAY_API = "gateway.networking.k8s.io/v1"
@@ -173,6 +205,7 @@ def build_deployment(
     replicas: int,
     image: str,
     resources: Mapping[str, Any] | None,
+    allow_unpinned: bool = False,
 ) -> Manifest:
     labels = track_labels(owner.name, track, model.version)
     uri, volumes, mounts = _model_location(model)
@@ -191,6 +224,7 @@ def build_deployment(
         mounts=mounts,
         image=image,
         resources=resources,
+        allow_unpinned=allow_unpinned,
     )
     pod_annotations = {
         "prometheus.io/scrape": "true",
@@ -244,6 +278,7 @@ def _server_container(
     mounts: list[dict[str, Any]],
     image: str,
     resources: Mapping[str, Any] | None,
+    allow_unpinned: bool = False,
 ) -> dict[str, Any]:
     """The `canaryml serve` container of a track, loading the model from `uri` (on `mounts`)."""
     env = [
@@ -256,6 +291,8 @@ def _server_container(
     ]
     if model.sha256:
         env.append({"name": "CANARYML_MODEL_SHA256", "value": model.sha256})
+    # Always explicit: an unpinned model loads only where the spec allows it.
+    env.append({"name": "CANARYML_REQUIRE_SHA256", "value": "false" if allow_unpinned else "true"})
     container = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -336,12 +373,14 @@ def build_children(
     spec: api.ModelDeploymentSpec,
     image: str,
     plan: TrackPlan | None = None,
+    safeguards: Safeguards | None = None,
 ) -> list[Manifest]:
     """Every object the ModelDeployment should own, in the order they are best created.
 
     `plan` (from the rollout core) says which model the stable track serves, how the canary
-    runs and the canary's weight; without it, the spec as written. Raises ValueError when the
-    owner's name cannot make valid child names.
+    runs and the canary's weight; without it, the spec as written. `safeguards` (the operator's
+    settings) adds topology spread, PodDisruptionBudgets and NetworkPolicies; without it, the
+    workloads alone. Raises ValueError when the owner's name cannot make valid child names.
     """
     problem = name_problem(owner.name)
     if problem:
@@ -358,6 +397,7 @@ def build_children(
                 replicas=replicas,
                 image=spec.serving.image or image,
                 resources=spec.serving.resources,
+                allow_unpinned=spec.allow_unpinned_models,
             )
         )
         children.append(
@@ -388,6 +428,8 @@ def build_children(
                 canary_present="canary" in tracks,
             )
         )
+    if safeguards is not None:
+        children = with_safeguards(children, owner=owner, spec=spec, safeguards=safeguards)
     return children
 
 
@@ -616,3 +658,193 @@ def is_current(*, live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     # and a ServiceAccount's token mounting are top-level fields.
     fields = {key: value for key, value in desired.items() if key not in ("apiVersion", "kind")}
     return contains(live, _without_resources(fields))
+
+
+# --- Safeguards: placement, disruption budgets and network isolation -------------------------
+
+ZONE_KEY = "topology.kubernetes.io/zone"
+HOST_KEY = "kubernetes.io/hostname"
+SERVERS_POLICY_SUFFIX = "model-servers"
+
+
+@dataclass(frozen=True)
+class Safeguards:
+    """What the operator adds around the workloads; its settings (`OperatorSettings`) say which.
+
+    Peers are NetworkPolicyPeers as Kubernetes spells them (podSelector, namespaceSelector,
+    ipBlock). An empty tuple admits nobody: never a rule with an empty `from`, which would
+    admit everyone.
+    """
+
+    network_policies: bool = True
+    # Who scrapes the model servers' /metrics (the same port as predictions): Prometheus.
+    metrics_peers: tuple[Mapping[str, Any], ...] = ()
+    # gateway-api routing: the gateway's data plane. Empty: no policy on the model servers in
+    # that mode, since which pods forward the traffic depends on the gateway implementation.
+    gateway_peers: tuple[Mapping[str, Any], ...] = ()
+
+
+def topology_spread(selector: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Spread a Deployment's pods over zones, then nodes.
+
+    Soft (ScheduleAnyway), so a one-zone or one-node cluster still schedules every pod; set on
+    every Deployment, even of one replica, so that a change of replicas never changes the pod
+    template (which would restart every pod of the track). `pod-template-hash` keeps each
+    ReplicaSet's pods spread by themselves during a rolling update.
+    """
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": dict(selector)},
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for key in (ZONE_KEY, HOST_KEY)
+    ]
+
+
+def _spread(deployment: Manifest) -> Manifest:
+    spread = copy.deepcopy(deployment)
+    selector = spread["spec"]["selector"]["matchLabels"]
+    spread["spec"]["template"]["spec"]["topologySpreadConstraints"] = topology_spread(selector)
+    spread["metadata"].get("annotations", {}).pop(ANNOTATION_SPEC_HASH, None)
+    return _with_hash(spread)
+
+
+def build_disruption_budget(deployment: Mapping[str, Any]) -> Manifest | None:
+    """A PodDisruptionBudget for a Deployment of more than one replica: a node drain takes one
+    pod at a time. None for one replica or none, where a budget would block every drain.
+
+    `AlwaysAllow` lets a drain evict pods that are not ready (a canary that never became
+    ready), which the budget cannot protect anyway.
+    """
+    if int(deployment["spec"].get("replicas") or 0) <= 1:
+        return None
+    meta = deployment["metadata"]
+    manifest: Manifest = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(meta["labels"]),
+            "ownerReferences": copy.deepcopy(meta["ownerReferences"]),
+        },
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": copy.deepcopy(deployment["spec"]["selector"]),
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+    return _with_hash(manifest)
+
+
+def _policy(
+    owner: Owner, name: str, pods: Mapping[str, Any], ingress: list[dict[str, Any]]
+) -> Manifest:
+    labels = {**common_labels(owner.name), "app.kubernetes.io/component": "network-policy"}
+    manifest: Manifest = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {"podSelector": dict(pods), "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+    return _with_hash(manifest)
+
+
+def servers_policy_name(owner: str) -> str:
+    return f"{owner}-{SERVERS_POLICY_SUFFIX}"
+
+
+def _tcp(port: int) -> dict[str, Any]:
+    return {"port": port, "protocol": "TCP"}
+
+
+def scrape_port(deployment: Mapping[str, Any], default: int) -> int:
+    """The port Prometheus scrapes on a Deployment's pods (their prometheus.io/port)."""
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    port = annotations.get("prometheus.io/port")
+    return int(port) if port and str(port).isdigit() else default
+
+
+def build_network_policies(
+    *,
+    owner: Owner,
+    spec: api.ModelDeploymentSpec,
+    safeguards: Safeguards,
+    router_metrics_port: int = ROUTER_PORT,
+    server_metrics_port: int = SERVER_PORT,
+) -> list[Manifest]:
+    """Ingress policies: the builtin router is the entry (any client, its serving port only);
+    the model servers take traffic only from this resource's router pods (or, gateway-api, the
+    gateway peers) on the serving port, and the metrics peers on the scrape port.
+
+    Egress is left open: the servers download models and the router reaches the API server.
+    With routing `none` the servers are the entry, and with gateway-api and no gateway peers
+    the forwarding pods are unknown: no policy on the servers then.
+    """
+    if not safeguards.network_policies:
+        return []
+    metrics = [copy.deepcopy(dict(peer)) for peer in safeguards.metrics_peers]
+    policies: list[Manifest] = []
+    entry: list[Mapping[str, Any]] = []
+    if spec.routing.router == "builtin":
+        router_rules: list[dict[str, Any]] = [{"ports": [_tcp(ROUTER_PORT)]}]
+        if metrics and router_metrics_port != ROUTER_PORT:
+            router_rules.append({"from": metrics, "ports": [_tcp(router_metrics_port)]})
+        policies.append(
+            _policy(
+                owner,
+                router_name(owner.name),
+                {"matchLabels": router_selector(owner.name)},
+                router_rules,
+            )
+        )
+        entry = [{"podSelector": {"matchLabels": router_selector(owner.name)}}]
+    elif spec.routing.router == "gateway-api":
+        entry = [copy.deepcopy(dict(peer)) for peer in safeguards.gateway_peers]
+    if entry:
+        servers = {
+            "matchLabels": {LABEL_MODEL_DEPLOYMENT: owner.name},
+            "matchExpressions": [{"key": LABEL_TRACK, "operator": "Exists"}],
+        }
+        rules: list[dict[str, Any]] = [{"from": entry, "ports": [_tcp(SERVER_PORT)]}]
+        if metrics:  # an empty `from` would admit everyone
+            rules.append({"from": metrics, "ports": [_tcp(server_metrics_port)]})
+        policies.append(_policy(owner, servers_policy_name(owner.name), servers, rules))
+    return policies
+
+
+def with_safeguards(
+    manifests: list[Manifest],
+    *,
+    owner: Owner,
+    spec: api.ModelDeploymentSpec,
+    safeguards: Safeguards,
+) -> list[Manifest]:
+    """The children with topology spread on every Deployment, a PodDisruptionBudget after each
+    one of more than one replica, and the NetworkPolicies first (no pod runs unprotected)."""
+    ports = {
+        manifest["metadata"]["name"]: scrape_port(manifest, SERVER_PORT)
+        for manifest in manifests
+        if manifest["kind"] == "Deployment"
+    }
+    router_port = ports.pop(router_name(owner.name), ROUTER_PORT)
+    result: list[Manifest] = build_network_policies(
+        owner=owner,
+        spec=spec,
+        safeguards=safeguards,
+        router_metrics_port=router_port,
+        server_metrics_port=next(iter(ports.values()), SERVER_PORT),
+    )
+    for manifest in manifests:
+        if manifest["kind"] != "Deployment":
+            result.append(manifest)
+            continue
+        deployment = _spread(manifest)
+        result.append(deployment)
+        budget = build_disruption_budget(deployment)
+        if budget is not None:
+            result.append(budget)
+    return result

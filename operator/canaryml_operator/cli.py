@@ -120,12 +120,20 @@ def _client_and_object(name: str, namespace: str | None) -> tuple[Any, str, dict
     return client, namespace, found
 
 
-def _annotate(name: str, namespace: str | None, annotations: dict[str, str | None]) -> str:
+def _annotate(
+    name: str,
+    namespace: str | None,
+    annotations: dict[str, str | None],
+    *,
+    client: Any = None,
+) -> str:
     from canaryml_api import resource as api
 
     from canaryml_operator.kube import KubeError
 
-    client, namespace, _ = _client_and_object(name, namespace)
+    if client is None:
+        client, namespace, _ = _client_and_object(name, namespace)
+    assert namespace is not None
     try:
         client.patch(api.KIND, namespace, name, {"metadata": {"annotations": annotations}})
     except KubeError as error:
@@ -133,19 +141,48 @@ def _annotate(name: str, namespace: str | None, annotations: dict[str, str | Non
     return namespace
 
 
-def _command(command: str, name: str, namespace: str | None, done: str) -> None:
+def command_value(command: str, found: dict[str, Any]) -> str:
+    """The value of a command's annotation for the object as read: the version it acts on
+    (the canary's for promote and abort, the stable's for rollback), with "@" and the time
+    added when that plain value was handled already (the same command again)."""
     from datetime import UTC, datetime
+
+    from canaryml_api import resource as api
 
     from canaryml_operator.rollout import COMMAND_ANNOTATIONS
 
+    status = api.parse_status(found.get("status"))
+    if command == "rollback":
+        target = status.stable_model.version if status.stable_model else None
+        if target is None:
+            raise _fail("the status names no stable model yet: nothing to roll back")
+    else:
+        canary = (found.get("spec") or {}).get("canary") or {}
+        target = (canary.get("model") or {}).get("version")
+        if not target:
+            raise _fail("the spec has no canary")
     key = COMMAND_ANNOTATIONS[command]  # type: ignore[index]
-    stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    namespace = _annotate(name, namespace, {key: stamp})
-    typer.echo(f"{namespace}/{name}: {done} (annotation {key}; the operator acts on it once)")
+    if status.handled_commands.get(key) == target:
+        return f"{target}@{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    return str(target)
+
+
+def _command(command: str, name: str, namespace: str | None, done: str) -> None:
+    from canaryml_operator.rollout import COMMAND_ANNOTATIONS
+
+    key = COMMAND_ANNOTATIONS[command]  # type: ignore[index]
+    client, namespace, found = _client_and_object(name, namespace)
+    value = command_value(command, found)
+    namespace = _annotate(name, namespace, {key: value}, client=client)
+    typer.echo(
+        f'{namespace}/{name}: {done} ({key}: "{value}"; the operator acts on it once and '
+        "records it in status.handledCommands)"
+    )
 
 
 def promote(name: NameArgument, namespace: NamespaceOption = None) -> None:
-    """Promote the canary now, skipping the remaining steps and their analysis."""
+    """Promote the canary now, skipping the remaining steps and their analysis (once its pods
+    are available)."""
     _command("promote", name, namespace, "promotion requested")
 
 

@@ -7,7 +7,6 @@ and answers are parsed with `json`. `apply_*` functions are the only writers.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from canaryml_operator.children import ChildKey
-from canaryml_operator.reconcile import Action, Plan
+from canaryml_operator.reconcile import Action, Plan, owned_by
 from canaryml_operator.state import Owner
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "Secret": ("/api/v1", "secrets"),
     api.KIND: (f"/apis/{api.GROUP}/{api.VERSION}", api.PLURAL),
 }
@@ -170,7 +171,15 @@ def child_kinds(spec: api.ModelDeploymentSpec | None) -> tuple[str, ...]:
     and an HTTPRoute after a switch away from gateway-api is removed only because it is listed
     whenever the HTTPRoute API exists (see read_children).
     """
-    kinds: tuple[str, ...] = ("Deployment", "Service", "HTTPRoute")
+    # PodDisruptionBudgets and NetworkPolicies always: one of one replica, or with the
+    # operator's network policies turned off, is deleted.
+    kinds: tuple[str, ...] = (
+        "Deployment",
+        "Service",
+        "HTTPRoute",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    )
     if spec is not None and spec.routing.router == "builtin":
         kinds += ("ServiceAccount", "Role", "RoleBinding")
     return kinds
@@ -194,13 +203,18 @@ def read_children(
 
 
 def apply_plan(
-    client: KubeClient, owner: Owner, plan: Plan
+    client: KubeClient,
+    owner: Owner,
+    plan: Plan,
+    conflicts: dict[ChildKey, dict[str, Any]] | None = None,
 ) -> tuple[list[Action], dict[ChildKey, dict[str, Any] | None]]:
     """Carry out the plan: the actions that changed something, and each child as it now is
     (None once deleted).
 
-    A create that meets an existing object, or a patch that meets none, lost a race with a
-    concurrent reconcile of the same resource; the next event settles it.
+    A create that meets an existing object the owner does not own (another resource's child
+    of the same name, or one made by hand) leaves it alone and adds it to `conflicts`: the
+    owner reports it (reconcile.with_conflicts). One it owns, or a patch that meets none, lost
+    a race with a concurrent reconcile of the same resource; the next event settles it.
     """
     done: list[Action] = []
     results: dict[ChildKey, dict[str, Any] | None] = {}
@@ -216,6 +230,12 @@ def apply_plan(
                 client.delete(key.kind, owner.namespace, key.name)
                 results[key] = None
         except KubeError as error:
+            if (action.verb, error.status) == ("create", 409):
+                existing = client.get(key.kind, owner.namespace, key.name)
+                if existing is not None and not owned_by(existing, owner):
+                    if conflicts is not None:
+                        conflicts[key] = existing
+                    continue
             if (action.verb, error.status) in {("create", 409), ("patch", 404)}:
                 log.info("%s %s %s: %s", action.verb, key.kind, key.name, error)
                 continue
@@ -240,19 +260,9 @@ def apply_status(
     client.patch(api.KIND, owner.namespace, owner.name, patch, subresource="status")
 
 
-def apply_consumed_annotations(client: KubeClient, owner: Owner, keys: list[str]) -> None:
-    """Remove one-shot command annotations once acted on."""
-    if keys:
-        patch = {"metadata": {"annotations": dict.fromkeys(keys)}}
-        client.patch(api.KIND, owner.namespace, owner.name, patch)
-
-
-def read_secret_value(client: KubeClient, namespace: str, name: str, key: str) -> str:
-    """One key of a Secret, decoded; a KubeError (404 included) says why not."""
+def read_secret(client: KubeClient, namespace: str, name: str) -> dict[str, Any]:
+    """A Secret as the API returns it; a KubeError (404 included) says why not."""
     secret = client.get("Secret", namespace, name)
     if secret is None:
         raise KubeError(404, f"Secret {namespace}/{name} not found")
-    data = (secret.get("data") or {}).get(key)
-    if data is None:
-        raise KubeError(404, f"Secret {namespace}/{name} has no key {key!r}")
-    return base64.b64decode(data).decode().strip()
+    return secret

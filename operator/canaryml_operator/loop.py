@@ -10,7 +10,7 @@ scrapes or a local Prometheus. Both so write the same status for the same inputs
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -18,7 +18,7 @@ from typing import Protocol
 from canaryml_api import resource as api
 from canaryml_api.tracks import Track
 
-from canaryml_operator import reconcile, rollout
+from canaryml_operator import children, reconcile, rollout
 from canaryml_operator.measurements import Measurements
 from canaryml_operator.state import DeploymentState, Event, Owner, TrackPlan
 
@@ -63,12 +63,11 @@ async def measure_if_due(
 
 @dataclass(frozen=True)
 class Turn:
-    """What one turn decided: the status to write, the rollout's Events and commands done,
-    and the plan the tracks were given (None with an invalid spec: nothing changes)."""
+    """What one turn decided: the status to write (commands handled included), the rollout's
+    Events, and the plan the tracks were given (None with an invalid spec: nothing changes)."""
 
     status: api.ModelDeploymentStatus
     events: list[Event] = field(default_factory=list)
-    consumed: frozenset[rollout.Command] = frozenset()
     plan: TrackPlan | None = None
 
 
@@ -81,14 +80,20 @@ def turn(
     measurements: Measurements | None,
     now: datetime,
     generation: int | None,
-    commands: Collection[rollout.Command] = frozenset(),
+    commands: Mapping[rollout.Command, str] = rollout.NO_COMMANDS,
 ) -> Turn:
     """One turn: the rollout core decides on the live tracks (and `measurements`, when an
     analysis was taken), the tracks follow its plan, and the status is the rollout state with
     the observed state of the tracks after that and the phase of both."""
     live = tracks.live()
-    decided, events, consumed, plan = previous, [], frozenset[rollout.Command](), None
+    decided, events, plan = previous, [], None
     after = live
+    invalid_reason = "InvalidSpec"
+    if spec is not None and invalid is None:
+        unpinned = children.unpinned_problem(spec)
+        if unpinned is not None:
+            # Nothing is created or changed: the tracks keep what they served.
+            spec, invalid, invalid_reason = None, unpinned, children.UNPINNED_MODEL
     if spec is not None:
         decision = rollout.decide(
             spec=spec,
@@ -99,10 +104,16 @@ def turn(
             commands=commands,
             generation=generation,
         )
-        decided, events, consumed = decision.status, decision.events, decision.consumed
+        decided, events = decision.status, decision.events
         plan = rollout.plan_tracks(spec=spec, status=decided, now=now)
         after = tracks.apply(spec=spec, plan=plan)
     status = reconcile.build_status(
-        spec=spec, invalid=invalid, previous=decided, tracks=after, generation=generation, now=now
+        spec=spec,
+        invalid=invalid,
+        previous=decided,
+        tracks=after,
+        generation=generation,
+        now=now,
+        invalid_reason=invalid_reason,
     )
-    return Turn(status, events, consumed, plan)
+    return Turn(status, events, plan)

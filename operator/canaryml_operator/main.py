@@ -29,13 +29,12 @@ from canaryml_operator import checks, children, loop, metrics, providers, reconc
 from canaryml_operator.kube import (
     KubeClient,
     KubeError,
-    apply_consumed_annotations,
     apply_plan,
     apply_status,
     child_kinds,
     load_client,
     read_children,
-    read_secret_value,
+    read_secret,
 )
 from canaryml_operator.measurements import Measurements, Sample
 from canaryml_operator.settings import OperatorSettings
@@ -134,6 +133,8 @@ class KubeTracks:
         labels = {children.LABEL_MODEL_DEPLOYMENT: owner.name}
         self.objects = read_children(kube, owner, labels, child_kinds(spec))
         self.applied = reconcile.Plan()
+        # Children it needs that exist but belong to someone else: never overwritten.
+        self.conflicts: dict[children.ChildKey, dict[str, Any]] = {}
 
     def live(self) -> dict[Track, DeploymentState]:
         return _tracks(self.owner, self.objects)
@@ -141,14 +142,21 @@ class KubeTracks:
     def apply(
         self, *, spec: api.ModelDeploymentSpec, plan: TrackPlan
     ) -> dict[Track, DeploymentState]:
-        desired = children.build_children(owner=self.owner, spec=spec, image=self.image, plan=plan)
+        desired = children.build_children(
+            owner=self.owner,
+            spec=spec,
+            image=self.image,
+            plan=plan,
+            safeguards=operator_settings().safeguards(),
+        )
         changes = reconcile.plan_children(
             desired=desired,
             live=self.objects,
             owner=self.owner,
             reconciled_before=self.reconciled_before,
         )
-        done, results = apply_plan(self.kube, self.owner, changes)
+        self.conflicts = {}
+        done, results = apply_plan(self.kube, self.owner, changes, self.conflicts)
         self.applied = reconcile.Plan(done)
         return _tracks(self.owner, self.objects, results)
 
@@ -198,7 +206,14 @@ def reconcile_model_deployment(
         generation=generation,
         commands=rollout.commands_from(meta.get("annotations")),
     )
-    status = done.status
+    conflicts = sorted(tracks.conflicts.items(), key=lambda item: (item[0].kind, item[0].name))
+    status = reconcile.with_conflicts(
+        done.status,
+        previous=previous,
+        conflicts=[reconcile.conflict_message(key, obj) for key, obj in conflicts],
+        generation=generation,
+        now=now,
+    )
     patch = reconcile.status_patch(status)
     if patch != reconcile.status_patch(previous):
         apply_status(kube, owner, patch, resource_version=meta.get("resourceVersion"))
@@ -208,9 +223,6 @@ def reconcile_model_deployment(
     events = done.events + reconcile.build_events(
         previous=previous, status=status, plan=tracks.applied
     )
-    if spec is not None:
-        consumed = [rollout.COMMAND_ANNOTATIONS[c] for c in sorted(done.consumed)]
-        apply_consumed_annotations(kube, owner, consumed)
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
     return tracks.applied
@@ -326,20 +338,39 @@ def _modified_or_deleted(event: kopf.RawEvent, **_: Any) -> bool:
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, when=_modified_or_deleted)
 @kopf.on.event("", "v1", "services", labels=MANAGED, when=_modified_or_deleted)
-def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A child was edited or deleted (by hand, or by its controller): reconcile its owner."""
+def child_changed(body: kopf.Body, memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
+    """A child was edited or deleted (by hand, or by its controller): reconcile its owner; a
+    deleted one may free its name for a resource that could not create its own child of that
+    name (ChildConflict), so that one is reconciled too."""
     labels = body.get("metadata", {}).get("labels", {})
     owner_name = labels.get(children.LABEL_MODEL_DEPLOYMENT)
     namespace = body.get("metadata", {}).get("namespace")
     if not owner_name or not namespace:
         return
+    kube = _kube(memo)
+    names = [owner_name]
+    if event.get("type") == "DELETED":
+        names += [
+            claimant
+            for claimant in reconcile.claimants(body.get("metadata", {}).get("name", ""))
+            if claimant != owner_name and _in_conflict(kube, namespace, claimant)
+        ]
+    for name in names:
+        try:
+            reconcile_latest(namespace, name, kube=kube)
+        except KubeError as error:
+            # kopf does not retry event handlers; the child's or the resource's next event does.
+            log.warning("reconcile of %s/%s after a child event failed: %s", namespace, name, error)
+
+
+def _in_conflict(kube: KubeClient, namespace: str, name: str) -> bool:
     try:
-        reconcile_latest(namespace, owner_name, kube=_kube(memo))
-    except KubeError as error:
-        # kopf does not retry event handlers; the child's or the resource's next event does.
-        log.warning(
-            "reconcile of %s/%s after a child event failed: %s", namespace, owner_name, error
-        )
+        found = kube.get(api.KIND, namespace, name)
+    except KubeError:
+        return False
+    if found is None:
+        return False
+    return reconcile.in_conflict(api.parse_status(found.get("status")))
 
 
 def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
@@ -392,8 +423,11 @@ async def analysis_daemon(
         drain = rollout.drain_ends_in(spec=spec, status=status, now=now)
         if drain is not None and drained == status.step_started_at:
             drain = None
-        if due != 0.0 and drain != 0.0:
-            waits = [w for w in (due, drain) if w is not None]
+        # A canary whose pods are not available is rolled back at its progress deadline, which
+        # no Deployment event may come to mark.
+        deadline = rollout.progress_deadline_in(spec=spec, status=status, now=now)
+        if due != 0.0 and drain != 0.0 and deadline != 0.0:
+            waits = [w for w in (due, drain, deadline) if w is not None]
             wake_at = time.monotonic() + min(waits) if waits else math.inf
             continue
         owner = parse_owner(snapshot)
@@ -402,7 +436,9 @@ async def analysis_daemon(
             owner=owner,
             status=status,
             now=now,
-            measure=functools.partial(take_measurements, kube=kube),
+            measure=functools.partial(
+                take_measurements, kube=kube, body=body, last=status.last_analysis
+            ),
         )
         pause = WRITTEN_PAUSE_SECONDS  # time for the watch to bring the status just written
         try:
@@ -425,10 +461,19 @@ async def analysis_daemon(
 
 
 async def take_measurements(
-    *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime, kube: KubeClient
+    *,
+    spec: api.ModelDeploymentSpec,
+    owner: Owner,
+    now: datetime,
+    kube: KubeClient,
+    body: Mapping[str, Any] | None = None,
+    last: api.AnalysisRecord | None = None,
 ) -> Measurements:
     """Every check's sample from the metrics provider the spec names; never raises: a provider
-    that cannot be reached or configured gives Error samples, which hold the weight."""
+    that cannot be reached or configured gives Error samples, which hold the weight.
+
+    Credentials that cannot be had (a Secret missing or not opted in) are also told in a
+    Warning Event on `body`, once: not again while `last` (the previous analysis) says so."""
     queries = checks.build_queries(
         spec=spec,
         name=owner.name,
@@ -441,6 +486,8 @@ async def take_measurements(
         headers = await asyncio.to_thread(_auth_headers, spec, owner, kube)
     except (KubeError, ValueError) as error:
         reason = f"cannot read the Prometheus credentials: {error}"
+        if body is not None and not (last and any(reason in said for said in last.reasons)):
+            kopf.event(body, type="Warning", reason="CredentialsRefused", message=reason)  # type: ignore[arg-type]
         return Measurements(time=now, samples=dict.fromkeys(queries, Sample.failed(reason)))
     provider = providers.build_provider(
         analysis=spec.analysis, headers=headers, default_url=operator_settings().prometheus_url
@@ -456,8 +503,10 @@ def _auth_headers(spec: api.ModelDeploymentSpec, owner: Owner, kube: KubeClient)
     token = authorization = None
     if prometheus.bearer_token_secret_ref is not None:
         ref = prometheus.bearer_token_secret_ref
-        token = read_secret_value(kube, owner.namespace, ref.name, ref.key)
+        secret = read_secret(kube, owner.namespace, ref.name)
+        token = providers.secret_value(secret, key=ref.key, what="bearerTokenSecretRef")
     if prometheus.authorization_secret_ref is not None:
         ref = prometheus.authorization_secret_ref
-        authorization = read_secret_value(kube, owner.namespace, ref.name, ref.key)
+        secret = read_secret(kube, owner.namespace, ref.name)
+        authorization = providers.secret_value(secret, key=ref.key, what="authorizationSecretRef")
     return providers.auth_headers(bearer_token=token, authorization=authorization)

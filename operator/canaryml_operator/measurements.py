@@ -36,6 +36,35 @@ BUILTIN_CHECKS: Final = (
     SHADOW_AGREEMENT,
 )
 
+# What each built-in check can measure at all. A value outside (a negative or infinite rate, an
+# agreement over 100 %) is a broken query or a metrics source not to be believed: an Error,
+# which holds the weight, never a pass. A custom check's range is its query's: finite is all
+# that is known. NaN is no data (0/0: nothing to divide), which holds the weight too.
+POSSIBLE_RANGES: Final[Mapping[str, tuple[float, float]]] = {
+    REQUESTS: (0.0, math.inf),
+    ERROR_RATE: (0.0, 1.0),
+    LATENCY_P99: (0.0, math.inf),
+    DRIFT: (0.0, math.inf),
+    PREDICTION_DRIFT: (0.0, math.inf),
+    SHADOW_AGREEMENT: (0.0, 1.0),
+}
+# +Inf is a measurement of these: histogram_quantile answers it when the quantile is past the
+# last bucket, a PSI when a bin expected nothing. It is over any max: Failed, not a pass.
+INFINITY_MEASURES: Final = frozenset({LATENCY_P99, DRIFT, PREDICTION_DRIFT})
+# Rounding slack: ratios of extrapolated increases may miss their bounds by a hair.
+RANGE_TOLERANCE: Final = 1e-9
+
+
+def impossible(check: str, value: float) -> str | None:
+    """Why `value` cannot be a measurement of `check`; None when it can (NaN is left to the
+    caller: it means no data)."""
+    if math.isinf(value) and not (value > 0 and check in INFINITY_MEASURES):
+        return f"{value} is not a finite number"
+    low, high = POSSIBLE_RANGES.get(check, (-math.inf, math.inf))
+    if value < low - RANGE_TOLERANCE or value > high + RANGE_TOLERANCE:
+        return f"{value:g} is outside the possible range [{low:g}, {high:g}]"
+    return None
+
 
 # Features a drift sample names: enough to act on, few enough for one line of an Event.
 WORST_FEATURES_KEPT: Final = 3

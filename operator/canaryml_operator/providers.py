@@ -6,12 +6,21 @@ or, for a check measured per feature (`checks.SERIES_LABEL`), with one number pe
 the worst features), no data (None), or an error that says why not. A provider failure is a
 measurement (the rollout core turns it into an Error verdict that holds the weight), never an
 exception of the handler.
+
+A reply is data from wherever the spec's URL points, so none of it is written into the status:
+errors say the HTTP status and a fixed description (Prometheus's own error text goes to the
+operator's log). Replies are read streamed up to MAX_REPLY_BYTES, uncompressed, within the
+query timeout as a whole, and redirects are refused, never followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -23,10 +32,22 @@ from canaryml_api import resource as api
 from canaryml_operator import checks
 from canaryml_operator.measurements import Measurements, Sample
 
+log = logging.getLogger(__name__)
+
 NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 USER_AGENT: Final = "canaryml-operator"  # names the operator in Prometheus's query log
-# Prometheus answers a bad query with a JSON error; keep whatever else it says readable.
-_BODY_EXCERPT: Final = 300
+# An instant query answers one number (or one per feature): a few KiB. A larger reply is not
+# an answer to a check, and reading it whole would take the operator's memory (limit 512 MiB).
+MAX_REPLY_BYTES: Final = 1024 * 1024
+_LOGGED_EXCERPT: Final = 300  # of a refused query's error text, in the operator's log only
+# The errorType values of Prometheus's API: anything else is not repeated.
+_ERROR_TYPES: Final = frozenset(
+    {"timeout", "canceled", "execution", "bad_data", "internal", "unavailable", "not_found",
+     "not_acceptable"}
+)  # fmt: skip
+_RESULT_TYPES: Final = frozenset({"matrix", "vector", "scalar", "string"})
+_LABEL_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SHOWN_LABEL_VALUE: Final = 63
 
 
 class MetricError(Exception):
@@ -84,7 +105,8 @@ class PrometheusProvider:
             timeout=timeout,
             headers={"User-Agent": USER_AGENT, **headers},
             transport=transport,
-            follow_redirects=True,
+            # A redirect would send the credentials and the query where the spec did not say.
+            follow_redirects=False,
         )
 
     async def query(self, promql: str, *, at: datetime) -> float | None:
@@ -116,8 +138,11 @@ class PrometheusProvider:
 
     async def _post(self, path: str, *, form: Mapping[str, str]) -> Any:
         try:
-            response = await self._client.post(path, data=dict(form))
-        except httpx.TimeoutException:
+            # The timeout bounds the whole exchange: httpx's bounds each read, and a reply
+            # dripping a byte at a time would never end.
+            async with asyncio.timeout(self.timeout):
+                status, body = await self._read(path, form=form)
+        except (httpx.TimeoutException, TimeoutError):
             raise MetricError(
                 f"Prometheus at {self.url} did not answer within {self.timeout:g} s"
             ) from None
@@ -125,35 +150,74 @@ class PrometheusProvider:
             raise MetricError(
                 f"Prometheus at {self.url} is unreachable: {_describe(error)}"
             ) from None
-        return _payload(response, url=self.url)
+        return _payload(status, body, url=self.url)
+
+    async def _read(self, path: str, *, form: Mapping[str, str]) -> tuple[int, bytes]:
+        """The status and the body of the reply, read up to MAX_REPLY_BYTES."""
+        headers = {"Accept-Encoding": "identity"}  # a compressed reply could expand unbounded
+        async with self._client.stream("POST", path, data=dict(form), headers=headers) as reply:
+            if reply.is_redirect or 300 <= reply.status_code < 400:
+                raise MetricError(
+                    f"Prometheus at {self.url} answered HTTP {reply.status_code}, a redirect: "
+                    "redirects are not followed (set analysis.prometheus.url to the final URL)"
+                )
+            encoding = reply.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise MetricError(
+                    f"Prometheus at {self.url} answered a compressed reply ({encoding[:20]!r}) "
+                    "although asked for none"
+                )
+            declared = reply.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+                raise _too_large(self.url)
+            body = bytearray()
+            async for chunk in reply.aiter_raw():
+                body += chunk
+                if len(body) > MAX_REPLY_BYTES:
+                    raise _too_large(self.url)
+            return reply.status_code, bytes(body)
+
+
+def _too_large(url: str) -> MetricError:
+    return MetricError(
+        f"Prometheus at {url} answered more than {MAX_REPLY_BYTES // 1024} KiB: "
+        "not the reply to one check's query"
+    )
 
 
 def _describe(error: httpx.HTTPError) -> str:
     return str(error) or type(error).__name__
 
 
-def _payload(response: httpx.Response, *, url: str) -> Any:
-    """The `data` of a successful answer; a MetricError carrying Prometheus's own words."""
+def _payload(status: int, raw: bytes, *, url: str) -> Any:
+    """The `data` of a successful answer; else a MetricError with the HTTP status and a fixed
+    description (Prometheus's own error text is logged, not repeated)."""
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # deep nesting ([[[...]]]) exhausts json's stack
         body = None
     if isinstance(body, dict) and body.get("status") == "error":
-        kind = body.get("errorType") or "error"
-        raise MetricError(
-            f"Prometheus refused the query ({kind}, HTTP {response.status_code}): "
-            f"{body.get('error', '')}"
+        kind = body.get("errorType")
+        log.warning(
+            "Prometheus at %s refused a query (HTTP %s): %r",
+            url,
+            status,
+            str(body.get("error", ""))[:_LOGGED_EXCERPT],
         )
-    if response.status_code != 200 or not isinstance(body, dict):
-        excerpt = response.text[:_BODY_EXCERPT].strip()
-        raise MetricError(f"Prometheus at {url} answered HTTP {response.status_code}: {excerpt}")
+        shown = f"{kind}, " if isinstance(kind, str) and kind in _ERROR_TYPES else ""
+        raise MetricError(
+            f"Prometheus refused the query ({shown}HTTP {status}); "
+            "its error text is in the operator's log"
+        )
+    if status != 200:
+        raise MetricError(f"Prometheus at {url} answered HTTP {status}")
+    if not isinstance(body, dict):
+        raise MetricError(f"Prometheus at {url} answered HTTP 200 with a body that is not JSON")
     if body.get("status") != "success":
-        raise MetricError(f"Prometheus at {url} answered an unexpected body: {_excerpt(body)}")
+        raise MetricError(
+            f"Prometheus at {url} answered HTTP 200 without the status of a query API reply"
+        )
     return body.get("data")
-
-
-def _excerpt(value: object) -> str:
-    return repr(value)[:_BODY_EXCERPT]
 
 
 def _scalar(data: Any, *, promql: str) -> float | None:
@@ -167,10 +231,9 @@ def _scalar(data: Any, *, promql: str) -> float | None:
     if not result:
         return None
     if len(result) > 1:
-        series = ", ".join(_labels(item) for item in result[:3])
         raise MetricError(
             f"query returned {len(result)} series, a check needs one "
-            f"(aggregate it, e.g. with sum or max): {series}{', ...' if len(result) > 3 else ''}"
+            f"(aggregate it, e.g. with sum or max; labels: {_label_names(result)}): {promql}"
         )
     return _number(result[0].get("value") if isinstance(result[0], dict) else None)
 
@@ -187,8 +250,9 @@ def _by_label(data: Any, *, label: str, promql: str) -> dict[str, float]:
         metric = item.get("metric") if isinstance(item, dict) else None
         key = str((metric if isinstance(metric, dict) else {}).get(label, ""))
         if key in seen:
+            shown = key[:_SHOWN_LABEL_VALUE]
             raise MetricError(
-                f"query returned several series with {label}={key!r}, a check needs one "
+                f"query returned several series with {label}={shown!r}, a check needs one "
                 f"per {label} (aggregate it, e.g. with max by ({label})): {promql}"
             )
         seen.add(key)
@@ -198,16 +262,17 @@ def _by_label(data: Any, *, label: str, promql: str) -> dict[str, float]:
     return values
 
 
-def _result_type(data: Any) -> Any:
+def _result_type(data: Any) -> str:
     if not isinstance(data, dict):
-        raise MetricError(f"unexpected query result: {_excerpt(data)}")
-    return data.get("resultType")
+        raise MetricError("unexpected query result: `data` is not an object")
+    kind = data.get("resultType")
+    return kind if isinstance(kind, str) and kind in _RESULT_TYPES else "result of an unknown type"
 
 
 def _series(data: dict[str, Any]) -> list[Any]:
     result = data.get("result")
     if not isinstance(result, list):
-        raise MetricError(f"unexpected query result: {_excerpt(data)}")
+        raise MetricError("unexpected query result: `result` is not a list")
     return result
 
 
@@ -216,13 +281,44 @@ def _number(pair: Any) -> float | None:
     try:
         value = float(pair[1])
     except (TypeError, ValueError, IndexError, KeyError):
-        raise MetricError(f"unexpected sample in query result: {_excerpt(pair)}") from None
+        raise MetricError("unexpected sample in query result: not a [time, number] pair") from None
     return None if math.isnan(value) else value
 
 
-def _labels(item: Any) -> str:
-    metric = item.get("metric", {}) if isinstance(item, dict) else {}
-    return "{" + ",".join(f"{k}={v!r}" for k, v in sorted(metric.items())) + "}"
+def _label_names(result: list[Any]) -> str:
+    """The label names of the first series (names only: values are the reply's data)."""
+    metric = result[0].get("metric") if isinstance(result[0], dict) else None
+    names = sorted(k for k in (metric if isinstance(metric, dict) else {}) if _LABEL_NAME.match(k))
+    return ", ".join(names[:10]) or "none"
+
+
+# A Secret is read for analysis.prometheus only when it carries this label, set to "true":
+# without it, any ModelDeployment author could send any Secret of the namespace to a URL of
+# their choosing (the Authorization header goes wherever analysis.prometheus.url points).
+CREDENTIALS_LABEL: Final = f"{api.GROUP}/prometheus-credentials"
+
+
+def secret_value(secret: Mapping[str, Any], *, key: str, what: str) -> str:
+    """One key of a Secret read for analysis.prometheus (`what`: which field names it),
+    decoded; ValueError when the Secret has not opted in (CREDENTIALS_LABEL) or lacks the key.
+    """
+    meta = secret.get("metadata") or {}
+    where = f"Secret {meta.get('namespace', '')}/{meta.get('name', '')}"
+    labels = meta.get("labels") or {}
+    if labels.get(CREDENTIALS_LABEL) != "true":
+        raise ValueError(
+            f"analysis.prometheus.{what}: {where} is not labelled {CREDENTIALS_LABEL}=true, "
+            "which a Secret needs to be sent to Prometheus"
+        )
+    data = (secret.get("data") or {}).get(key)
+    if not isinstance(data, str):
+        raise ValueError(f"analysis.prometheus.{what}: {where} has no key {key!r}")
+    try:
+        return base64.b64decode(data, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(
+            f"analysis.prometheus.{what}: {where} key {key!r} is not base64 UTF-8 text"
+        ) from None
 
 
 def auth_headers(*, bearer_token: str | None, authorization: str | None) -> dict[str, str]:

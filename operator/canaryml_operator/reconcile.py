@@ -138,6 +138,7 @@ def build_status(
     tracks: Mapping[Track, DeploymentState],
     generation: int | None,
     now: datetime,
+    invalid_reason: str = "InvalidSpec",
 ) -> api.ModelDeploymentStatus:
     """The status the resource shows: `previous` (the rollout core's status) with the observed
     state of the children, kstatus-style, and the phase derived from both (`phase_of`).
@@ -165,7 +166,13 @@ def build_status(
 
     replicas = f"{stable.available}/{stable.desired} replicas available"
     stable_version = previous.stable_version
-    if stable.rolled_out:
+    if stable.rolled_out and stable.desired == 0:
+        # Scaled to zero on purpose: nothing to wait for (kstatus Current, Argo CD Suspended),
+        # but nothing serves either, so not Ready.
+        stable_version = stable.version or stable_version
+        message = f"serving.replicas is 0: stable model {stable_version} has no pods to serve"
+        put("Ready", False, SCALED_TO_ZERO, message)
+    elif stable.rolled_out:
         stable_version = stable.version or stable_version
         put("Ready", True, "StableAvailable", f"stable model {stable_version}: {replicas}")
     elif not stable.exists:
@@ -176,10 +183,10 @@ def build_status(
 
     if invalid is not None or spec is None:
         message = invalid or "the spec is missing"
-        put("Degraded", True, "InvalidSpec", message)
-        put("Stalled", True, "InvalidSpec", message)
-        put("Reconciling", False, "InvalidSpec", "waiting for a corrected spec")
-        put("Progressing", False, "InvalidSpec", "nothing changes until the spec is corrected")
+        put("Degraded", True, invalid_reason, message)
+        put("Stalled", True, invalid_reason, message)
+        put("Reconciling", False, invalid_reason, "waiting for a corrected spec")
+        put("Progressing", False, invalid_reason, "nothing changes until the spec is corrected")
         phase = phase_of(
             spec=spec, invalid=message, rollout=previous, stable=stable, stable_version=None
         )
@@ -187,7 +194,19 @@ def build_status(
 
     put("Degraded", False, "AsExpected", "the spec is valid and its children are in place")
     stalled = condition(previous, "Stalled")
-    if stalled is None or stalled.reason == "InvalidSpec":
+    phase = phase_of(
+        spec=spec, invalid=invalid, rollout=previous, stable=stable, stable_version=stable_version
+    )
+    if spec.canary is not None and phase == "RolledBack":
+        # kstatus Failed: the spec's canary will not be served until the spec changes.
+        rolled_back = condition(previous, "RolledBack")
+        put("Stalled", True, "RolledBack", rolled_back.message if rolled_back else "rolled back")
+    elif stalled is None or stalled.reason in (
+        "InvalidSpec",
+        children.UNPINNED_MODEL,
+        CHILD_CONFLICT,
+        "RolledBack",
+    ):
         put("Stalled", False, "AsExpected", "")
     if spec.canary is None:
         if _rolling_stable(stable, stable_version):
@@ -197,16 +216,107 @@ def build_status(
             put("Progressing", False, "NoCanary", "no canary in the spec")
     canary = tracks.get("canary", DeploymentState())
     settled = stable.rolled_out and (canary.rolled_out or not canary.exists)
-    put(
-        "Reconciling",
-        not settled,
-        "AsExpected" if settled else "RollingOut",
-        "" if settled else "waiting for the model Deployments to roll out",
-    )
-    phase = phase_of(
-        spec=spec, invalid=invalid, rollout=previous, stable=stable, stable_version=stable_version
-    )
+    progressing = next((c for c in conditions if c.type == "Progressing"), None)
+    stalled_now = next((c for c in conditions if c.type == "Stalled" and c.status == "True"), None)
+    if not settled:
+        put("Reconciling", True, "RollingOut", "waiting for the model Deployments to roll out")
+    elif stalled_now is not None:
+        # kstatus: Stalled, not in progress (Flux fails instead of waiting for its timeout).
+        put("Reconciling", False, "Stalled", f"{stalled_now.reason}: see the Stalled condition")
+    elif spec.canary is not None and (
+        phase == "Progressing" or (phase == "Promoted" and _holds(progressing, "Promoting"))
+    ):
+        # A rollout in flight is not Current for kstatus (Flux waits for it).
+        message = progressing.message if progressing else "rollout in progress"
+        put("Reconciling", True, "RolloutInProgress", message)
+    elif phase == "Paused":
+        put("Reconciling", False, "Paused", "the rollout is paused: nothing changes until resumed")
+    else:
+        put("Reconciling", False, "AsExpected", "")
     return previous.model_copy(update={**observed, "phase": phase, "conditions": conditions})
+
+
+def _holds(found: api.Condition | None, reason: str) -> bool:
+    return found is not None and found.status == "True" and found.reason == reason
+
+
+SCALED_TO_ZERO = "ScaledToZero"
+CHILD_CONFLICT = "ChildConflict"
+
+
+def foreign_owner(live: Mapping[str, Any]) -> str:
+    """Whom an object that is not this resource's belongs to, as `kubectl get` would name it."""
+    meta = live.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    if ref is not None:
+        return f"{ref.get('kind', '?')} {ref.get('name', '?')}"
+    owner = (meta.get("labels") or {}).get(children.LABEL_MODEL_DEPLOYMENT)
+    if owner:
+        return f"ModelDeployment {owner} (by its label; it has no owner reference)"
+    return "no ModelDeployment (created by someone else)"
+
+
+def claimants(name: str) -> list[str]:
+    """The ModelDeployments that could want a child named `name`: children are named after
+    their owner, alone or with a suffix (`a-stable` for `a`, or `a-stable` itself)."""
+    parts = name.split("-")
+    return ["-".join(parts[:end]) for end in range(len(parts), 0, -1)]
+
+
+def in_conflict(status: api.ModelDeploymentStatus) -> bool:
+    degraded = condition(status, "Degraded")
+    return degraded is not None and degraded.status == "True" and degraded.reason == CHILD_CONFLICT
+
+
+def conflict_message(key: ChildKey, live: Mapping[str, Any]) -> str:
+    return f"{key.kind} {key.name} already exists and belongs to {foreign_owner(live)}"
+
+
+def with_conflicts(
+    status: api.ModelDeploymentStatus,
+    *,
+    previous: api.ModelDeploymentStatus,
+    conflicts: Sequence[str],
+    generation: int | None,
+    now: datetime,
+) -> api.ModelDeploymentStatus:
+    """The status when children it needs exist but belong to someone else (two resources whose
+    child names collide, such as `a`'s stable Service and `a-stable`'s endpoint): never
+    overwritten, so this one is Degraded, not Ready, and Stalled (a person must rename one),
+    naming each object. The other resource keeps working."""
+    if not conflicts:
+        return status
+    message = (
+        "; ".join(conflicts)
+        + ": not overwritten; rename this ModelDeployment or remove the other object"
+    )
+    # Set over the conditions as they were before this turn: while the conflict lasts, their
+    # lastTransitionTime stays put (build_status has just said the opposite).
+    kinds = ("Degraded", "Stalled", "Ready", "Reconciling")
+    conditions = [c for c in status.conditions if c.type not in kinds]
+    conditions += [c for c in previous.conditions if c.type in kinds]
+    for kind in ("Degraded", "Stalled"):
+        conditions = set_condition(
+            conditions,
+            type=kind,
+            status="True",
+            reason=CHILD_CONFLICT,
+            message=message,
+            generation=generation,
+            now=now,
+        )
+    for kind in ("Ready", "Reconciling"):
+        conditions = set_condition(
+            conditions,
+            type=kind,
+            status="False",
+            reason=CHILD_CONFLICT,
+            message=message,
+            generation=generation,
+            now=now,
+        )
+    return status.model_copy(update={"conditions": conditions})
 
 
 def build_events(
@@ -227,7 +337,7 @@ def build_events(
         and after.status == "True"
         and (before is None or before.status != "True" or before.message != after.message)
     ):
-        events.append(Event("Warning", "InvalidSpec", after.message))
+        events.append(Event("Warning", after.reason, after.message))
     elif after and after.status == "False" and before and before.status == "True":
         events.append(Event("Normal", "SpecValid", "the spec is valid again"))
     ready_before, ready_after = condition(previous, "Ready"), condition(status, "Ready")
@@ -243,7 +353,10 @@ def build_events(
         and ready_before
         and (ready_before.status == "True")
     ):
-        events.append(Event("Warning", "NotReady", ready_after.message))
+        if ready_after.reason == SCALED_TO_ZERO:  # on purpose, not a failure
+            events.append(Event("Normal", SCALED_TO_ZERO, ready_after.message))
+        else:
+            events.append(Event("Warning", "NotReady", ready_after.message))
     return events
 
 

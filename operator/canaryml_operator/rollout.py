@@ -6,8 +6,9 @@ and applies the Decision. Everything the next decision needs is in the returned 
 restarted operator resumes at the same step with the same failure count.
 
 The rollout core writes the rollout state: the weight, step, models, history, last analysis
-and counters, and the Progressing, RolledBack and (from analyses) Stalled conditions; the
-reconciler adds what the children say and derives the phase (`reconcile.phase_of`).
+and counters, and the Progressing, RolledBack, CanaryAvailable and (from analyses) Stalled
+conditions; the reconciler adds what the children say and derives the phase
+(`reconcile.phase_of`).
 
 The rollout of one canary (identified by its model's uri, version and sha256):
 
@@ -18,14 +19,25 @@ The rollout of one canary (identified by its model's uri, version and sha256):
       scaled to 0; the stable model keeps serving)
 
 Analyses that are Inconclusive (too few requests, no data) or Error (metrics unreachable) hold
-the weight; a streak of HELD_STREAK_LIMIT of them sets the Stalled condition, with the reason.
+the weight, with the reason in Progressing. Only a real stall sets Stalled: HELD_STREAK_LIMIT
+Error analyses in a row (the metrics cannot be read: a person must act), or Inconclusive ones for
+longer than spec.progressDeadline (a warming drift window is not a stall; no data for 10 minutes
+is).
+
+A canary that is not available (pods not ready, or canary.replicas 0) for spec.progressDeadline,
+while waiting for it or during the rollout, is rolled back (ProgressDeadlineExceeded). A gap
+between analyses longer than `analysis_gap_limit` (the operator was down) restarts the step's
+clock: time nobody judged is not time the checks passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Literal
 
 from canaryml_api import resource as api
@@ -43,36 +55,75 @@ from canaryml_operator.state import (
 from canaryml_operator.verdicts import build_record, judge
 
 Command = Literal["promote", "abort", "rollback", "pause"]
+OneShot = Literal["promote", "abort", "rollback"]
 
 # Annotations a person (or `canaryml promote|abort|rollback|pause`) sets on the resource.
+# `paused` is a level, kept while "true". The others name their target: the canary version to
+# promote or abort, the stable version to roll back from, optionally followed by "@" and
+# anything new, to give the same command for the same version again. Each value acts once:
+# it is recorded in status.handledCommands and the same value again (a GitOps tool applying
+# the annotation again, or one left in Git) does nothing. The annotations are never removed:
+# removing them would fight the GitOps tool that put them there.
 COMMAND_ANNOTATIONS: Mapping[Command, str] = {
     "promote": f"{api.GROUP}/promote",
     "abort": f"{api.GROUP}/abort",
     "rollback": f"{api.GROUP}/rollback",
-    "pause": f"{api.GROUP}/paused",  # kept while set to "true"; the others act once
+    "pause": f"{api.GROUP}/paused",
 }
+COMMAND_FORM = '"<version>", or "<version>@<anything new>" to repeat a command'
+NO_COMMANDS: Mapping[Command, str] = MappingProxyType({})
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # a model's version (api.ModelRef)
+# A longer value names no version (63 characters at most) and is recorded by its digest: an
+# annotation may hold 256 KiB, the status should not.
+COMMAND_VALUE_MAX = 128
 
-HELD_STREAK_LIMIT = 5  # analyses in a row that neither pass nor fail before Stalled is set
+HELD_STREAK_LIMIT = 5  # Error analyses in a row (metrics unreadable) before Stalled is set
+# A gap between analyses longer than this many analysis intervals restarts the step clock.
+# Three: one or two analyses lost to a slow Prometheus answer or a write conflict are noise,
+# more is an outage (the operator down, the API server unreachable).
+ANALYSIS_GAP_INTERVALS = 3
+CANARY_AVAILABLE = "CanaryAvailable"  # condition: the canary's pods are all available, since when
 # Seconds a canary keeps its pods after its weight went to 0, so that routers (which follow
 # the status within about a second) stop sending to it before it goes: no dropped request.
 DRAIN_SECONDS = 5.0
 HISTORY_LIMIT = 20
 
 
-def commands_from(annotations: Mapping[str, str] | None) -> frozenset[Command]:
-    """The commands the resource's annotations ask for."""
-    found: set[Command] = set()
+def commands_from(annotations: Mapping[str, str] | None) -> dict[Command, str]:
+    """The commands the resource's annotations ask for, each with its value (stripped;
+    "true" for pause)."""
+    found: dict[Command, str] = {}
     for command, key in COMMAND_ANNOTATIONS.items():
         value = (annotations or {}).get(key)
         if value is None:
             continue
-        answer = value.strip().lower()
+        answer = value.strip()
         if command == "pause":
-            if answer in ("true", "1", "yes"):
-                found.add(command)
-        elif answer not in ("false", "0", "no"):  # "promote: false" asks for nothing
-            found.add(command)
-    return frozenset(found)
+            if answer.lower() in ("true", "1", "yes"):
+                found[command] = "true"
+        elif answer.lower() not in ("false", "0", "no"):  # "promote: false" asks for nothing
+            found[command] = answer
+    return found
+
+
+def command_target(value: str) -> str | None:
+    """The version a one-shot command's value names; None when it names none (the earlier
+    form: "true", or the time `canaryml promote` wrote)."""
+    target = value.split("@", 1)[0].strip()
+    if len(value) > COMMAND_VALUE_MAX or target.lower() in ("true", "yes"):
+        return None
+    return target if _VERSION.match(target) else None
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= COMMAND_VALUE_MAX else value[:40] + "..."
+
+
+def _recorded(value: str) -> str:
+    """How a value is kept in status.handledCommands."""
+    if len(value) <= COMMAND_VALUE_MAX:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +150,6 @@ class Decision:
     status: api.ModelDeploymentStatus
     action: Action = "none"
     events: list[Event] = field(default_factory=list)
-    consumed: frozenset[Command] = frozenset()  # one-shot commands to remove from annotations
 
 
 def identity(model: api.ModelRef) -> api.ModelIdentity:
@@ -131,6 +181,20 @@ def drain_ends_in(
     if status.step_started_at is None:
         return None
     return max(0.0, DRAIN_SECONDS - (now - status.step_started_at).total_seconds())
+
+
+def progress_deadline_in(
+    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
+) -> float | None:
+    """Seconds until the progress deadline of a canary whose pods are not available (0: it
+    has passed), or None when they are, or no rollout runs (none runs while paused)."""
+    if not is_current_canary(spec, status) or status.phase != "Progressing":
+        return None
+    found = next((c for c in status.conditions if c.type == CANARY_AVAILABLE), None)
+    if found is None or found.status == "True":
+        return None
+    waited = (now - found.last_transition_time).total_seconds()
+    return max(0.0, api.parse_duration(spec.progress_deadline) - waited)
 
 
 def in_rollout(*, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus) -> bool:
@@ -176,13 +240,21 @@ def previous_stable(status: api.ModelDeploymentStatus) -> api.ModelIdentity | No
 class _Builder:
     """Accumulates one decision: the status as it changes, the Events, the action."""
 
-    def __init__(self, status: api.ModelDeploymentStatus, *, now: datetime, generation: int | None):
+    def __init__(
+        self,
+        status: api.ModelDeploymentStatus,
+        *,
+        now: datetime,
+        generation: int | None,
+        commands: Mapping[Command, str] = NO_COMMANDS,
+    ):
+        self.before = status
         self.status = status
         self.now = now
         self.generation = generation
+        self.commands = commands
         self.events: list[Event] = []
         self.action: Action = "none"
-        self.consumed: set[Command] = set()
 
     def update(self, **fields: object) -> None:
         self.status = self.status.model_copy(update=fields)
@@ -205,7 +277,8 @@ class _Builder:
         self.events.append(Event(type, reason, message))
 
     def decision(self) -> Decision:
-        return Decision(self.status, self.action, self.events, frozenset(self.consumed))
+        _left_over_commands(self)
+        return Decision(self.status, self.action, self.events)
 
 
 def decide(
@@ -215,7 +288,7 @@ def decide(
     measurements: m.Measurements | None,
     now: datetime,
     tracks: Mapping[Track, DeploymentState] | None = None,
-    commands: Collection[Command] = frozenset(),
+    commands: Mapping[Command, str] = NO_COMMANDS,
     generation: int | None = None,
 ) -> Decision:
     """The next rollout state of one ModelDeployment.
@@ -226,13 +299,12 @@ def decide(
     `commands` come from the resource's annotations (see `commands_from`).
     """
     tracks = tracks or {}
-    b = _Builder(status, now=now, generation=generation)
+    b = _Builder(status, now=now, generation=generation, commands=commands)
     _follow_spec_model(b, spec)
-    if "rollback" in commands:
-        _rollback_stable(b, spec)
+    _rollback_command(b, spec)
     canary = spec.canary
     if canary is None:
-        _no_canary(b, commands)
+        _no_canary(b)
         return b.decision()
 
     if not is_current_canary(spec, b.status):
@@ -242,27 +314,8 @@ def decide(
     phase = b.status.phase
     if phase == "Promoted":
         _finish_promotion(b, tracks)
-    if phase in ("Promoted", "RolledBack"):
-        for command in ("promote", "abort"):
-            if command in commands:
-                b.consumed.add(command)
-                b.event(
-                    "Normal", "CommandIgnored", f"{command}: the rollout already ended ({phase})"
-                )
-        return b.decision()
-
-    if "abort" in commands:
-        b.consumed.add("abort")
-        _roll_back(
-            b,
-            spec,
-            reason="Aborted",
-            message=f"aborted by the {COMMAND_ANNOTATIONS['abort']} annotation",
-        )
-        return b.decision()
-    if "promote" in commands:
-        b.consumed.add("promote")
-        _promote(b, spec, reason=f"promoted by the {COMMAND_ANNOTATIONS['promote']} annotation")
+    ended = phase in ("Promoted", "RolledBack")
+    if _canary_commands(b, spec, tracks, ended=ended) or ended:
         return b.decision()
 
     paused = spec.paused or "pause" in commands
@@ -271,6 +324,8 @@ def decide(
         if not paused and b.status.current_step is not None:
             # A resumed step earns its whole interval again: nothing was judged while paused.
             b.update(step_started_at=b.now)
+        if not paused:
+            _forget_canary_availability(b)  # no progress deadline runs while paused
         b.event("Normal", "Paused" if paused else "Resumed", _weight_text(b.status, paused))
         b.condition(
             "Progressing",
@@ -283,8 +338,12 @@ def decide(
         if paused:
             return b.decision()  # the canary gets no traffic until resumed
         _wait_for_canary(b, spec, tracks.get("canary", DeploymentState()))
+        if "canary" in tracks:
+            _watch_canary(b, spec, tracks["canary"])
         if b.status.current_step is None:
             return b.decision()
+    elif not paused and "canary" in tracks and _watch_canary(b, spec, tracks["canary"]):
+        return b.decision()  # rolled back: its pods stayed unavailable past the deadline
     if measurements is None:
         return b.decision()
     _analyse(b, spec, measurements, paused=paused)
@@ -314,8 +373,138 @@ def _follow_spec_model(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def _fresh(b: _Builder, command: OneShot) -> str | None:
+    """The command's value when the annotations ask for it with a value not handled yet."""
+    value = b.commands.get(command)
+    recorded = b.status.handled_commands.get(COMMAND_ANNOTATIONS[command])
+    if value is None or recorded == _recorded(value):
+        return None
+    return value
+
+
+def _handled(b: _Builder, command: OneShot, value: str) -> None:
+    key = COMMAND_ANNOTATIONS[command]
+    b.update(handled_commands={**b.status.handled_commands, key: _recorded(value)})
+
+
+def _not_applied(b: _Builder, command: OneShot, value: str, *, why: str, example: str) -> None:
+    """A command that does not apply: recorded (so said once) and explained."""
+    _handled(b, command, value)
+    key = COMMAND_ANNOTATIONS[command]
+    if command_target(value) is None:
+        b.event(
+            "Warning",
+            "CommandRefused",
+            f'{key}: "{_shown(value)}" names no version. A command names its target, so that '
+            f'a replayed one does nothing: set {key}: "{example}" ({COMMAND_FORM})',
+        )
+    else:
+        b.event("Normal", "CommandIgnored", f'{key}: "{value}": {why}')
+
+
+def _rollback_command(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
+    """`rollback: "<stable version>"` returns that stable to the one it replaced, only while
+    it is the stable: replayed, it cannot walk further back through the history."""
+    value = _fresh(b, "rollback")
+    if value is None:
+        return
+    current = b.status.stable_model
+    stable = current.version if current is not None else "-"
+    if command_target(value) != stable:
+        why = f"it rolls back {command_target(value)}, but the stable is {stable}: nothing done"
+        _not_applied(b, "rollback", value, why=why, example=stable)
+        return
+    _handled(b, "rollback", value)
+    _rollback_stable(b, spec)
+
+
+def _canary_commands(
+    b: _Builder,
+    spec: api.ModelDeploymentSpec,
+    tracks: Mapping[Track, DeploymentState],
+    *,
+    ended: bool,
+) -> bool:
+    """`abort` and `promote` act only on the canary they name, abort first; a promote waits
+    until the canary's pods are available. True when one acted."""
+    assert spec.canary is not None
+    version = spec.canary.model.version
+    for command in ("abort", "promote"):
+        value = _fresh(b, command)
+        if value is None:
+            continue
+        target = command_target(value)
+        if target != version:
+            why = f"it names canary {target}, but the canary is {version}: nothing done"
+            _not_applied(b, command, value, why=why, example=version)
+        elif ended:
+            why = f"the rollout of canary {version} already ended ({b.status.phase})"
+            _not_applied(b, command, value, why=why, example=version)
+    if ended:
+        return False
+    value = _fresh(b, "abort")
+    if value is not None:
+        _handled(b, "abort", value)
+        message = f'aborted by {COMMAND_ANNOTATIONS["abort"]}: "{value}"'
+        _roll_back(b, spec, reason="Aborted", message=message)
+        return True
+    value = _fresh(b, "promote")
+    if value is not None and _canary_ready(b, spec, tracks):
+        _handled(b, "promote", value)
+        _promote(b, spec, reason=f'promoted by {COMMAND_ANNOTATIONS["promote"]}: "{value}"')
+        return True
+    return False  # a promote of a canary not available yet waits, unrecorded
+
+
+def _canary_ready(
+    b: _Builder, spec: api.ModelDeploymentSpec, tracks: Mapping[Track, DeploymentState]
+) -> bool:
+    """Whether the rollout saw the canary available (it is at a step) and its pods are all
+    available now: a promote never makes a model stable before its pods served."""
+    assert spec.canary is not None
+    model = spec.canary.model
+    live = tracks.get("canary", DeploymentState())
+    return (
+        b.status.current_step is not None
+        and live.desired > 0
+        and live.serves(uri=model.uri, version=model.version, sha256=model.sha256)
+    )
+
+
+def _left_over_commands(b: _Builder) -> None:
+    """A command handled before and still in the annotations (left in Git) is told once, when
+    what it was about changes: it does nothing for the new canary, or the new stable."""
+    before, after = b.before, b.status
+    new_canary = after.canary_model is not None and after.canary_model != before.canary_model
+    new_stable = after.stable_model is not None and after.stable_model != before.stable_model
+    changes: list[tuple[OneShot, str | None]] = [
+        ("promote", after.canary_version if new_canary else None),
+        ("abort", after.canary_version if new_canary else None),
+        ("rollback", after.stable_model.version if new_stable and after.stable_model else None),
+    ]
+    for command, now_about in changes:
+        key = COMMAND_ANNOTATIONS[command]
+        value = b.commands.get(command)
+        if (
+            now_about is None
+            or value is None
+            or before.handled_commands.get(key) != _recorded(value)
+        ):
+            continue
+        what = "canary" if command != "rollback" else "stable"
+        b.event(
+            "Normal",
+            "CommandAlreadyHandled",
+            f'{key}: "{_shown(value)}" was handled before and does nothing for the {what} '
+            f"{now_about} (each value acts once: {COMMAND_FORM})",
+        )
+
+
 def _rollback_stable(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
-    b.consumed.add("rollback")
     target = previous_stable(b.status)
     current = b.status.stable_model
     if target is None or current is None:
@@ -341,15 +530,17 @@ def _rollback_stable(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
     b.action = "rollbackStable"
 
 
-def _no_canary(b: _Builder, commands: Collection[Command]) -> None:
+def _no_canary(b: _Builder) -> None:
     for command in ("promote", "abort"):
-        if command in commands:
-            b.consumed.add(command)
-            b.event("Normal", "CommandIgnored", f"{command}: there is no canary in the spec")
+        value = _fresh(b, command)
+        if value is not None:
+            why = "there is no canary in the spec"
+            _not_applied(b, command, value, why=why, example="<canary version>")
     if b.status.canary_weight or b.status.current_step is not None:
         b.update(canary_weight=0, current_step=None, step_started_at=None)
     # Forgetting the canary makes the same one, added again, a new rollout from the start.
     b.update(canary_version=None, canary_model=None, failed_checks=0, held_analyses=0)
+    _forget_canary_availability(b)
     if b.status.phase in ("Progressing", "Paused", "Promoted", "RolledBack", None):
         b.update(phase="Stable")
     b.condition("Progressing", "False", "NoCanary", "no canary in the spec")
@@ -378,6 +569,7 @@ def _start(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
     b.condition("Progressing", "True", "WaitingForCanary", message + "; waiting for the canary")
     b.condition("RolledBack", "False", "NewRollout", message)
     _clear_stalled(b)
+    _forget_canary_availability(b)  # the progress deadline runs from this rollout's start
     b.event("Normal", "RolloutStarted", message)
     b.action = "start"
 
@@ -401,6 +593,100 @@ def _wait_for_canary(b: _Builder, spec: api.ModelDeploymentSpec, canary: Deploym
     b.action = "stepUp"
 
 
+def _forget_canary_availability(b: _Builder) -> None:
+    kept = [c for c in b.status.conditions if c.type != CANARY_AVAILABLE]
+    if len(kept) != len(b.status.conditions):
+        b.update(conditions=kept)
+
+
+def _watch_canary(b: _Builder, spec: api.ModelDeploymentSpec, canary: DeploymentState) -> bool:
+    """Say whether the canary's pods are available (condition CanaryAvailable, whose
+    lastTransitionTime is when that last changed) and roll the canary back once they have not
+    been for spec.progressDeadline, while waiting for them or during the rollout. True when
+    rolled back."""
+    assert spec.canary is not None
+    model = spec.canary.model
+    if canary.desired > 0 and canary.serves(
+        uri=model.uri, version=model.version, sha256=model.sha256
+    ):
+        text = f"{canary.available}/{canary.desired} canary pods available"
+        b.condition(CANARY_AVAILABLE, "True", "PodsAvailable", text)
+        return False
+    deadline = spec.progress_deadline
+    if spec.canary.replicas == 0:
+        reason = "ScaledToZero"
+        text = "canary.replicas is 0: the canary has no pods to take its traffic"
+    else:
+        reason = "PodsNotAvailable"
+        text = (
+            f"waiting for {spec.canary.replicas} canary pod(s) of {model.version}: "
+            f"{canary.available if canary.exists else 0}/{spec.canary.replicas} available"
+        )
+    b.condition(CANARY_AVAILABLE, "False", reason, f"{text} (progressDeadline {deadline})")
+    if b.status.current_step is None:
+        b.condition(
+            "Progressing",
+            "True",
+            "WaitingForCanary",
+            f"canary {model.version} rollout started; {text}; rolled back if not available "
+            f"within progressDeadline {deadline}",
+        )
+    since = next(c for c in b.status.conditions if c.type == CANARY_AVAILABLE)
+    waited = (b.now - since.last_transition_time).total_seconds()
+    if waited < api.parse_duration(deadline):
+        return False
+    message = (
+        f"canary {model.version} rolled back: not available for progressDeadline {deadline} "
+        f"({text})"
+    )
+    _roll_back(b, spec, reason="ProgressDeadlineExceeded", message=message)
+    return True
+
+
+def analysis_gap_limit(spec: api.ModelDeploymentSpec) -> float:
+    """Seconds without an analysis after which a step's time no longer counts: more than
+    ANALYSIS_GAP_INTERVALS analysis intervals, and more than the analysis window (while the
+    window is longer than the gap, the next analysis still judges every request of it)."""
+    analysis = spec.analysis
+    return max(
+        ANALYSIS_GAP_INTERVALS * api.parse_duration(analysis.interval),
+        api.parse_duration(analysis.window),
+    )
+
+
+def _restart_clock_after_gap(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
+    """After an outage, the step earns its whole interval again from now."""
+    assert spec.canary is not None
+    status = b.status
+    seen = [
+        t for t in (status.step_started_at, status.last_analysis and status.last_analysis.time) if t
+    ]
+    if not seen:
+        return
+    gap = (b.now - max(seen)).total_seconds()
+    limit = analysis_gap_limit(spec)
+    if gap <= limit:
+        return
+    b.update(step_started_at=b.now)
+    b.event(
+        "Warning",
+        "StepClockRestarted",
+        f"no analysis for {_seconds_text(gap)} (more than {_seconds_text(limit)}: "
+        f"{ANALYSIS_GAP_INTERVALS} analysis intervals of {spec.analysis.interval}, or the "
+        f"window {spec.analysis.window}); the operator or its metrics were unreachable, so "
+        f"step {(status.current_step or 0) + 1} at {status.canary_weight}% must pass for "
+        f"{spec.canary.step_interval} again from now",
+    )
+
+
+def _seconds_text(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return text + (f"{secs}s" if secs or not text else "")
+
+
 def _analyse(
     b: _Builder, spec: api.ModelDeploymentSpec, measurements: m.Measurements, *, paused: bool
 ) -> None:
@@ -414,6 +700,8 @@ def _analyse(
         step=status.current_step,
         weight=status.canary_weight,
     )
+    if not paused:
+        _restart_clock_after_gap(b, spec)
     b.update(last_analysis=record)
     if paused:
         b.action = "paused"
@@ -439,20 +727,20 @@ def _analyse(
         held = status.held_analyses + 1
         b.update(held_analyses=held)
         b.action = "hold"
-        if held >= HELD_STREAK_LIMIT:
-            reason = "MetricsUnavailable" if verdict == "Error" else "AnalysisInconclusive"
-            message = (
-                f"weight held at {status.canary_weight}% for {held} analyses in a row: "
-                + "; ".join(record.reasons)
-            )
-            was = _stalled(b.status)
-            b.condition("Stalled", "True", reason, message)
-            if not was:
-                b.event("Warning", reason, message)
+        _hold(b, spec, record, held=held)
         return
     b.update(failed_checks=0, held_analyses=0)
     _clear_stalled(b)
-    started = status.step_started_at or b.now
+    progressing = next((c for c in b.status.conditions if c.type == "Progressing"), None)
+    if progressing is not None and progressing.reason in HELD_REASONS:
+        b.condition(
+            "Progressing",
+            "True",
+            "CanaryAnalysis",
+            f"canary {canary.model.version} at {status.canary_weight}% (step "
+            f"{(status.current_step or 0) + 1} of {len(canary.steps)}): the checks pass again",
+        )
+    started = b.status.step_started_at or b.now
     interval = api.parse_duration(canary.step_interval)
     if (b.now - started) < timedelta(seconds=interval):
         b.action = "pass"
@@ -477,6 +765,37 @@ def _analyse(
         spec,
         reason=f"every step passed; last analysis: {summary}",
     )
+
+
+HELD_REASONS = ("AnalysisInconclusive", "MetricsUnavailable")
+
+
+def _hold(
+    b: _Builder, spec: api.ModelDeploymentSpec, record: api.AnalysisRecord, *, held: int
+) -> None:
+    """The weight is held: Progressing says why; Stalled (and a Warning, once) only for a real
+    stall: HELD_STREAK_LIMIT Error analyses in a row, or Inconclusive ones (a drift window
+    warming up, too few requests) for longer than spec.progressDeadline."""
+    weight = b.status.canary_weight
+    why = "; ".join(record.reasons)
+    if record.verdict == "Error":
+        reason = "MetricsUnavailable"
+        stalled = held >= HELD_STREAK_LIMIT
+    else:
+        reason = "AnalysisInconclusive"
+        held_for = held * api.parse_duration(spec.analysis.interval)
+        stalled = held_for >= api.parse_duration(spec.progress_deadline)
+    if not stalled:
+        message = f"weight held at {weight}% ({held} analyses in a row): {why}"
+        b.condition("Progressing", "True", reason, message)
+        return
+    message = f"weight held at {weight}% for {held} analyses in a row: {why}"
+    if reason == "AnalysisInconclusive":
+        message += f" (longer than progressDeadline {spec.progress_deadline})"
+    was = _stalled(b.status)
+    b.condition("Stalled", "True", reason, message)
+    if not was:
+        b.event("Warning", reason, message)
 
 
 def _stalled(status: api.ModelDeploymentStatus) -> bool:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from canaryml_api.resource import HTTP_URL_PATTERN
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from canaryml_operator import __version__
+from canaryml_operator.children import Safeguards
 from canaryml_operator.providers import DEFAULT_PROMETHEUS_URL
+
+# The Prometheus of `prometheus.url`'s default (namespace monitoring), with the label the
+# Prometheus Operator, kube-prometheus-stack and the prometheus chart give its pods.
+DEFAULT_METRICS_PEERS: tuple[dict[str, Any], ...] = (
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    },
+)
+PEER_KEYS = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
 
 
 class OperatorSettings(BaseSettings):
@@ -34,3 +47,35 @@ class OperatorSettings(BaseSettings):
         le=65535,
         description="serve the operator's own metrics on this port (none when unset)",
     )
+    network_policies: bool = Field(
+        default=True,
+        description="give each ModelDeployment NetworkPolicies: its model servers take traffic "
+        "from its router and the metrics peers only, its router on its serving port only",
+    )
+    metrics_peers: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict(peer) for peer in DEFAULT_METRICS_PEERS],
+        description="NetworkPolicyPeers (JSON list) that may scrape the model servers: your "
+        "Prometheus; empty admits none",
+    )
+    gateway_peers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="NetworkPolicyPeers (JSON list) of the gateway's data plane, for gateway-api "
+        "routing; empty: no NetworkPolicy on the model servers in that mode",
+    )
+
+    @field_validator("metrics_peers", "gateway_peers")
+    @classmethod
+    def _peers(cls, peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for peer in peers:
+            if not peer or not set(peer) <= PEER_KEYS:
+                raise ValueError(
+                    f"a NetworkPolicyPeer has one or more of {sorted(PEER_KEYS)}, got {peer}"
+                )
+        return peers
+
+    def safeguards(self) -> Safeguards:
+        return Safeguards(
+            network_policies=self.network_policies,
+            metrics_peers=tuple(self.metrics_peers),
+            gateway_peers=tuple(self.gateway_peers),
+        )

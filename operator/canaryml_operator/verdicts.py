@@ -59,6 +59,9 @@ def judge_value(
     value = sample.value
     if value is None or math.isnan(value):
         return CheckResult(name, "Inconclusive", None, min, max, f"{name}: no data")
+    problem = m.impossible(name, value)
+    if problem is not None:
+        return CheckResult(name, "Error", value, min, max, f"{name}: {problem}")
     if gate is not None:
         return CheckResult(name, "Inconclusive", value, min, max, f"{name}: {gate}")
     if max is not None and value > max:
@@ -131,6 +134,9 @@ def _judge_requests(sample: m.Sample, min_requests: int) -> CheckResult:
     if sample.error is not None:
         return CheckResult(m.REQUESTS, "Error", None, low, None, f"requests: {sample.error}")
     count = sample.value if sample.value is not None and not math.isnan(sample.value) else 0.0
+    problem = m.impossible(m.REQUESTS, count)
+    if problem is not None:
+        return CheckResult(m.REQUESTS, "Error", count, low, None, f"requests: {problem}")
     if count < low:
         shown, bound = m.compared_texts(m.REQUESTS, count, low)
         text = f"requests {shown} < minRequests {bound}"

@@ -1,7 +1,12 @@
 """The router's own endpoints: /metrics, /router/healthz, /router/readyz and /router/weights.
 
-`GET /router/weights` shows the table; `PUT /router/weights` changes it, only with `admin`
-(static weights): with a weight source the ModelDeployment's status sets them.
+On the traffic port only the first three, read-only (Prometheus and the kubelet reach them
+there); every other path under /router/ is a 404. /router/weights is served on the admin
+listener only (`--admin-port`, loopback by default): `GET` shows the table, `PUT` changes it,
+only with `admin` (static weights; with a weight source the ModelDeployment's status sets them)
+and only its weights and shadow percent unless `admin_upstreams` (repointing a track is sending
+its traffic, bodies included, elsewhere). Paths are matched on the raw path as the client sent
+it, so `/router%2fweights` is not `/router/weights`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,21 @@ from canaryml_router.core import TRACKS
 from canaryml_router.routes import Routes
 from canaryml_router.upstream import url_problem
 
-PATHS = frozenset({"/metrics", "/router/healthz", "/router/readyz", "/router/weights"})
+WEIGHTS = "/router/weights"
+PUBLIC_PATHS = frozenset({"/metrics", "/router/healthz", "/router/readyz"})
+PATHS = PUBLIC_PATHS | {WEIGHTS}
 PREFIX = "/router/"  # every path under it is the router's, known or not
+RAW_PUBLIC_PATHS = frozenset(path.encode() for path in PUBLIC_PATHS)
+RAW_PREFIX = PREFIX.encode()
+
+
+def raw_path(scope: asgi.Scope) -> bytes:
+    """The path as the client sent it (percent-escapes kept), without a query."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:
+        return str(scope["path"]).encode("utf-8")
+    # ASGI's raw_path has no query; some servers (httpx's test transport) include it.
+    return raw.partition(b"?")[0]
 
 
 def _known_tracks(value: dict[str, str], what: str) -> None:
@@ -113,18 +131,32 @@ class AdminEndpoints:
         registry: CollectorRegistry,
         source: Literal["follow", "static"],
         admin: bool,
+        admin_upstreams: bool = False,
     ) -> None:
         self.model_deployment = model_deployment
         self._routes = routes
         self._registry = registry
         self._source = source
         self._admin = admin
+        self._admin_upstreams = admin_upstreams
 
     async def handle(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
-        path, method = scope["path"], scope["method"]
-        allowed = ("GET", "HEAD", "PUT") if path == "/router/weights" else ("GET", "HEAD")
-        if path not in PATHS:
-            answer = asgi.json_answer(404, {"error": f"no router endpoint {path}"})
+        """The traffic port's share: PUBLIC_PATHS, read-only."""
+        await self._serve(scope, receive, send, PUBLIC_PATHS)
+
+    async def handle_admin(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        """The admin listener: every path of PATHS (and nothing else: it proxies nothing)."""
+        if scope["type"] == "http":
+            await self._serve(scope, receive, send, PATHS)
+
+    async def _serve(
+        self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send, paths: frozenset[str]
+    ) -> None:
+        path, method = raw_path(scope).decode("latin-1"), scope["method"]
+        allowed = ("GET", "HEAD", "PUT") if path == WEIGHTS else ("GET", "HEAD")
+        if path not in paths:
+            where = " (it is on the admin listener, --admin-port)" if path == WEIGHTS else ""
+            answer = asgi.json_answer(404, {"error": f"no router endpoint {path}{where}"})
         elif method not in allowed:
             status, headers, body = asgi.json_answer(
                 405, {"error": f"{method} is not allowed on {path}"}
@@ -168,6 +200,7 @@ class AdminEndpoints:
                 "modelDeployment": self.model_deployment,
                 "source": self._source,
                 "admin": self._admin,
+                "adminUpstreams": self._admin_upstreams,
                 **table.as_json(),
             },
         )
@@ -184,6 +217,12 @@ class AdminEndpoints:
             update = WeightsUpdate.model_validate_json(payload)
         except ValidationError as error:
             return _invalid(error)
+        if update.upstreams and not self._admin_upstreams:
+            message = (
+                "the upstreams are fixed at start: PUT changes canaryWeight, shadowPercent and "
+                "versions (start the router with --admin-upstreams to let it repoint tracks)"
+            )
+            return asgi.json_answer(403, {"error": message})
         table = self._routes.table
         assert table is not None  # admin mode always starts with a table
         # Merged per track: a PUT names only the tracks it changes.

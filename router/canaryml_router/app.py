@@ -6,6 +6,8 @@ every proxied request) composed of four parts, each usable alone: `Routes` (the 
 and its upstream pools), `Proxy` (each request to the stable or canary track by weight or by a
 sticky header's hash), `Mirror` (a share of prediction requests to the shadow after the client
 has its answer, compared with the live answer) and `AdminEndpoints` (/metrics and /router/*).
+The app itself is what the traffic port serves; `admin_app` is the admin listener's app (the
+only one with /router/weights).
 This module adds the lifecycle: the routing table comes from a weight source (the
 ModelDeployment's status through a watch, see `follow`) started with the app, or is set at start
 and, with `admin`, through `PUT /router/weights`.
@@ -24,13 +26,14 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
-from canaryml_router.admin import PATHS, PREFIX, AdminEndpoints
+from canaryml_router.admin import RAW_PREFIX, RAW_PUBLIC_PATHS, AdminEndpoints, raw_path
 from canaryml_router.asgi import Receive, Scope, Send
 from canaryml_router.core import RoutingTable, WeightSource
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.mirror import Mirror
 from canaryml_router.proxy import Proxy
 from canaryml_router.routes import Routes
+from canaryml_router.upstream import MAX_ANSWER_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES
 
 log = logging.getLogger("canaryml.router")
 
@@ -49,13 +52,23 @@ class RouterApp:
         upstream_timeout: float,
         shadow_timeout: float,
         max_mirrors: int,
+        admin_upstreams: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        max_head_bytes: int = MAX_HEAD_BYTES,
     ) -> None:
         if admin and weight_source is not None:
             raise ValueError("PUT /router/weights would fight the weight source: not both")
         self.model_deployment = model_deployment
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RouterMetrics(registry=self.registry, model_deployment=model_deployment)
-        self.routes = Routes(model_deployment=model_deployment, metrics=self.metrics)
+        self.routes = Routes(
+            model_deployment=model_deployment,
+            metrics=self.metrics,
+            max_connections=max_connections,
+            max_answer_bytes=max_answer_bytes,
+            max_head_bytes=max_head_bytes,
+        )
         self.mirror = Mirror(
             model_deployment=model_deployment,
             metrics=self.metrics,
@@ -75,7 +88,9 @@ class RouterApp:
             registry=self.registry,
             source="follow" if weight_source is not None else "static",
             admin=admin,
+            admin_upstreams=admin_upstreams,
         )
+        self.admin_app = self.admin.handle_admin
         # Bound once: the dispatch below is on every request's path.
         self._handle_proxied = self.proxy.handle
         self._handle_own = self.admin.handle
@@ -135,8 +150,9 @@ class RouterApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = scope["path"]
-            if path in PATHS or path.startswith(PREFIX):
+            # On the raw path: `/router%2fweights` is the upstream's, never the router's own.
+            path = raw_path(scope)
+            if path in RAW_PUBLIC_PATHS or path.startswith(RAW_PREFIX):
                 await self._handle_own(scope, receive, send)
             else:
                 await self._handle_proxied(scope, receive, send)
@@ -164,6 +180,10 @@ def create_router_app(
     upstream_timeout: float = 30.0,
     shadow_timeout: float = 5.0,
     max_mirrors: int = 64,
+    admin_upstreams: bool = False,
+    max_connections: int = MAX_CONNECTIONS,
+    max_answer_bytes: int = MAX_ANSWER_BYTES,
+    max_head_bytes: int = MAX_HEAD_BYTES,
 ) -> RouterApp:
     """The router for one ModelDeployment.
 
@@ -179,6 +199,8 @@ def create_router_app(
         raise ValueError("timeouts must be positive")
     if max_mirrors < 0:
         raise ValueError("max_mirrors must be zero or more")
+    if admin_upstreams and not admin:
+        raise ValueError("admin_upstreams is a kind of admin: give admin too")
     return RouterApp(
         model_deployment=model_deployment,
         table=table,
@@ -187,4 +209,8 @@ def create_router_app(
         upstream_timeout=upstream_timeout,
         shadow_timeout=shadow_timeout,
         max_mirrors=max_mirrors,
+        admin_upstreams=admin_upstreams,
+        max_connections=max_connections,
+        max_answer_bytes=max_answer_bytes,
+        max_head_bytes=max_head_bytes,
     )

@@ -41,7 +41,19 @@ def route(settings: RouterSettings) -> None:
         err=True,
     )
     sys.stdout.flush()
-    run_router(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    if settings.admin_port is not None:
+        typer.secho(f"admin listener on {settings.admin_host}:{settings.admin_port}", err=True)
+    run_router(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        admin_host=settings.admin_host,
+        admin_port=settings.admin_port,
+        limits=settings.connection_limits(),
+        max_concurrency=settings.max_concurrency,
+        keep_alive_timeout=settings.keep_alive_timeout,
+    )
 
 
 def _following(settings: RouterSettings) -> tuple[RouterApp, str]:
@@ -60,6 +72,9 @@ def _following(settings: RouterSettings) -> tuple[RouterApp, str]:
         upstream_timeout=settings.upstream_timeout,
         shadow_timeout=settings.shadow_timeout,
         max_mirrors=settings.max_mirrors,
+        max_connections=settings.max_upstream_connections,
+        max_answer_bytes=settings.max_upstream_answer_bytes,
+        max_head_bytes=settings.max_upstream_head_bytes,
     )
     return app, f"following {follower.namespace}/{follower.name}"
 
@@ -77,9 +92,13 @@ def _static(settings: RouterSettings) -> tuple[RouterApp, str]:
         model_deployment=settings.model_deployment,
         table=table,
         admin=settings.admin,
+        admin_upstreams=settings.admin_upstreams,
         upstream_timeout=settings.upstream_timeout,
         shadow_timeout=settings.shadow_timeout,
         max_mirrors=settings.max_mirrors,
+        max_connections=settings.max_upstream_connections,
+        max_answer_bytes=settings.max_upstream_answer_bytes,
+        max_head_bytes=settings.max_upstream_head_bytes,
     )
     what = f"canary {table.canary_weight}%, shadow {table.shadow_percent}%"
     return app, what + (", admin" if settings.admin else "")

@@ -114,6 +114,23 @@ def choose_track(table: RoutingTable, *, sticky_value: str | None, draw: float) 
     return "canary" if in_canary else "stable"
 
 
+def is_prediction(method: str, path: str) -> bool:
+    """Whether a request is a prediction: POST /predict, /v2/models/NAME/infer or
+    /v2/models/NAME/versions/VERSION/infer (the model server's prediction routes, `path` decoded
+    as the server routes on it). Only these are counted in the request metrics and mirrored: any
+    other request (a junk path, a health check) says nothing about a model's error rate, and
+    counting it would dilute a failing canary's."""
+    if method != "POST":
+        return False
+    if path == "/predict":
+        return True
+    parts = path.split("/")
+    # "", "v2", "models", NAME, "infer" or "", "v2", "models", NAME, "versions", VERSION, "infer"
+    if len(parts) not in (5, 7) or parts[:3] != ["", "v2", "models"] or parts[-1] != "infer":
+        return False
+    return all(parts[3:-1]) and (len(parts) == 5 or parts[4] == "versions")
+
+
 def should_mirror(*, percent: int, draw: float) -> bool:
     """Whether this request is also sent to the shadow; `draw` is uniform in [0, 1)."""
     return draw * 100 < percent

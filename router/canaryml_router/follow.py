@@ -9,6 +9,10 @@ configuration loaders, in-cluster first, then the kubeconfig; the requests thems
 aiohttp so that the watch is a task of the router's event loop, cancelled cleanly at shutdown.
 When the API server cannot be reached, the router keeps its last table and retries with a
 backoff capped at a few seconds: the data plane must not stop because the control plane did.
+A watch that goes silent (a network partition, an API server that stopped answering: the
+connection stays open, nothing says it is dead) is dropped once it has been silent for as long
+again as the server would have kept it open (`watch_timeout`, a minute, so at most two minutes),
+and a list that gets no answer within `request_timeout`: then the router lists again.
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ class ModelDeploymentFollower:
         upstreams: Mapping[str, str] | None = None,
         configuration: k8s.Configuration | None = None,
         max_backoff: float = 4.0,
-        watch_timeout: int = 300,
+        watch_timeout: int = 60,
+        request_timeout: float = 10.0,
     ) -> None:
         self.name = name
         self.namespace = namespace
@@ -103,6 +108,7 @@ class ModelDeploymentFollower:
         self._configuration = configuration
         self._max_backoff = max_backoff
         self._watch_timeout = watch_timeout
+        self._request_timeout = request_timeout
         self._path = (
             f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}"
             f"?fieldSelector={quote(f'metadata.name={name}')}"
@@ -113,8 +119,10 @@ class ModelDeploymentFollower:
         configuration = self._configuration or load_configuration()
         host = str(configuration.host).rstrip("/")
         connector = aiohttp.TCPConnector(ssl=_ssl_context(configuration) or True)
+        # The server ends a healthy watch after watch_timeout: silence for as long again
+        # means the connection is dead (no HTTP/2 pings here, as client-go has).
         timeout = aiohttp.ClientTimeout(
-            total=None, connect=5, sock_connect=5, sock_read=self._watch_timeout + 30
+            total=None, connect=5, sock_connect=5, sock_read=2 * self._watch_timeout
         )
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             backoff = initial = min(0.2, self._max_backoff)
@@ -163,7 +171,11 @@ class ModelDeploymentFollower:
         apply: ApplyTable,
     ) -> str:
         """Apply the object's table (when it exists); the list's resourceVersion."""
-        async with session.get(host + self._path, headers=self._headers(configuration)) as answer:
+        async with session.get(
+            host + self._path,
+            headers=self._headers(configuration),
+            timeout=aiohttp.ClientTimeout(total=self._request_timeout),
+        ) as answer:
             data = await answer.read()
             if answer.status >= 400:
                 raise _ApiError(answer.status, data.decode(errors="replace")[:300])

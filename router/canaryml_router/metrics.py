@@ -15,7 +15,7 @@ needed.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from canaryml_api.telemetry import (
     CODE_LABEL,
@@ -51,13 +51,13 @@ class _Histogram:
 
 class _RouterCollector(Collector):
     """Requests by (track, version, code), durations by (track, version), comparisons by
-    (track, result): counted by RouterMetrics, exposed here."""
+    (live track, its version, result): counted by RouterMetrics, exposed here."""
 
     def __init__(self, model_deployment: str) -> None:
         self.deployment = model_deployment
         self.requests: dict[tuple[str, str, int], int] = {}
         self.durations: dict[tuple[str, str], _Histogram] = {}
-        self.comparisons: dict[tuple[str, str], int] = {}
+        self.comparisons: dict[tuple[str, str, str], int] = {}
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -85,12 +85,13 @@ class _RouterCollector(Collector):
         yield durations
         comparisons = CounterMetricFamily(
             SHADOW_COMPARISONS,
-            "Shadow answers compared with the live answer of `track`: agree, disagree, error "
-            "(the shadow failed or timed out) or skipped (too many mirrors in flight)",
-            labels=[MODEL_DEPLOYMENT_LABEL, TRACK_LABEL, RESULT_LABEL],
+            "Shadow answers compared with the live answer of `track` at `version`: agree, "
+            "disagree, error (the shadow failed or timed out) or skipped (too many mirrors in "
+            "flight)",
+            labels=[MODEL_DEPLOYMENT_LABEL, TRACK_LABEL, VERSION_LABEL, RESULT_LABEL],
         )
-        for (track, result), count in sorted(self.comparisons.items()):
-            comparisons.add_metric([self.deployment, track, result], count)
+        for (track, version, result), count in sorted(self.comparisons.items()):
+            comparisons.add_metric([self.deployment, track, version, result], count)
         yield comparisons
 
 
@@ -127,16 +128,17 @@ class RouterMetrics:
         histogram.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         histogram.total += seconds
 
-    def observe_comparison(self, *, track: str, result: str) -> None:
-        key = (track, result)
+    def observe_comparison(self, *, track: str, version: str, result: str) -> None:
+        key = (track, version, result)
         self._collector.comparisons[key] = self._collector.comparisons.get(key, 0) + 1
 
-    def declare_comparisons(self, *, tracks: tuple[str, ...]) -> None:
-        """Series at 0 for every result of these live tracks: a ratio over `rate()` of them is
-        then defined from the first mirror on, not absent until each result has happened."""
-        for track in tracks:
+    def declare_comparisons(self, *, versions: Mapping[str, str]) -> None:
+        """Series at 0 for every result of these live tracks ({track: version}): a ratio over
+        `rate()` of them is then defined from the first mirror on, not absent until each result
+        has happened."""
+        for track, version in versions.items():
             for result in COMPARISON_RESULTS:
-                self._collector.comparisons.setdefault((track, result), 0)
+                self._collector.comparisons.setdefault((track, version, result), 0)
 
     def set_weights(self, *, canary_weight: int, shadow_percent: int) -> None:
         self._canary_weight.set(canary_weight)

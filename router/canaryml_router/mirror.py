@@ -2,9 +2,11 @@
 the shadow's answer compared with the live one.
 
 The shadow's own answers are counted as track="shadow" in the request series (its error rate
-and latency), the comparisons by the live track they were compared with. At most
-`max_mirrors` mirrors are in flight; beyond that a mirror is skipped and counted as such, so a
-slow shadow can never pile up memory or connections in the router.
+and latency), the comparisons by the live track and version they were compared with (so a
+previous canary's comparisons never count in the next canary's window). A shadow's answer is
+capped like any upstream's (`UpstreamPool.max_answer_bytes`): beyond it the mirror is an error.
+At most `max_mirrors` mirrors are in flight; beyond that a mirror is skipped and counted as
+such, so a slow shadow can never pile up memory or connections in the router.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class _Mirrored(NamedTuple):
     shadow: UpstreamPool
     table: RoutingTable
     track: str
+    version: str
     method: bytes
     target: bytes
     headers: Headers
@@ -43,13 +46,6 @@ class _Mirrored(NamedTuple):
 
 
 _VERSION_HEADER = VERSION_HEADER.encode("latin-1")
-
-
-def is_prediction(method: str, path: str) -> bool:
-    """Whether a request is one the shadow gets too: POST /predict or a v2 inference."""
-    return method == "POST" and (
-        path == "/predict" or (path.startswith("/v2/models/") and path.endswith("/infer"))
-    )
 
 
 class Mirror:
@@ -74,23 +70,24 @@ class Mirror:
         shadow: UpstreamPool,
         table: RoutingTable,
         track: str,
+        version: str,
         method: bytes,
         target: bytes,
         headers: Headers,
         body: bytes,
         live: bytes,
     ) -> None:
-        """Mirror one request whose `track` answered `live`; returns at once."""
+        """Mirror one request whose `track` (at `version`) answered `live`; returns at once."""
         if len(self._in_flight) >= self._max_mirrors:
-            self._metrics.observe_comparison(track=track, result="skipped")
+            self._metrics.observe_comparison(track=track, version=version, result="skipped")
             return
-        request = _Mirrored(shadow, table, track, method, target, headers, body, live)
+        request = _Mirrored(shadow, table, track, version, method, target, headers, body, live)
         task = asyncio.get_running_loop().create_task(self._call(request))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
     async def _call(self, request: _Mirrored) -> None:
-        shadow, table, track, method, target, headers, body, live = request
+        shadow, table, track, live_version, method, target, headers, body, live = request
         start = time.perf_counter()
         response: UpstreamResponse | None = None
         try:
@@ -127,7 +124,7 @@ class Mirror:
             result = compare_answers(
                 live=live, shadow=response.body, tolerance=table.probability_tolerance
             )
-        self._metrics.observe_comparison(track=track, result=result)
+        self._metrics.observe_comparison(track=track, version=live_version, result=result)
 
     async def drain(self, *, within: float = 1.0) -> None:
         """Let the mirrors in flight finish for up to `within` seconds, then cancel the rest."""

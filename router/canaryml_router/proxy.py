@@ -5,6 +5,11 @@ Rules a user sees: an answer carries the track header (who answered); an unreach
 a 502 and one too slow a 504, both JSON naming the track, never a 500. Only POST prediction
 requests whose live answer was a 2xx are mirrored: there is nothing to compare otherwise.
 
+Only prediction requests (`core.is_prediction`) are counted in the request metrics: other paths
+are proxied to the chosen track but say nothing about a model's health (200 junk requests would
+otherwise dilute a failing canary's error rate). A prediction whose client went away before its
+answer is counted as 499 (nginx's "client closed request"): the client's doing, not the track's.
+
 This is the router's hot path: one pass over the headers each way, no allocation it can avoid.
 """
 
@@ -28,15 +33,16 @@ from canaryml_router.asgi import (
     read_body,
     respond,
 )
-from canaryml_router.core import choose_track, should_mirror
+from canaryml_router.core import choose_track, is_prediction, should_mirror
 from canaryml_router.metrics import RouterMetrics
-from canaryml_router.mirror import Mirror, is_prediction
+from canaryml_router.mirror import Mirror
 from canaryml_router.routes import Routes
 from canaryml_router.upstream import Headers, UpstreamError, UpstreamPool, UpstreamTimeoutError
 
 log = logging.getLogger("canaryml.router")
 
 _VERSION_HEADER = VERSION_HEADER.encode("latin-1")
+CLIENT_CLOSED = 499  # nginx's status for a client gone before its answer; never sent
 _TRACK_HEADER = TRACK_HEADER.encode("latin-1")
 # Meaningful for one connection only (RFC 9110 7.6.1), or set by the server that answers.
 _HOP_BY_HOP = frozenset(
@@ -96,6 +102,17 @@ def answer_headers(raw: Headers, track: bytes) -> tuple[Headers, bytes | None]:
     return headers, version
 
 
+def client_gone(receive: Receive) -> bool:
+    """Whether the client closed its connection before its answer could be sent.
+
+    ASGI only says so through `receive()`, which blocks while the client is connected; racing
+    it against every upstream call would cost a task per request on the hot path. uvicorn's
+    request cycles (both its protocols) keep a `disconnected` flag on the object `receive` is a
+    method of: read it where present, else assume the client is there.
+    """
+    return getattr(getattr(receive, "__self__", None), "disconnected", False) is True
+
+
 class Proxy:
     """Forwards requests by the current routes, counts them, and passes predictions on to the
     mirror. `random` draws the split and the mirror share (uniform in [0, 1))."""
@@ -117,23 +134,32 @@ class Proxy:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        try:
-            body = await read_body(receive)
-        except ClientGoneError:
-            return
-        except BodyTooLargeError:
-            await respond(send, *json_answer(413, {"error": f"body over {MAX_BODY_BYTES} bytes"}))
-            return
         routing = self._routes.current
         if routing is None:
             await respond(send, *json_answer(503, {"error": "no routing table yet"}))
             return
         table = routing.table
+        method: str = scope["method"]
+        counted = is_prediction(method, scope["path"])
+        # The track is chosen from the head alone, so a client gone mid-body is counted on it.
         headers, sticky_value = request_headers(
             scope["headers"], sticky=routing.sticky, client=scope.get("client")
         )
         track = choose_track(table, sticky_value=sticky_value, draw=self._random())
-        method: str = scope["method"]
+        try:
+            body = await read_body(receive)
+        except ClientGoneError:
+            if counted:
+                self._metrics.observe_request(
+                    track=track,
+                    version=table.version(track),
+                    code=CLIENT_CLOSED,
+                    seconds=time.perf_counter() - start,
+                )
+            return
+        except BodyTooLargeError:
+            await respond(send, *json_answer(413, {"error": f"body over {MAX_BODY_BYTES} bytes"}))
+            return
         target: bytes = scope.get("raw_path") or scope["path"].encode()
         if scope["query_string"]:
             # ASGI's raw_path has no query; some servers (httpx's test transport) include it.
@@ -142,21 +168,24 @@ class Proxy:
             routing.pools[track], track, method.encode(), target, headers, body
         )
         await respond(send, status, headers_out, answer)
+        if not counted:
+            return
+        if client_gone(receive):
+            status = CLIENT_CLOSED
+        version = version or table.version(track)
         self._metrics.observe_request(
-            track=track,
-            version=version or table.version(track),
-            code=status,
-            seconds=time.perf_counter() - start,
+            track=track, version=version, code=status, seconds=time.perf_counter() - start
         )
         # After the client has its answer: the mirror never delays or changes it.
         shadow = routing.shadow
         if (
             shadow is not None
             and 200 <= status < 300
-            and is_prediction(method, scope["path"])
             and should_mirror(percent=table.shadow_percent, draw=self._random())
         ):
-            self._mirror.send(shadow, table, track, method.encode(), target, headers, body, answer)
+            self._mirror.send(
+                shadow, table, track, version, method.encode(), target, headers, body, answer
+            )
 
     async def _forward(
         self,

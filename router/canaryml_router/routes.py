@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 from canaryml_router.core import RoutingTable
 from canaryml_router.metrics import RouterMetrics
-from canaryml_router.upstream import UpstreamPool
+from canaryml_router.upstream import (
+    MAX_ANSWER_BYTES,
+    MAX_CONNECTIONS,
+    MAX_HEAD_BYTES,
+    UpstreamPool,
+)
 
 log = logging.getLogger("canaryml.router")
 
@@ -31,8 +36,21 @@ class Routes:
     """Holds the current `Routing` (None until a first table) and one pool per upstream URL;
     reports each table's shares in the router's metrics."""
 
-    def __init__(self, *, model_deployment: str, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        *,
+        model_deployment: str,
+        metrics: RouterMetrics,
+        max_connections: int = MAX_CONNECTIONS,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+    ) -> None:
         self.model_deployment = model_deployment
+        self._limits = {
+            "max_connections": max_connections,
+            "max_answer_bytes": max_answer_bytes,
+            "max_head_bytes": max_head_bytes,
+        }
         self.current: Routing | None = None
         self._metrics = metrics
         self._pools: dict[str, UpstreamPool] = {}
@@ -54,7 +72,7 @@ class Routes:
         )
         if shadow is not None:
             live = ("stable", "canary") if table.canary_active else ("stable",)
-            self._metrics.declare_comparisons(tracks=live)
+            self._metrics.declare_comparisons(versions={t: table.version(t) for t in live})
         for url in set(self._pools) - set(table.upstreams.values()):
             self._pools.pop(url).close()
         if previous is None or previous.table != table:
@@ -70,7 +88,7 @@ class Routes:
     def _pool(self, url: str) -> UpstreamPool:
         pool = self._pools.get(url)
         if pool is None:
-            pool = self._pools[url] = UpstreamPool(url)
+            pool = self._pools[url] = UpstreamPool(url, **self._limits)
         return pool
 
     def close(self) -> None:

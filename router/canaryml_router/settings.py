@@ -13,11 +13,13 @@ from typing import Annotated, Literal
 from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
 from canaryml_api.telemetry import VERSION_HEADER
 from canaryml_api.tracks import ROUTER_PORT, TRACKS
+from canaryml_httpd.limits import DEFAULT_LIMITS, ConnectionLimits
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from canaryml_router.asgi import MAX_BODY_BYTES
 from canaryml_router.core import RoutingTable
-from canaryml_router.upstream import url_problem
+from canaryml_router.upstream import MAX_ANSWER_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES, url_problem
 
 _HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
@@ -96,7 +98,8 @@ class RouterSettings(BaseSettings):
     )
     admin: bool = Field(
         default=False,
-        description="Static mode: accept PUT /router/weights {canaryWeight, shadowPercent}.",
+        description="Static mode: accept PUT /router/weights {canaryWeight, shadowPercent} "
+        "on the admin listener (needs --admin-port).",
     )
     host: str = Field(default="0.0.0.0", description="Listen address.")
     port: int = Field(default=ROUTER_PORT, ge=0, le=65535, description="Listen port.")
@@ -111,6 +114,79 @@ class RouterSettings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="critical, error, warning, info, debug or trace."
+    )
+
+    # --- the admin listener and the upstream bounds (docs/serving.md) ----------------------
+    admin_host: str = Field(
+        default="127.0.0.1",
+        description="Listen address of the admin listener.",
+    )
+    admin_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the admin listener (/router/weights, /metrics, health); none "
+        "by default.",
+    )
+    admin_upstreams: bool = Field(
+        default=False,
+        description="With --admin: PUT /router/weights may also repoint a track's upstream.",
+    )
+    max_upstream_connections: int = Field(
+        default=MAX_CONNECTIONS,
+        ge=1,
+        description="Open connections per upstream at most; more requests wait, then 504.",
+    )
+    max_upstream_answer_bytes: int = Field(
+        default=MAX_ANSWER_BYTES,
+        ge=1,
+        description="Largest upstream or shadow answer body; larger is a 502.",
+    )
+    max_upstream_head_bytes: int = Field(
+        default=MAX_HEAD_BYTES,
+        ge=1,
+        description="Largest upstream answer head (status line and headers); larger is a 502.",
+    )
+
+    # --- client connection limits: the model server's defaults (docs/serving.md) -----------
+    max_body_bytes: int = Field(
+        default=DEFAULT_LIMITS.max_body_bytes,
+        ge=1024,
+        le=MAX_BODY_BYTES,
+        description="Larger request bodies get 413.",
+    )
+    body_budget_bytes: int = Field(
+        default=DEFAULT_LIMITS.body_budget_bytes,
+        ge=1024,
+        description="Request bodies in flight at most; a request over it gets 503.",
+    )
+    max_header_bytes: int = Field(
+        default=DEFAULT_LIMITS.max_header_bytes,
+        ge=1024,
+        description="A larger request head gets 431.",
+    )
+    max_headers: int = Field(
+        default=DEFAULT_LIMITS.max_headers, ge=1, description="More header fields get 431."
+    )
+    header_timeout: float = Field(
+        default=DEFAULT_LIMITS.header_timeout,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds to send a request head, then 408.",
+    )
+    body_timeout: float = Field(
+        default=DEFAULT_LIMITS.body_timeout,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds without a byte of an incomplete request body, then 408.",
+    )
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle client connection is kept open."
+    )
+    max_concurrency: int = Field(
+        default=2000,
+        ge=1,
+        description="Client connections or requests at once at most; requests beyond get 503.",
     )
 
     @field_validator("upstreams", mode="before")
@@ -154,6 +230,34 @@ class RouterSettings(BaseSettings):
             if share > 0 and track not in self.upstreams:
                 raise ValueError(f"a {track} share above 0 needs --upstream {track}=URL")
         return self
+
+    @model_validator(mode="after")
+    def _admin_listener(self) -> RouterSettings:
+        if self.admin and self.admin_port is None:
+            raise ValueError(
+                "--admin changes the weights through the admin listener: give --admin-port too"
+            )
+        if self.admin_upstreams and not self.admin:
+            raise ValueError("--admin-upstreams needs --admin (static weights)")
+        if self.admin_port is not None and self.admin_port == self.port != 0:
+            raise ValueError("--admin-port must differ from --port")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> RouterSettings:
+        if self.body_budget_bytes < self.max_body_bytes:
+            raise ValueError("--body-budget-bytes must be at least --max-body-bytes")
+        return self
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            max_body_bytes=self.max_body_bytes,
+            body_budget_bytes=self.body_budget_bytes,
+        )
 
     def static_table(self) -> RoutingTable:
         """The table of the static mode."""

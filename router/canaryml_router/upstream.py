@@ -14,11 +14,19 @@ retry on a fresh connection when a reused one turns out closed before any byte o
 (the standard race of keep-alive; prediction requests have no side effects), one deadline per
 request covering connect and answer (checked every SWEEP_SECONDS), and typed errors the router
 maps to 502 and 504.
+
+Bounds, so that no upstream can make the router hold unbounded memory or sockets: an answer's
+head (status line and headers) is capped at `max_head_bytes` and its body at `max_answer_bytes`
+(beyond either, or with a status outside 100..599, the connection is dropped and the request
+fails with UpstreamError, a 502); at most `max_connections` connections per upstream are open,
+and a request beyond them waits for a free one within its deadline (UpstreamTimeoutError, 504).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import ssl
 from typing import cast
 from urllib.parse import urlsplit
@@ -28,6 +36,9 @@ import httptools
 Headers = list[tuple[bytes, bytes]]
 _STATUS_INFORMATIONAL = range(100, 200)
 SWEEP_SECONDS = 0.05  # how late a timeout may fire
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # default cap of an upstream answer's body
+MAX_HEAD_BYTES = 64 * 1024  # default cap of an upstream answer's status line and headers
+MAX_CONNECTIONS = 100  # default cap of open connections per upstream
 
 
 class UpstreamError(Exception):
@@ -58,8 +69,15 @@ class UpstreamResponse:
 class _Connection(asyncio.Protocol):
     """One kept-alive connection: at most one request in flight, answers parsed as they come."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: UpstreamPool) -> None:
         self._loop = loop
+        self._pool = pool
+        self._max_head = pool.max_head_bytes
+        self._max_body = pool.max_answer_bytes
+        self._head_size = 0
+        self._body_size = 0
+        self._overflow: str | None = None
+        self.made = False
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
@@ -79,8 +97,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self.made = True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self._pool._connection_gone()
         self.closed = True
         self.reusable = False
         if self._headers_done and not any(
@@ -101,6 +122,16 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
             self._fail(UpstreamError(f"invalid HTTP answer from the upstream: {error}"))
             self.abort()
+            return
+        if not self._headers_done:
+            # Counted after feeding, so a chunk that completes the head is not held against it;
+            # httptools itself has no cap and grows a never-ending header without bound.
+            self._head_size += len(data)
+            if self._head_size > self._max_head:
+                self._overflow = f"an answer head over {self._max_head} bytes"
+        if self._overflow is not None:
+            self._fail(UpstreamError(f"the upstream sent {self._overflow}"))
+            self.abort()
 
     # httptools callbacks
 
@@ -109,6 +140,10 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
+        if not 100 <= self._status <= 599:
+            # A client cannot be sent such a status (RFC 9110 15): the answer is unusable.
+            self._overflow = f"status {self._status}, outside 100..599"
+            return
         self._headers_done = self._status not in _STATUS_INFORMATIONAL
         if self._head_only and self._status not in _STATUS_INFORMATIONAL:
             # The parser cannot know a HEAD answer has no body: finish here, never reuse.
@@ -116,7 +151,13 @@ class _Connection(asyncio.Protocol):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._overflow = f"an answer over {self._max_body} bytes"
+            self._chunks = []
+            return
+        if self._overflow is None:
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         if self._status in _STATUS_INFORMATIONAL:
@@ -130,7 +171,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and self._overflow is None:
             body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             waiter.set_result(UpstreamResponse(self._status, self._headers, body))
 
@@ -155,6 +196,8 @@ class _Connection(asyncio.Protocol):
         self._chunks = []
         self._head_only = head
         self._headers_done = False
+        self._head_size = self._body_size = 0
+        self._overflow = None
         self.received = False
         try:
             self._transport.write(data)
@@ -195,10 +238,26 @@ class UpstreamPool:
     A pool belongs to the event loop of its first request, as its connections do.
     """
 
-    def __init__(self, base_url: str, *, idle_timeout: float = 4.0, max_idle: int = 256) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        idle_timeout: float = 4.0,
+        max_idle: int = 256,
+        max_connections: int = MAX_CONNECTIONS,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+    ) -> None:
         problem = url_problem(base_url)
         if problem is not None:
             raise ValueError(f"upstream {base_url!r}: {problem}")
+        if min(max_connections, max_answer_bytes, max_head_bytes) < 1:
+            raise ValueError("connection and answer caps must be at least 1")
+        self.max_connections = max_connections
+        self.max_answer_bytes = max_answer_bytes
+        self.max_head_bytes = max_head_bytes
+        self.open_connections = 0  # connecting or connected, idle or busy
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         parts = urlsplit(base_url)
         assert parts.hostname is not None  # url_problem refuses a URL without one
         self.url = base_url
@@ -282,31 +341,74 @@ class UpstreamPool:
         self, loop: asyncio.AbstractEventLoop, deadline: float
     ) -> tuple[_Connection, bool]:
         idle = self._idle
-        now = loop.time()
-        while idle:
-            connection = idle.pop()
-            if connection.closed or not connection.reusable:
-                continue
-            if now - connection.idle_since > self._idle_timeout:
-                connection.abort()
-                continue
-            return connection, True
-        return await self._connect(loop, deadline), False
+        while True:
+            now = loop.time()
+            while idle:
+                connection = idle.pop()
+                if connection.closed or not connection.reusable:
+                    continue
+                if now - connection.idle_since > self._idle_timeout:
+                    connection.abort()
+                    continue
+                return connection, True
+            if self.open_connections < self.max_connections:
+                return await self._connect(loop, deadline), False
+            await self._wait_for_slot(loop, deadline)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Until a connection is released or closed (then look again), or the deadline."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(waiter)
         try:
             async with asyncio.timeout_at(deadline):
-                _, protocol = await loop.create_connection(
-                    lambda: _Connection(loop),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
+                await waiter
+        except BaseException as error:
+            if waiter.done() and not waiter.cancelled():
+                self._wake()  # woken just as it gave up: pass the turn on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+            if isinstance(error, TimeoutError):
+                raise UpstreamTimeoutError(
+                    f"no free connection to {self.url} in time "
+                    f"({self.max_connections} open, the most allowed)"
+                ) from None
+            raise
+
+    def _wake(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _connection_gone(self) -> None:
+        self.open_connections -= 1
+        self._wake()
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(loop, self))
+            return made[-1]
+
+        self.open_connections += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                _, connection = await loop.create_connection(
+                    protocol, self._host, self._port, ssl=self._ssl
                 )
-        except TimeoutError:
-            raise UpstreamTimeoutError(f"no connection to {self.url} in time") from None
-        except OSError as error:
-            raise UpstreamError(f"cannot connect to {self.url}: {error}") from None
-        return protocol
+        except BaseException as error:
+            if not (made and made[-1].made):  # else its connection_lost gives the slot back
+                self._connection_gone()
+            if isinstance(error, TimeoutError):
+                raise UpstreamTimeoutError(f"no connection to {self.url} in time") from None
+            if isinstance(error, OSError):
+                raise UpstreamError(f"cannot connect to {self.url}: {error}") from None
+            raise
+        return connection
 
     def _release(self, connection: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         if (
@@ -319,6 +421,8 @@ class UpstreamPool:
             return
         connection.idle_since = loop.time()
         self._idle.append(connection)
+        if self._slot_waiters:
+            self._wake()
 
     def close(self) -> None:
         """Close the idle connections; those in flight close when their answer is in (their

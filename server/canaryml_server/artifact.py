@@ -312,12 +312,23 @@ def load_artifact(
     onnx_threads: int = 1,
     require_sha256: bool = False,
 ) -> LoadedModel:
-    """Verify an artifact folder and load it; raise ArtifactError before touching a bad file."""
+    """Verify an artifact folder and load it; raise ArtifactError before touching a bad file.
+
+    `require_sha256` (the server's default) refuses an artifact when no digest is expected.
+    """
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         raise ArtifactError(
             f"{path} is not a canaryml artifact: it has no {MANIFEST_FILE} "
             "(make one with `canaryml package`)"
+        )
+    if require_sha256 and expected_sha256 is None:
+        # Before reading anything: an unpinned artifact is refused whatever its runtime, so a
+        # manifest rewritten to match a tampered file cannot get it loaded.
+        raise ArtifactError(
+            f"refusing to load {path} without a configured sha256: set --sha256 "
+            "(CANARYML_MODEL_SHA256, spec.model.sha256) to the digest `canaryml package` "
+            "printed, or CANARYML_REQUIRE_SHA256=false to serve it unverified"
         )
     digest = sha256_file(manifest_path)
     if expected_sha256 is not None and digest != expected_sha256.strip().lower():
@@ -356,11 +367,6 @@ def load_artifact(
             model_bytes=(path / ONNX_FILE).read_bytes(), schema=schema, threads=onnx_threads
         )
     else:
-        if require_sha256 and expected_sha256 is None:
-            raise ArtifactError(
-                f"refusing to unpickle {path / MODEL_FILE} without a configured sha256 "
-                "(set CANARYML_MODEL_SHA256, or spec.model.sha256)"
-            )
         try:
             model = joblib.load(path / MODEL_FILE)
         except Exception as error:

@@ -102,8 +102,27 @@ def package(
             f"({result.sklearn_us_per_row / result.onnx_us_per_row:.0f}x)",
         )
     table.add_row("sha256", result.digest)
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(table)
+    # The server refuses an unpinned model by default: show what to paste into the spec. On
+    # stderr, so that stdout stays the digest alone for scripts.
+    console.print(
+        pin_snippet(result.digest, version=manifest.version), markup=False, soft_wrap=True
+    )
     typer.echo(result.digest)
+
+
+def pin_snippet(digest: str, *, version: str) -> str:
+    """The digest line and the model block to paste (spec.model or spec.canary.model)."""
+    return (
+        f"sha256:{digest}\n"
+        "Pin it in the ModelDeployment (spec.model, or spec.canary.model), with the URI this\n"
+        "folder is published at; `canaryml serve DIR --sha256 DIGEST` checks it too:\n"
+        "  model:\n"
+        "    uri: s3://BUCKET/PATH  # where this folder is published\n"
+        f'    version: "{version}"\n'
+        f"    sha256: {digest}"
+    )
 
 
 def serve(settings: ServerSettings) -> None:
@@ -112,16 +131,22 @@ def serve(settings: ServerSettings) -> None:
     Every option can also be set by environment variable (CANARYML_*); see docs/serving.md.
     """
     import uvicorn
+    from canaryml_httpd.protocol import LimitedHttpToolsProtocol, limited
 
     from canaryml_server.app import create_app
     from canaryml_server.artifact import ArtifactError, load_artifact
-    from canaryml_server.storage import fetch_model
+    from canaryml_server.storage import ArtifactLimits, fetch_model
 
     try:
         folder = fetch_model(
             settings.model_uri,
             cache_dir=settings.model_cache_dir,
             trusted_sources=settings.trusted_sources,
+            limits=ArtifactLimits(
+                trusted_sources=settings.trusted_sources,
+                max_bytes=settings.max_artifact_bytes,
+                max_files=settings.max_artifact_files,
+            ),
         )
         loaded = load_artifact(
             folder,
@@ -143,6 +168,7 @@ def serve(settings: ServerSettings) -> None:
         err=True,
     )
     sys.stdout.flush()
+    limits = settings.connection_limits()
     uvicorn.run(
         app,
         host=settings.host,
@@ -150,6 +176,11 @@ def serve(settings: ServerSettings) -> None:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        # Header size, header and body timeouts, body size and budget (docs/serving.md).
+        http=limited(LimitedHttpToolsProtocol, limits),
+        limit_concurrency=settings.max_concurrency,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
     )
 
 

@@ -3,8 +3,9 @@
 In order: the timer starts; the body is read as JSON within the size limit (415, 413, 400);
 fault injection, when on, may slow the request or fail it; the handler answers; errors become
 JSON bodies in the endpoint's own format (InvalidInput its status, ModelFailure and anything
-unexpected 500); the request is counted and timed; the answering model version is added as a
-header. Non-prediction endpoints (health, metadata, metrics) skip all of it.
+unexpected 500; a client gone mid-body 499, with no traceback); the request is counted and
+timed; the answering model version is added as a header. Non-prediction endpoints (health,
+metadata, metrics) skip all of it.
 
 Handlers read and parse the body themselves (orjson, the size limit enforced while reading)
 rather than through FastAPI's body models: that keeps per-request overhead small enough for a
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 from canaryml_api.telemetry import VERSION_HEADER
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from canaryml_server.dataplane import ModelFailure
@@ -31,6 +32,9 @@ from canaryml_server.schema import InvalidInput, Problem
 log = logging.getLogger("canaryml.server")
 
 JSON = "application/json"
+# nginx's "client closed request": the client left before its answer. Counted, never sent, and
+# not a 5xx: the client's doing, not the model's.
+CLIENT_CLOSED = 499
 
 Handler = Callable[[Request, Any], Response]
 """Answers a prediction request from its parsed JSON body (the request for its query)."""
@@ -128,6 +132,9 @@ class PredictionPipeline:
             response = json_response(error_body(error), code)
         except ModelFailure as error:
             response = json_response(error_body(InvalidInput([Problem((), str(error))])), 500)
+        except ClientDisconnect:
+            code = CLIENT_CLOSED
+            response = Response(status_code=code)  # uvicorn drops it: the client is gone
         except Exception:
             log.exception("unexpected error answering %s", request.url.path)
             problem = Problem((), "internal error: see the server log", "internal")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp.web
 import kmock
 import kopf
 import yaml
@@ -35,7 +36,14 @@ PATHS = {
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
 }
+
+
+def spare_tests(request: aiohttp.web.BaseRequest) -> bool:
+    """A `Fault`'s `spare`: the test's own calls (`Cluster`'s), as from a healthy kubectl."""
+    return request.headers.get("User-Agent") == TEST_USER_AGENT
 
 
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:

@@ -16,19 +16,27 @@ subclass adds, and nothing else:
 - watches that start after the requested `resourceVersion` (kmock replays every object);
 - garbage collection: deleting an object deletes what names it as owner (background cascade).
 
+And faults, for the fault suite (tests/faults/): `inject(Fault(...))` makes the API server
+answer an error, hang (until `heal()`, then a 504, the write not applied), drop the connection,
+or blackhole it (no answer even after `heal()`, as a connection lost in a network partition:
+only the client's own timeout ends it), for every request or some methods, sparing the test's
+own calls (`spare`); `break_watches()` ends, errs or stalls the open watch streams, as an API
+server restart or a lost connection does. `release_blackholes()` ends them all (at teardown).
+
 Used by the component tests and by `benchmarks/operator_scale.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import itertools
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp.web
 import attrs
@@ -67,6 +75,49 @@ def selects(terms: list[tuple[str, str, str | None]], obj: Mapping[str, Any]) ->
     return True
 
 
+FaultMode = Literal["error", "hang", "drop", "blackhole"]
+WatchBreak = Literal["close", "error", "hang", "blackhole"]
+_BREAK = "canaryml-testing/break"  # the type of the bus event that breaks the watches
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """What the API server does to the requests it applies to, while it is injected.
+
+    `error`: answers `status` (a Kubernetes Status body); `hang`: answers nothing until the
+    fault is healed, then a 504 without applying the request (the client has timed out long
+    before); `drop`: closes the connection without an answer; `blackhole`: answers nothing,
+    healed or not (until `release_blackholes()`). `methods` (upper case) limits it
+    to those methods (empty: every request); `spare` names the requests it leaves alone.
+    """
+
+    mode: FaultMode = "error"
+    status: int = 500
+    methods: frozenset[str] = frozenset()
+    spare: Callable[[aiohttp.web.BaseRequest], bool] = lambda _: False
+
+    def applies(self, request: aiohttp.web.BaseRequest) -> bool:
+        return (not self.methods or request.method.upper() in self.methods) and not self.spare(
+            request
+        )
+
+    @property
+    def reaches_watches(self) -> bool:
+        return not self.methods or "GET" in self.methods
+
+
+def _status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -79,6 +130,57 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # Held across a write's preparation and kmock's own handling, so that the generation and
     # resourceVersion computed for a patch are those of the object it applies to.
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    fault: Fault | None = attrs.field(default=None, init=False)
+    # The requests that met a fault, by method.
+    faulted: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _healed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    _released: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+
+    # --- faults ------------------------------------------------------------------------------
+
+    async def inject(self, fault: Fault) -> None:
+        """From now on, `fault` applies (replacing any other); open watches of the requests it
+        reaches are broken as it would break them: closed, or stalled by a hang. (Not with an
+        ERROR event: kopf takes any but a 410 as fatal and exits; `break_watches("error")`.)"""
+        self.fault = fault
+        self._healed.clear()
+        if fault.reaches_watches:
+            how: dict[FaultMode, WatchBreak] = {"hang": "hang", "blackhole": "blackhole"}
+            await self.break_watches(how.get(fault.mode, "close"))
+
+    def heal(self) -> None:
+        """The API server answers normally again; hung requests get their 504 now."""
+        self.fault = None
+        self._healed.set()
+
+    def release_blackholes(self) -> None:
+        """End what a blackhole holds: its requests get a 504, its watches end."""
+        self._released.set()
+
+    async def break_watches(self, how: WatchBreak = "close") -> None:
+        """Every open watch stream ends (`close`), sends an ERROR event with a 500 and ends
+        (`error`), stops sending until healed and then ends (`hang`), or stops sending until
+        `release_blackholes()` (`blackhole`)."""
+        async with self._lock:
+            for bus in list(self._buses.values()):
+                await bus.put({"type": _BREAK, "how": how})
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        fault = self.fault
+        if fault is None or not fault.applies(raw_request):
+            return await super().__call__(raw_request)
+        self.faulted[raw_request.method.upper()] += 1
+        await raw_request.read()
+        if fault.mode == "drop":
+            if raw_request.transport is not None:
+                raw_request.transport.close()
+            return aiohttp.web.Response(status=500)  # never sent: the connection is gone
+        if fault.mode in ("hang", "blackhole"):
+            await (self._healed if fault.mode == "hang" else self._released).wait()
+            body = _status_body(504, "Timeout", "injected fault: the request timed out")
+            return aiohttp.web.json_response(body, status=504)
+        body = _status_body(fault.status, "InternalError", "injected fault")
+        return aiohttp.web.json_response(body, status=fault.status)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -258,6 +360,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 if wanted(raw):
                     yield {"type": "ADDED", "object": raw}
             async for event in bus.stream(since=marker):
+                if event.get("type") == _BREAK:
+                    if event["how"] == "error":
+                        yield {"type": "ERROR", "object": _status_body(500, "InternalError", "")}
+                    elif event["how"] == "hang":
+                        await self._healed.wait()
+                    elif event["how"] == "blackhole":
+                        await self._released.wait()
+                    return
                 if wanted(event.get("object") or {}):
                     yield event
         finally:

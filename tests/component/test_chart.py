@@ -25,7 +25,7 @@ import yaml
 from canaryml_api import resource as api
 from canaryml_cli.main import app
 from canaryml_operator import children, crd
-from canaryml_operator.settings import OperatorSettings
+from canaryml_operator.settings import DEFAULT_METRICS_PEERS, OperatorSettings
 
 from tests.chart import (
     ALL_OPTIONS,
@@ -40,6 +40,7 @@ from tests.chart import (
 )
 
 OLDEST = "1.27"  # Chart.yaml's kubeVersion
+DIGEST = "sha256:" + "0123456789abcdef" * 4  # all-options-values.yaml's image.digest
 NEWEST = kubernetes_validate.latest_version()
 CUSTOM_GROUPS = ("monitoring.coreos.com/", "kopf.dev/", "canaryml.dev/")
 RENDERINGS: dict[str, list[Path]] = {
@@ -59,6 +60,16 @@ def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     (deployment,) = find(objects, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return dict(container)
+
+
+def operator_settings(objects: list[dict[str, Any]]) -> OperatorSettings:
+    """The settings the operator reads from its Deployment's env."""
+    env = operator_container(objects)["env"]
+    with pytest.MonkeyPatch.context() as patch:
+        for item in env:
+            if "value" in item:
+                patch.setenv(item["name"], item["value"])
+        return OperatorSettings()
 
 
 @pytest.mark.parametrize("values", [None, ALL_OPTIONS, NAMESPACED], ids=lambda v: str(v))
@@ -176,7 +187,7 @@ def test_every_option_reaches_the_objects() -> None:
     (deployment,) = find(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = operator_container(objects)
-    assert container["image"] == "registry.example.com/ml/canaryml:0.1.0-rc1"
+    assert container["image"] == f"registry.example.com/ml/canaryml@{DIGEST}"
     assert container["imagePullPolicy"] == "Always"
     assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -197,7 +208,14 @@ def test_every_option_reaches_the_objects() -> None:
 
 def test_monitoring_is_off_by_default() -> None:
     kinds = {o["kind"] for o in render()}
-    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"}
+    assert kinds == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "Deployment",
+        "NetworkPolicy",
+    }
 
 
 def test_the_pod_monitor_selects_the_pods_the_operator_creates() -> None:
@@ -270,6 +288,10 @@ BAD_VALUES: list[tuple[dict[str, str], str]] = [
     ({"image.pullPolicy": "Sometimes"}, "pullPolicy"),
     ({"monitoring.prometheusRule.stuckAfter": "soon"}, "stuckAfter"),
     ({"metrics.port": "8081"}, "port"),
+    ({"image.digest": "latest"}, "digest"),
+    ({"image.digest": "sha256:abc"}, "digest"),
+    ({"networkPolicy.apiServerPorts": "{0}"}, "apiServerPorts"),
+    ({"networkPolicy.prometheus[0].podSelecter.app": "p"}, "prometheus"),
 ]
 
 
@@ -307,13 +329,18 @@ def test_the_operators_children_validate_against_the_kubernetes_schemas() -> Non
     """What the operator creates, for every track and router, is valid Kubernetes."""
     owner = children.Owner(name="iris", namespace="ml", uid="u")
     model = {"uri": "pvc://models/iris/1", "version": "1.0.0", "sha256": "a" * 64}
+    # The safeguards of the all-options values: PodDisruptionBudgets, NetworkPolicies.
+    safeguards = operator_settings(render(values_files=[ALL_OPTIONS])).safeguards()
+    assert safeguards.metrics_peers and safeguards.gateway_peers
+    kinds = set()
     for router in ("builtin", "gateway-api"):
         spec = api.parse_spec(
             {
                 "model": model,
                 "canary": {"model": {**model, "version": "1.1.0"}},
                 "shadow": {"model": {**model, "version": "2.0.0"}},
-                "routing": {"router": router},
+                "serving": {"replicas": 2},
+                "routing": {"router": router, "replicas": 2},
             }
         )
         manifests = children.build_children(
@@ -321,12 +348,15 @@ def test_the_operators_children_validate_against_the_kubernetes_schemas() -> Non
             spec=spec,
             image="img",
             plan=children.TrackPlan(stable_model=spec.model, canary_replicas=1, canary_weight=10),
+            safeguards=safeguards,
         )
+        kinds |= {manifest["kind"] for manifest in manifests}
         for manifest in manifests:
             if manifest["kind"] == "HTTPRoute":
                 continue  # the Gateway API's schemas are not in kubernetes-validate
             for version in (OLDEST, NEWEST):
                 kubernetes_validate.validate(manifest, version, strict=True)
+    assert {"PodDisruptionBudget", "NetworkPolicy"} <= kinds
 
 
 def test_the_chart_ships_the_packages_version_and_image() -> None:
@@ -339,3 +369,80 @@ def test_the_chart_ships_the_packages_version_and_image() -> None:
     # The operator's own default serving image is the chart's default image.
     default_image = Settings.model_fields["image"].default
     assert default_image == f"{values['image']['repository']}:{chart['appVersion']}"
+
+
+def test_an_image_digest_pins_the_operator_and_the_pods_it_creates() -> None:
+    digest = "sha256:" + "ab" * 32
+    objects = render(values={"image.digest": digest, "image.tag": "0.9.9"})
+    container = operator_container(objects)
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert container["image"] == f"ghcr.io/canaryml/canaryml@{digest}"  # the tag is unused
+    assert env["CANARYML_OPERATOR_IMAGE"] == container["image"]
+    # Without a digest, the tag as before.
+    assert operator_container(render())["image"] == "ghcr.io/canaryml/canaryml:0.1.0"
+
+
+def rules(policy: dict[str, Any], direction: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = policy["spec"].get(direction) or []
+    peers = "from" if direction == "ingress" else "to"
+    for rule in found:
+        assert rule.get(peers, ["a peer"]), f"an empty peer list admits everyone: {rule}"
+    return found
+
+
+def test_the_operator_takes_only_health_and_metrics_and_reaches_only_api_and_prometheus() -> None:
+    objects = render()
+    (policy,) = find(objects, "NetworkPolicy")
+    (deployment,) = find(objects, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    ports = {p["name"]: p["containerPort"] for p in operator_container(objects)["ports"]}
+    health, metrics = rules(policy, "ingress")
+    assert "from" not in health and [p["port"] for p in health["ports"]] == [ports["health"]]
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    prometheus = values["networkPolicy"]["prometheus"]
+    assert metrics["from"] == prometheus
+    assert [p["port"] for p in metrics["ports"]] == [ports["metrics"]]
+    api_server, to_prometheus, dns = rules(policy, "egress")
+    assert [p["port"] for p in api_server["ports"]] == [443, 6443] and "to" not in api_server
+    assert to_prometheus == {"to": prometheus}
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    # The default peer is the Prometheus of the default URL (namespace monitoring).
+    assert "prometheus.monitoring:" in values["prometheus"]["url"]
+    assert prometheus == list(DEFAULT_METRICS_PEERS)  # the operator's own default
+    assert prometheus[0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+
+
+def test_no_prometheus_peers_drop_the_rules_never_open_them() -> None:
+    (policy,) = find(render(values={"networkPolicy.prometheus": "null"}), "NetworkPolicy")
+    (health,) = rules(policy, "ingress")
+    assert [p["port"] for p in health["ports"]] == [8081]
+    assert all("to" not in rule for rule in rules(policy, "egress"))
+    assert not find(render(values={"networkPolicy.operator": "false"}), "NetworkPolicy")
+
+
+def test_the_network_policy_values_reach_the_operators_settings() -> None:
+    values = yaml.safe_load(ALL_OPTIONS.read_text(encoding="utf-8"))["networkPolicy"]
+    off = {"networkPolicy.modelDeployments": "false"}
+    safeguards = operator_settings(render(values_files=[ALL_OPTIONS], values=off)).safeguards()
+    assert safeguards.network_policies is False
+    assert list(safeguards.metrics_peers) == values["prometheus"]
+    assert list(safeguards.gateway_peers) == values["gateway"]
+    (policy,) = find(render(values_files=[ALL_OPTIONS]), "NetworkPolicy")
+    (api_server, *_) = rules(policy, "egress")
+    assert [p["port"] for p in api_server["ports"]] == [443]
+
+
+def test_watching_namespaces_reads_no_secret_cluster_wide() -> None:
+    objects = render(values_files=[NAMESPACED])
+    assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+    roles = find(objects, "Role")
+    assert {r["metadata"]["namespace"] for r in roles} == {"ml-staging", "ml-production"}
+    for role in roles:
+        assert any("secrets" in rule["resources"] for rule in role["rules"])
+    # Cluster-wide (the default), the same rules in one ClusterRole.
+    (cluster_role,) = find(render(), "ClusterRole")
+    assert any("secrets" in rule["resources"] for rule in cluster_role["rules"])

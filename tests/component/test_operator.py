@@ -14,9 +14,9 @@ from canaryml_api import resource as api
 from canaryml_testing.cluster import Cluster, eventually, running_operator
 
 NS = "ml"
-STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}
+STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0", "sha256": "a" * 64}
 CANARY = {"uri": "s3://models/iris/1.1.0", "version": "1.1.0", "sha256": "b" * 64}
-SHADOW = {"uri": "gs://models/iris/2.0.0", "version": "2.0.0"}
+SHADOW = {"uri": "gs://models/iris/2.0.0", "version": "2.0.0", "sha256": "c" * 64}
 MINIMAL: dict[str, Any] = {"model": STABLE}
 FULL: dict[str, Any] = {
     "model": STABLE,
@@ -126,11 +126,12 @@ async def test_create_makes_every_child_owned_by_the_resource_and_reports_ready(
         until=lambda found: ("Normal", "Ready") in found,
         what="the Ready event",
     )
-    assert events.count(("Normal", "Created")) == 1  # one Event for all eleven children
+    assert events.count(("Normal", "Created")) == 1  # one Event for all fourteen children
     (created,) = await messages(cluster, "iris", "Created")
     # 3 model Deployments and their Services, the main Service, the router's Deployment,
-    # ServiceAccount, Role and RoleBinding.
-    assert created[1].count(" created") == 11
+    # ServiceAccount, Role and RoleBinding; the router's and the model servers'
+    # NetworkPolicies, and the stable track's PodDisruptionBudget (2 replicas).
+    assert created[1].count(" created") == 14
 
 
 async def test_a_new_model_version_rolls_the_stable_deployment(cluster: Cluster) -> None:
@@ -141,7 +142,7 @@ async def test_a_new_model_version_rolls_the_stable_deployment(cluster: Cluster)
         cluster, "iris", "Ready", lambda md: condition(md, "Ready").get("status") == "True"
     )
 
-    new_model = {"uri": "s3://models/iris/1.0.1", "version": "1.0.1+build.7"}
+    new_model = {"uri": "s3://models/iris/1.0.1", "version": "1.0.1+build.7", "sha256": "d" * 64}
     await cluster.apply(NS, "iris", {"model": new_model})
 
     async def stable() -> dict[str, Any] | None:

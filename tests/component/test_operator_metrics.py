@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 NS = "default"
 SPEC = {
-    "model": {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"},
+    "model": {"uri": "s3://models/iris/1.0.0", "version": "1.0.0", "sha256": "a" * 64},
     "canary": {
-        "model": {"uri": "s3://models/iris/1.1.0", "version": "1.1.0"},
+        "model": {"uri": "s3://models/iris/1.1.0", "version": "1.1.0", "sha256": "b" * 64},
         "steps": [10, 50],
         "stepInterval": "1h",
     },
@@ -74,7 +74,7 @@ async def test_phase_weight_analyses_and_rollbacks_are_exported(
         "ModelDeployment",
         NS,
         "iris",
-        {"metadata": {"annotations": {rollout.COMMAND_ANNOTATIONS["abort"]: "true"}}},
+        {"metadata": {"annotations": {rollout.COMMAND_ANNOTATIONS["abort"]: "1.1.0"}}},
     )
     found = await eventually(
         lambda: samples(metrics_port),

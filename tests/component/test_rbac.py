@@ -33,9 +33,9 @@ from kubernetes.config import kube_config
 from tests.chart import find, render
 
 PEERING = "canaryml"  # the chart's peering name: the release's full name
-STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}
-CANARY = {"uri": "s3://models/iris/1.1.0", "version": "1.1.0"}
-SHADOW = {"uri": "s3://models/iris/2.0.0", "version": "2.0.0"}
+STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0", "sha256": "a" * 64}
+CANARY = {"uri": "s3://models/iris/1.1.0", "version": "1.1.0", "sha256": "b" * 64}
+SHADOW = {"uri": "s3://models/iris/2.0.0", "version": "2.0.0", "sha256": "c" * 64}
 
 
 @dataclass(frozen=True, order=True)
@@ -135,7 +135,11 @@ async def exercise(cluster: Cluster, ns: str) -> None:
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "prometheus-auth", "namespace": ns},
+        "metadata": {
+            "name": "prometheus-auth",
+            "namespace": ns,
+            "labels": {"canaryml.dev/prometheus-credentials": "true"},  # opted in
+        },
         "data": {"header": base64.b64encode(b"Basic dXNlcjpwYXNz").decode()},
     }
     await cluster.call("POST", f"/api/v1/namespaces/{ns}/secrets", secret)
@@ -152,6 +156,7 @@ async def exercise(cluster: Cluster, ns: str) -> None:
             "interval": "1s",
         },
         "routing": {"router": "builtin"},
+        "serving": {"replicas": 2},  # a PodDisruptionBudget for the stable track
     }
     await cluster.apply(ns, "iris", spec)
     for track in ("stable", "canary", "shadow", "router"):
@@ -174,7 +179,24 @@ async def exercise(cluster: Cluster, ns: str) -> None:
     )
     intruder = {"kind": "ServiceAccount", "name": "intruder", "namespace": ns}
     await cluster.call("PATCH", f"{rbac}/{ns}/rolebindings/iris-router", {"subjects": [intruder]})
+    # And of the safeguards: a NetworkPolicy opened to all, a PodDisruptionBudget loosened.
+    await cluster.patch("NetworkPolicy", ns, "iris-model-servers", {"spec": {"ingress": [{}]}})
+    await cluster.patch("PodDisruptionBudget", ns, "iris-stable", {"spec": {"maxUnavailable": 2}})
     await cluster.apply(ns, "iris", {**spec, "routing": {"router": "builtin", "replicas": 2}})
+    await eventually(
+        lambda: cluster.get("NetworkPolicy", ns, "iris-model-servers"),
+        until=lambda found: found is not None and "from" in found["spec"]["ingress"][0],
+        what="the model servers' NetworkPolicy put back",
+    )
+    await eventually(
+        lambda: cluster.get("PodDisruptionBudget", ns, "iris-stable"),
+        until=lambda found: found is not None and found["spec"]["maxUnavailable"] == 1,
+        what="the stable track's PodDisruptionBudget put back",
+    )
+    await eventually(  # created with the router's second replica
+        lambda: cluster.get("PodDisruptionBudget", ns, "iris-router"),
+        what="the router's PodDisruptionBudget",
+    )
     await eventually(
         lambda: cluster.get("ServiceAccount", ns, "iris-router"),
         until=lambda found: found is not None and found["automountServiceAccountToken"] is False,
@@ -200,20 +222,29 @@ async def exercise(cluster: Cluster, ns: str) -> None:
         until=lambda found: found is None,
         what="the router Deployment deleted",
     )
-    # A command annotation: consumed (removed) by the operator; the route's weights follow.
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):  # no gateway peers: no policy
+        await eventually(
+            lambda k=kind: cluster.get(k, ns, "iris-router"),
+            until=lambda found: found is None,
+            what=f"the router's {kind} deleted",
+        )
+    # A command annotation: handled (recorded in the status); the route's weights follow.
     await cluster.patch(
         "ModelDeployment",
         ns,
         "iris",
-        {"metadata": {"annotations": {rollout.COMMAND_ANNOTATIONS["abort"]: "true"}}},
+        {"metadata": {"annotations": {rollout.COMMAND_ANNOTATIONS["abort"]: "1.1.0"}}},
     )
     await eventually(
         lambda: cluster.get("ModelDeployment", ns, "iris"),
         until=lambda found: (
             found is not None
-            and rollout.COMMAND_ANNOTATIONS["abort"] not in found["metadata"].get("annotations", {})
+            and (found.get("status") or {})
+            .get("handledCommands", {})
+            .get(rollout.COMMAND_ANNOTATIONS["abort"])
+            == "1.1.0"
         ),
-        what="the abort command consumed",
+        what="the abort command handled",
     )
 
     # Back to builtin (the HTTPRoute goes), then no canary (its Deployment and Service go).

@@ -1,10 +1,11 @@
 """The rollout under the real operator, against the API emulator, without metrics.
 
 What needs no Prometheus: the first step once the canary is available, the commands (through
-the `canaryml` CLI, which sets the annotations the operator acts on once), promotion with the
-new stable ready before the canary is retired, abort, rollback to the previous stable, pause,
-the HTTPRoute's weights, and Error analyses when Prometheus cannot be reached. The analyses
-themselves, against a real Prometheus, are in tests/integration/test_rollout.py.
+the `canaryml` CLI, which sets annotations naming their target, acted on once per value),
+promotion with the new stable ready before the canary is retired, abort, rollback to the
+previous stable, pause, replayed commands, the HTTPRoute's weights, and Error analyses when
+Prometheus cannot be reached. The analyses themselves, against a real Prometheus, are in
+tests/integration/test_rollout.py.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from canaryml_testing.cluster import Cluster, eventually
 from typer.testing import CliRunner
 
 NS = "default"  # the CLI's namespace when the kubeconfig context names none
-STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0"}
-CANARY = {"uri": "s3://models/iris/1.1.0", "version": "1.1.0"}
+STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0", "sha256": "a" * 64}
+CANARY = {"uri": "s3://models/iris/1.1.0", "version": "1.1.0", "sha256": "b" * 64}
 UNREACHABLE = "http://127.0.0.1:9"  # refused at once: every analysis is an Error
 
 
@@ -117,21 +118,15 @@ async def test_promote_makes_the_canary_stable_before_retiring_it(
     await at_first_step(cluster, "iris", rollout_spec())
 
     output = await canaryml("promote", "iris")
-    assert "promotion requested" in output
+    assert 'canaryml.dev/promote: "1.1.0"' in output
     promoted = await wait_status(
         cluster, "iris", "Promoted", lambda s: s.get("phase") == "Promoted"
     )
-    # The command is removed right after the status is written (in that order: a crash
-    # between the two repeats a command, never loses one).
-    await eventually(
-        lambda: cluster.get("ModelDeployment", NS, "iris"),
-        until=lambda found: (
-            found is not None
-            and rollout.COMMAND_ANNOTATIONS["promote"]
-            not in found["metadata"].get("annotations", {})
-        ),
-        what="the promote command consumed",
-    )
+    # The command stays (a GitOps tool would put it back anyway), recorded as handled.
+    assert promoted["handledCommands"] == {"canaryml.dev/promote": "1.1.0"}
+    found = await cluster.get("ModelDeployment", NS, "iris")
+    assert found is not None
+    assert found["metadata"]["annotations"][rollout.COMMAND_ANNOTATIONS["promote"]] == "1.1.0"
     assert promoted["history"][-1]["event"] == "promoted"
     assert promoted["history"][-1]["replaced"]["version"] == "1.0.0"
     # The canary keeps its share until the stable track serves the promoted model.
@@ -162,7 +157,8 @@ async def test_promote_makes_the_canary_stable_before_retiring_it(
     )
 
     # The previous stable is in history: `canaryml rollback` returns to it.
-    await canaryml("rollback", "iris")
+    output = await canaryml("rollback", "iris")
+    assert 'canaryml.dev/rollback: "1.1.0"' in output
     back = await wait_status(
         cluster,
         "iris",
@@ -175,6 +171,35 @@ async def test_promote_makes_the_canary_stable_before_retiring_it(
         lambda: cluster.get("Deployment", NS, "iris-stable"),
         until=lambda d: model_version(d) == "1.0.0",
         what="the stable Deployment back on 1.0.0",
+    )
+
+    # A GitOps sync: the next canary, with the commands of before still in Git (after someone
+    # removed them by hand). A rollout of 1.2.0 starts; nothing is promoted or rolled back.
+    annotations = {rollout.COMMAND_ANNOTATIONS[c]: None for c in ("promote", "rollback")}
+    await cluster.patch("ModelDeployment", NS, "iris", {"metadata": {"annotations": annotations}})
+    replay = {rollout.COMMAND_ANNOTATIONS["promote"]: "1.1.0",
+              rollout.COMMAND_ANNOTATIONS["rollback"]: "1.1.0"}  # fmt: skip
+    next_canary = {"model": {**CANARY, "version": "1.2.0"}, "steps": [10, 50], "stepInterval": "1h"}
+    sync = {"metadata": {"annotations": replay}, "spec": {"canary": next_canary}}
+    await cluster.patch("ModelDeployment", NS, "iris", sync)
+    await eventually(
+        lambda: cluster.get("Deployment", NS, "iris-canary"),
+        until=lambda d: d is not None and model_version(d) == "1.2.0",
+        what="the canary Deployment on 1.2.0",
+    )
+    await cluster.roll_out(NS, "iris-canary")
+    stepped = await wait_status(
+        cluster,
+        "iris",
+        "1.2.0 at its first step",
+        lambda s: s.get("canaryVersion") == "1.2.0" and s.get("canaryWeight") == 10,
+    )
+    assert (stepped["phase"], stepped["stableModel"]["version"]) == ("Progressing", "1.0.0")
+    assert [e["event"] for e in stepped["history"]] == ["promoted", "rolledBack"]
+    await eventually(  # Events are posted after the status is written
+        lambda: reasons(cluster, "iris"),
+        until=lambda found: "CommandAlreadyHandled" in found,
+        what="a CommandAlreadyHandled Event",
     )
 
 
@@ -252,25 +277,27 @@ async def test_the_http_route_follows_the_weight(cluster: Cluster) -> None:
     )
 
 
-async def test_a_command_with_no_canary_is_removed_and_explained(cluster: Cluster) -> None:
+async def test_a_command_with_no_canary_is_recorded_and_explained(cluster: Cluster) -> None:
     await cluster.apply(NS, "plain", {"model": STABLE})
     await wait_status(cluster, "plain", "a status", lambda s: "phase" in s)
 
-    await canaryml("promote", "plain")
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["promote", "plain"])
+    assert result.exit_code == 1
+    assert "the spec has no canary" in result.output
+    # Written by hand (or kept in Git): explained once, recorded, left in place.
+    key = rollout.COMMAND_ANNOTATIONS["promote"]
+    await cluster.patch(
+        "ModelDeployment", NS, "plain", {"metadata": {"annotations": {key: "1.1.0"}}}
+    )
     await eventually(
         lambda: reasons(cluster, "plain"),
         until=lambda found: "CommandIgnored" in found,
         what="a CommandIgnored Event",
     )
-    await eventually(
-        lambda: cluster.get("ModelDeployment", NS, "plain"),
-        until=lambda found: (
-            found is not None
-            and rollout.COMMAND_ANNOTATIONS["promote"]
-            not in found["metadata"].get("annotations", {})
-        ),
-        what="the ignored command removed",
+    recorded = await wait_status(
+        cluster, "plain", "the command recorded", lambda s: s.get("handledCommands")
     )
+    assert recorded["handledCommands"] == {key: "1.1.0"}
 
 
 async def test_the_cli_says_clearly_when_the_resource_does_not_exist(cluster: Cluster) -> None:

@@ -42,9 +42,22 @@ NAMESPACE_ENV, DEFAULT_NAMESPACE = "CANARYML_E2E_NAMESPACE", "ml"
 # A namespace the tests created carries this label: only such a one is deleted to start afresh.
 OWNED_LABEL = "canaryml.dev/e2e"
 
-STABLE_MODEL: dict[str, Any] = {"uri": "http://model-store/stable", "version": "1.0.0"}
-CANARY_MODEL: dict[str, Any] = {"uri": "http://model-store/canary", "version": "1.1.0"}
-BAD_MODEL: dict[str, Any] = {"uri": "http://model-store/bad", "version": "1.2.0"}
+# Pinned to the digests examples/train_models.py gives (tests/unit/test_examples_pinned.py).
+STABLE_MODEL: dict[str, Any] = {
+    "uri": "http://model-store/stable",
+    "version": "1.0.0",
+    "sha256": "2fff9f41bc07d0310005ffc18c49178d0faaf520cddfa8abddbe28e8b58b5187",
+}
+CANARY_MODEL: dict[str, Any] = {
+    "uri": "http://model-store/canary",
+    "version": "1.1.0",
+    "sha256": "2f5fc03d34ba47003a5b3fe95c0fbaaa4c21e2a8052a447b2c9b9fc3bfa32262",
+}
+BAD_MODEL: dict[str, Any] = {
+    "uri": "http://model-store/bad",
+    "version": "1.2.0",
+    "sha256": "a69b3b7a0b9883e5e266f23f84e2b0d32bd68909364e961554c624f28010676f",
+}
 STEPS = [20, 50]
 STEP_INTERVAL = "20s"
 PROBABILITY_TOLERANCE = 0.3

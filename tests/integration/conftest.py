@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -27,7 +28,12 @@ def free_port() -> int:
         return port
 
 
-def serve_command(model: str | Path, port: int, *args: str) -> list[str]:
+def serve_command(model: str | Path, port: int, *args: str, pin: bool = True) -> list[str]:
+    """`canaryml serve`, pinned to the artifact's digest when `model` is a local artifact
+    folder (the server refuses an unpinned model by default) unless `pin` is False."""
+    manifest = Path(model) / "manifest.json"
+    if pin and "--sha256" not in args and manifest.is_file():
+        args = (*args, "--sha256", hashlib.sha256(manifest.read_bytes()).hexdigest())
     return [
         sys.executable, "-m", "canaryml_cli", "serve", str(model),
         "--host", "127.0.0.1", "--port", str(port), *args,

@@ -102,9 +102,9 @@ def router_registry(deployment: str) -> CollectorRegistry:
         ("canary", CANARY, 503),
     ]:
         router.observe_request(track=track, version=version, code=code, seconds=0.004)
-    router.declare_comparisons(tracks=("stable", "canary"))
-    router.observe_comparison(track="canary", result="agree")
-    router.observe_comparison(track="canary", result="disagree")
+    router.declare_comparisons(versions={"stable": STABLE, "canary": CANARY})
+    router.observe_comparison(track="canary", version=CANARY, result="agree")
+    router.observe_comparison(track="canary", version=CANARY, result="disagree")
     return registry
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from canaryml_api.telemetry import ROUTER_CANARY_WEIGHT
 from canaryml_testing.cluster import Cluster, eventually, running_emulator, running_operator
 from kubernetes.config import kube_config
 
@@ -147,9 +148,13 @@ class Running:
         return await eventually(self.status, until=check, within=within, what=what)
 
     async def router_weight(self) -> int:
+        # /router/weights is on the admin listener only; the weight gauge is on the traffic port.
         async with httpx.AsyncClient(timeout=2.0) as client:
-            table = (await client.get(f"{self.router}/router/weights")).json()
-        return int(table["canaryWeight"])
+            text = (await client.get(f"{self.router}/metrics")).text
+        [weight] = [
+            line.split()[-1] for line in text.splitlines() if line.startswith(ROUTER_CANARY_WEIGHT)
+        ]
+        return int(float(weight))
 
     async def events(self) -> list[tuple[str, str]]:
         return [

@@ -107,8 +107,10 @@ def test_split_shadow_comparisons_and_failures(
     test_rows: pd.DataFrame,
 ) -> None:
     urls = {track: url_of(process) for track, process in tracks.items()}
+    admin_port = free_port()
+    admin = httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=30)
     router = start_router(
-        "--model-deployment", DEPLOYMENT, "--admin",
+        "--model-deployment", DEPLOYMENT, "--admin", "--admin-port", str(admin_port),
         "--canary-weight", "30", "--shadow-percent", "100",
         *(f"--upstream={track}={url}" for track, url in urls.items()),
     )  # fmt: skip
@@ -174,14 +176,14 @@ def test_split_shadow_comparisons_and_failures(
 
         # An upstream that is down: 502 naming the track, counted against it.
         stop(tracks["canary"])
-        moved = client.put("/router/weights", json={"canaryWeight": 100, "shadowPercent": 0})
+        moved = admin.put("/router/weights", json={"canaryWeight": 100, "shadowPercent": 0})
         assert moved.status_code == 200 and moved.json()["canaryWeight"] == 100
         down = client.post("/predict", json=rows[0])
         assert down.status_code == 502
         assert "canary" in down.json()["error"]
         assert total(router, "canaryml_requests_total", track="canary", code="502") == 1
         # ... and weight 0 sends everything back to the stable track.
-        assert client.put("/router/weights", json={"canaryWeight": 0}).status_code == 200
+        assert admin.put("/router/weights", json={"canaryWeight": 0}).status_code == 200
         assert client.post("/predict", json=rows[0]).headers["x-canaryml-track"] == "stable"
         assert total(router, "canaryml_router_canary_weight") == 0
 
@@ -197,10 +199,15 @@ def test_bad_admin_input_and_environment_settings(
             "CANARYML_MODEL_DEPLOYMENT": "iris",
             "CANARYML_ROUTER_UPSTREAMS": f"stable={stable}",
             "CANARYML_ROUTER_ADMIN": "true",
+            "CANARYML_ROUTER_ADMIN_PORT": str(admin_port := free_port()),
             "CANARYML_ROUTER_STICKY_HEADER": "x-user-id",
         }
     )
-    with httpx.Client(base_url=router, timeout=30) as client:
+    with (
+        httpx.Client(base_url=router, timeout=30) as traffic,
+        httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=30) as client,
+    ):
+        assert traffic.get("/router/weights").status_code == 404  # the admin listener's only
         weights = client.get("/router/weights").json()
         assert weights["modelDeployment"] == "iris"
         assert weights["stickyHeader"] == "x-user-id"
@@ -211,8 +218,10 @@ def test_bad_admin_input_and_environment_settings(
         no_canary = client.put("/router/weights", json={"canaryWeight": 10})
         assert no_canary.status_code == 422 and "canary upstream" in no_canary.json()["error"]
         assert client.get("/router/weights").json()["canaryWeight"] == 0
-        assert client.get("/v2/health/ready").json() == {"ready": True}  # proxied
-        assert 'source="router"' in client.get("/metrics").text
+        assert traffic.get("/v2/health/ready").json() == {"ready": True}  # proxied
+        # A health check through the router is no prediction: not counted under a track.
+        metrics = traffic.get("/metrics").text
+        assert "canaryml_requests_total" in metrics and 'source="router"' not in metrics
 
 
 def _run_router(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class Resource:
         *,
         analysis: Mapping[str, float | Sample] | None = None,
         after: float = 10.0,
-        commands: Collection[rollout.Command] = (),
+        commands: Mapping[rollout.Command, str] = rollout.NO_COMMANDS,
     ) -> Resource:
         self.now += timedelta(seconds=after)
         previous = self.status or api.ModelDeploymentStatus()
@@ -136,7 +137,7 @@ class Resource:
                 measurements=measured,
                 now=self.now,
                 tracks=tracks,
-                commands=frozenset(commands),
+                commands=commands,
                 generation=self.generation,
             ).status
         self.status = reconcile.build_status(
@@ -200,18 +201,40 @@ def rolled_back() -> Resource:
     return resource.reconcile(tracks, analysis=disagreeing)
 
 
-def held(drift: Sample) -> Callable[[], Resource]:
+def held(drift: Sample, *, deadline: str | None = None) -> Callable[[], Resource]:
     """A canary whose analyses neither pass nor fail (drift has no data, or cannot be read)
-    HELD_STREAK_LIMIT times in a row: Stalled=True."""
+    HELD_STREAK_LIMIT times in a row: Stalled=True only when the metrics cannot be read, or
+    when they had no data for longer than progressDeadline (`deadline`, 10m by default: a
+    warming drift window)."""
 
     def situation() -> Resource:
         resource = canary_at_first_step()
+        if deadline is not None:
+            spec = with_canary(CANARY, shadow=STABLE, progressDeadline=deadline)
+            resource.apply(spec).reconcile(live(stable=serving(STABLE), canary=serving(CANARY)))
         tracks = live(stable=serving(STABLE), canary=serving(CANARY))
         for _ in range(rollout.HELD_STREAK_LIMIT):
             resource.reconcile(tracks, analysis={**GOOD, m.DRIFT: drift})
         return resource
 
     return situation
+
+
+def scaled_to_zero() -> Resource:
+    zero = replace(serving(STABLE), desired=0, available=0, updated=0)
+    return (
+        stable_serving()
+        .apply({**BASE_SPEC, "serving": {"replicas": 0}})
+        .reconcile(live(stable=zero))
+    )
+
+
+def canary_never_available() -> Resource:
+    """The canary's pods never become ready: rolled back after progressDeadline (10m)."""
+    resource = stable_serving().apply(with_canary(CANARY, shadow=STABLE))
+    tracks = live(stable=serving(STABLE), canary=serving(CANARY, ready=False))
+    resource.reconcile(tracks)
+    return resource.reconcile(tracks, after=600)
 
 
 def manually_rolled_back(*, rolled_out: bool) -> Resource:
@@ -229,7 +252,7 @@ def manually_rolled_back(*, rolled_out: bool) -> Resource:
         version=STABLE["version"],
         model=state.model_reference(uri=STABLE["uri"], version="1.0.0", sha256=None),
     )
-    resource.reconcile(live(stable=rolling), commands={"rollback"})
+    resource.reconcile(live(stable=rolling), commands={"rollback": "1.1.0"})
     if rolled_out:
         resource.reconcile(live(stable=serving(STABLE)))
     return resource
@@ -283,10 +306,16 @@ SITUATIONS: dict[str, Situation] = {
         "Progressing",
         "canary 1.1.0 at 20%: canary 1.1.0 available: weight 0% -> 20% (step 1 of 2)",
     ),
-    "analysis-inconclusive": (
+    "drift-window-warming": (
         held(Sample(None)),
+        "Progressing",
+        "canary 1.1.0 at 20%: weight held at 20% (5 analyses in a row): drift: no data",
+    ),
+    "inconclusive-past-the-deadline": (
+        held(Sample(None), deadline="50s"),
         "Degraded",
-        "AnalysisInconclusive: weight held at 20% for 5 analyses in a row: drift: no data",
+        "AnalysisInconclusive: weight held at 20% for 5 analyses in a row: drift: no data "
+        "(longer than progressDeadline 50s)",
     ),
     "metrics-unavailable": (
         held(Sample.failed("prometheus unreachable")),
@@ -318,6 +347,16 @@ SITUATIONS: dict[str, Situation] = {
         ),
         "Progressing",
         "canary 1.2.1 at 0%",
+    ),
+    "scaled-to-zero": (
+        scaled_to_zero,
+        "Suspended",
+        "serving.replicas is 0: stable model 1.0.0 has no pods to serve",
+    ),
+    "canary-never-available": (
+        canary_never_available,
+        "Degraded",
+        "RolledBack: canary 1.1.0 rolled back: not available for progressDeadline 10m",
     ),
     "stable-pod-lost": (
         lambda: stable_serving().reconcile(live(stable=serving(STABLE, ready=False))),
@@ -355,10 +394,21 @@ def test_the_situations_are_what_their_names_say() -> None:
         "True",
         "InvalidSpec",
     )
-    assert phase_and(held(Sample(None))(), "Stalled") == (
+    assert phase_and(held(Sample(None))(), "Stalled") == ("Progressing", "False", "AsExpected")
+    assert phase_and(held(Sample(None))(), "Progressing") == (
         "Progressing",
         "True",
         "AnalysisInconclusive",
+    )
+    assert phase_and(held(Sample(None), deadline="50s")(), "Stalled") == (
+        "Progressing",
+        "True",
+        "AnalysisInconclusive",
+    )
+    assert phase_and(canary_never_available(), "RolledBack") == (
+        "RolledBack",
+        "True",
+        "ProgressDeadlineExceeded",
     )
     assert phase_and(rolled_back(), "RolledBack") == ("RolledBack", "True", "AnalysisFailed")
     assert phase_and(promoting(), "Progressing") == ("Promoted", "True", "Promoting")
@@ -457,6 +507,12 @@ def test_every_outcome_of_the_script_is_reached() -> None:
     fallback = stable_serving().body()
     fallback["status"]["conditions"] = []
     health(fallback, lines=covered)
+    # A rollback as an operator before Stalled=RolledBack wrote it.
+    older = rolled_back().body()
+    older["status"]["conditions"] = [
+        c for c in older["status"]["conditions"] if c["type"] != "Stalled"
+    ]
+    assert health(older, lines=covered)[0] == "Degraded"
     returns = {
         number
         for number, line in enumerate(SCRIPT.splitlines(), start=1)

@@ -41,9 +41,9 @@ def test_the_design_example_gives_the_exact_queries() -> None:
         DRIFT: f"max by (feature) (canaryml_feature_drift{{{SCOPE}}})",
         PREDICTION_DRIFT: f"max(canaryml_prediction_drift{{{SCOPE}}})",
         SHADOW_AGREEMENT: "(sum(increase(canaryml_shadow_comparisons_total"
-        '{model_deployment="iris",namespace="ml",track="canary",result="agree"}[1m]))'
+        f'{{{SCOPE},result="agree"}}[1m]))'
         " or on() vector(0)) / sum(increase(canaryml_shadow_comparisons_total"
-        '{model_deployment="iris",namespace="ml",track="canary",result=~"agree|disagree"}[1m]))',
+        f'{{{SCOPE},result=~"agree|disagree"}}[1m]))',
         "business-kpi": 'sum(rate(orders_total{track="canary"}[1m]))',
     }
 
@@ -69,16 +69,13 @@ def test_request_metrics_are_scoped_by_source_and_model_metrics_are_not() -> Non
 
 def test_every_builtin_is_scoped_to_this_canary() -> None:
     built = queries(DESIGN_EXAMPLE)
-    for check in (REQUESTS, ERROR_RATE, LATENCY_P99, DRIFT, PREDICTION_DRIFT):
+    for check in (REQUESTS, ERROR_RATE, LATENCY_P99, DRIFT, PREDICTION_DRIFT, SHADOW_AGREEMENT):
         assert built[check].count(SCOPE) == built[check].count("{"), check
-    # The router's comparison counter has no canary version: scoped by track only.
-    assert 'track="canary"' in built[SHADOW_AGREEMENT]
-    assert "version=" not in built[SHADOW_AGREEMENT]
 
 
 def test_the_canary_version_comes_from_the_spec() -> None:
-    raw = changed(WITH_CANARY, "canary.model.version", "2.0.0+build.7")
-    for check in (REQUESTS, ERROR_RATE, LATENCY_P99, DRIFT, PREDICTION_DRIFT):
+    raw = changed(DESIGN_EXAMPLE, "canary.model.version", "2.0.0+build.7")
+    for check in (REQUESTS, ERROR_RATE, LATENCY_P99, DRIFT, PREDICTION_DRIFT, SHADOW_AGREEMENT):
         assert 'version="2.0.0+build.7"' in queries(raw)[check]
 
 

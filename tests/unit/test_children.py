@@ -603,3 +603,286 @@ def test_built_deployments_share_no_mutable_part_with_the_spec() -> None:
         "requests": {"cpu": "100m", "memory": "256Mi"},
         "limits": {"memory": "1Gi"},
     }
+
+
+# --- safeguards: topology spread, disruption budgets, network policies -----------------------
+
+PROMETHEUS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+GATEWAY_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gw"}}}
+SAFEGUARDS = children.Safeguards(metrics_peers=(PROMETHEUS_PEER,))
+
+
+def guarded(
+    value: api.ModelDeploymentSpec, safeguards: children.Safeguards = SAFEGUARDS
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return by_key(
+        children.build_children(owner=OWNER, spec=value, image=IMAGE, safeguards=safeguards)
+    )
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels, and matchExpressions with In and Exists) against labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for term in selector.get("matchExpressions", []):
+        if term["operator"] == "Exists" and term["key"] not in labels:
+            return False
+        if term["operator"] == "In" and labels.get(term["key"]) not in term["values"]:
+            return False
+    return True
+
+
+def pod_labels(manifest: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = manifest["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_a_pod_disruption_budget_for_each_deployment_of_more_than_one_replica() -> None:
+    value = full_spec(routing={"router": "builtin", "replicas": 2})
+    plan = children.TrackPlan(stable_model=value.model, canary_replicas=1)
+    built = by_key(
+        children.build_children(
+            owner=OWNER, spec=value, image=IMAGE, plan=plan, safeguards=SAFEGUARDS
+        )
+    )
+
+    budgets = {name: m for (kind, name), m in built.items() if kind == "PodDisruptionBudget"}
+    assert set(budgets) == {"iris-stable", "iris-shadow", "iris-router"}  # the canary has one
+    for name, budget in budgets.items():
+        workload = built[("Deployment", name)]
+        assert budget["apiVersion"] == "policy/v1"
+        assert budget["spec"]["selector"] == workload["spec"]["selector"]
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        assert budget["metadata"]["ownerReferences"] == workload["metadata"]["ownerReferences"]
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
+def test_no_budget_for_one_replica_or_none_where_it_would_block_every_drain(replicas: int) -> None:
+    built = guarded(spec(serving={"replicas": replicas}))
+
+    assert not [key for key in built if key[0] == "PodDisruptionBudget"]
+
+
+def test_a_drained_canary_loses_its_budget() -> None:
+    value = full_spec()
+    plan = children.TrackPlan(stable_model=value.model, canary_replicas=0)
+    built = children.build_children(
+        owner=OWNER, spec=value, image=IMAGE, plan=plan, safeguards=SAFEGUARDS
+    )
+
+    names = {m["metadata"]["name"] for m in built if m["kind"] == "PodDisruptionBudget"}
+    assert names == {"iris-stable", "iris-shadow"}
+
+
+def test_every_deployment_spreads_its_own_pods_softly_over_zones_then_nodes() -> None:
+    built = guarded(full_spec(routing={"router": "builtin"}))
+
+    deployments = [m for (kind, _), m in built.items() if kind == "Deployment"]
+    assert len(deployments) == 4
+    for manifest in deployments:
+        spread = manifest["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert [c["topologyKey"] for c in spread] == [children.ZONE_KEY, children.HOST_KEY]
+        for constraint in spread:
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"  # never unschedulable
+            assert constraint["labelSelector"] == manifest["spec"]["selector"]
+            assert matches(constraint["labelSelector"], pod_labels(manifest))
+            assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_scaling_never_changes_the_pod_template() -> None:
+    # One replica to three and back: no restart of the track's pods.
+    one = guarded(spec(serving={"replicas": 1}))[("Deployment", "iris-stable")]
+    three = guarded(spec(serving={"replicas": 3}))[("Deployment", "iris-stable")]
+
+    assert one["spec"]["template"] == three["spec"]["template"]
+
+
+def test_the_spec_hash_covers_the_safeguards() -> None:
+    plain = deployment(build(spec()), "stable")
+    spread = guarded(spec())[("Deployment", "iris-stable")]
+
+    assert spec_hash_of(plain) != spec_hash_of(spread)
+    assert spec_hash_of(spread) == children.spec_hash(
+        {
+            **spread,
+            "metadata": {
+                **spread["metadata"],
+                "annotations": {
+                    k: v
+                    for k, v in spread["metadata"]["annotations"].items()
+                    if k != ANNOTATION_SPEC_HASH
+                },
+            },
+        }
+    )
+
+
+def test_without_safeguards_the_workloads_alone() -> None:
+    kinds = {m["kind"] for m in build(full_spec(routing={"router": "builtin", "replicas": 2}))}
+
+    assert "PodDisruptionBudget" not in kinds and "NetworkPolicy" not in kinds
+
+
+def policies(built: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: m for (kind, name), m in built.items() if kind == "NetworkPolicy"}
+
+
+def test_the_router_takes_any_client_on_its_serving_port_only() -> None:
+    built = guarded(full_spec(routing={"router": "builtin"}))
+
+    router = policies(built)["iris-router"]["spec"]
+    assert router["policyTypes"] == ["Ingress"]
+    assert matches(router["podSelector"], pod_labels(built[("Deployment", "iris-router")]))
+    for track in ("stable", "canary", "shadow"):
+        assert not matches(
+            router["podSelector"], pod_labels(deployment(list(built.values()), track))
+        )
+    (rule,) = router["ingress"]
+    assert "from" not in rule  # the entry: any client
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+
+
+def test_the_model_servers_take_traffic_only_from_their_router_and_prometheus() -> None:
+    built = guarded(full_spec(routing={"router": "builtin"}))
+
+    servers = policies(built)["iris-model-servers"]["spec"]
+    assert servers["policyTypes"] == ["Ingress"]
+    for track in ("stable", "canary", "shadow"):
+        assert matches(servers["podSelector"], pod_labels(deployment(list(built.values()), track)))
+    assert not matches(servers["podSelector"], pod_labels(built[("Deployment", "iris-router")]))
+    traffic, scrapes = servers["ingress"]
+    assert traffic["ports"] == scrapes["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert scrapes["from"] == [PROMETHEUS_PEER]
+    (router_peer,) = traffic["from"]
+    assert "namespaceSelector" not in router_peer  # this namespace's router only
+    router_pods = pod_labels(built[("Deployment", "iris-router")])
+    assert matches(router_peer["podSelector"], router_pods)
+    other = {**router_pods, children.LABEL_MODEL_DEPLOYMENT: "other"}
+    assert not matches(router_peer["podSelector"], other)  # not another resource's router
+
+
+def test_no_metrics_peers_admits_the_router_alone_never_everyone() -> None:
+    built = guarded(spec(routing={"router": "builtin"}), children.Safeguards())
+
+    (rule,) = policies(built)["iris-model-servers"]["spec"]["ingress"]
+    assert len(rule["from"]) == 1
+
+
+def test_gateway_api_servers_are_open_to_the_gateway_peers_or_get_no_policy() -> None:
+    gateway = spec(routing={"router": "gateway-api"})
+
+    assert policies(guarded(gateway)) == {}  # which pods forward is the gateway's business
+    with_peers = children.Safeguards(
+        metrics_peers=(PROMETHEUS_PEER,), gateway_peers=(GATEWAY_PEER,)
+    )
+    found = policies(guarded(gateway, with_peers))
+    assert set(found) == {"iris-model-servers"}
+    traffic, scrapes = found["iris-model-servers"]["spec"]["ingress"]
+    assert traffic["from"] == [GATEWAY_PEER] and scrapes["from"] == [PROMETHEUS_PEER]
+
+
+def test_a_scrape_port_apart_from_the_serving_port_is_open_to_the_metrics_peers_only() -> None:
+    found = {
+        m["metadata"]["name"]: m["spec"]["ingress"]
+        for m in children.build_network_policies(
+            owner=OWNER,
+            spec=spec(routing={"router": "builtin"}),
+            safeguards=SAFEGUARDS,
+            router_metrics_port=9091,
+            server_metrics_port=9092,
+        )
+    }
+
+    router_traffic, router_scrapes = found["iris-router"]
+    assert "from" not in router_traffic and router_traffic["ports"][0]["port"] == 8080
+    assert router_scrapes == {
+        "from": [PROMETHEUS_PEER],
+        "ports": [{"port": 9091, "protocol": "TCP"}],
+    }
+    assert found["iris-model-servers"][1]["ports"] == [{"port": 9092, "protocol": "TCP"}]
+
+
+def test_the_policies_follow_the_pods_scrape_annotation() -> None:
+    stable = deployment(build(spec()), "stable")
+    stable["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "9092"
+
+    assert children.scrape_port(stable, 8080) == 9092
+    del stable["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+    assert children.scrape_port(stable, 8080) == 8080
+
+
+def test_no_policies_when_the_servers_are_the_entry_or_policies_are_off() -> None:
+    assert policies(guarded(spec(routing={"router": "none"}))) == {}
+    off = children.Safeguards(network_policies=False, metrics_peers=(PROMETHEUS_PEER,))
+    assert policies(guarded(spec(routing={"router": "builtin"}), off)) == {}
+
+
+def test_policies_come_first_so_no_pod_runs_unprotected() -> None:
+    built = children.build_children(
+        owner=OWNER, spec=spec(routing={"router": "builtin"}), image=IMAGE, safeguards=SAFEGUARDS
+    )
+
+    kinds = [m["kind"] for m in built]
+    assert kinds[:2] == ["NetworkPolicy", "NetworkPolicy"]
+    assert "NetworkPolicy" not in kinds[2:]
+
+
+def test_safeguards_are_children_like_the_others() -> None:
+    built = guarded(full_spec(routing={"router": "builtin", "replicas": 2}))
+
+    for (kind, _), manifest in built.items():
+        if kind in ("PodDisruptionBudget", "NetworkPolicy"):
+            assert manifest["metadata"]["namespace"] == OWNER.namespace
+            assert manifest["metadata"]["labels"][children.LABEL_MODEL_DEPLOYMENT] == OWNER.name
+            assert manifest["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+            assert children.is_current(live=manifest, desired=manifest)
+
+
+def test_the_operator_settings_refuse_a_peer_that_would_admit_everyone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from canaryml_operator.settings import DEFAULT_METRICS_PEERS, OperatorSettings
+    from pydantic import ValidationError
+
+    assert OperatorSettings().safeguards().metrics_peers == DEFAULT_METRICS_PEERS
+    for bad in ("[{}]", '[{"podSelecter": {}}]'):
+        monkeypatch.setenv("CANARYML_OPERATOR_METRICS_PEERS", bad)
+        with pytest.raises(ValidationError, match="NetworkPolicyPeer"):
+            OperatorSettings()
+    monkeypatch.setenv("CANARYML_OPERATOR_GATEWAY_PEERS", f"[{GATEWAY_PEER}]".replace("'", '"'))
+    monkeypatch.setenv("CANARYML_OPERATOR_METRICS_PEERS", "[]")
+    safeguards = OperatorSettings().safeguards()
+    assert safeguards.gateway_peers == (GATEWAY_PEER,) and safeguards.metrics_peers == ()
+
+
+def test_a_model_without_a_digest_is_named_unless_the_spec_allows_it() -> None:
+    """Digests on by default (issue 16): which fields to set, or nothing to say."""
+    pinned = {"uri": "s3://m/1", "version": "1", "sha256": "a" * 64}
+    bare = {"uri": "s3://m/2", "version": "2"}
+    spec = api.parse_spec(
+        {"model": pinned, "canary": {"model": bare}, "shadow": {"model": {**bare, "version": "3"}}}
+    )
+    problem = children.unpinned_problem(spec)
+    assert problem is not None
+    assert problem.startswith("spec.canary.model.sha256, spec.shadow.model.sha256 not set")
+    assert "spec.allowUnpinnedModels" in problem
+    assert (
+        children.unpinned_problem(spec.model_copy(update={"allow_unpinned_models": True})) is None
+    )
+    assert children.unpinned_problem(api.parse_spec({"model": pinned})) is None
+    manifests = children.build_children(
+        owner=OWNER, spec=api.parse_spec({"model": pinned}), image="i"
+    )
+    stable = next(
+        m
+        for m in manifests
+        if m["metadata"]["name"].endswith("-stable") and m["kind"] == "Deployment"
+    )
+    variables = {
+        e["name"]: e["value"] for e in stable["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert variables["CANARYML_REQUIRE_SHA256"] == "true"

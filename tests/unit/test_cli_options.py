@@ -28,6 +28,10 @@ ROUTER_OPTIONS = {
     "--canary-weight", "--shadow-percent", "--sticky-header", "--version",
     "--probability-tolerance", "--admin", "--no-admin", "--host", "--port",
     "--upstream-timeout", "--shadow-timeout", "--max-mirrors", "--log-level",
+    "--admin-host", "--admin-port", "--admin-upstreams", "--no-admin-upstreams",
+    "--max-upstream-connections", "--max-upstream-answer-bytes", "--max-upstream-head-bytes",
+    "--max-body-bytes", "--body-budget-bytes", "--max-header-bytes", "--max-headers",
+    "--header-timeout", "--body-timeout", "--keep-alive-timeout", "--max-concurrency",
 }  # fmt: skip
 # The model server's settings that are environment variables only (docs/serving.md).
 SERVE_ENVIRONMENT_ONLY = {
@@ -35,6 +39,9 @@ SERVE_ENVIRONMENT_ONLY = {
     "onnx_threads", "drift_enabled", "drift_window", "drift_min_rows", "metrics_enabled",
     "unknown_categories", "max_body_bytes", "max_batch_rows", "model_cache_dir", "log_level",
     "inject_errors", "inject_latency", "inject_latency_fraction",
+    "max_artifact_bytes", "max_artifact_files",
+    "body_budget_bytes", "max_header_bytes", "max_headers", "header_timeout", "body_timeout",
+    "keep_alive_timeout", "max_concurrency",
 }  # fmt: skip
 # The parameters named otherwise than their field.
 RENAMED = {

@@ -17,7 +17,7 @@ from canaryml_api import telemetry, tracks
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = [
     path
-    for path in (ROOT / name for name in ("api", "server", "router", "operator", "cli"))
+    for path in (ROOT / name for name in ("api", "httpd", "server", "router", "operator", "cli"))
     if path.is_dir()
 ]
 CONTRACT = ROOT / "api" / "canaryml_api"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -10,15 +11,22 @@ from canaryml_cli.main import app
 from typer.testing import CliRunner
 
 
-def spec_file(tmp_path: Path, *, canary: bool = True, uris: tuple[str, str] | None = None) -> Path:
+def spec_file(
+    tmp_path: Path,
+    *,
+    canary: bool = True,
+    uris: tuple[str, str] | None = None,
+    pinned: bool = True,
+) -> Path:
     """A ModelDeployment over two model folders made under `tmp_path` (or at `uris`)."""
     folders = [tmp_path / "m" / "stable", tmp_path / "m" / "canary"]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     stable, canary_uri = uris or (folders[0].as_uri(), folders[1].as_uri())
-    spec = {"model": {"uri": stable, "version": "1.0.0"}}
+    digests = {"sha256": "a" * 64} if pinned else {}
+    spec: dict[str, Any] = {"model": {"uri": stable, "version": "1.0.0", **digests}}
     if canary:
-        spec["canary"] = {"model": {"uri": canary_uri, "version": "1.1.0"}}
+        spec["canary"] = {"model": {"uri": canary_uri, "version": "1.1.0", **digests}}
     manifest = {"kind": "ModelDeployment", "metadata": {"name": "x"}, "spec": spec}
     path = tmp_path / "md.yaml"
     path.write_text(yaml.safe_dump(manifest))
@@ -34,6 +42,7 @@ def spec_file(tmp_path: Path, *, canary: bool = True, uris: tuple[str, str] | No
         (["--spec", "{nocanary}", "--traffic", "x.csv"], "has none"),
         (["--spec", "{spec}", "--scenario", "shadow-disagree"], "bundled bad model"),
         (["--spec", "{spec}", "--traffic", "{missing}"], "cannot read traffic rows"),
+        (["--spec", "{unpinned}", "--traffic", "x.csv"], "spec.canary.model.sha256 not set"),
     ],
 )
 def test_what_the_demo_cannot_run_exits_2_with_the_reason(
@@ -45,6 +54,7 @@ def test_what_the_demo_cannot_run_exits_2_with_the_reason(
     values = {
         "spec": with_canary,
         "nocanary": spec_file(nocanary_dir, canary=False),
+        "unpinned": spec_file(tmp_path / "u", pinned=False),
         "missing": tmp_path / "missing.csv",
     }
     argv = ["demo", "--no-live", *(a.format(**values) for a in args)]

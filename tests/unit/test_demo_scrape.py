@@ -146,7 +146,7 @@ def test_the_routers_own_metrics_measure_end_to_end() -> None:
     """The router's real exposition: its names and labels are the ones the checks read."""
     registry = CollectorRegistry()
     router = RouterMetrics(registry=registry, model_deployment=NAME)
-    router.declare_comparisons(tracks=("stable", "canary"))
+    router.declare_comparisons(versions={"stable": "1.0.0", "canary": VERSION})
     history = ScrapeHistory()
     history.add(
         target=TARGET, time=at(0), samples=parse_exposition(generate_latest(registry).decode())
@@ -156,9 +156,9 @@ def test_the_routers_own_metrics_measure_end_to_end() -> None:
     router.observe_request(track="canary", version=VERSION, code=503, seconds=0.004)
     router.observe_request(track="stable", version="1.0.0", code=500, seconds=3.0)
     for _ in range(3):
-        router.observe_comparison(track="canary", result="agree")
-    router.observe_comparison(track="canary", result="disagree")
-    router.observe_comparison(track="stable", result="disagree")
+        router.observe_comparison(track="canary", version=VERSION, result="agree")
+    router.observe_comparison(track="canary", version=VERSION, result="disagree")
+    router.observe_comparison(track="stable", version="1.0.0", result="disagree")
     history.add(
         target=TARGET, time=at(1), samples=parse_exposition(generate_latest(registry).decode())
     )
@@ -507,7 +507,13 @@ def test_drift_nan_is_skipped_and_never_returned() -> None:
 
 
 def comparisons(value: float, result: str, **labels: str) -> ScrapedSample:
-    scope = {"model_deployment": NAME, "track": "canary", "result": result, **labels}
+    scope = {
+        "model_deployment": NAME,
+        "track": "canary",
+        "version": VERSION,
+        "result": result,
+        **labels,
+    }
     return ScrapedSample(SHADOW_COMPARISONS, scope, value)
 
 
@@ -534,6 +540,17 @@ def test_shadow_agreement_ignores_errors_and_other_tracks() -> None:
         }
     )
     assert measure(history, spec=SHADOWED).get(m.SHADOW_AGREEMENT).value == 0.75
+
+
+def test_shadow_agreement_ignores_an_earlier_canarys_comparisons() -> None:
+    earlier = {"version": "0.9.0"}
+    history = history_of(
+        {
+            0: [comparisons(0, "agree"), comparisons(0, "disagree", **earlier)],
+            60: [comparisons(3, "agree"), comparisons(900, "disagree", **earlier)],
+        }
+    )
+    assert measure(history, spec=SHADOWED).get(m.SHADOW_AGREEMENT) == Sample(1.0)
 
 
 def test_shadow_agreement_with_only_disagreements_is_zero() -> None:

@@ -32,13 +32,32 @@ def instructions(stage: str) -> list[tuple[str, str]]:
     return found
 
 
+def base_images() -> dict[str, str]:
+    """The global ARGs (before the first FROM) and their defaults: the base images."""
+    head = DOCKERFILE.split("\nFROM ", 1)[0]
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", head, flags=re.MULTILINE))
+
+
 def test_two_stages_and_a_distroless_nonroot_runtime() -> None:
     froms = re.findall(r"^FROM (\S+)", DOCKERFILE, flags=re.MULTILINE)
-    assert froms == ["debian:12-slim", "gcr.io/distroless/python3-debian12:nonroot"]
+    assert froms == ["${BUILD_IMAGE}", "${RUNTIME_IMAGE}"]
+    assert base_images() == {
+        "BUILD_IMAGE": "debian:12-slim",
+        "RUNTIME_IMAGE": "gcr.io/distroless/python3-debian12:nonroot",
+    }
+
+
+def test_the_base_images_can_be_pinned_by_digest_and_the_docs_say_how() -> None:
+    # Every FROM takes its image from a build argument (a release passes tag@sha256:...).
+    for image in re.findall(r"^FROM (\S+)", DOCKERFILE, flags=re.MULTILINE):
+        assert re.fullmatch(r"\$\{(\w+)\}", image) and image[2:-1] in base_images()
+    installing = (ROOT / "docs" / "installing.md").read_text(encoding="utf-8")
+    for name in base_images():
+        assert f"--build-arg {name}=" in installing
 
 
 def test_the_runtime_runs_as_the_uid_the_pods_run_as_with_the_canaryml_entry_point() -> None:
-    runtime = dict(instructions("distroless"))
+    runtime = dict(instructions("AS runtime"))
     assert runtime["USER"] == f"{children.RUN_AS}:{children.RUN_AS}"
     entrypoint = shlex.split(runtime["ENTRYPOINT"].strip("[]").replace(",", " "))
     assert entrypoint == ["/opt/canaryml/bin/canaryml"]
@@ -48,7 +67,7 @@ def test_the_runtime_runs_as_the_uid_the_pods_run_as_with_the_canaryml_entry_poi
 
 def test_the_runtime_stage_runs_nothing_at_build_time() -> None:
     # No shell in distroless: a RUN there would fail; everything is built in the first stage.
-    assert "RUN" not in {word for word, _ in instructions("distroless")}
+    assert "RUN" not in {word for word, _ in instructions("AS runtime")}
 
 
 def test_the_build_installs_the_package_without_dev_extras() -> None:

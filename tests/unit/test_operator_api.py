@@ -430,8 +430,55 @@ def test_parse_status_ignores_fields_a_newer_operator_added() -> None:
         {"history": [{"event": "vanished"}]},
     ],
 )
-def test_parse_status_starts_afresh_from_garbage(raw: Any) -> None:
+def test_parse_status_of_garbage_is_a_fresh_status(raw: Any) -> None:
     assert api.parse_status(raw) == api.ModelDeploymentStatus()
+
+
+def test_parse_status_drops_only_the_unreadable_field() -> None:
+    entry = {"version": "1.0.0", "uri": "s3://m/1.0.0", "event": "promoted"}
+    status = api.parse_status(
+        {
+            "phase": "Progressing",
+            "canaryWeight": 250,  # unreadable: over 100
+            "currentStep": 2,
+            "failedChecks": "lots",  # unreadable
+            "stableVersion": "1.0.0",
+            "history": [
+                {**entry, "time": "2024-04-01T00:00:00Z"},
+                {"event": "vanished"},  # unreadable entry
+                {**entry, "version": "1.1.0", "time": "2024-04-02T00:00:00Z"},
+            ],
+            "conditions": [
+                {"type": "Ready", "status": "Maybe", "reason": "X"},
+                {
+                    "type": "Progressing",
+                    "status": "True",
+                    "reason": "CanaryAnalysis",
+                    "lastTransitionTime": "2024-05-01T12:00:00Z",
+                },
+            ],
+        }
+    )
+
+    assert (status.phase, status.current_step, status.stable_version) == ("Progressing", 2, "1.0.0")
+    assert (status.canary_weight, status.failed_checks) == (0, 0)  # the defaults
+    assert [h.version for h in status.history] == ["1.0.0", "1.1.0"]
+    assert [c.type for c in status.conditions] == ["Progressing"]
+
+
+def test_parse_status_keeps_the_newest_entries_of_an_overlong_history() -> None:
+    entries = [
+        {
+            "version": f"1.{i}.0",
+            "uri": "s3://m",
+            "event": "promoted",
+            "time": "2024-04-01T00:00:00Z",
+        }
+        for i in range(25)
+    ]
+    status = api.parse_status({"phase": "Stable", "history": entries})
+    assert status.phase == "Stable"
+    assert [h.version for h in status.history] == [f"1.{i}.0" for i in range(5, 25)]
 
 
 def test_one_problem_is_one_part_of_the_joined_message() -> None:

@@ -117,3 +117,15 @@ def test_an_artifact_with_a_clock_time_and_timings_still_loads(
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
     loaded = load_artifact(folder, expected_sha256=sha256_file(folder / MANIFEST_FILE))
     assert loaded.manifest.created == datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def test_package_shows_the_digest_to_paste(example_models: dict[str, Path], tmp_path: Path) -> None:
+    """stdout stays the digest alone; stderr shows the line and the model block to paste, since
+    the operator and the server refuse an unpinned model by default."""
+    root = example_models["root"]
+    digest, _, run = _package(
+        tmp_path, root / "stable.joblib", root / "train.csv", "--runtime", "sklearn"
+    )
+    assert run.stdout == f"{digest}\n"
+    assert f"sha256:{digest}\n" in run.stderr
+    assert f'    version: "0.1.0"\n    sha256: {digest}' in run.stderr

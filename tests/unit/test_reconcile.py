@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -389,11 +390,144 @@ def test_with_a_canary_the_rollout_cores_phase_weight_and_progressing_are_kept()
     assert conditions(status)["Reconciling"] == ("True", "RollingOut")
 
 
-def test_a_rolled_out_canary_settles_reconciling() -> None:
+def test_a_rollout_in_flight_is_reconciling_even_with_its_pods_up() -> None:
+    """kstatus reads Reconciling: a rollout in flight is InProgress, not Current."""
     status = status_of(value=with_canary(), tracks={"stable": ROLLED_OUT, "canary": CANARY_UP})
 
     assert status.phase == "Progressing"
-    assert conditions(status)["Reconciling"] == ("False", "AsExpected")
+    assert conditions(status)["Reconciling"] == ("True", "RolloutInProgress")
+
+
+def rollout_status(phase: api.Phase, **conditions_by_type: tuple[str, str]) -> Any:
+    found = [
+        api.Condition(
+            type=kind, status=value, reason=reason, message=f"{kind} says", last_transition_time=T0
+        )
+        for kind, (value, reason) in conditions_by_type.items()
+    ]
+    canary = api.ModelIdentity(uri=CANARY["uri"], version=CANARY["version"])
+    return EMPTY.model_copy(
+        update={
+            "phase": phase,
+            "stable_version": "1.0.0",
+            "canary_model": canary,
+            "canary_version": "1.1.0",
+            "conditions": found,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "progressing", "reconciling"),
+    [
+        ("Progressing", ("True", "CanaryAnalysis"), ("True", "RolloutInProgress")),
+        ("Promoted", ("True", "Promoting"), ("True", "RolloutInProgress")),
+        ("Promoted", ("False", "Promoted"), ("False", "AsExpected")),
+        ("Paused", ("True", "Paused"), ("False", "Paused")),
+        ("RolledBack", ("False", "RolledBack"), ("False", "Stalled")),
+    ],
+)
+def test_reconciling_says_whether_a_rollout_is_in_flight(
+    phase: api.Phase, progressing: tuple[str, str], reconciling: tuple[str, str]
+) -> None:
+    previous = rollout_status(phase, Progressing=progressing)
+    tracks = {"stable": ROLLED_OUT, "canary": CANARY_UP}
+    status = status_of(value=with_canary(), previous=previous, tracks=tracks)
+    assert conditions(status)["Reconciling"] == reconciling
+
+
+def test_a_rolled_back_canary_is_stalled_until_the_spec_changes() -> None:
+    """kstatus Failed: the canary in the spec will not be served as it is."""
+    previous = rollout_status(
+        "RolledBack", Progressing=("False", "RolledBack"), RolledBack=("True", "AnalysisFailed")
+    )
+    tracks = {"stable": ROLLED_OUT}
+    status = status_of(value=with_canary(), previous=previous, tracks=tracks)
+    stalled = get(status, "Stalled")
+    assert (stalled.status, stalled.reason, stalled.message) == (
+        "True",
+        "RolledBack",
+        "RolledBack says",
+    )
+    # Kept, with its transition time, while it lasts; cleared once the canary leaves the spec.
+    again = status_of(value=with_canary(), previous=status, tracks=tracks, now=T1)
+    assert get(again, "Stalled").last_transition_time == T0
+    cleared = status_of(
+        value=spec(), previous=again.model_copy(update={"phase": "Stable"}), tracks=tracks
+    )
+    assert conditions(cleared)["Stalled"] == ("False", "AsExpected")
+
+
+def test_serving_replicas_zero_is_not_ready_but_scaled_to_zero() -> None:
+    zero = DeploymentState(exists=True, desired=0, available=0, updated=0, current=True)
+    status = status_of(
+        value=spec(serving={"replicas": 0}), tracks={"stable": replace(zero, version="1.0.0")}
+    )
+    ready = get(status, "Ready")
+    assert (ready.status, ready.reason) == ("False", "ScaledToZero")
+    assert ready.message == "serving.replicas is 0: stable model 1.0.0 has no pods to serve"
+    # Nothing to wait for: kstatus Current, not InProgress or Failed.
+    assert conditions(status)["Reconciling"][0] == "False"
+    assert conditions(status)["Stalled"][0] == "False"
+    assert status.phase == "Stable"
+    # Scaling down on purpose is announced, not warned about.
+    up = status_of(value=spec(), tracks={"stable": ROLLED_OUT})
+    events = reconcile.build_events(previous=up, status=status, plan=Plan())
+    assert events == [Event("Normal", "ScaledToZero", ready.message)]
+
+
+# --- children that belong to someone else ----------------------------------------------------
+
+
+def test_a_child_owned_by_another_resource_makes_this_one_degraded() -> None:
+    ok = status_of(value=spec(), tracks={"stable": ROLLED_OUT})
+    other = {
+        "kind": "Service",
+        "metadata": {
+            "name": "iris-stable",
+            "labels": {children.LABEL_MODEL_DEPLOYMENT: "iris"},
+            "ownerReferences": [
+                {"kind": "ModelDeployment", "name": "iris", "uid": "u-other", "controller": True}
+            ],
+        },
+    }
+    message = reconcile.conflict_message(ChildKey("Service", "iris-stable"), other)
+    assert message == "Service iris-stable already exists and belongs to ModelDeployment iris"
+    status = reconcile.with_conflicts(ok, previous=ok, conflicts=[message], generation=3, now=T1)
+
+    for kind in ("Degraded", "Stalled"):
+        found = get(status, kind)
+        assert (found.status, found.reason) == ("True", "ChildConflict")
+        assert found.message.startswith(message + ": not overwritten")
+    assert conditions(status)["Ready"] == ("False", "ChildConflict")
+    events = reconcile.build_events(previous=ok, status=status, plan=Plan())
+    assert Event("Warning", "ChildConflict", get(status, "Degraded").message) in events
+    # Reported once while it lasts, with the same transition times; gone once the object is
+    # ours to create.
+    rebuilt = status_of(value=spec(), previous=status, tracks={"stable": ROLLED_OUT}, now=T2)
+    again = reconcile.with_conflicts(
+        rebuilt, previous=status, conflicts=[message], generation=3, now=T2
+    )
+    assert again == status
+    assert reconcile.build_events(previous=status, status=again, plan=Plan()) == []
+    healed = status_of(value=spec(), previous=status, tracks={"stable": ROLLED_OUT}, now=T2)
+    assert conditions(healed)["Degraded"] == ("False", "AsExpected")
+    assert conditions(healed)["Stalled"] == ("False", "AsExpected")
+    assert conditions(healed)["Ready"] == ("True", "StableAvailable")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "owner"),
+    [
+        ({"labels": {children.LABEL_MODEL_DEPLOYMENT: "x"}}, "ModelDeployment x (by its label"),
+        ({}, "no ModelDeployment"),
+        ({"ownerReferences": [{"kind": "Rollout", "name": "r"}]}, "Rollout r"),
+    ],
+)
+def test_the_conflict_names_whom_the_object_belongs_to(
+    metadata: dict[str, Any], owner: str
+) -> None:
+    assert reconcile.foreign_owner({"metadata": metadata}).startswith(owner)
 
 
 def test_a_paused_rollout_stays_paused() -> None:

@@ -1,7 +1,7 @@
 """The rollout core: verdicts, every transition of `decide()`, the commands and the track plan.
 
 Each test drives `decide()` the way the operator does (a clock, the live Deployments, the
-measurements of one analysis) and reads the status, the Events and the commands it consumed.
+measurements of one analysis) and reads the status, the Events and the commands it handled.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def deployment(
 
 
 CANARY_UP: dict[Track, DeploymentState] = {"canary": deployment(CANARY_MODEL["version"])}
+PROMOTE: dict[Command, str] = {"promote": CANARY_MODEL["version"]}
+ABORT: dict[Command, str] = {"abort": CANARY_MODEL["version"]}
 
 
 def roundtrip(status: api.ModelDeploymentStatus) -> api.ModelDeploymentStatus:
@@ -127,7 +129,7 @@ class Run:
         *,
         after: float = 0.0,
         tracks: Mapping[Track, DeploymentState] | None = None,
-        commands: Collection[Command] = (),
+        commands: Mapping[Command, str] = rollout.NO_COMMANDS,
         generation: int | None = None,
     ) -> Decision:
         self.now += timedelta(seconds=after)
@@ -137,7 +139,7 @@ class Run:
             measurements=measurements,
             now=self.now,
             tracks=tracks,
-            commands=frozenset(commands),
+            commands=commands,
             generation=generation,
         )
         self.status = decision.status
@@ -149,7 +151,7 @@ class Run:
         *,
         after: float = 0.0,
         tracks: Mapping[Track, DeploymentState] | None = None,
-        commands: Collection[Command] = (),
+        commands: Mapping[Command, str] = rollout.NO_COMMANDS,
     ) -> Decision:
         self.now += timedelta(seconds=after)
         return self.decide(measured(self.now, overrides), tracks=tracks, commands=commands)
@@ -181,8 +183,8 @@ class Run:
 
 
 def test_no_annotations_no_commands() -> None:
-    assert rollout.commands_from(None) == frozenset()
-    assert rollout.commands_from({"other.io/promote": "true"}) == frozenset()
+    assert rollout.commands_from(None) == {}
+    assert rollout.commands_from({"other.io/promote": "true"}) == {}
 
 
 def test_one_shot_annotations_are_commands() -> None:
@@ -191,17 +193,39 @@ def test_one_shot_annotations_are_commands() -> None:
         "canaryml.dev/abort": "",
         "canaryml.dev/rollback": "2024-05-01T12:00:00Z",
     }
-    assert rollout.commands_from(annotations) == {"promote", "abort", "rollback"}
+    assert rollout.commands_from(annotations) == {
+        "promote": "true",
+        "abort": "",
+        "rollback": "2024-05-01T12:00:00Z",
+    }
+    assert rollout.commands_from({"canaryml.dev/promote": " 1.2.0 "}) == {"promote": "1.2.0"}
+    assert rollout.commands_from({"canaryml.dev/promote": "false"}) == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "target"),
+    [
+        ("1.2.0", "1.2.0"),
+        ("1.2.0@2024-05-01", "1.2.0"),
+        ("v2+build.7", "v2+build.7"),
+        ("true", None),
+        ("yes", None),
+        ("", None),
+        ("2024-05-01T12:00:00Z", None),  # what `canaryml promote` wrote before
+    ],
+)
+def test_a_command_names_its_target(value: str, target: str | None) -> None:
+    assert rollout.command_target(value) == target
 
 
 @pytest.mark.parametrize("value", ["true", "True", " yes ", "1"])
 def test_paused_annotation_true(value: str) -> None:
-    assert rollout.commands_from({"canaryml.dev/paused": value}) == {"pause"}
+    assert rollout.commands_from({"canaryml.dev/paused": value}) == {"pause": "true"}
 
 
 @pytest.mark.parametrize("value", ["false", "", "0", "no"])
 def test_paused_annotation_not_true(value: str) -> None:
-    assert rollout.commands_from({"canaryml.dev/paused": value}) == frozenset()
+    assert rollout.commands_from({"canaryml.dev/paused": value}) == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,7 +625,9 @@ def test_a_pass_after_the_step_interval_steps_up() -> None:
 def test_steps_are_taken_one_at_a_time() -> None:
     run = Run()
     run.start()
-    weights = [run.analyse(after=1000).status.canary_weight for _ in range(2)]
+    # Each wait as long as the analysis gap limit allows (60 s: the default 1m window), twice the
+    # step interval: still one step per analysis.
+    weights = [run.analyse(after=60).status.canary_weight for _ in range(2)]
     assert weights == [25, 50]
 
 
@@ -773,7 +799,7 @@ def test_held_analyses_never_step_up(overrides: Mapping[str, Any]) -> None:
     run = Run()
     run.start()
     for _ in range(3):
-        decision = run.analyse(overrides, after=100)
+        decision = run.analyse(overrides, after=15)
         assert decision.action == "hold"
         assert (decision.status.canary_weight, decision.status.current_step) == (5, 0)
         assert decision.status.failed_checks == 0
@@ -799,19 +825,43 @@ def test_held_analyses_keep_the_failure_count() -> None:
     assert (run.status.failed_checks, run.status.held_analyses) == (1, 1)
 
 
-def test_a_streak_of_inconclusive_analyses_is_stalled() -> None:
-    run = Run()
+def test_a_warming_drift_window_is_progressing_not_stalled() -> None:
+    """Inconclusive analyses (the drift window still filling) for less than progressDeadline:
+    Progressing with the reason, no Stalled, no Warning (Argo CD would show Degraded)."""
+    run = Run(make_spec(interval="10m"))
     run.start()
-    for _ in range(rollout.HELD_STREAK_LIMIT - 1):
+    for count in range(1, 3 * rollout.HELD_STREAK_LIMIT):
+        decision = run.analyse({m.DRIFT: None}, after=15)
+        assert decision.action == "hold"
+        assert decision.events == []
+        stalled = condition(decision.status, "Stalled")
+        assert stalled is None or stalled.status == "False"
+        progressing = condition(decision.status, "Progressing")
+        assert progressing is not None
+        assert (progressing.status, progressing.reason) == ("True", "AnalysisInconclusive")
+        assert progressing.message.startswith(f"weight held at 5% ({count} analyses in a row): ")
+        assert "drift: no data" in progressing.message
+    # The checks pass again: Progressing says so.
+    progressing = condition(run.analyse(after=15).status, "Progressing")
+    assert progressing is not None
+    assert (progressing.reason, progressing.message) == (
+        "CanaryAnalysis",
+        "canary 1.1.0 at 5% (step 1 of 3): the checks pass again",
+    )
+
+
+def test_inconclusive_analyses_longer_than_the_progress_deadline_are_stalled() -> None:
+    run = Run(make_spec(progressDeadline="1m"))  # 4 analyses of 15 s
+    run.start()
+    for _ in range(3):
         run.analyse(FEW_REQUESTS, after=15)
     assert condition(run.status, "Stalled") is None
     decision = run.analyse(FEW_REQUESTS, after=15)
     stalled = condition(decision.status, "Stalled")
     assert stalled is not None
     assert (stalled.status, stalled.reason) == ("True", "AnalysisInconclusive")
-    assert stalled.message.startswith(
-        f"weight held at 5% for {rollout.HELD_STREAK_LIMIT} analyses in a row: "
-    )
+    assert stalled.message.startswith("weight held at 5% for 4 analyses in a row: ")
+    assert stalled.message.endswith("(longer than progressDeadline 1m)")
     assert "requests 3 < minRequests 50" in stalled.message
     assert "errorRate: too few canary requests" in stalled.message
     assert decision.events == [Event("Warning", "AnalysisInconclusive", stalled.message)]
@@ -821,7 +871,7 @@ def test_a_streak_of_inconclusive_analyses_is_stalled() -> None:
     stalled_again = condition(again.status, "Stalled")
     assert stalled_again is not None
     assert stalled_again.status == "True"
-    assert f"for {rollout.HELD_STREAK_LIMIT + 1} analyses" in stalled_again.message
+    assert "for 5 analyses" in stalled_again.message
     assert stalled_again.last_transition_time == stalled.last_transition_time
 
 
@@ -842,7 +892,7 @@ def test_a_success_clears_stalled() -> None:
     run = Run()
     run.start()
     for _ in range(rollout.HELD_STREAK_LIMIT):
-        run.analyse(FEW_REQUESTS, after=15)
+        run.analyse(UNREACHABLE, after=15)
     decision = run.analyse(after=15)
     stalled = condition(decision.status, "Stalled")
     assert stalled is not None
@@ -950,12 +1000,12 @@ def test_promotion_completes_once_the_stable_serves_the_new_model() -> None:
 def test_promote_command_promotes_at_the_current_weight() -> None:
     run = Run()
     run.start()
-    decision = run.decide(after=1, commands={"promote"})
-    assert decision.consumed == {"promote"}
+    decision = run.decide(after=1, tracks=CANARY_UP, commands=PROMOTE)
+    assert decision.status.handled_commands == {"canaryml.dev/promote": "1.1.0"}
     assert decision.action == "promote"
     assert (decision.status.phase, decision.status.canary_weight) == ("Promoted", 5)
     assert decision.status.stable_model == CANARY_ID
-    assert decision.status.history[-1].reason == "promoted by the canaryml.dev/promote annotation"
+    assert decision.status.history[-1].reason == 'promoted by canaryml.dev/promote: "1.1.0"'
     assert reasons(decision) == ["Promoted"]
 
 
@@ -965,27 +1015,48 @@ def test_promote_command_acts_even_while_paused_or_held() -> None:
     run.spec = make_spec(paused=True)
     for _ in range(rollout.HELD_STREAK_LIMIT):
         run.analyse(UNREACHABLE, after=15)
-    decision = run.analyse(UNREACHABLE, after=15, commands={"promote"})
+    decision = run.analyse(UNREACHABLE, after=15, tracks=CANARY_UP, commands=PROMOTE)
     assert decision.action == "promote"
-    assert decision.consumed == {"promote"}
+    assert decision.status.handled_commands == {"canaryml.dev/promote": "1.1.0"}
 
 
-def test_promote_before_the_canary_is_available_completes() -> None:
+def test_promote_before_the_canary_is_available_waits_for_its_pods() -> None:
     run = Run()
     run.decide()
-    run.decide(after=1, commands={"promote"})
-    decision = run.decide(after=10, tracks={"stable": deployment("1.1.0")})
+    # Its pods are not ready: the promote waits (and is not recorded: it is still to do).
+    not_ready: dict[Track, DeploymentState] = {"canary": deployment("1.1.0", ready=False)}
+    for _ in range(3):
+        decision = run.decide(after=1, tracks=not_ready, commands=PROMOTE)
+        assert decision.action == "none"
+        assert (decision.status.phase, decision.status.stable_model) == ("Progressing", STABLE_ID)
+        assert decision.status.handled_commands == {}
+    # Available: the rollout's first step, then the promote.
+    assert run.decide(after=1, tracks=CANARY_UP, commands=PROMOTE).action == "stepUp"
+    decision = run.decide(after=1, tracks=CANARY_UP, commands=PROMOTE)
+    assert (decision.action, decision.status.stable_model) == ("promote", CANARY_ID)
+    decision = run.decide(after=10, tracks={"stable": deployment("1.1.0")}, commands=PROMOTE)
     progressing = condition(decision.status, "Progressing")
     assert progressing is not None
     assert (progressing.status, progressing.reason) == ("False", "Promoted")
     assert reasons(decision) == ["PromotionComplete"]
 
 
+def test_a_promote_never_acts_while_the_canary_pods_are_not_ready() -> None:
+    run = Run()
+    run.start()
+    decision = run.decide(after=1, tracks={"canary": deployment("1.1.0", ready=False)},
+                          commands=PROMOTE)  # fmt: skip
+    assert decision.action != "promote"
+    assert decision.status.stable_model == STABLE_ID
+
+
 def test_promotion_of_a_same_version_canary_waits_for_the_new_stable() -> None:
     retrained = {"uri": "s3://models/iris-retrained/1.0.0", "version": "1.0.0"}
     run = Run(make_spec(canary_model=retrained, steps=[50]))
     run.decide(tracks={"canary": deployment("1.0.0")})
-    run.decide(after=1, commands={"promote"})
+    run.decide(after=1, tracks={"canary": deployment("1.0.0")})
+    run.decide(after=1, tracks={"canary": deployment("1.0.0")}, commands={"promote": "1.0.0"})
+    assert run.status.phase == "Promoted"
     # The stable Deployment as it was before the promotion: old URI, same version.
     old = deployment("1.0.0", uri=STABLE_MODEL["uri"])
     decision = run.decide(after=1, tracks={"stable": old})
@@ -1010,12 +1081,12 @@ def test_a_new_canary_with_the_same_version_waits_for_its_own_pods() -> None:
 def test_abort_rolls_back_at_once() -> None:
     run = Run()
     run.to_step(1)
-    decision = run.decide(after=1, commands={"abort"})
-    assert decision.consumed == {"abort"}
+    decision = run.decide(after=1, commands=ABORT)
+    assert decision.status.handled_commands == {"canaryml.dev/abort": "1.1.0"}
     assert decision.action == "rollback"
     assert (decision.status.phase, decision.status.canary_weight) == ("RolledBack", 0)
     assert decision.status.stable_model == STABLE_ID
-    message = "aborted by the canaryml.dev/abort annotation"
+    message = 'aborted by canaryml.dev/abort: "1.1.0"'
     assert decision.events == [Event("Warning", "RolledBack", message)]
     rolled_back = condition(decision.status, "RolledBack")
     assert rolled_back is not None
@@ -1026,22 +1097,25 @@ def test_abort_rolls_back_at_once() -> None:
 def test_abort_while_waiting_for_the_canary() -> None:
     run = Run()
     run.decide()
-    decision = run.decide(after=1, commands={"abort"})
+    decision = run.decide(after=1, commands=ABORT)
     assert (decision.action, decision.status.phase) == ("rollback", "RolledBack")
 
 
 def test_abort_wins_over_promote() -> None:
     run = Run()
     run.start()
-    decision = run.decide(after=1, commands={"abort", "promote"})
+    both = {**ABORT, **PROMOTE}
+    decision = run.decide(after=1, tracks=CANARY_UP, commands=both)
     assert decision.action == "rollback"
-    assert decision.consumed == {"abort"}
-    # promote stays for the next reconcile, which then ignores it.
-    later = run.decide(after=1, commands={"promote"})
-    assert later.consumed == {"promote"}
-    assert later.events == [
-        Event("Normal", "CommandIgnored", "promote: the rollout already ended (RolledBack)")
-    ]
+    assert decision.status.handled_commands == {"canaryml.dev/abort": "1.1.0"}
+    # promote stays for the next reconcile, which then ignores it, once.
+    later = run.decide(after=1, tracks=CANARY_UP, commands=both)
+    assert later.status.handled_commands["canaryml.dev/promote"] == "1.1.0"
+    message = (
+        'canaryml.dev/promote: "1.1.0": the rollout of canary 1.1.0 already ended (RolledBack)'
+    )
+    assert later.events == [Event("Normal", "CommandIgnored", message)]
+    assert run.decide(after=1, tracks=CANARY_UP, commands=both).events == []
 
 
 @pytest.mark.parametrize("command", ["promote", "abort"])
@@ -1049,31 +1123,33 @@ def test_commands_after_the_rollout_ended_are_ignored(command: Command) -> None:
     run = Run()
     run.promote()
     before = run.status
-    decision = run.decide(after=1, commands={command})
-    assert decision.consumed == {command}
-    assert decision.events == [
-        Event("Normal", "CommandIgnored", f"{command}: the rollout already ended (Promoted)")
-    ]
-    assert decision.status == before
+    decision = run.decide(after=1, commands={command: "1.1.0"})
+    message = (
+        f'canaryml.dev/{command}: "1.1.0": the rollout of canary 1.1.0 already ended (Promoted)'
+    )
+    assert decision.events == [Event("Normal", "CommandIgnored", message)]
+    assert decision.status == before.model_copy(
+        update={"handled_commands": {f"canaryml.dev/{command}": "1.1.0"}}
+    )
 
 
 @pytest.mark.parametrize("command", ["promote", "abort"])
 def test_commands_without_a_canary_are_ignored(command: Command) -> None:
     run = Run(make_spec(canary=None))
-    decision = run.decide(commands={command})
-    assert decision.consumed == {command}
-    assert decision.events == [
-        Event("Normal", "CommandIgnored", f"{command}: there is no canary in the spec")
-    ]
+    decision = run.decide(commands={command: "1.1.0"})
+    assert decision.status.handled_commands == {f"canaryml.dev/{command}": "1.1.0"}
+    message = f'canaryml.dev/{command}: "1.1.0": there is no canary in the spec'
+    assert decision.events == [Event("Normal", "CommandIgnored", message)]
+    assert run.decide(commands={command: "1.1.0"}).events == []  # said once
 
 
 def test_rollback_returns_the_stable_to_the_previous_one() -> None:
     run = Run()
     run.promote()
     run.decide(after=5, tracks={"stable": deployment("1.1.0")})
-    decision = run.decide(after=60, commands={"rollback"})
+    decision = run.decide(after=60, commands={"rollback": "1.1.0"})
     status = decision.status
-    assert decision.consumed == {"rollback"}
+    assert status.handled_commands == {"canaryml.dev/rollback": "1.1.0"}
     assert decision.action == "rollbackStable"
     assert status.stable_model == STABLE_ID
     message = "stable model rolled back from 1.1.0 to 1.0.0 by request"
@@ -1095,8 +1171,8 @@ def test_rollback_without_history_is_refused() -> None:
     run = Run(make_spec(canary=None))
     run.decide()
     before = run.status
-    decision = run.decide(after=1, commands={"rollback"})
-    assert decision.consumed == {"rollback"}
+    decision = run.decide(after=1, commands={"rollback": "1.0.0"})
+    assert decision.status.handled_commands == {"canaryml.dev/rollback": "1.0.0"}
     assert decision.events == [
         Event(
             "Warning",
@@ -1113,7 +1189,7 @@ def test_rollback_is_refused_once_the_stable_moved_on() -> None:
     run.promote()
     # The user set spec.model to something else: history has nothing it replaced.
     run.spec = make_spec(canary=None, model=NEXT_MODEL)
-    decision = run.decide(after=1, commands={"rollback"})
+    decision = run.decide(after=1, commands={"rollback": "1.2.0"})
     assert reasons(decision) == ["StableUpdated", "RollbackRefused"]
     assert decision.status.stable_model == NEXT_ID
 
@@ -1125,9 +1201,9 @@ def test_rollback_during_a_rollout_aborts_the_canary_too() -> None:
     run.spec = make_spec(canary_model=NEXT_MODEL)
     run.decide(after=5, tracks={"canary": deployment("1.2.0")})
     assert (run.status.canary_weight, run.status.stable_model) == (5, CANARY_ID)
-    decision = run.decide(after=5, commands={"rollback"})
+    decision = run.decide(after=5, commands={"rollback": "1.1.0"})
     status = decision.status
-    assert decision.consumed == {"rollback"}
+    assert status.handled_commands == {"canaryml.dev/rollback": "1.1.0"}
     assert (status.phase, status.canary_weight) == ("RolledBack", 0)
     assert status.stable_model == STABLE_ID
     assert [(e.event, e.version) for e in status.history[-2:]] == [
@@ -1158,10 +1234,10 @@ def test_pause_holds_and_resume_goes_on(how: str) -> None:
     run.start()
     if how == "spec":
         run.spec = make_spec(paused=True)
-    commands: set[Command] = {"pause"} if how == "annotation" else set()
+    commands: dict[Command, str] = {"pause": "true"} if how == "annotation" else {}
     decision = run.decide(after=1, commands=commands)
     assert decision.status.phase == "Paused"
-    assert decision.consumed == frozenset()  # pause is kept while the annotation says so
+    assert decision.status.handled_commands == {}  # pause is a level, kept while it says so
     message = "rollout paused at step 1, weight 5%"
     assert decision.events == [Event("Normal", "Paused", message)]
     progressing = condition(decision.status, "Progressing")
@@ -1347,15 +1423,15 @@ def test_a_restarted_operator_resumes_at_the_same_step_and_failure_count() -> No
     run.analyse(BAD_ERRORS, after=10)
     run.analyse(BAD_ERRORS, after=10)
     for _ in range(rollout.HELD_STREAK_LIMIT - 1):
-        run.analyse(FEW_REQUESTS, after=10)
+        run.analyse(UNREACHABLE, after=10)
     restored = roundtrip(run.status)
     assert restored.model_dump(mode="json") == run.status.model_dump(mode="json")
     assert (restored.current_step, restored.failed_checks, restored.canary_weight) == (1, 2, 25)
 
     restarted = Run(run.spec, restored, run.now)
-    held = restarted.analyse(FEW_REQUESTS, after=10)
+    held = restarted.analyse(UNREACHABLE, after=10)
     assert held.action == "hold"
-    assert reasons(held) == ["AnalysisInconclusive"]  # the streak continued across the restart
+    assert reasons(held) == ["MetricsUnavailable"]  # the streak continued across the restart
     final = restarted.analyse(BAD_ERRORS, after=10)
     assert final.action == "rollback"
 
@@ -1432,7 +1508,7 @@ def test_the_same_inputs_give_the_same_decision() -> None:
         "measurements": measured(run.now + timedelta(seconds=30), BAD_ERRORS),
         "now": run.now + timedelta(seconds=30),
         "tracks": CANARY_UP,
-        "commands": frozenset(),
+        "commands": {},
     }
     assert rollout.decide(**inputs) == rollout.decide(**inputs)
 
@@ -1446,7 +1522,7 @@ def test_decide_does_not_change_its_input() -> None:
         status=run.status,
         measurements=measured(run.now, BAD_ERRORS),
         now=run.now + timedelta(seconds=60),
-        commands={"abort"},
+        commands={"abort": "1.1.0"},
     )
     assert run.status.model_dump() == before
 

@@ -245,6 +245,8 @@ def expected_verdict(spec: api.ModelDeploymentSpec, kinds: Mapping[str, str]) ->
         kind = kinds[name]
         if kind == "error":
             verdicts.append("Error")
+        elif kind == "inf" and name not in m.INFINITY_MEASURES:
+            verdicts.append("Error")  # outside what the check can measure: never a pass
         elif kind in ("nan", "missing") or (gate and name in GATED):
             verdicts.append("Inconclusive")
         elif kind in ("bad", "inf"):
@@ -277,19 +279,18 @@ def roundtrip(status: api.ModelDeploymentStatus) -> api.ModelDeploymentStatus:
 
 def outcome(decision: Decision) -> tuple[Any, ...]:
     """What the operator does with a decision: the status it writes (as JSON), the Events it
-    emits and the annotations it removes."""
+    emits."""
     return (
         decision.status.model_dump(by_alias=True, mode="json"),
         decision.action,
         decision.events,
-        decision.consumed,
     )
 
 
 def decide(
     spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, tick: Tick, now: datetime
 ) -> Decision:
-    commands: frozenset[Command] = frozenset({"pause"}) if tick.paused else frozenset()
+    commands: dict[Command, str] = {"pause": "true"} if tick.paused else {}
     return rollout.decide(
         spec=spec,
         status=status,
@@ -392,17 +393,36 @@ def run(
         if judged and verdict in ("Inconclusive", "Error"):
             assert decision.action == "hold"
             assert new.canary_weight == status.canary_weight or status.current_step is None
-        if held_in_a_row >= rollout.HELD_STREAK_LIMIT:
+        # Stalled only for a real stall: Error analyses HELD_STREAK_LIMIT in a row, or
+        # Inconclusive ones for progressDeadline; a shorter Inconclusive streak is Progressing.
+        analysis_interval = api.parse_duration(spec.analysis.interval)
+        deadline = api.parse_duration(spec.progress_deadline)
+        if judged and verdict == "Error" and held_in_a_row >= rollout.HELD_STREAK_LIMIT:
             assert stalled(new)
+        if judged and verdict == "Inconclusive":
+            if held_in_a_row * analysis_interval >= deadline:
+                assert stalled(new)
+            elif not stalled(status) and new.held_analyses * analysis_interval < deadline:
+                assert not stalled(new)
         if judged and verdict in ("Successful", "Failed"):
             assert not stalled(new)
 
         # A step is left only by a Successful analysis once its interval is over.
         elapsed = None
+        restarted = "StepClockRestarted" in [e.reason for e in decision.events]
         if status.current_step is not None and status.step_started_at is not None:
             elapsed = now - status.step_started_at
             if status.phase == "Paused" and not tick.paused:
                 elapsed = timedelta(0)  # a resumed step earns its whole interval again
+            elif judged:
+                # An analysis after a gap longer than the limit restarts the step clock.
+                last = status.last_analysis.time if status.last_analysis else status.step_started_at
+                gap = (now - max(last, status.step_started_at)).total_seconds()
+                assert restarted == (gap > rollout.analysis_gap_limit(spec))
+                if restarted:
+                    elapsed = timedelta(0)
+        if not (judged and status.current_step is not None):
+            assert not restarted
         moved_on = decision.action in ("promote", "stepUp") and status.current_step is not None
         if moved_on:
             assert judged and verdict == "Successful"
@@ -495,7 +515,9 @@ def passing_rollouts(draw: st.DrawFn) -> tuple[api.ModelDeploymentSpec, list[Tic
         inside = draw(st.lists(st.integers(0, interval // 3), max_size=2))
         sequence += [Tick(gap, passing, stable="old") for gap in inside]
         late = draw(st.sampled_from([0, 0, 1, interval]))
-        sequence.append(Tick(interval - sum(inside) + late, passing, stable="old"))
+        # Never a gap longer than the analysis gap limit: that would restart the step's clock.
+        gap = min(interval - sum(inside) + late, int(rollout.analysis_gap_limit(spec)))
+        sequence.append(Tick(gap, passing, stable="old"))
     sequence.append(Tick(draw(st.integers(0, 10)), None, stable="old"))
     sequence.append(Tick(draw(st.integers(0, 10)), None, stable="new"))
     return spec, sequence

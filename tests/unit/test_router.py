@@ -346,7 +346,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CANARYML_ROUTER_CANARY_WEIGHT", "20")
     monkeypatch.setenv("CANARYML_ROUTER_STICKY_HEADER", "x-user-id")
     monkeypatch.setenv("CANARYML_ROUTER_ADMIN", "true")
+    monkeypatch.setenv("CANARYML_ROUTER_ADMIN_PORT", "9091")
     settings = RouterSettings.model_validate({})
+    assert settings.admin_port == 9091 and settings.admin_host == "127.0.0.1"
     assert settings.model_deployment == "iris"
     assert settings.namespace == "ml"
     assert settings.upstreams == {"stable": "http://a:1", "canary": "http://b:2"}
@@ -376,6 +378,12 @@ def test_settings_from_options_win(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"model_deployment": "m", "upstreams": ["stable=http://x"], "canary_weight": 5},
          "--upstream canary=URL"),
         ({"model_deployment": "m", "follow": True, "admin": True}, "--admin"),
+        ({"model_deployment": "m", "upstreams": ["stable=http://x"], "admin": True},
+         "--admin-port"),
+        ({"model_deployment": "m", "upstreams": ["stable=http://x"], "admin_upstreams": True},
+         "--admin-upstreams needs --admin"),
+        ({"model_deployment": "m", "upstreams": ["stable=http://x"], "port": 9000,
+          "admin_port": 9000}, "must differ"),
         ({"model_deployment": "m", "upstreams": ["stable=http://x"], "canary_weight": 101},
          "less than or equal"),
     ],

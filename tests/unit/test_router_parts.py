@@ -17,9 +17,9 @@ from canaryml_api.telemetry import (
     VERSION_HEADER,
 )
 from canaryml_router.admin import AdminEndpoints
-from canaryml_router.core import RoutingTable
+from canaryml_router.core import RoutingTable, is_prediction
 from canaryml_router.metrics import RouterMetrics
-from canaryml_router.mirror import Mirror, is_prediction
+from canaryml_router.mirror import Mirror
 from canaryml_router.proxy import Proxy, answer_headers, request_headers
 from canaryml_router.routes import Routes, Routing
 from canaryml_router.upstream import UpstreamError, UpstreamPool, UpstreamResponse
@@ -127,6 +127,17 @@ def test_only_post_predictions_are_mirrored() -> None:
     assert is_prediction("POST", "/v2/models/iris/infer")
     assert not is_prediction("GET", "/predict")
     assert not is_prediction("POST", "/v2/models/iris/ready")
+    assert is_prediction("POST", "/v2/models/iris/versions/2/infer")
+    for junk in (
+        "/anything",
+        "/predict/x",
+        "/v2/models//infer",
+        "/v2/models/a/b/infer",
+        "/v2/models/a/versions//infer",
+        "/v2/models/a/other/2/infer",
+        "/infer",
+    ):
+        assert not is_prediction("POST", junk), junk
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -156,7 +167,8 @@ def test_routes_keep_one_pool_per_url_and_close_the_dropped_ones() -> None:
     assert now.shadow is now.pools["shadow"]
     assert canary._closed and not stable._closed
     assert _value(registry, ROUTER_CANARY_WEIGHT) == 0
-    assert _value(registry, SHADOW_COMPARISONS, track="stable", result="agree") == 0
+    agree = {"track": "stable", "version": "unknown", "result": "agree"}
+    assert _value(registry, SHADOW_COMPARISONS, **agree) == 0
     routes.close()
     assert stable._closed
 
@@ -197,7 +209,7 @@ async def test_the_proxy_forwards_to_the_chosen_track_and_counts_it() -> None:
 async def test_the_proxy_answers_502_naming_an_unreachable_track() -> None:
     table = RoutingTable(upstreams={"stable": "http://s"}, versions={"stable": "1.0.0"})
     proxy, registry, _ = _proxy({"stable": FakePool(UpstreamError("refused"))}, table)
-    status, _, body = await _call(proxy.handle, "GET", "/v2/health/ready")
+    status, _, body = await _call(proxy.handle, "POST", "/predict", b"{}")
     assert status == 502
     assert "the stable track is unreachable" in orjson.loads(body)["error"]
     labels = {"track": "stable", "version": "1.0.0", "code": "502", "source": "router"}
@@ -214,7 +226,8 @@ async def test_the_proxy_hands_predictions_to_the_mirror() -> None:
     await _call(proxy.handle, "GET", "/metadata")  # not a prediction: not mirrored
     await mirror.drain(within=1.0)
     assert len(shadow.requests) == 1
-    assert _value(registry, SHADOW_COMPARISONS, track="stable", result="agree") == 1
+    agree = {"track": "stable", "version": "1.1.0", "result": "agree"}
+    assert _value(registry, SHADOW_COMPARISONS, **agree) == 1
 
 
 # --- mirror ----------------------------------------------------------------------------------
@@ -228,10 +241,13 @@ async def test_the_mirror_compares_and_counts_the_shadow() -> None:
     fails = FakePool(UpstreamError("refused"))
     for pool in (differs, fails):
         shadow_pool = cast(UpstreamPool, pool)
-        mirror.send(shadow_pool, table, "stable", b"POST", b"/predict", [], b"{}", PREDICTION)
+        mirror.send(
+            shadow_pool, table, "stable", "1.0", b"POST", b"/predict", [], b"{}", PREDICTION
+        )
     await mirror.drain(within=1.0)
-    assert _value(registry, SHADOW_COMPARISONS, track="stable", result="disagree") == 1
-    assert _value(registry, SHADOW_COMPARISONS, track="stable", result="error") == 1
+    stable = {"track": "stable", "version": "1.0"}
+    assert _value(registry, SHADOW_COMPARISONS, result="disagree", **stable) == 1
+    assert _value(registry, SHADOW_COMPARISONS, result="error", **stable) == 1
     shadow = {"track": "shadow", "source": "router"}
     assert _value(registry, REQUESTS_TOTAL, version="2.0.0", code="200", **shadow) == 1
     assert _value(registry, REQUESTS_TOTAL, version="unknown", code="502", **shadow) == 1
@@ -250,43 +266,51 @@ async def test_the_mirror_skips_beyond_its_bound() -> None:
 
     slow = cast(UpstreamPool, SlowPool(_answer()))
     for _ in range(3):
-        mirror.send(slow, table, "canary", b"POST", b"/predict", [], b"{}", PREDICTION)
-    assert _value(registry, SHADOW_COMPARISONS, track="canary", result="skipped") == 2
+        mirror.send(slow, table, "canary", "1.1", b"POST", b"/predict", [], b"{}", PREDICTION)
+    canary = {"track": "canary", "version": "1.1"}
+    assert _value(registry, SHADOW_COMPARISONS, result="skipped", **canary) == 2
     release.set()
     await mirror.drain(within=1.0)
-    assert _value(registry, SHADOW_COMPARISONS, track="canary", result="agree") == 1
+    assert _value(registry, SHADOW_COMPARISONS, result="agree", **canary) == 1
 
 
 # --- admin endpoints -------------------------------------------------------------------------
 
 
-def _admin(*, admin: bool, source: Any = "static") -> tuple[AdminEndpoints, Routes]:
+def _admin(
+    *, admin: bool, source: Any = "static", admin_upstreams: bool = False
+) -> tuple[AdminEndpoints, Routes]:
     registry, metrics = _metrics()
     routes = Routes(model_deployment=NAME, metrics=metrics)
     endpoints = AdminEndpoints(
-        model_deployment=NAME, routes=routes, registry=registry, source=source, admin=admin
+        model_deployment=NAME,
+        routes=routes,
+        registry=registry,
+        source=source,
+        admin=admin,
+        admin_upstreams=admin_upstreams,
     )
     return endpoints, routes
 
 
 async def test_admin_endpoints_before_and_after_a_table() -> None:
     endpoints, routes = _admin(admin=False, source="follow")
-    assert (await _call(endpoints.handle, "GET", "/router/healthz"))[0] == 200
-    assert (await _call(endpoints.handle, "GET", "/router/readyz"))[0] == 503
-    assert (await _call(endpoints.handle, "GET", "/router/weights"))[0] == 503
+    assert (await _call(endpoints.handle_admin, "GET", "/router/healthz"))[0] == 200
+    assert (await _call(endpoints.handle_admin, "GET", "/router/readyz"))[0] == 503
+    assert (await _call(endpoints.handle_admin, "GET", "/router/weights"))[0] == 503
     routes.set_table(RoutingTable(upstreams={"stable": "http://s"}))
-    assert (await _call(endpoints.handle, "GET", "/router/readyz"))[0] == 200
-    status, _, body = await _call(endpoints.handle, "GET", "/router/weights")
+    assert (await _call(endpoints.handle_admin, "GET", "/router/readyz"))[0] == 200
+    status, _, body = await _call(endpoints.handle_admin, "GET", "/router/weights")
     assert status == 200
     assert orjson.loads(body)["source"] == "follow"
-    status, _, body = await _call(endpoints.handle, "PUT", "/router/weights", b"{}")
+    status, _, body = await _call(endpoints.handle_admin, "PUT", "/router/weights", b"{}")
     assert status == 403 and b"follow the ModelDeployment" in body
-    status, _, body = await _call(endpoints.handle, "GET", "/metrics")
+    status, _, body = await _call(endpoints.handle_admin, "GET", "/metrics")
     assert status == 200 and ROUTER_CANARY_WEIGHT.encode() in body
-    assert (await _call(endpoints.handle, "GET", "/router/nothing"))[0] == 404
-    status, headers, _ = await _call(endpoints.handle, "POST", "/router/healthz")
+    assert (await _call(endpoints.handle_admin, "GET", "/router/nothing"))[0] == 404
+    status, headers, _ = await _call(endpoints.handle_admin, "POST", "/router/healthz")
     assert (status, headers[b"allow"]) == (405, b"GET, HEAD")
-    assert (await _call(endpoints.handle, "HEAD", "/router/weights"))[2] == b""
+    assert (await _call(endpoints.handle_admin, "HEAD", "/router/weights"))[2] == b""
 
 
 @pytest.mark.parametrize(
@@ -299,10 +323,11 @@ async def test_admin_endpoints_before_and_after_a_table() -> None:
     ],
 )
 async def test_admin_put_changes_the_routes(body: dict[str, Any], status: int) -> None:
-    endpoints, routes = _admin(admin=True)
+    endpoints, routes = _admin(admin=True, admin_upstreams=True)
     start = RoutingTable(upstreams={"stable": "http://s", "canary": "http://c0"})
     routes.set_table(start)
-    got, _, answer = await _call(endpoints.handle, "PUT", "/router/weights", orjson.dumps(body))
+    put = orjson.dumps(body)
+    got, _, answer = await _call(endpoints.handle_admin, "PUT", "/router/weights", put)
     assert got == status, answer
     table = routes.table
     assert table is not None

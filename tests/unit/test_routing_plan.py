@@ -107,8 +107,9 @@ def _http_route(case: Case) -> tuple[int, int]:
 def _demo(case: Case) -> tuple[int, int]:
     """What the demo's local cluster is told to give its router: one turn of the rollout loop
     with no live tracks and no analysis, as the demo drives it (nothing in these cases moves
-    the weight: no canary becomes available, nothing is measured)."""
-    spec = api.parse_spec(case.spec)
+    the weight: no canary becomes available, nothing is measured). The cases are about
+    weights, not digests: their models may be unpinned."""
+    spec = api.parse_spec({**case.spec, "allowUnpinnedModels": True})
     cluster = LocalCluster(
         name=OWNER.name,
         spec=spec,

@@ -29,8 +29,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/* repository@digest when image.digest is set (the bytes that were tested), else repository:tag. */}}
 {{- define "canaryml.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Peering (one active replica among several) is on with more than one replica. */}}
@@ -69,6 +74,14 @@ go into a ClusterRole, otherwise into a Role in each watched namespace.
 # The gateway-api router's HTTPRoute.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
+  verbs: [list, create, patch, delete]
+# A PodDisruptionBudget for each Deployment of more than one replica.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, create, patch, delete]
+# Each ModelDeployment's NetworkPolicies (networkPolicy.modelDeployments).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
   verbs: [list, create, patch, delete]
 # Prometheus credentials named by analysis.prometheus.*SecretRef.
 - apiGroups: [""]

@@ -27,6 +27,7 @@ from canaryml_operator.state import DeploymentState, TrackPlan, model_reference
 
 from canaryml_cli.demo import scenarios
 from canaryml_cli.demo.processes import DemoError, LocalProcess, ProcessGroup
+from canaryml_cli.demo.prometheus import free_port
 from canaryml_cli.demo.record import DemoRecord, WeightChange
 
 SERVER_READY = "/v2/health/ready"
@@ -50,6 +51,7 @@ class LocalCluster:
     record: DemoRecord
     tracks: dict[Track, LocalTrack] = field(default_factory=dict)
     router: LocalProcess | None = None
+    router_admin: str = ""  # the router's admin listener (PUT /router/weights), a base URL
     weight: int = 0  # what the router was given
     wanted: tuple[TrackPlan, RoutingPlan] | None = None  # the last plan applied, to converge to
     _client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10.0))
@@ -61,6 +63,8 @@ class LocalCluster:
         if model.sha256:
             args += ["--sha256", model.sha256]
         env = {"CANARYML_LOG_LEVEL": "warning", **scenarios.SERVER_ENV}
+        # As the operator sets it: an unpinned model loads only where the spec allows it.
+        env["CANARYML_REQUIRE_SHA256"] = "false" if self.spec.allow_unpinned_models else "true"
         if track == "canary":
             env.update(self.canary_env)
         suffix = "" if track not in self.tracks else f"-{len(self.group.processes)}"
@@ -81,7 +85,11 @@ class LocalCluster:
         await asyncio.gather(*(t.process.wait_ready(path=SERVER_READY) for t in started.values()))
         # The routing plan before any rollout: the canary gets nothing yet.
         routing = plan_routing(spec, api.ModelDeploymentStatus())
-        args = ["router", "--model-deployment", self.name, "--admin", "--log-level"]
+        # The admin listener takes the weights; --admin-upstreams lets a promotion repoint stable.
+        admin_port = free_port()
+        self.router_admin = f"http://127.0.0.1:{admin_port}"
+        args = ["router", "--model-deployment", self.name, "--admin", "--admin-upstreams"]
+        args += ["--admin-port", str(admin_port), "--log-level"]
         args += ["warning", "--canary-weight", str(routing.canary_weight)]
         args += ["--sticky-header", routing.sticky_header or scenarios.STICKY_HEADER]
         for track, local in started.items():
@@ -159,7 +167,7 @@ class LocalCluster:
 
     async def _put(self, body: Mapping[str, Any]) -> None:
         assert self.router is not None
-        response = await self._client.put(f"{self.router.url}/router/weights", json=dict(body))
+        response = await self._client.put(f"{self.router_admin}/router/weights", json=dict(body))
         if response.status_code != 200:
             raise DemoError(
                 f"the router refused {body}: HTTP {response.status_code} {response.text}"

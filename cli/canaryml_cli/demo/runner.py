@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 import yaml
 from canaryml_api import resource as api
 from canaryml_operator import loop
+from canaryml_operator.children import unpinned_problem
 from canaryml_operator.state import Owner, TrackPlan
 from canaryml_server.artifact import MANIFEST_FILE, sha256_file
 from canaryml_server.storage import local_path, scheme_of
@@ -114,6 +115,9 @@ def load_spec_file(
             if not local.exists():
                 hint = f" ({RELATIVE_PATH_RULE}: {base})" if where in given else ""
                 raise DemoError(f"{path}: {where}.uri {uri!r}: no such folder {local}{hint}")
+    unpinned = unpinned_problem(spec)
+    if unpinned is not None:  # the operator would create no track either
+        raise DemoError(f"{path}: {unpinned}")
     metadata = document.get("metadata") or {}
     return str(metadata.get("name") or "demo"), str(metadata.get("namespace") or "default"), spec
 
