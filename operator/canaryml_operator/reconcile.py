@@ -296,21 +296,17 @@ def with_conflicts(
     kinds = ("Degraded", "Stalled", "Ready", "Reconciling")
     conditions = [c for c in status.conditions if c.type not in kinds]
     conditions += [c for c in previous.conditions if c.type in kinds]
-    for kind in ("Degraded", "Stalled"):
+    conflict: tuple[tuple[str, Literal["True", "False"]], ...] = (
+        ("Degraded", "True"),
+        ("Stalled", "True"),
+        ("Ready", "False"),
+        ("Reconciling", "False"),
+    )
+    for kind, value in conflict:
         conditions = set_condition(
             conditions,
             type=kind,
-            status="True",
-            reason=CHILD_CONFLICT,
-            message=message,
-            generation=generation,
-            now=now,
-        )
-    for kind in ("Ready", "Reconciling"):
-        conditions = set_condition(
-            conditions,
-            type=kind,
-            status="False",
+            status=value,
             reason=CHILD_CONFLICT,
             message=message,
             generation=generation,
