@@ -11,6 +11,7 @@ Deployment controller).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -44,9 +45,9 @@ def rollout_spec(
     **analysis: Any,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "model": {"uri": f"file://{stable}", "version": "1.0.0"},
+        "model": model_ref(stable, "1.0.0"),
         "canary": {
-            "model": {"uri": f"file://{canary}", "version": version_of(canary)},
+            "model": model_ref(canary, version_of(canary)),
             "steps": STEPS,
             "stepInterval": "2s",
         },
@@ -68,8 +69,14 @@ def rollout_spec(
     }
     spec["analysis"]["thresholds"].update(analysis.get("thresholds", {}))
     if shadow is not None:
-        spec["shadow"] = {"model": {"uri": f"file://{shadow}", "version": version_of(shadow)}}
+        spec["shadow"] = {"model": model_ref(shadow, version_of(shadow))}
     return spec
+
+
+def model_ref(folder: Path, version: str) -> dict[str, str]:
+    """A pinned model: the operator creates no track for one without its digest."""
+    digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    return {"uri": f"file://{folder}", "version": version, "sha256": digest}
 
 
 def version_of(folder: Path) -> str:
