@@ -53,6 +53,10 @@ SOURCE_SERVER: Final = "server"
 # "skipped": no comparison was made (too many mirrors in flight).
 COMPARISON_RESULTS: Final = ("agree", "disagree", "error", "skipped")
 
+# CODE_LABEL of a request whose client left before its answer (nginx's "client closed request"):
+# counted so that nothing is lost, never sent, and never the track's error.
+CLIENT_CLOSED: Final = 499
+
 # Histogram buckets of REQUEST_DURATION, in seconds, the same for every exporter so that one
 # histogram_quantile reads them all. Fine at the low end: a compiled model answers in well
 # under a millisecond.

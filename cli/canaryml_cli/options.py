@@ -28,6 +28,17 @@ from pydantic_settings import BaseSettings
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
+def _own_fields_first(settings_class: type[BaseSettings]) -> list[str]:
+    """Every field, in declaration order, the most derived class's first: a program's own
+    options lead its help, the shared ones (connection limits, even where narrowed) follow."""
+    depth = {  # the deepest class that declares the field
+        name: index
+        for index, cls in enumerate(settings_class.__mro__)
+        for name in getattr(cls, "__annotations__", {})
+    }
+    return sorted(settings_class.model_fields, key=lambda name: depth.get(name, 0))
+
+
 def settings_command(
     settings_class: type[SettingsT],
     run: Callable[[SettingsT], None],
@@ -39,12 +50,13 @@ def settings_command(
     """A typer command that builds `settings_class` from its options and calls `run` with it.
 
     fields: the fields offered on the command line, in the order of the help (default: every
-    field, in declaration order); the others are read from the environment only.
+    field, the class's own first, then those of its bases); the others are read from the
+    environment only.
     names: a parameter name where it is not the field's (`upstreams` as `--upstream`).
     argument: the field given as the positional argument instead of an option.
     The command's help is `run`'s docstring.
     """
-    chosen = list(settings_class.model_fields) if fields is None else list(fields)
+    chosen = _own_fields_first(settings_class) if fields is None else list(fields)
     renamed = names or {}
     field_of = {renamed.get(field, field): field for field in chosen}
     parameters = [

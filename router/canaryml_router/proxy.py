@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from canaryml_api.telemetry import TRACK_HEADER, VERSION_HEADER
+from canaryml_api.telemetry import CLIENT_CLOSED, TRACK_HEADER, VERSION_HEADER
 
 from canaryml_router.asgi import (
     MAX_BODY_BYTES,
@@ -42,7 +42,6 @@ from canaryml_router.upstream import Headers, UpstreamError, UpstreamPool, Upstr
 log = logging.getLogger("canaryml.router")
 
 _VERSION_HEADER = VERSION_HEADER.encode("latin-1")
-CLIENT_CLOSED = 499  # nginx's status for a client gone before its answer; never sent
 _TRACK_HEADER = TRACK_HEADER.encode("latin-1")
 # Meaningful for one connection only (RFC 9110 7.6.1), or set by the server that answers.
 _HOP_BY_HOP = frozenset(

@@ -13,9 +13,10 @@ from typing import Annotated, Literal
 from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
 from canaryml_api.telemetry import VERSION_HEADER
 from canaryml_api.tracks import ROUTER_PORT, TRACKS
-from canaryml_httpd.limits import DEFAULT_LIMITS, ConnectionLimits
+from canaryml_httpd.limits import DEFAULT_LIMITS
+from canaryml_httpd.settings import ConnectionSettings
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from canaryml_router.asgi import MAX_BODY_BYTES
 from canaryml_router.core import RoutingTable
@@ -43,7 +44,7 @@ def parse_track_pairs(value: object, *, what: str) -> object:
     return pairs
 
 
-class RouterSettings(BaseSettings):
+class RouterSettings(ConnectionSettings):
     model_config = SettingsConfigDict(
         env_prefix="CANARYML_ROUTER_", extra="ignore", populate_by_name=True
     )
@@ -148,40 +149,12 @@ class RouterSettings(BaseSettings):
         description="Largest upstream answer head (status line and headers); larger is a 502.",
     )
 
-    # --- client connection limits: the model server's defaults (docs/serving.md) -----------
+    # --- client connection limits (ConnectionSettings, docs/serving.md): the router narrows two
     max_body_bytes: int = Field(
         default=DEFAULT_LIMITS.max_body_bytes,
         ge=1024,
         le=MAX_BODY_BYTES,
         description="Larger request bodies get 413.",
-    )
-    body_budget_bytes: int = Field(
-        default=DEFAULT_LIMITS.body_budget_bytes,
-        ge=1024,
-        description="Request bodies in flight at most; a request over it gets 503.",
-    )
-    max_header_bytes: int = Field(
-        default=DEFAULT_LIMITS.max_header_bytes,
-        ge=1024,
-        description="A larger request head gets 431.",
-    )
-    max_headers: int = Field(
-        default=DEFAULT_LIMITS.max_headers, ge=1, description="More header fields get 431."
-    )
-    header_timeout: float = Field(
-        default=DEFAULT_LIMITS.header_timeout,
-        gt=0,
-        allow_inf_nan=False,
-        description="Seconds to send a request head, then 408.",
-    )
-    body_timeout: float = Field(
-        default=DEFAULT_LIMITS.body_timeout,
-        gt=0,
-        allow_inf_nan=False,
-        description="Seconds without a byte of an incomplete request body, then 408.",
-    )
-    keep_alive_timeout: int = Field(
-        default=5, ge=1, description="Seconds an idle client connection is kept open."
     )
     max_concurrency: int = Field(
         default=2000,
@@ -242,22 +215,6 @@ class RouterSettings(BaseSettings):
         if self.admin_port is not None and self.admin_port == self.port != 0:
             raise ValueError("--admin-port must differ from --port")
         return self
-
-    @model_validator(mode="after")
-    def _budget_holds_a_body(self) -> RouterSettings:
-        if self.body_budget_bytes < self.max_body_bytes:
-            raise ValueError("--body-budget-bytes must be at least --max-body-bytes")
-        return self
-
-    def connection_limits(self) -> ConnectionLimits:
-        return ConnectionLimits(
-            max_header_bytes=self.max_header_bytes,
-            max_headers=self.max_headers,
-            header_timeout=self.header_timeout,
-            body_timeout=self.body_timeout,
-            max_body_bytes=self.max_body_bytes,
-            body_budget_bytes=self.body_budget_bytes,
-        )
 
     def static_table(self) -> RoutingTable:
         """The table of the static mode."""

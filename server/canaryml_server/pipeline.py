@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from canaryml_api.telemetry import VERSION_HEADER
+from canaryml_api.telemetry import CLIENT_CLOSED, VERSION_HEADER
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -32,9 +32,6 @@ from canaryml_server.schema import InvalidInput, Problem
 log = logging.getLogger("canaryml.server")
 
 JSON = "application/json"
-# nginx's "client closed request": the client left before its answer. Counted, never sent, and
-# not a 5xx: the client's doing, not the model's.
-CLIENT_CLOSED = 499
 
 Handler = Callable[[Request, Any], Response]
 """Answers a prediction request from its parsed JSON body (the request for its query)."""

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from canaryml_api.tracks import SERVER_PORT, Track
-from canaryml_httpd.limits import DEFAULT_LIMITS, ConnectionLimits
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from canaryml_httpd.settings import ConnectionSettings
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(ConnectionSettings):
+    """The connection limits (ConnectionSettings) and the model server's own options."""
+
     model_config = SettingsConfigDict(
         env_prefix="CANARYML_", extra="ignore", protected_namespaces=()
     )
@@ -65,42 +67,6 @@ class ServerSettings(BaseSettings):
     unknown_categories: Literal["reject", "allow"] = Field(
         default="reject", description="reject or allow categories unseen in the reference."
     )
-    max_body_bytes: int = Field(
-        default=DEFAULT_LIMITS.max_body_bytes, ge=1024, description="Larger request bodies get 413."
-    )
-    body_budget_bytes: int = Field(
-        default=DEFAULT_LIMITS.body_budget_bytes,
-        ge=1024,
-        description="Request bodies in flight at most; a request over it gets 503.",
-    )
-    max_header_bytes: int = Field(
-        default=DEFAULT_LIMITS.max_header_bytes,
-        ge=1024,
-        description="A larger request head gets 431.",
-    )
-    max_headers: int = Field(
-        default=DEFAULT_LIMITS.max_headers, ge=1, description="More header fields get 431."
-    )
-    header_timeout: float = Field(
-        default=DEFAULT_LIMITS.header_timeout,
-        gt=0,
-        allow_inf_nan=False,
-        description="Seconds to send a request head, then 408.",
-    )
-    body_timeout: float = Field(
-        default=DEFAULT_LIMITS.body_timeout,
-        gt=0,
-        allow_inf_nan=False,
-        description="Seconds without a byte of an incomplete request body, then 408.",
-    )
-    keep_alive_timeout: int = Field(
-        default=5, ge=1, description="Seconds an idle connection is kept open."
-    )
-    max_concurrency: int = Field(
-        default=1000,
-        ge=1,
-        description="Connections or requests at once at most; requests beyond get 503.",
-    )
     max_batch_rows: int = Field(default=10_000, ge=1, description="Larger batches get 413.")
     model_cache_dir: Path | None = Field(
         default=None,
@@ -148,19 +114,3 @@ class ServerSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    @model_validator(mode="after")
-    def _budget_holds_a_body(self) -> ServerSettings:
-        if self.body_budget_bytes < self.max_body_bytes:
-            raise ValueError("body_budget_bytes must be at least max_body_bytes")
-        return self
-
-    def connection_limits(self) -> ConnectionLimits:
-        return ConnectionLimits(
-            max_header_bytes=self.max_header_bytes,
-            max_headers=self.max_headers,
-            header_timeout=self.header_timeout,
-            body_timeout=self.body_timeout,
-            max_body_bytes=self.max_body_bytes,
-            body_budget_bytes=self.body_budget_bytes,
-        )

@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from canaryml_api.telemetry import CLIENT_CLOSED
 from canaryml_router.app import RouterApp, create_router_app
 from canaryml_router.core import RoutingTable
-from canaryml_router.proxy import CLIENT_CLOSED, Proxy
+from canaryml_router.proxy import Proxy
 from canaryml_router.upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -46,17 +46,17 @@ OWNED_LABEL = "canaryml.dev/e2e"
 STABLE_MODEL: dict[str, Any] = {
     "uri": "http://model-store/stable",
     "version": "1.0.0",
-    "sha256": "2fff9f41bc07d0310005ffc18c49178d0faaf520cddfa8abddbe28e8b58b5187",
+    "sha256": "ed226338871492e8e66221b80f8c67c5064b269597d8e9a72607cab98d227da6",
 }
 CANARY_MODEL: dict[str, Any] = {
     "uri": "http://model-store/canary",
     "version": "1.1.0",
-    "sha256": "2f5fc03d34ba47003a5b3fe95c0fbaaa4c21e2a8052a447b2c9b9fc3bfa32262",
+    "sha256": "bcf79138e429ef64406572a117e3a15df0738f12788d1b746ba6fa6da5553bda",
 }
 BAD_MODEL: dict[str, Any] = {
     "uri": "http://model-store/bad",
     "version": "1.2.0",
-    "sha256": "a69b3b7a0b9883e5e266f23f84e2b0d32bd68909364e961554c624f28010676f",
+    "sha256": "646e3adcd291cf97cac00081e7129e983284e8fca1447b60135128e4cc992f18",
 }
 STEPS = [20, 50]
 STEP_INTERVAL = "20s"

@@ -16,6 +16,7 @@ from canaryml_cli.options import (
     settings_command,
     shown_default,
 )
+from canaryml_httpd.settings import ConnectionSettings
 from canaryml_router.settings import RouterSettings
 from canaryml_server.settings import ServerSettings
 from pydantic_settings import BaseSettings
@@ -198,3 +199,26 @@ def test_environment_names_follow_pydantic_settings() -> None:
         "CANARYML_ROUTER_MODEL_DEPLOYMENT",
         "CANARYML_MODEL_DEPLOYMENT",
     ]
+
+
+def test_connection_limits_are_declared_once_and_follow_the_programs_own_options() -> None:
+    shared = list(ConnectionSettings.model_fields)
+    for command, settings in SETTINGS.items():
+        assert issubclass(settings, ConnectionSettings)
+        if command == "router":  # every router field is a flag: the shared ones come last
+            flags = [_field(command, p) for p in _params(command) if p.name != "help"]
+            assert flags[-len(shared) :] == shared
+    # The router narrows two fields and keeps the others as declared.
+    assert ServerSettings.model_fields["max_concurrency"].default == 1000
+    assert RouterSettings.model_fields["max_concurrency"].default == 2000
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        RouterSettings(model_deployment="m", upstreams={"stable": "http://a"}, max_body_bytes=2**40)
+    for settings in (ServerSettings, RouterSettings):
+        with pytest.raises(ValueError, match="at least max_body_bytes"):
+            settings(
+                model_uri="m",
+                model_deployment="m",
+                upstreams={"stable": "http://a"},
+                max_body_bytes=4096,
+                body_budget_bytes=2048,
+            )

@@ -7,7 +7,10 @@ the packaged model's would be refused by the model server.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import yaml
 from canaryml_api import resource as api
 from canaryml_operator.children import unpinned_problem
 from canaryml_server.artifact import MANIFEST_FILE, sha256_file
+from canaryml_server.runtime import difference_bound
 
 from tests.e2e import steps
 
@@ -71,3 +75,37 @@ def test_the_pinned_digests_are_the_example_models(example_models: dict[str, Pat
     assert len(in_readme) == 5
     for role, rest in in_readme:
         assert rest == f', "sha256": "{digests[role]}"', role
+
+
+def test_packaging_gives_the_same_digests_with_other_cpu_kernels(
+    example_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The pinned digests hold on another CPU: here OpenBLAS and numpy are made to pick the
+    kernels of an older CPU (no AVX-512), which changed the LogisticRegression's last bits and
+    the stable model's digest before the parameters were settled and the ONNX difference
+    recorded as a bound."""
+    environment = {
+        **os.environ,
+        "OPENBLAS_CORETYPE": "Sandybridge",
+        "NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL "
+        "AVX512_ICL AVX512_SPR",
+    }
+    script = (
+        "import pathlib, sys; from canaryml_cli.demo.example_models import train; "
+        "train(pathlib.Path(sys.argv[1]), echo=False)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=environment, check=True, timeout=300
+    )
+    for role in ("stable", "canary", "bad"):
+        here = sha256_file(example_models[role] / MANIFEST_FILE)
+        assert sha256_file(tmp_path / role / MANIFEST_FILE) == here, role
+
+
+@pytest.mark.parametrize(
+    ("difference", "bound"), [(0.0, 0.0), (2.03e-7, 1e-6), (1e-6, 1e-6), (1.1e-6, 1e-5)]
+)
+def test_the_manifest_records_the_onnx_difference_as_a_power_of_ten(
+    difference: float, bound: float
+) -> None:
+    assert difference_bound(difference) == pytest.approx(bound, rel=1e-12)

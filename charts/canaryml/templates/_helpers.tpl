@@ -50,7 +50,7 @@ go into a ClusterRole, otherwise into a Role in each watched namespace.
 */}}
 {{- define "canaryml.rules" -}}
 # The ModelDeployments: watched by kopf, read fresh before each reconcile, annotated (kopf's
-# progress, consumed commands), and their status written.
+# progress), and their status written (handled commands included).
 - apiGroups: [canaryml.dev]
   resources: [modeldeployments]
   verbs: [get, list, watch, patch]

@@ -59,6 +59,7 @@ def train(out: Path, *, echo: bool = True) -> dict[str, Path]:
     folders = {}
     for role, (version, model) in models.items():
         model.fit(x_train, shuffled if role == "bad" else y_train)
+        _settle(model)
         accuracy = float((model.predict(x_test) == y_test).mean())
         joblib.dump(model, out / f"{role}.joblib")
         result = package_model(
@@ -77,6 +78,22 @@ def train(out: Path, *, echo: bool = True) -> dict[str, Path]:
             )
         folders[role] = result.path
     return folders
+
+
+def _settle(model: object) -> None:
+    """Round the fitted float parameters to 9 significant digits, so that the packaged model
+    (and the sha256 the examples pin) is the same on every machine: BLAS and numpy pick
+    CPU-specific kernels, and a LogisticRegression fitted on an AVX-512 machine differs from
+    one fitted on an AVX2 machine in the last bits. Trees split at data midpoints: unchanged."""
+    steps = [step for _, step in getattr(model, "steps", [])] or [model]
+    for step in steps:
+        for name, value in vars(step).items():
+            if name.endswith("_") and isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                setattr(
+                    step,
+                    name,
+                    np.array([float(f"{v:.9g}") for v in value.flat]).reshape(value.shape),
+                )
 
 
 def _stamp() -> dict[str, str]:
