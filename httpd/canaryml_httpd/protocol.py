@@ -6,7 +6,7 @@ stalls the event loop) nor times out a slow head or body. h11 bounds heads
 (`h11_max_incomplete_event_size`) but parses in Python, several times the per-request cost on
 the router's hot path, and has no body timeout either.
 
-The hot path stays cheap: one counter compare per `data_received`, one dict of the headers
+The hot path stays cheap: one counter compare per `data_received`, one pass over the headers
 when a head completes, and no timer for a request that arrives in one read (most do). A
 refusal writes its answer itself (an application already running sees the client gone),
 drops the rest of the input, and closes after a linger.
@@ -118,18 +118,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         limits, budget = self.limits, self.budget
+        headers = self.headers
         size = self._head_bytes
         if size > limits.max_header_bytes:  # the read held more than this head: measure it
-            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in headers)
         self._head_bytes = 0
-        fields = dict(self.headers)  # in C: cheaper than a Python loop over the headers
-        declared = fields.get(b"content-length")
-        length = int(declared) if declared is not None else None  # llhttp checked the digits
-        # llhttp refuses a transfer-encoding that does not end in chunked.
-        chunked = b"transfer-encoding" in fields
+        length: int | None = None
+        chunked = False  # llhttp refuses a transfer-encoding that does not end in chunked
+        for name, value in headers:  # measured: cheaper than dict(headers) for a few fields
+            if name == b"content-length":
+                length = int(value)  # llhttp checked the digits and refuses a second length
+            elif name == b"transfer-encoding":
+                chunked = True
         if (  # the common case without a call: within every limit
             size <= limits.max_header_bytes
-            and len(self.headers) <= limits.max_headers
+            and len(headers) <= limits.max_headers
             and not chunked
             and (length is None or length <= min(limits.max_body_bytes, budget.limit - budget.used))
         ):

@@ -26,7 +26,14 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
-from canaryml_router.admin import RAW_PREFIX, RAW_PUBLIC_PATHS, AdminEndpoints, raw_path
+from canaryml_router.admin import (
+    PREFIX,
+    PUBLIC_PATHS,
+    RAW_PREFIX,
+    RAW_PUBLIC_PATHS,
+    AdminEndpoints,
+    raw_path,
+)
 from canaryml_router.asgi import Receive, Scope, Send
 from canaryml_router.core import RoutingTable, WeightSource
 from canaryml_router.metrics import RouterMetrics
@@ -150,9 +157,13 @@ class RouterApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            # On the raw path: `/router%2fweights` is the upstream's, never the router's own.
-            path = raw_path(scope)
-            if path in RAW_PUBLIC_PATHS or path.startswith(RAW_PREFIX):
+            # Decided on the raw path (`/router%2fweights` is the upstream's, never the router's
+            # own); a decoded path outside the router's cannot be inside it raw, so a prediction
+            # skips the raw check.
+            path: str = scope["path"]
+            if (path in PUBLIC_PATHS or path.startswith(PREFIX)) and (
+                (raw := raw_path(scope)) in RAW_PUBLIC_PATHS or raw.startswith(RAW_PREFIX)
+            ):
                 await self._handle_own(scope, receive, send)
             else:
                 await self._handle_proxied(scope, receive, send)
