@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -56,6 +56,18 @@ def route(settings: RouterSettings) -> None:
     )
 
 
+def _upstream_options(settings: RouterSettings) -> dict[str, Any]:
+    """How the router talks to its upstreams, the same in both modes."""
+    return {
+        "upstream_timeout": settings.upstream_timeout,
+        "shadow_timeout": settings.shadow_timeout,
+        "max_mirrors": settings.max_mirrors,
+        "max_connections": settings.max_upstream_connections,
+        "max_answer_bytes": settings.max_upstream_answer_bytes,
+        "max_head_bytes": settings.max_upstream_head_bytes,
+    }
+
+
 def _following(settings: RouterSettings) -> tuple[RouterApp, str]:
     """The router whose weights follow the ModelDeployment, and how to say so."""
     from canaryml_router.app import create_router_app
@@ -69,12 +81,7 @@ def _following(settings: RouterSettings) -> tuple[RouterApp, str]:
     app = create_router_app(
         model_deployment=settings.model_deployment,
         weight_source=follower.run,
-        upstream_timeout=settings.upstream_timeout,
-        shadow_timeout=settings.shadow_timeout,
-        max_mirrors=settings.max_mirrors,
-        max_connections=settings.max_upstream_connections,
-        max_answer_bytes=settings.max_upstream_answer_bytes,
-        max_head_bytes=settings.max_upstream_head_bytes,
+        **_upstream_options(settings),
     )
     return app, f"following {follower.namespace}/{follower.name}"
 
@@ -93,12 +100,7 @@ def _static(settings: RouterSettings) -> tuple[RouterApp, str]:
         table=table,
         admin=settings.admin,
         admin_upstreams=settings.admin_upstreams,
-        upstream_timeout=settings.upstream_timeout,
-        shadow_timeout=settings.shadow_timeout,
-        max_mirrors=settings.max_mirrors,
-        max_connections=settings.max_upstream_connections,
-        max_answer_bytes=settings.max_upstream_answer_bytes,
-        max_head_bytes=settings.max_upstream_head_bytes,
+        **_upstream_options(settings),
     )
     what = f"canary {table.canary_weight}%, shadow {table.shadow_percent}%"
     return app, what + (", admin" if settings.admin else "")
