@@ -40,7 +40,12 @@ from canaryml_router.metrics import RouterMetrics
 from canaryml_router.mirror import Mirror
 from canaryml_router.proxy import Proxy
 from canaryml_router.routes import Routes
-from canaryml_router.upstream import MAX_ANSWER_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES
+from canaryml_router.upstream import (
+    ANSWER_BUDGET_BYTES,
+    MAX_ANSWER_BYTES,
+    MAX_CONNECTIONS,
+    MAX_HEAD_BYTES,
+)
 
 log = logging.getLogger("canaryml.router")
 
@@ -63,6 +68,7 @@ class RouterApp:
         max_connections: int = MAX_CONNECTIONS,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        answer_budget_bytes: int = ANSWER_BUDGET_BYTES,
     ) -> None:
         if admin and weight_source is not None:
             raise ValueError("PUT /router/weights would fight the weight source: not both")
@@ -75,6 +81,7 @@ class RouterApp:
             max_connections=max_connections,
             max_answer_bytes=max_answer_bytes,
             max_head_bytes=max_head_bytes,
+            answer_budget_bytes=answer_budget_bytes,
         )
         self.mirror = Mirror(
             model_deployment=model_deployment,
@@ -195,6 +202,7 @@ def create_router_app(
     max_connections: int = MAX_CONNECTIONS,
     max_answer_bytes: int = MAX_ANSWER_BYTES,
     max_head_bytes: int = MAX_HEAD_BYTES,
+    answer_budget_bytes: int = ANSWER_BUDGET_BYTES,
 ) -> RouterApp:
     """The router for one ModelDeployment.
 
@@ -212,6 +220,8 @@ def create_router_app(
         raise ValueError("max_mirrors must be zero or more")
     if admin_upstreams and not admin:
         raise ValueError("admin_upstreams is a kind of admin: give admin too")
+    if answer_budget_bytes < max_answer_bytes:
+        raise ValueError("the answer budget must hold at least one answer of the largest size")
     return RouterApp(
         model_deployment=model_deployment,
         table=table,
@@ -224,4 +234,5 @@ def create_router_app(
         max_connections=max_connections,
         max_answer_bytes=max_answer_bytes,
         max_head_bytes=max_head_bytes,
+        answer_budget_bytes=answer_budget_bytes,
     )

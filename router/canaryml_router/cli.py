@@ -65,6 +65,7 @@ def _upstream_options(settings: RouterSettings) -> dict[str, Any]:
         "max_connections": settings.max_upstream_connections,
         "max_answer_bytes": settings.max_upstream_answer_bytes,
         "max_head_bytes": settings.max_upstream_head_bytes,
+        "answer_budget_bytes": settings.upstream_answer_budget_bytes,
     }
 
 

@@ -6,7 +6,9 @@ and latency), the comparisons by the live track and version they were compared w
 previous canary's comparisons never count in the next canary's window). A shadow's answer is
 capped like any upstream's (`UpstreamPool.max_answer_bytes`): beyond it the mirror is an error.
 At most `max_mirrors` mirrors are in flight; beyond that a mirror is skipped and counted as
-such, so a slow shadow can never pile up memory or connections in the router.
+such, so a slow shadow can never pile up memory or connections in the router. A mirror holds
+the live answer until its comparison is done, then releases it and the shadow's answer to the
+router's answer budget (`upstream.AnswerBudget`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from canaryml_router.core import RoutingTable, compare_answers
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.upstream import (
     Headers,
+    UpstreamBusyError,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
@@ -42,7 +45,7 @@ class _Mirrored(NamedTuple):
     target: bytes
     headers: Headers
     body: bytes
-    live: bytes
+    live: UpstreamResponse
 
 
 _VERSION_HEADER = VERSION_HEADER.encode("latin-1")
@@ -75,18 +78,26 @@ class Mirror:
         target: bytes,
         headers: Headers,
         body: bytes,
-        live: bytes,
-    ) -> None:
-        """Mirror one request whose `track` (at `version`) answered `live`; returns at once."""
+        live: UpstreamResponse,
+    ) -> bool:
+        """Mirror one request whose `track` (at `version`) answered `live`; returns at once,
+        True when the mirror took `live` over (it releases it), False when skipped."""
         if len(self._in_flight) >= self._max_mirrors:
             self._metrics.observe_comparison(track=track, version=version, result="skipped")
-            return
+            return False
         request = _Mirrored(shadow, table, track, version, method, target, headers, body, live)
         task = asyncio.get_running_loop().create_task(self._call(request))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+        return True
 
     async def _call(self, request: _Mirrored) -> None:
+        try:
+            await self._compare(request)
+        finally:  # done or cancelled (drain), the live answer goes back to the budget
+            request.live.release()
+
+    async def _compare(self, request: _Mirrored) -> None:
         shadow, table, track, live_version, method, target, headers, body, live = request
         start = time.perf_counter()
         response: UpstreamResponse | None = None
@@ -99,6 +110,9 @@ class Mirror:
                 within=self._shadow_timeout,
             )
             code = response.status
+        except UpstreamBusyError:  # the router's own load: like too many mirrors in flight
+            self._metrics.observe_comparison(track=track, version=live_version, result="skipped")
+            return
         except UpstreamTimeoutError:
             code = 504
         except UpstreamError as error:
@@ -107,24 +121,28 @@ class Mirror:
         except Exception:
             log.exception("mirroring to the shadow failed")
             code = 502
-        version: str | None = None
-        if response is not None:
-            for name, value in response.headers:
-                if name == _VERSION_HEADER:
-                    version = value.decode("latin-1")
-        self._metrics.observe_request(
-            track="shadow",
-            version=version or table.version("shadow"),
-            code=code,
-            seconds=time.perf_counter() - start,
-        )
-        if response is None or not 200 <= code < 300:
-            result = "error"
-        else:
-            result = compare_answers(
-                live=live, shadow=response.body, tolerance=table.probability_tolerance
+        try:
+            version: str | None = None
+            if response is not None:
+                for name, value in response.headers:
+                    if name == _VERSION_HEADER:
+                        version = value.decode("latin-1")
+            self._metrics.observe_request(
+                track="shadow",
+                version=version or table.version("shadow"),
+                code=code,
+                seconds=time.perf_counter() - start,
             )
-        self._metrics.observe_comparison(track=track, version=live_version, result=result)
+            if response is None or not 200 <= code < 300:
+                result = "error"
+            else:
+                result = compare_answers(
+                    live=live.body, shadow=response.body, tolerance=table.probability_tolerance
+                )
+            self._metrics.observe_comparison(track=track, version=live_version, result=result)
+        finally:
+            if response is not None:
+                response.release()
 
     async def drain(self, *, within: float = 1.0) -> None:
         """Let the mirrors in flight finish for up to `within` seconds, then cancel the rest."""

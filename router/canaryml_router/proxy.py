@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from canaryml_api.telemetry import CLIENT_CLOSED, TRACK_HEADER, VERSION_HEADER
 
@@ -37,7 +37,14 @@ from canaryml_router.core import choose_track, is_prediction, should_mirror
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.mirror import Mirror
 from canaryml_router.routes import Routes
-from canaryml_router.upstream import Headers, UpstreamError, UpstreamPool, UpstreamTimeoutError
+from canaryml_router.upstream import (
+    Headers,
+    UpstreamBusyError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+)
 
 log = logging.getLogger("canaryml.router")
 
@@ -163,28 +170,34 @@ class Proxy:
         if scope["query_string"]:
             # ASGI's raw_path has no query; some servers (httpx's test transport) include it.
             target = target.partition(b"?")[0] + b"?" + scope["query_string"]
-        status, headers_out, answer, version = await self._forward(
+        status, headers_out, answer, version, response, busy = await self._forward(
             routing.pools[track], track, method.encode(), target, headers, body
         )
-        await respond(send, status, headers_out, answer)
-        if not counted:
-            return
-        if client_gone(receive):
-            status = CLIENT_CLOSED
-        version = version or table.version(track)
-        self._metrics.observe_request(
-            track=track, version=version, code=status, seconds=time.perf_counter() - start
-        )
-        # After the client has its answer: the mirror never delays or changes it.
-        shadow = routing.shadow
-        if (
-            shadow is not None
-            and 200 <= status < 300
-            and should_mirror(percent=table.shadow_percent, draw=self._random())
-        ):
-            self._mirror.send(
-                shadow, table, track, version, method.encode(), target, headers, body, answer
+        mirrored = False
+        try:
+            await respond(send, status, headers_out, answer)
+            if not counted or busy:  # the router's load says nothing about the track
+                return
+            if client_gone(receive):
+                status = CLIENT_CLOSED
+            version = version or table.version(track)
+            self._metrics.observe_request(
+                track=track, version=version, code=status, seconds=time.perf_counter() - start
             )
+            # After the client has its answer: the mirror never delays or changes it.
+            shadow = routing.shadow
+            if (
+                shadow is not None
+                and response is not None
+                and 200 <= status < 300
+                and should_mirror(percent=table.shadow_percent, draw=self._random())
+            ):
+                mirrored = self._mirror.send(
+                    shadow, table, track, version, method.encode(), target, headers, body, response
+                )
+        finally:
+            if response is not None and not mirrored:  # else the mirror releases it
+                response.release()
 
     async def _forward(
         self,
@@ -194,8 +207,9 @@ class Proxy:
         target: bytes,
         headers: Headers,
         body: bytes,
-    ) -> tuple[int, Headers, bytes, str | None]:
-        """The upstream's answer, or a 502/504 saying which track failed; never raises."""
+    ) -> _Forwarded:
+        """The upstream's answer, or a 502/504 saying which track failed, or a 503 when the
+        router holds its budget of answers already; never raises."""
         try:
             response = await pool.request(
                 method=method,
@@ -206,20 +220,37 @@ class Proxy:
             )
         except UpstreamTimeoutError:
             message = f"the {track} track did not answer within {self._upstream_timeout:g} s"
-            return (*json_answer(504, {"error": message}), None)
+            return _Forwarded(*json_answer(504, {"error": message}))
+        except UpstreamBusyError as error:
+            log.warning("an answer of the %s track was refused: %s", track, error)
+            status, head, text = json_answer(503, {"error": str(error)})
+            return _Forwarded(status, [*head, (b"retry-after", b"1")], text, busy=True)
         except UpstreamError as error:
             log.warning("the %s track (%s) is unreachable: %s", track, pool.url, error)
-            return (
-                *json_answer(502, {"error": f"the {track} track is unreachable: {error}"}),
-                None,
+            return _Forwarded(
+                *json_answer(502, {"error": f"the {track} track is unreachable: {error}"})
             )
         except Exception:
             log.exception("forwarding to the %s track failed", track)
-            return (*json_answer(502, {"error": f"forwarding to the {track} track failed"}), None)
+            return _Forwarded(
+                *json_answer(502, {"error": f"forwarding to the {track} track failed"})
+            )
         headers_out, version = answer_headers(response.headers, track.encode())
-        return (
+        return _Forwarded(
             response.status,
             headers_out,
             response.body,
             version.decode("latin-1") if version else None,
+            response,
         )
+
+
+class _Forwarded(NamedTuple):
+    """What the client is answered, and the track's own answer behind it if there was one."""
+
+    status: int
+    headers: Headers
+    body: bytes
+    version: str | None = None
+    response: UpstreamResponse | None = None  # released once sent on (or by the mirror)
+    busy: bool = False  # refused by the router's answer budget: not the track's doing

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from canaryml_router.core import RoutingTable
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.upstream import (
+    ANSWER_BUDGET_BYTES,
     MAX_ANSWER_BYTES,
     MAX_CONNECTIONS,
     MAX_HEAD_BYTES,
+    AnswerBudget,
     UpstreamPool,
 )
 
@@ -44,13 +46,14 @@ class Routes:
         max_connections: int = MAX_CONNECTIONS,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        answer_budget_bytes: int = ANSWER_BUDGET_BYTES,
     ) -> None:
         self.model_deployment = model_deployment
-        self._limits = {
-            "max_connections": max_connections,
-            "max_answer_bytes": max_answer_bytes,
-            "max_head_bytes": max_head_bytes,
-        }
+        # One budget for every pool, the shadow's included: it bounds the router, not a track.
+        self.answer_budget = AnswerBudget(answer_budget_bytes)
+        self._max_connections = max_connections
+        self._max_answer_bytes = max_answer_bytes
+        self._max_head_bytes = max_head_bytes
         self.current: Routing | None = None
         self._metrics = metrics
         self._pools: dict[str, UpstreamPool] = {}
@@ -88,7 +91,13 @@ class Routes:
     def _pool(self, url: str) -> UpstreamPool:
         pool = self._pools.get(url)
         if pool is None:
-            pool = self._pools[url] = UpstreamPool(url, **self._limits)
+            pool = self._pools[url] = UpstreamPool(
+                url,
+                max_connections=self._max_connections,
+                max_answer_bytes=self._max_answer_bytes,
+                max_head_bytes=self._max_head_bytes,
+                answer_budget=self.answer_budget,
+            )
         return pool
 
     def close(self) -> None:

@@ -20,7 +20,13 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from canaryml_router.asgi import MAX_BODY_BYTES
 from canaryml_router.core import RoutingTable
-from canaryml_router.upstream import MAX_ANSWER_BYTES, MAX_CONNECTIONS, MAX_HEAD_BYTES, url_problem
+from canaryml_router.upstream import (
+    ANSWER_BUDGET_BYTES,
+    MAX_ANSWER_BYTES,
+    MAX_CONNECTIONS,
+    MAX_HEAD_BYTES,
+    url_problem,
+)
 
 _HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
@@ -143,6 +149,12 @@ class RouterSettings(ConnectionSettings):
         ge=1,
         description="Largest upstream or shadow answer body; larger is a 502.",
     )
+    upstream_answer_budget_bytes: int = Field(
+        default=ANSWER_BUDGET_BYTES,
+        ge=1024,
+        description="Upstream and shadow answer bytes held at once, all upstreams together; "
+        "an answer beyond it gets 503.",
+    )
     max_upstream_head_bytes: int = Field(
         default=MAX_HEAD_BYTES,
         ge=1,
@@ -214,6 +226,14 @@ class RouterSettings(ConnectionSettings):
             raise ValueError("--admin-upstreams needs --admin (static weights)")
         if self.admin_port is not None and self.admin_port == self.port != 0:
             raise ValueError("--admin-port must differ from --port")
+        return self
+
+    @model_validator(mode="after")
+    def _answer_budget_holds_an_answer(self) -> RouterSettings:
+        if self.upstream_answer_budget_bytes < self.max_upstream_answer_bytes:
+            raise ValueError(
+                "--upstream-answer-budget-bytes must be at least --max-upstream-answer-bytes"
+            )
         return self
 
     def static_table(self) -> RoutingTable:

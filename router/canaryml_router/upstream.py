@@ -20,6 +20,12 @@ head (status line and headers) is capped at `max_head_bytes` and its body at `ma
 (beyond either, or with a status outside 100..599, the connection is dropped and the request
 fails with UpstreamError, a 502); at most `max_connections` connections per upstream are open,
 and a request beyond them waits for a free one within its deadline (UpstreamTimeoutError, 504).
+Pools may share an `AnswerBudget`: the answer bytes the router holds at once, over every
+upstream, from their first byte until the caller has sent them on and calls
+`UpstreamResponse.release()`. An answer that does not fit fails with UpstreamBusyError (the
+router answers 503: its own load, not the track's fault), so that 100 connections to each of
+three upstreams, each answering the largest allowed body, cannot take the router past its pod's
+memory limit.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ SWEEP_SECONDS = 0.05  # how late a timeout may fire
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # default cap of an upstream answer's body
 MAX_HEAD_BYTES = 64 * 1024  # default cap of an upstream answer's status line and headers
 MAX_CONNECTIONS = 100  # default cap of open connections per upstream
+ANSWER_BUDGET_BYTES = 64 * 1024 * 1024  # default bytes of answers held at once, all upstreams
 
 
 class UpstreamError(Exception):
@@ -49,6 +56,22 @@ class UpstreamTimeoutError(UpstreamError):
     """No complete answer before the deadline: the router answers 504."""
 
 
+class UpstreamBusyError(UpstreamError):
+    """The router already holds its budget of answer bytes: it answers 503, not the track."""
+
+
+class AnswerBudget:
+    """Bytes of upstream answers the router holds at once, shared by its pools."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the answer budget must be at least 1 byte")
+        self.limit = limit
+        self.used = 0
+
+
 class _ConnectionClosedError(UpstreamError):
     def __init__(self, *, received: bool) -> None:
         super().__init__("the upstream closed the connection")
@@ -56,14 +79,31 @@ class _ConnectionClosedError(UpstreamError):
 
 
 class UpstreamResponse:
-    """One complete answer: status, headers (names lower-case) and the whole body."""
+    """One complete answer: status, headers (names lower-case) and the whole body. `release()`
+    gives its bytes back to the answer budget once the caller is done with the body."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("_budget", "_held", "body", "headers", "status")
 
-    def __init__(self, status: int, headers: Headers, body: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: Headers,
+        body: bytes,
+        budget: AnswerBudget | None = None,
+        held: int = 0,
+    ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        self._budget = budget
+        self._held = held
+
+    def release(self) -> None:
+        """Give the body's bytes back to the budget; once, later calls do nothing."""
+        if self._held:
+            assert self._budget is not None
+            self._budget.used -= self._held
+            self._held = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -74,6 +114,9 @@ class _Connection(asyncio.Protocol):
         self._pool = pool
         self._max_head = pool.max_head_bytes
         self._max_body = pool.max_answer_bytes
+        self._budget = pool.answer_budget
+        self._held = 0  # budget bytes taken by the answer being read
+        self._busy = False  # the answer did not fit the budget
         self._head_size = 0
         self._body_size = 0
         self._overflow: str | None = None
@@ -130,7 +173,10 @@ class _Connection(asyncio.Protocol):
             if self._head_size > self._max_head:
                 self._overflow = f"an answer head over {self._max_head} bytes"
         if self._overflow is not None:
-            self._fail(UpstreamError(f"the upstream sent {self._overflow}"))
+            if self._busy:
+                self._fail(UpstreamBusyError(self._overflow))
+            else:
+                self._fail(UpstreamError(f"the upstream sent {self._overflow}"))
             self.abort()
 
     # httptools callbacks
@@ -156,8 +202,20 @@ class _Connection(asyncio.Protocol):
             self._overflow = f"an answer over {self._max_body} bytes"
             self._chunks = []
             return
-        if self._overflow is None:
-            self._chunks.append(body)
+        if self._overflow is not None:
+            return
+        budget = self._budget
+        if budget is not None:
+            if len(body) > budget.limit - budget.used:
+                self._overflow = (
+                    f"the router holds {budget.limit} bytes of answers already: retry later"
+                )
+                self._busy = True
+                self._chunks = []
+                return
+            budget.used += len(body)
+            self._held += len(body)
+        self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         if self._status in _STATUS_INFORMATIONAL:
@@ -173,7 +231,10 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done() and self._overflow is None:
             body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-            waiter.set_result(UpstreamResponse(self._status, self._headers, body))
+            held, self._held = self._held, 0  # the response holds them now
+            waiter.set_result(
+                UpstreamResponse(self._status, self._headers, body, self._budget, held)
+            )
 
     def _fail(self, error: Exception) -> None:
         waiter = self._waiter
@@ -198,15 +259,30 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
         self._head_size = self._body_size = 0
         self._overflow = None
+        self._busy = False
         self.received = False
         try:
             self._transport.write(data)
             return await waiter
+        except BaseException:
+            # Cancelled just as the answer came: nobody will send it on, so it gives its bytes
+            # back here.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                waiter.result().release()
+            raise
         finally:
             self._waiter = None
+            self._give_back()
             if not waiter.done():  # cancelled mid-answer: the stream is out of step
                 self.reusable = False
                 self.abort()
+
+    def _give_back(self) -> None:
+        """The bytes of an answer that failed or was cut go back to the budget."""
+        if self._held:
+            assert self._budget is not None
+            self._budget.used -= self._held
+            self._held = 0
 
     def abort(self) -> None:
         self.reusable = False
@@ -247,6 +323,7 @@ class UpstreamPool:
         max_connections: int = MAX_CONNECTIONS,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        answer_budget: AnswerBudget | None = None,
     ) -> None:
         problem = url_problem(base_url)
         if problem is not None:
@@ -256,6 +333,7 @@ class UpstreamPool:
         self.max_connections = max_connections
         self.max_answer_bytes = max_answer_bytes
         self.max_head_bytes = max_head_bytes
+        self.answer_budget = answer_budget
         self.open_connections = 0  # connecting or connected, idle or busy
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         parts = urlsplit(base_url)

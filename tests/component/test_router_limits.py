@@ -13,7 +13,13 @@ from canaryml_api.telemetry import CLIENT_CLOSED
 from canaryml_router.app import RouterApp, create_router_app
 from canaryml_router.core import RoutingTable
 from canaryml_router.proxy import Proxy
-from canaryml_router.upstream import UpstreamError, UpstreamPool, UpstreamTimeoutError
+from canaryml_router.upstream import (
+    AnswerBudget,
+    UpstreamBusyError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeoutError,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.security.raw_upstream import answer, endless_body, endless_header, raw_upstream
@@ -67,6 +73,67 @@ async def test_an_answer_within_the_caps_passes() -> None:
         response = await _request(pool)
         assert (response.status, response.body) == (200, body)
         pool.close()
+
+
+async def test_answers_beyond_the_routers_budget_are_refused_and_their_bytes_come_back() -> None:
+    body = b"x" * 1000
+    async with raw_upstream(answer(body=body)) as upstream:
+        budget = AnswerBudget(1500)  # one answer fits, two do not
+        pool = UpstreamPool(upstream.url, answer_budget=budget)
+        held = await _request(pool)
+        assert (held.body, budget.used) == (body, 1000)
+        with pytest.raises(UpstreamBusyError, match="holds 1500 bytes of answers"):
+            await _request(pool)
+        assert budget.used == 1000  # the refused answer's bytes went back at once
+        held.release()
+        held.release()  # once only
+        assert budget.used == 0
+        again = await _request(pool)
+        again.release()
+        assert budget.used == 0
+        pool.close()
+
+
+async def test_a_cut_answer_gives_its_bytes_back() -> None:
+    async with raw_upstream(endless_body) as upstream:
+        budget = AnswerBudget(8 * 1024 * 1024)
+        pool = UpstreamPool(upstream.url, max_answer_bytes=1024 * 1024, answer_budget=budget)
+        with pytest.raises(UpstreamError, match="an answer over"):
+            await _request(pool)
+        assert budget.used == 0
+        pool.close()
+
+
+async def test_the_router_answers_503_when_its_budget_is_spent_and_never_leaks_it() -> None:
+    body = b'{"predictions": [' + b"1," * 600 + b"1]}"
+    async with raw_upstream(answer(body=body)) as upstream:
+        table = RoutingTable(
+            upstreams={"stable": upstream.url, "shadow": upstream.url},
+            versions={"stable": "1", "shadow": "2"},
+            shadow_percent=100,
+        )
+        async with (
+            create_router_app(
+                model_deployment="m",
+                table=table,
+                max_answer_bytes=len(body),
+                answer_budget_bytes=len(body),
+            ) as app,
+            _client(app) as client,
+        ):
+            budget = app.routes.answer_budget
+            budget.used = 1  # another answer is held: this one cannot fit
+            refused = await client.post("/predict", json={})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "retry later" in refused.json()["error"]
+            # The router's load is not the track's failure: nothing counted.
+            assert await _requests_total(client, track="stable") == 0
+            budget.used = 0
+            answers = await asyncio.gather(*(client.post("/predict", json={}) for _ in range(20)))
+            assert {a.status_code for a in answers} <= {200, 503}
+            assert any(a.status_code == 200 for a in answers)
+            await app.mirror.drain(within=5.0)
+            assert budget.used == 0  # every answer, live and shadow, came back
 
 
 @pytest.mark.parametrize("status", [b"999 Weird", b"099 Low"])

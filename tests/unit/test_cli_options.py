@@ -31,6 +31,7 @@ ROUTER_OPTIONS = {
     "--upstream-timeout", "--shadow-timeout", "--max-mirrors", "--log-level",
     "--admin-host", "--admin-port", "--admin-upstreams", "--no-admin-upstreams",
     "--max-upstream-connections", "--max-upstream-answer-bytes", "--max-upstream-head-bytes",
+    "--upstream-answer-budget-bytes",
     "--max-body-bytes", "--body-budget-bytes", "--max-header-bytes", "--max-headers",
     "--header-timeout", "--body-timeout", "--keep-alive-timeout", "--max-concurrency",
 }  # fmt: skip

@@ -29,6 +29,11 @@ NAME = "iris"
 PREDICTION = b'{"predictions": [1, 0]}'
 
 
+def _live() -> UpstreamResponse:
+    """A live answer as the proxy hands it to the mirror."""
+    return UpstreamResponse(200, [], PREDICTION)
+
+
 class FakePool:
     """Stands in for an UpstreamPool: answers `answer` (or raises it) and records requests."""
 
@@ -241,9 +246,7 @@ async def test_the_mirror_compares_and_counts_the_shadow() -> None:
     fails = FakePool(UpstreamError("refused"))
     for pool in (differs, fails):
         shadow_pool = cast(UpstreamPool, pool)
-        mirror.send(
-            shadow_pool, table, "stable", "1.0", b"POST", b"/predict", [], b"{}", PREDICTION
-        )
+        mirror.send(shadow_pool, table, "stable", "1.0", b"POST", b"/predict", [], b"{}", _live())
     await mirror.drain(within=1.0)
     stable = {"track": "stable", "version": "1.0"}
     assert _value(registry, SHADOW_COMPARISONS, result="disagree", **stable) == 1
@@ -266,7 +269,7 @@ async def test_the_mirror_skips_beyond_its_bound() -> None:
 
     slow = cast(UpstreamPool, SlowPool(_answer()))
     for _ in range(3):
-        mirror.send(slow, table, "canary", "1.1", b"POST", b"/predict", [], b"{}", PREDICTION)
+        mirror.send(slow, table, "canary", "1.1", b"POST", b"/predict", [], b"{}", _live())
     canary = {"track": "canary", "version": "1.1"}
     assert _value(registry, SHADOW_COMPARISONS, result="skipped", **canary) == 2
     release.set()
