@@ -12,7 +12,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -104,12 +104,40 @@ def package(
     table.add_row("sha256", result.digest)
     console = Console(stderr=True)
     console.print(table)
+    _warn_about_the_reference(console, result.path)
     # The server refuses an unpinned model by default: show what to paste into the spec. On
     # stderr, so that stdout stays the digest alone for scripts.
     console.print(
         pin_snippet(result.digest, version=manifest.version), markup=False, soft_wrap=True
     )
     typer.echo(result.digest)
+
+
+def _warn_about_the_reference(console: Any, folder: Path) -> None:
+    """Features the drift test cannot judge at the default window with this reference: said
+    now, not discovered in production (docs/judgment.md, "A calibrated drift gate")."""
+    from canaryml_server.artifact import PROFILE_FILE
+    from canaryml_server.drift_test import reference_problems
+    from canaryml_server.profile import ReferenceProfile
+    from canaryml_server.settings import ServerSettings
+
+    profile = ReferenceProfile.model_validate_json((folder / PROFILE_FILE).read_text())
+    window = ServerSettings.model_fields["drift_window"].default
+    problems = reference_problems(profile, window=window)
+    if not problems:
+        return
+    console.print(
+        f"warning: with {profile.rows} reference rows and a {window}-row drift window, "
+        f"{len(problems)} of {len(profile.features)} features cannot be judged at full "
+        "resolution:",
+        markup=False,
+        soft_wrap=True,
+    )
+    shown = 5  # the first few say what is wrong; thirty lines of the same would not
+    for problem in problems[:shown]:
+        console.print(f"  {problem}", markup=False, soft_wrap=True)
+    if len(problems) > shown:
+        console.print(f"  and {len(problems) - shown} more", markup=False)
 
 
 def pin_snippet(digest: str, *, version: str) -> str:

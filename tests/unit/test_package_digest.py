@@ -129,3 +129,20 @@ def test_package_shows_the_digest_to_paste(example_models: dict[str, Path], tmp_
     assert run.stdout == f"{digest}\n"
     assert f"sha256:{digest}\n" in run.stderr
     assert f'    version: "0.1.0"\n    sha256: {digest}' in run.stderr
+
+
+def test_package_warns_when_the_reference_is_too_small_for_the_drift_test(
+    example_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A reference too small for its bins is reported at packaging time (issue 17); the
+    bundled 398-row reference is not."""
+    root = example_models["root"]
+    small = tmp_path / "small.csv"
+    small.write_text("".join((root / "train.csv").read_text().splitlines(keepends=True)[:31]))
+    _, _, few = _package(tmp_path / "a", root / "stable.joblib", small, "--runtime", "sklearn")
+    assert "warning: with 30 reference rows and a 1000-row drift window" in few.stderr
+    assert "reference rows would do" in few.stderr
+    _, _, enough = _package(
+        tmp_path / "b", root / "stable.joblib", root / "train.csv", "--runtime", "sklearn"
+    )
+    assert "warning" not in enough.stderr
