@@ -15,6 +15,10 @@ REQUEST_DURATION: Final = "canaryml_request_duration_seconds"  # histogram: trac
 REQUEST_DURATION_BUCKET: Final = f"{REQUEST_DURATION}_bucket"
 FEATURE_DRIFT: Final = "canaryml_feature_drift"  # gauge per feature (PSI), servers only
 PREDICTION_DRIFT: Final = "canaryml_prediction_drift"  # gauge (PSI), servers only
+# gauge per feature, servers only: the calibrated test's p-value of the window against the
+# reference, Holm-adjusted over the server's features (docs/judgment.md)
+FEATURE_DRIFT_P_VALUE: Final = "canaryml_feature_drift_p_value"
+PREDICTION_DRIFT_P_VALUE: Final = "canaryml_prediction_drift_p_value"  # gauge, servers only
 DRIFT_WINDOW_ROWS: Final = "canaryml_drift_window_rows"
 MODEL_INFO: Final = "canaryml_model_info"
 SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"  # router: track, version, result

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
+from canaryml_server.drift_test import DriftTest, compare_counts, ordered_bins, reference_counts
 from canaryml_server.profile import CategoricalBins, NumericBins, ReferenceProfile
 from canaryml_server.schema import Batch
 
@@ -59,6 +60,7 @@ class DriftMonitor:
         if window < 1:
             raise ValueError("the drift window must hold at least one row")
         self._names = feature_names
+        self._reference_rows = profile.rows
         self._bins: list[NumericBins | CategoricalBins] = [
             profile.features[n] for n in feature_names
         ] + [profile.prediction]
@@ -174,6 +176,20 @@ class DriftMonitor:
             for offset, bins in zip(self._offsets, self._bins, strict=True)
         ]
         return columns, rows
+
+    def test(self) -> tuple[DriftTest, DriftTest]:
+        """The calibrated tests of the current window against the reference (drift_test): the
+        features (Holm-corrected across them) and the predictions, from one snapshot."""
+        counts, _ = self._snapshot()
+        references = [reference_counts(b, self._reference_rows) for b in self._bins]
+        ordered = [ordered_bins(b) for b in self._bins]
+        features = compare_counts(
+            references[:-1], counts[:-1], names=self._names, ordered=ordered[:-1]
+        )
+        prediction = compare_counts(
+            references[-1:], counts[-1:], names=["prediction"], ordered=ordered[-1:]
+        )
+        return features, prediction
 
     def report(self) -> DriftReport:
         counts, rows = self._snapshot()

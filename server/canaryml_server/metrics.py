@@ -13,12 +13,14 @@ from canaryml_api.telemetry import (
     CODE_LABEL,
     DRIFT_WINDOW_ROWS,
     FEATURE_DRIFT,
+    FEATURE_DRIFT_P_VALUE,
     FEATURE_LABEL,
     LATENCY_BUCKETS,
     MODEL_DEPLOYMENT_LABEL,
     MODEL_INFO,
     MODEL_LABEL,
     PREDICTION_DRIFT,
+    PREDICTION_DRIFT_P_VALUE,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     RUNTIME_LABEL,
@@ -35,7 +37,8 @@ from canaryml_server.drift import DriftMonitor
 
 
 class DriftCollector(Collector):
-    """PSI per feature and of the predictions, once the window holds enough rows to mean it."""
+    """PSI per feature and of the predictions, and the calibrated test's p-values, once the
+    window holds enough rows to mean it."""
 
     def __init__(self, monitor: DriftMonitor, *, labels: dict[str, str], min_rows: int) -> None:
         self._monitor = monitor
@@ -66,6 +69,23 @@ class DriftCollector(Collector):
         )
         prediction.add_metric(values, report.prediction_psi)
         yield prediction
+        tested, predictions_tested = self._monitor.test()
+        p_values = GaugeMetricFamily(
+            FEATURE_DRIFT_P_VALUE,
+            "p-value of the feature's recent values against the training reference (G and rank "
+            "tests on the bins), Holm-adjusted over the features",
+            labels=[*names, FEATURE_LABEL],
+        )
+        for column in tested.columns:
+            p_values.add_metric([*values, column.name], column.adjusted_p)
+        yield p_values
+        prediction_p = GaugeMetricFamily(
+            PREDICTION_DRIFT_P_VALUE,
+            "p-value of recent predictions against the predictions on the training reference",
+            labels=names,
+        )
+        prediction_p.add_metric(values, predictions_tested.p_value)
+        yield prediction_p
 
 
 class ServerMetrics:

@@ -564,3 +564,30 @@ async def test_an_estimator_raising_on_valid_numbers_is_a_500(tmp_path: Path) ->
         assert response.json()["detail"][0]["msg"] == "the model failed on this input (ValueError)"
         samples = _metrics((await client.get("/metrics")).text)
         assert _value(samples, "canaryml_requests_total", code="500") == 1
+
+
+async def test_calibrated_p_values_flag_a_shifted_feature_and_not_held_out_rows(
+    canary: LoadedModel, test_rows: pd.DataFrame
+) -> None:
+    labels = {"model_deployment": "bc", "track": "canary", "version": "1.1.0"}
+
+    def p_values(text: str) -> dict[str, float]:
+        return {
+            dict(ls)["feature"]: v
+            for (n, ls), v in _metrics(text).items()
+            if n == "canaryml_feature_drift_p_value" and set(labels.items()) <= set(ls)
+        }
+
+    async with await _client(canary, drift_min_rows=50) as client:
+        await client.post("/predict", json=_records(test_rows))  # held out: like the reference
+        text = (await client.get("/metrics")).text
+        held_out = p_values(text)
+        assert len(held_out) == 30 and min(held_out.values()) > 0.01
+        assert _value(_metrics(text), "canaryml_prediction_drift_p_value", **labels) > 0.01
+    shifted = test_rows.copy()
+    shifted["mean radius"] = shifted["mean radius"] * 1.5
+    async with await _client(canary, drift_min_rows=50) as client:
+        await client.post("/predict", json=_records(shifted))
+        drifted = p_values((await client.get("/metrics")).text)
+        assert min(drifted, key=drifted.__getitem__) == "mean radius"
+        assert drifted["mean radius"] < 1e-6
