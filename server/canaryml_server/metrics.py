@@ -7,6 +7,7 @@ scrape time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from canaryml_api.telemetry import (
@@ -34,6 +35,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from canaryml_server.drift import DriftMonitor
+
+log = logging.getLogger("canaryml.server")
 
 
 class DriftCollector(Collector):
@@ -69,7 +72,11 @@ class DriftCollector(Collector):
         )
         prediction.add_metric(values, report.prediction_psi)
         yield prediction
-        tested, predictions_tested = self._monitor.test()
+        try:
+            tested, predictions_tested = self._monitor.test()
+        except Exception:  # a failing test must not take the request metrics' scrape with it
+            log.exception("the drift test failed: no p-values in this scrape")
+            return
         p_values = GaugeMetricFamily(
             FEATURE_DRIFT_P_VALUE,
             "p-value of the feature's recent values against the training reference (G and rank "

@@ -20,9 +20,11 @@ from typing import Any, cast
 from wsgiref.simple_server import WSGIServer
 
 import httpx
+import numpy as np
 import pytest
 from canaryml_router.metrics import RouterMetrics
 from canaryml_server.drift import DriftMonitor, DriftReport
+from canaryml_server.drift_test import DriftTest, compare_counts
 from canaryml_server.metrics import REQUESTS_TOTAL, ServerMetrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -89,6 +91,19 @@ class FakeDriftMonitor:
             prediction_psi=0.05,
             prediction_js=0.03,
         )
+
+    def test(self) -> tuple[DriftTest, DriftTest]:
+        """The calibrated tests of a window where petal_width moved and sepal_length did not."""
+        features = compare_counts(
+            [np.array([50, 50]), np.array([50, 50])],
+            [np.array([50, 50]), np.array([90, 10])],
+            names=["sepal_length", "petal_width"],
+            ordered=[2, 2],
+        )
+        prediction = compare_counts(
+            [np.array([50, 50])], [np.array([50, 50])], names=["prediction"], ordered=[0]
+        )
+        return features, prediction
 
 
 def router_registry(deployment: str) -> CollectorRegistry:
