@@ -56,11 +56,14 @@ class Refusal:
 
 
 class BodyBudget:
-    """Bytes of request bodies held by the process's requests in flight."""
+    """Bytes of bodies a process holds at once: request bodies in flight here, upstream answers
+    in the router (`canaryml_router.upstream`)."""
 
     __slots__ = ("limit", "used")
 
     def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a body budget must be at least 1 byte")
         self.limit = limit
         self.used = 0
 

@@ -8,7 +8,7 @@ capped like any upstream's (`UpstreamPool.max_answer_bytes`): beyond it the mirr
 At most `max_mirrors` mirrors are in flight; beyond that a mirror is skipped and counted as
 such, so a slow shadow can never pile up memory or connections in the router. A mirror holds
 the live answer until its comparison is done, then releases it and the shadow's answer to the
-router's answer budget (`upstream.AnswerBudget`).
+router's answer budget (`Routes.answer_budget`).
 """
 
 from __future__ import annotations

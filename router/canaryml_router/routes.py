@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from canaryml_httpd.limits import BodyBudget
+
 from canaryml_router.core import RoutingTable
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.upstream import (
@@ -17,7 +19,6 @@ from canaryml_router.upstream import (
     MAX_ANSWER_BYTES,
     MAX_CONNECTIONS,
     MAX_HEAD_BYTES,
-    AnswerBudget,
     UpstreamPool,
 )
 
@@ -50,7 +51,7 @@ class Routes:
     ) -> None:
         self.model_deployment = model_deployment
         # One budget for every pool, the shadow's included: it bounds the router, not a track.
-        self.answer_budget = AnswerBudget(answer_budget_bytes)
+        self.answer_budget = BodyBudget(answer_budget_bytes)
         self._max_connections = max_connections
         self._max_answer_bytes = max_answer_bytes
         self._max_head_bytes = max_head_bytes

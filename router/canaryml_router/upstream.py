@@ -20,9 +20,9 @@ head (status line and headers) is capped at `max_head_bytes` and its body at `ma
 (beyond either, or with a status outside 100..599, the connection is dropped and the request
 fails with UpstreamError, a 502); at most `max_connections` connections per upstream are open,
 and a request beyond them waits for a free one within its deadline (UpstreamTimeoutError, 504).
-Pools may share an `AnswerBudget`: the answer bytes the router holds at once, over every
-upstream, from their first byte until the caller has sent them on and calls
-`UpstreamResponse.release()`. An answer that does not fit fails with UpstreamBusyError (the
+Pools may share a budget (`canaryml_httpd.limits.BodyBudget`): the answer bytes the router
+holds at once, over every upstream, from their first byte until the caller has sent them on and
+calls `UpstreamResponse.release()`. An answer that does not fit fails with UpstreamBusyError (the
 router answers 503: its own load, not the track's fault), so that 100 connections to each of
 three upstreams, each answering the largest allowed body, cannot take the router past its pod's
 memory limit.
@@ -38,6 +38,7 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+from canaryml_httpd.limits import BodyBudget
 
 Headers = list[tuple[bytes, bytes]]
 _STATUS_INFORMATIONAL = range(100, 200)
@@ -60,16 +61,8 @@ class UpstreamBusyError(UpstreamError):
     """The router already holds its budget of answer bytes: it answers 503, not the track."""
 
 
-class AnswerBudget:
-    """Bytes of upstream answers the router holds at once, shared by its pools."""
-
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("the answer budget must be at least 1 byte")
-        self.limit = limit
-        self.used = 0
+def _unusable(what: str) -> UpstreamError:
+    return UpstreamError(f"the upstream sent {what}")
 
 
 class _ConnectionClosedError(UpstreamError):
@@ -89,7 +82,7 @@ class UpstreamResponse:
         status: int,
         headers: Headers,
         body: bytes,
-        budget: AnswerBudget | None = None,
+        budget: BodyBudget | None = None,
         held: int = 0,
     ) -> None:
         self.status = status
@@ -116,10 +109,9 @@ class _Connection(asyncio.Protocol):
         self._max_body = pool.max_answer_bytes
         self._budget = pool.answer_budget
         self._held = 0  # budget bytes taken by the answer being read
-        self._busy = False  # the answer did not fit the budget
         self._head_size = 0
         self._body_size = 0
-        self._overflow: str | None = None
+        self._overflow: UpstreamError | None = None  # why the answer being read is unusable
         self.made = False
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -171,12 +163,9 @@ class _Connection(asyncio.Protocol):
             # httptools itself has no cap and grows a never-ending header without bound.
             self._head_size += len(data)
             if self._head_size > self._max_head:
-                self._overflow = f"an answer head over {self._max_head} bytes"
+                self._overflow = _unusable(f"an answer head over {self._max_head} bytes")
         if self._overflow is not None:
-            if self._busy:
-                self._fail(UpstreamBusyError(self._overflow))
-            else:
-                self._fail(UpstreamError(f"the upstream sent {self._overflow}"))
+            self._fail(self._overflow)
             self.abort()
 
     # httptools callbacks
@@ -188,7 +177,7 @@ class _Connection(asyncio.Protocol):
         self._status = self._parser.get_status_code()
         if not 100 <= self._status <= 599:
             # A client cannot be sent such a status (RFC 9110 15): the answer is unusable.
-            self._overflow = f"status {self._status}, outside 100..599"
+            self._overflow = _unusable(f"status {self._status}, outside 100..599")
             return
         self._headers_done = self._status not in _STATUS_INFORMATIONAL
         if self._head_only and self._status not in _STATUS_INFORMATIONAL:
@@ -199,18 +188,17 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            self._overflow = f"an answer over {self._max_body} bytes"
+            self._overflow = _unusable(f"an answer over {self._max_body} bytes")
             self._chunks = []
             return
         if self._overflow is not None:
             return
         budget = self._budget
         if budget is not None:
-            if len(body) > budget.limit - budget.used:
-                self._overflow = (
+            if len(body) > budget.free():
+                self._overflow = UpstreamBusyError(
                     f"the router holds {budget.limit} bytes of answers already: retry later"
                 )
-                self._busy = True
                 self._chunks = []
                 return
             budget.used += len(body)
@@ -259,7 +247,6 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
         self._head_size = self._body_size = 0
         self._overflow = None
-        self._busy = False
         self.received = False
         try:
             self._transport.write(data)
@@ -323,7 +310,7 @@ class UpstreamPool:
         max_connections: int = MAX_CONNECTIONS,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         max_head_bytes: int = MAX_HEAD_BYTES,
-        answer_budget: AnswerBudget | None = None,
+        answer_budget: BodyBudget | None = None,
     ) -> None:
         problem = url_problem(base_url)
         if problem is not None:

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from canaryml_api.telemetry import CLIENT_CLOSED
+from canaryml_httpd.limits import BodyBudget
 from canaryml_router.app import RouterApp, create_router_app
 from canaryml_router.core import RoutingTable
 from canaryml_router.proxy import Proxy
 from canaryml_router.upstream import (
-    AnswerBudget,
     UpstreamBusyError,
     UpstreamError,
     UpstreamPool,
@@ -78,7 +78,7 @@ async def test_an_answer_within_the_caps_passes() -> None:
 async def test_answers_beyond_the_routers_budget_are_refused_and_their_bytes_come_back() -> None:
     body = b"x" * 1000
     async with raw_upstream(answer(body=body)) as upstream:
-        budget = AnswerBudget(1500)  # one answer fits, two do not
+        budget = BodyBudget(1500)  # one answer fits, two do not
         pool = UpstreamPool(upstream.url, answer_budget=budget)
         held = await _request(pool)
         assert (held.body, budget.used) == (body, 1000)
@@ -96,7 +96,7 @@ async def test_answers_beyond_the_routers_budget_are_refused_and_their_bytes_com
 
 async def test_a_cut_answer_gives_its_bytes_back() -> None:
     async with raw_upstream(endless_body) as upstream:
-        budget = AnswerBudget(8 * 1024 * 1024)
+        budget = BodyBudget(8 * 1024 * 1024)
         pool = UpstreamPool(upstream.url, max_answer_bytes=1024 * 1024, answer_budget=budget)
         with pytest.raises(UpstreamError, match="an answer over"):
             await _request(pool)
