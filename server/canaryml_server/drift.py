@@ -15,12 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
-from canaryml_server.drift_test import DriftTest, compare_counts, ordered_bins, reference_counts
+from canaryml_server.drift_test import (
+    PSI_EPSILON,
+    DriftTest,
+    compare_counts,
+    ordered_bins,
+    reference_counts,
+)
 from canaryml_server.profile import CategoricalBins, NumericBins, ReferenceProfile
 from canaryml_server.schema import Batch
 
-# Proportions are floored before the logarithm so an empty bin gives a large, finite PSI.
-PSI_EPSILON = 1e-4
 FLUSH_ROWS = 256
 
 

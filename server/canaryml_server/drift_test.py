@@ -58,8 +58,8 @@ DEFAULT_ALPHA = 0.01
 # reads (0.01 / 30 features: 3e-4) needs more: with 5, categories with rare levels flagged
 # above nominal in simulation, with 10 they sit at it (docs/judgment.md).
 MIN_EXPECTED = 10.0
-# As canaryml_server.drift: proportions are floored before the logarithm so that an empty bin
-# gives a large, finite PSI.
+# Proportions are floored before the logarithm so that an empty bin gives a large, finite PSI
+# (here and in canaryml_server.drift.psi).
 PSI_EPSILON = 1e-4
 
 
