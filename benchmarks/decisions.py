@@ -116,12 +116,9 @@ def canaryml(
         totals[3, running] += stable_requests
         codes = ev.comparison_decisions(*totals[:, running], allowance)
         if bound is not None:
-            absolute = ev.bound_decisions(totals[0, running], totals[1, running], bound)
-            codes = np.where(
-                (codes == ev.FAIL) | (absolute == ev.FAIL),
-                ev.FAIL,
-                np.where((codes == ev.PASS) & (absolute == ev.PASS), ev.PASS, ev.UNDECIDED),
-            ).astype(np.int8)
+            codes = ev.all_of(
+                codes, ev.bound_decisions(totals[0, running], totals[1, running], bound)
+            )
         elapsed = now - step_began[running]
         failed = running[codes == ev.FAIL]
         ends[failed], seconds[failed] = ROLLED_BACK, now

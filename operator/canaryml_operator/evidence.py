@@ -248,6 +248,15 @@ def _codes(fail: NDArray[np.bool_], passed: NDArray[np.bool_]) -> Codes:
     return np.where(fail, FAIL, np.where(passed, PASS, UNDECIDED)).astype(np.int8)
 
 
+def all_of(*checks: Codes) -> Codes:
+    """Several checks of the same rollouts as one decision: Fail when any fails (a rollback is
+    the safe side), Pass when all pass, otherwise Undecided."""
+    stacked = np.stack(np.broadcast_arrays(*checks))
+    fail = (stacked == FAIL).any(axis=0)
+    passed = (stacked == PASS).all(axis=0)
+    return _codes(fail, passed)
+
+
 def _event_boundary(canary_requests: Array, stable_requests: Array, ratio: float) -> Array:
     """theta at the ratio boundary: the canary's share of the events if r_c = ratio * r_s."""
     weighted = canary_requests * ratio

@@ -168,3 +168,10 @@ def test_a_canary_on_the_allowance_fails_and_passes_rarely(
     ]
     assert _ever(codes, ev.FAIL) <= LEVEL + MARGIN
     assert _ever(codes, ev.PASS) <= LEVEL + MARGIN
+
+
+def test_all_of_fails_on_any_fail_and_passes_only_when_all_pass() -> None:
+    fail, undecided, passed = ev.FAIL, ev.UNDECIDED, ev.PASS
+    first = np.array([passed, passed, undecided, fail, passed], dtype=np.int8)
+    second = np.array([passed, undecided, undecided, passed, fail], dtype=np.int8)
+    assert ev.all_of(first, second).tolist() == [passed, undecided, undecided, fail, fail]
