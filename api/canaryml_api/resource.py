@@ -183,6 +183,15 @@ class Thresholds(_Model):
     max_drift: float = Field(default=0.25, ge=0.0, le=100.0)
     max_prediction_drift: float = Field(default=0.25, ge=0.0, le=100.0)
     min_shadow_agreement: Fraction = 0.9
+    drift_significance: float | None = Field(
+        default=None,
+        ge=1e-6,
+        le=0.2,
+        description="calibrated drift gate (opt-in): fail when a feature's drift test, or the "
+        "prediction drift test, has a p-value below this (Holm-adjusted over features, "
+        "Bonferroni over replicas); maxDrift and maxPredictionDrift then only describe the "
+        "effect (PSI) and fail nothing",
+    )
 
 
 class CustomMetric(_Model):
@@ -220,6 +229,73 @@ class CustomMetric(_Model):
 RESERVED_METRIC_NAMES = ("requests", "drift")
 
 
+class SequentialSpec(_Model):
+    """Judge errors and latency from every request since the step began, with error rates
+    that hold however many analyses look (docs/judgment.md, "Sequential decisions")."""
+
+    false_rollback_rate: float = Field(
+        default=0.01,
+        ge=1e-6,
+        le=0.2,
+        description="chance, per step, of rolling back a canary that is exactly at a bound",
+    )
+    false_promotion_rate: float = Field(
+        default=0.01,
+        ge=1e-6,
+        le=0.2,
+        description="chance, per step, of passing a canary that is exactly at a bound",
+    )
+
+
+class BaselineSpec(_Model):
+    """The canary against the stable track on the same traffic since the step began: the
+    largest acceptable worsening. The canary passes a part when its rate is within
+    max(ratio x stable, stable + increase) of that part's given fields."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.maxErrorRateRatio) || has(self.maxErrorRateIncrease) || "
+                    "has(self.maxSlowRatio) || has(self.maxSlowIncrease)",
+                    "message": "set at least one allowance",
+                }
+            ]
+        }
+    )
+
+    max_error_rate_ratio: float | None = Field(
+        default=None, ge=1.0, le=1000.0, description="canary error rate / stable error rate"
+    )
+    max_error_rate_increase: float | None = Field(
+        default=None, ge=0.0, le=0.99, description="canary error rate - stable error rate"
+    )
+    max_slow_ratio: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=1000.0,
+        description="share of requests slower than the latency bound (thresholds."
+        "maxLatencyP99, rounded up to a histogram bucket): canary / stable",
+    )
+    max_slow_increase: float | None = Field(
+        default=None, ge=0.0, le=0.99, description="share of slow requests: canary - stable"
+    )
+
+    @model_validator(mode="after")
+    def _some_allowance(self) -> BaselineSpec:
+        if all(
+            value is None
+            for value in (
+                self.max_error_rate_ratio,
+                self.max_error_rate_increase,
+                self.max_slow_ratio,
+                self.max_slow_increase,
+            )
+        ):
+            raise ValueError("set at least one allowance (maxErrorRateRatio, ...)")
+        return self
+
+
 MIN_ANALYSIS_INTERVAL = "1s"
 
 
@@ -249,6 +325,16 @@ class AnalysisSpec(_Model):
     min_requests: int = Field(default=50, ge=0)
     failure_limit: int = Field(default=2, ge=1, le=100)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    sequential: SequentialSpec | None = Field(
+        default=None,
+        description="opt-in: errorRate and latency judged from every request since the step "
+        "began, with evidence (pass, fail or not sure yet); a failure rolls back at once",
+    )
+    baseline: BaselineSpec | None = Field(
+        default=None,
+        description="opt-in: the canary compared with the stable track on the same traffic; "
+        "judged sequentially (sequential's rates, or their defaults)",
+    )
     metrics: Annotated[
         list[CustomMetric],
         Field(
@@ -269,6 +355,14 @@ class AnalysisSpec(_Model):
         if duplicates:
             raise ValueError(f"analysis.metrics names must be unique: {', '.join(duplicates)}")
         return self
+
+    @property
+    def sequential_rates(self) -> SequentialSpec | None:
+        """The sequential decisions' error rates when errors and latency are judged
+        sequentially (asked for, or implied by a baseline comparison); None otherwise."""
+        if self.sequential is not None:
+            return self.sequential
+        return SequentialSpec() if self.baseline is not None else None
 
 
 class ParentRef(_Model):
@@ -390,6 +484,15 @@ class CheckRecord(_StatusModel):
     min: float | None = None
     max: float | None = None
     message: str = ""
+    # Sequential checks only (analysis.sequential, analysis.baseline): the value's interval
+    # (a confidence sequence, valid at every look), the evidence that it is worse than allowed
+    # (a rollback at 1 / falseRollbackRate), the requests it rests on since the step began,
+    # and roughly how many more a decision needs (None: not foreseeable).
+    low: float | None = None
+    high: float | None = None
+    evidence: float | None = None
+    samples: float | None = None
+    requests_needed: int | None = None
 
 
 class AnalysisRecord(_StatusModel):

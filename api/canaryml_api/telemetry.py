@@ -47,6 +47,7 @@ MODEL_LABEL: Final = "model"
 RUNTIME_LABEL: Final = "runtime"
 PHASE_LABEL: Final = "phase"  # the operator's phase gauge: one series per phase
 VERDICT_LABEL: Final = "verdict"  # the operator's analyses counter: the overall verdict
+LE_LABEL: Final = "le"  # a histogram bucket's upper bound (Prometheus's own label)
 
 # Both the router and the servers count requests; `source` says whose view a series is, so a
 # query picks one and never counts a request twice.
@@ -67,6 +68,13 @@ CLIENT_CLOSED: Final = 499
 LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+def bucket_label(bound: float) -> str:
+    """The `le` label value of a bucket bound as the exporters write it (prometheus_client's
+    Go float format: `0.25`, `1.0`, `+Inf`; the same as Python's repr below 1e16)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
 
 # --- HTTP headers (lowercase, as ASGI carries them) -------------------------------------------
 VERSION_HEADER: Final = "x-canaryml-model-version"  # the model version that answered

@@ -33,14 +33,27 @@ How each check treats a missing series is a decision, not an accident of PromQL:
   version like the request series: a previous canary's comparisons never count in the next
   one's window.
 
+- `driftPValue`, `predictionDriftPValue` (thresholds.driftSignificance): the servers export
+  each feature's p-value, Holm-adjusted over the server's features; over the canary's replicas
+  the smallest counts, times the number of replicas (Bonferroni), at most 1. One series per
+  feature, the smallest the check's value. Missing is "no data", as for drift.
+- Counts since the step began (analysis.sequential, analysis.baseline): `increase()` over the
+  range from status.stepStartedAt to the analysis time, for the canary and (with a baseline)
+  the stable track, scoped alike: requests, 5xx errors, timed requests (the latency
+  histogram's +Inf bucket) and slow ones (those over the bucket of the latency bound). A
+  missing series is 0 (no request yet): the sequential checks then say "not sure yet". Before
+  the step has run for MIN_SINCE_STEP_SECONDS there are no such queries (no data).
+
 Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 from typing import Final, Literal
 
@@ -58,7 +71,13 @@ COMPARED: Final = f'{t.RESULT_LABEL}=~"{COMPARED_RESULTS}"'
 
 # Checks whose query answers one series per value of a label, and that label: the check's
 # value is the largest series', and its sample names the worst few (measurements.Sample).
-SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType({m.DRIFT: t.FEATURE_LABEL})
+SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType(
+    {m.DRIFT: t.FEATURE_LABEL, m.DRIFT_P_VALUE: t.FEATURE_LABEL}
+)
+# Of those, the checks whose worst series is the smallest (p-values).
+LOWEST_IS_WORST: Final = frozenset({m.DRIFT_P_VALUE})
+# A step younger than this has no counts since it began: increase() needs two samples.
+MIN_SINCE_STEP_SECONDS: Final = 1.0
 
 # PromQL durations: integers with units in decreasing order (1h30m, 90s, 250ms).
 _PROMQL_DURATION: Final = re.compile(r"(?=\d)(\d+h)?(\d+m(?!s))?(\d+s)?(\d+ms)?")
@@ -97,22 +116,45 @@ class CheckScope:
     canary: Mapping[str, str]  # the canary's servers' series: drift
     requests: Mapping[str, str]  # the request series: the canary's, from one source
     comparisons: Mapping[str, str]  # the router's shadow comparisons (no `source`)
+    stable_requests: Mapping[str, str] | None = None  # the stable track's, when known
 
 
 def check_scope(
-    *, spec: api.ModelDeploymentSpec, name: str, namespace: str | None, source: Source
+    *,
+    spec: api.ModelDeploymentSpec,
+    name: str,
+    namespace: str | None,
+    source: Source,
+    stable_version: str | None = None,
 ) -> CheckScope:
     """The scope of every check of this spec's canary: `namespace` when known (a cluster's
-    Prometheus adds it to every target; direct scrapes have none)."""
+    Prometheus adds it to every target; direct scrapes have none). `stable_version` scopes the
+    stable track's request series (the baseline's)."""
     if spec.canary is None:
         raise ValueError("a check scope needs spec.canary: there is nothing to analyse")
     scope = {t.MODEL_DEPLOYMENT_LABEL: name}
     if namespace is not None:
         scope[t.NAMESPACE_LABEL] = namespace
     canary = {**scope, t.TRACK_LABEL: "canary", t.VERSION_LABEL: spec.canary.model.version}
+    stable = (
+        None
+        if stable_version is None
+        else {**scope, t.TRACK_LABEL: "stable", t.VERSION_LABEL: stable_version,
+              t.SOURCE_LABEL: source}
+    )  # fmt: skip
     return CheckScope(
-        canary=canary, requests={**canary, t.SOURCE_LABEL: source}, comparisons=canary
+        canary=canary,
+        requests={**canary, t.SOURCE_LABEL: source},
+        comparisons=canary,
+        stable_requests=stable,
     )
+
+
+def stable_version(spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus | None) -> str:
+    """The version the stable track serves: status.stableModel's, else spec.model's."""
+    if status is not None and status.stable_model is not None:
+        return status.stable_model.version
+    return spec.model.version
 
 
 def build_queries(
@@ -121,8 +163,12 @@ def build_queries(
     name: str,
     namespace: str | None,
     source: Source,
+    status: api.ModelDeploymentStatus | None = None,
+    at: datetime | None = None,
 ) -> dict[str, str]:
-    """The PromQL of each check of this spec's canary, keyed by check name.
+    """The PromQL of each check of this spec's canary, keyed by check name (and the counts
+    since the step began, keyed by `measurements.count_name`, for sequential checks: these
+    need the `status` and the analysis time `at`).
 
     `source` says whose request metrics to read: "router" when the builtin router runs (it
     sees every request, including those a dying pod never answered), "server" otherwise.
@@ -130,7 +176,14 @@ def build_queries(
     if spec.canary is None:
         raise ValueError("build_queries needs spec.canary: there is nothing to analyse")
     window = range_duration(spec.analysis.window)
-    scope = check_scope(spec=spec, name=name, namespace=namespace, source=source)
+    analysis = spec.analysis
+    scope = check_scope(
+        spec=spec,
+        name=name,
+        namespace=namespace,
+        source=source,
+        stable_version=stable_version(spec, status) if analysis.baseline is not None else None,
+    )
     canary, requests = scope.canary, scope.requests
     drift = f"max by ({t.FEATURE_LABEL}) ({t.FEATURE_DRIFT}{selector(canary)})"
     queries = {
@@ -140,11 +193,69 @@ def build_queries(
         m.DRIFT: drift,
         m.PREDICTION_DRIFT: f"max({t.PREDICTION_DRIFT}{selector(canary)})",
     }
+    if analysis.thresholds.drift_significance is not None:
+        queries[m.DRIFT_P_VALUE] = _bonferroni(t.FEATURE_DRIFT_P_VALUE, canary, by=t.FEATURE_LABEL)
+        queries[m.PREDICTION_DRIFT_P_VALUE] = _bonferroni(t.PREDICTION_DRIFT_P_VALUE, canary)
+    if analysis.sequential_rates is not None:
+        since = _since_step(status, at)
+        if since is not None:
+            tracks: list[tuple[Literal["canary", "stable"], Mapping[str, str]]] = [
+                ("canary", requests)
+            ]
+            if scope.stable_requests is not None:
+                tracks.append(("stable", scope.stable_requests))
+            for track, labels in tracks:
+                queries |= _counts(track, labels, since=since, slow=m.slow_bound(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
         queries[m.SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
     for metric in spec.analysis.metrics:
         queries[metric.name] = metric.query
     return queries
+
+
+def _since_step(status: api.ModelDeploymentStatus | None, at: datetime | None) -> str | None:
+    """The range from the step's start to `at`, in whole milliseconds; None when unknown or
+    too short to hold two samples."""
+    if status is None or status.step_started_at is None or at is None:
+        return None
+    seconds = (at - status.step_started_at).total_seconds()
+    if seconds < MIN_SINCE_STEP_SECONDS:
+        return None
+    return f"{round(seconds * 1000)}ms"
+
+
+def _counts(
+    track: Literal["canary", "stable"],
+    labels: Mapping[str, str],
+    *,
+    since: str,
+    slow: float | None,
+) -> dict[str, str]:
+    """The counts of one track since the step began (see the module's docstring)."""
+
+    def increase(series: str, matchers: Mapping[str, str], extra: str = "") -> str:
+        chosen = selector(matchers, extra=extra)
+        return f"(sum(increase({series}{chosen}[{since}])) or on() vector(0))"
+
+    counts = {
+        m.count_name(track, "requests"): increase(t.REQUESTS_TOTAL, labels),
+        m.count_name(track, "errors"): increase(t.REQUESTS_TOTAL, labels, SERVER_ERRORS),
+        m.count_name(track, "timed"): increase(
+            t.REQUEST_DURATION_BUCKET, {**labels, t.LE_LABEL: t.bucket_label(math.inf)}
+        ),
+    }
+    if slow is not None:
+        fast = increase(t.REQUEST_DURATION_BUCKET, {**labels, t.LE_LABEL: t.bucket_label(slow)})
+        counts[m.count_name(track, "slow")] = f"{counts[m.count_name(track, 'timed')]} - {fast}"
+    return counts
+
+
+def _bonferroni(series: str, labels: Mapping[str, str], *, by: str | None = None) -> str:
+    """The smallest p-value over the replicas (per `by`), times their number, at most 1."""
+    group = f" by ({by})" if by else ""
+    matched = f" on ({by})" if by else ""
+    chosen = f"{series}{selector(labels)}"
+    return f"clamp_max(min{group} ({chosen}) *{matched} count{group} ({chosen}), 1)"
 
 
 def _requests(labels: Mapping[str, str], *, window: str) -> str:

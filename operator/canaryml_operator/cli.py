@@ -87,6 +87,25 @@ NamespaceOption = Annotated[
 NameArgument = Annotated[str, typer.Argument(help="The ModelDeployment's name.")]
 
 
+def _evidence_cells(check: Any) -> list[str]:
+    """A sequential check's interval, evidence and requests (and how many more a decision
+    needs); `-` for a check that is not sequential. (`check`: an api.CheckRecord; the CLI
+    imports the API lazily.)"""
+    from canaryml_operator.measurements import value_text
+
+    if check.samples is None:
+        return ["-", "-", "-"]
+    interval = (
+        "-"
+        if check.low is None
+        else f"{value_text(check.name, check.low)} - "
+        + ("inf" if check.high is None else value_text(check.name, check.high))
+    )
+    evidence = "-" if check.evidence is None else f"{check.evidence:.3g}"
+    needed = "" if check.requests_needed is None else f" (+{check.requests_needed})"
+    return [interval, evidence, f"{check.samples:.0f}{needed}"]
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
@@ -261,17 +280,24 @@ def render_status(found: dict[str, Any]) -> list[Any]:
     last = status.last_analysis
     if last is not None:
         checks = Table(title=f"last analysis {last.time:%Y-%m-%d %H:%M:%S}: {last.verdict}")
-        for column in ("check", "value", "min", "max", "verdict", "why"):
+        # Sequential checks (analysis.sequential, .baseline) add what their decision rests on.
+        sequential = any(check.samples is not None for check in last.checks)
+        columns = ["check", "value", "min", "max", "verdict"]
+        if sequential:
+            columns += ["interval", "evidence", "requests (more needed)"]
+        for column in [*columns, "why"]:
             checks.add_column(column)
         for check in last.checks:
-            checks.add_row(
+            cells = [
                 check.name,
                 value_text(check.name, check.value),
                 value_text(check.name, check.min),
                 value_text(check.name, check.max),
                 check.verdict,
-                check.message,
-            )
+            ]
+            if sequential:
+                cells += _evidence_cells(check)
+            checks.add_row(*cells, check.message)
         out.append(checks)
     if status.conditions:
         conditions = Table(title="conditions")

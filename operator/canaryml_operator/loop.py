@@ -24,10 +24,16 @@ from canaryml_operator.state import DeploymentState, Event, Owner, TrackPlan
 
 
 class Measure(Protocol):
-    """Takes one analysis of the spec's canary: every check's sample at `now`."""
+    """Takes one analysis of the spec's canary: every check's sample at `now` (`status` says
+    since when the step runs and which version the stable track serves)."""
 
     async def __call__(
-        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+        self,
+        *,
+        spec: api.ModelDeploymentSpec,
+        owner: Owner,
+        status: api.ModelDeploymentStatus,
+        now: datetime,
     ) -> Measurements: ...
 
 
@@ -58,7 +64,7 @@ async def measure_if_due(
     """An analysis when one is due (`rollout.next_analysis_in`), else None."""
     if rollout.next_analysis_in(spec=spec, status=status, now=now) != 0.0:
         return None
-    return await measure(spec=spec, owner=owner, now=now)
+    return await measure(spec=spec, owner=owner, status=status, now=now)
 
 
 @dataclass(frozen=True)

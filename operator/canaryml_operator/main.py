@@ -436,9 +436,7 @@ async def analysis_daemon(
             owner=owner,
             status=status,
             now=now,
-            measure=functools.partial(
-                take_measurements, kube=kube, body=body, last=status.last_analysis
-            ),
+            measure=functools.partial(take_measurements, kube=kube, body=body),
         )
         pause = WRITTEN_PAUSE_SECONDS  # time for the watch to bring the status just written
         try:
@@ -466,18 +464,22 @@ async def take_measurements(
     owner: Owner,
     now: datetime,
     kube: KubeClient,
+    status: api.ModelDeploymentStatus | None = None,
     body: Mapping[str, Any] | None = None,
-    last: api.AnalysisRecord | None = None,
 ) -> Measurements:
     """Every check's sample from the metrics provider the spec names; never raises: a provider
     that cannot be reached or configured gives Error samples, which hold the weight.
 
     Credentials that cannot be had (a Secret missing or not opted in) are also told in a
-    Warning Event on `body`, once: not again while `last` (the previous analysis) says so."""
+    Warning Event on `body`, once: not again while the previous analysis (status.lastAnalysis)
+    says so."""
+    last = status.last_analysis if status is not None else None
     queries = checks.build_queries(
         spec=spec,
         name=owner.name,
         namespace=owner.namespace,
+        status=status,
+        at=now,
         source=telemetry.SOURCE_ROUTER
         if spec.routing.router == "builtin"
         else telemetry.SOURCE_SERVER,

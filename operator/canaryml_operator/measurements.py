@@ -18,7 +18,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal
+
+from canaryml_api import resource as api
+from canaryml_api.telemetry import LATENCY_BUCKETS
 
 # Built-in checks, named as the fields of status.lastAnalysis.
 REQUESTS: Final = "requests"  # canary requests in the window (the minRequests gate)
@@ -27,6 +30,13 @@ LATENCY_P99: Final = "latencyP99"  # seconds
 DRIFT: Final = "drift"  # worst per-feature PSI of the canary's inputs
 PREDICTION_DRIFT: Final = "predictionDrift"
 SHADOW_AGREEMENT: Final = "shadowAgreement"
+# Calibrated drift gate (thresholds.driftSignificance): the smallest p-value.
+DRIFT_P_VALUE: Final = "driftPValue"
+PREDICTION_DRIFT_P_VALUE: Final = "predictionDriftPValue"
+# Sequential checks (analysis.sequential, analysis.baseline), from counts since the step began.
+SLOW_REQUESTS: Final = "slowRequests"  # share slower than the latency bound's bucket
+ERROR_RATE_VS_STABLE: Final = "errorRateVsStable"  # canary rate / stable rate
+SLOW_REQUESTS_VS_STABLE: Final = "slowRequestsVsStable"
 BUILTIN_CHECKS: Final = (
     REQUESTS,
     ERROR_RATE,
@@ -35,6 +45,26 @@ BUILTIN_CHECKS: Final = (
     PREDICTION_DRIFT,
     SHADOW_AGREEMENT,
 )
+# Built-in checks a spec opts into (analysis.sequential / baseline, thresholds.driftSignificance).
+OPT_IN_CHECKS: Final = (
+    SLOW_REQUESTS,
+    ERROR_RATE_VS_STABLE,
+    SLOW_REQUESTS_VS_STABLE,
+    DRIFT_P_VALUE,
+    PREDICTION_DRIFT_P_VALUE,
+)
+
+# Counts since the step began, per track: the inputs of the sequential checks, not checks.
+# (Custom check names are lowercase with dashes: these cannot collide with them.)
+CountKind = Literal["requests", "errors", "timed", "slow"]
+COUNT_KINDS: Final[tuple[CountKind, ...]] = ("requests", "errors", "timed", "slow")
+
+
+def count_name(track: Literal["canary", "stable"], kind: CountKind) -> str:
+    """`canaryErrorsSinceStep`: the measurement of `kind` requests of `track` since the step
+    began (`timed`: those in the latency histogram; `slow`: those of them over the bound)."""
+    return f"{track}{kind.capitalize()}SinceStep"
+
 
 # What each built-in check can measure at all. A value outside (a negative or infinite rate, an
 # agreement over 100 %) is a broken query or a metrics source not to be believed: an Error,
@@ -47,6 +77,11 @@ POSSIBLE_RANGES: Final[Mapping[str, tuple[float, float]]] = {
     DRIFT: (0.0, math.inf),
     PREDICTION_DRIFT: (0.0, math.inf),
     SHADOW_AGREEMENT: (0.0, 1.0),
+    DRIFT_P_VALUE: (0.0, 1.0),
+    PREDICTION_DRIFT_P_VALUE: (0.0, 1.0),
+    SLOW_REQUESTS: (0.0, 1.0),
+    ERROR_RATE_VS_STABLE: (0.0, math.inf),
+    SLOW_REQUESTS_VS_STABLE: (0.0, math.inf),
 }
 # +Inf is a measurement of these: histogram_quantile answers it when the quantile is past the
 # last bucket, a PSI when a bin expected nothing. It is over any max: Failed, not a pass.
@@ -64,6 +99,14 @@ def impossible(check: str, value: float) -> str | None:
     if value < low - RANGE_TOLERANCE or value > high + RANGE_TOLERANCE:
         return f"{value:g} is outside the possible range [{low:g}, {high:g}]"
     return None
+
+
+def slow_bound(spec: api.ModelDeploymentSpec) -> float | None:
+    """The latency histogram bucket that splits slow from fast requests: the smallest bucket
+    bound at or above thresholds.maxLatencyP99 (a histogram knows no finer split); None when
+    the bound is past the last finite bucket."""
+    bound = api.parse_duration(spec.analysis.thresholds.max_latency_p99)
+    return next((b for b in LATENCY_BUCKETS if b >= bound - 1e-12), None)
 
 
 # Features a drift sample names: enough to act on, few enough for one line of an Event.
@@ -89,15 +132,17 @@ class Sample:
         return cls(value=None, error=error)
 
     @classmethod
-    def worst_of(cls, by_feature: Mapping[str, float]) -> Sample:
-        """One value per feature as one sample: the largest, and the worst few features.
+    def worst_of(cls, by_feature: Mapping[str, float], *, lowest: bool = False) -> Sample:
+        """One value per feature as one sample: the largest (the smallest with `lowest`, as
+        for p-values), and the worst few features.
 
         NaN values are left out (PromQL's max skips them); nothing left is no data. Ties are
         broken by name, so the same answer always gives the same sample.
         """
+        sign = 1.0 if lowest else -1.0
         ranked = sorted(
             ((name, value) for name, value in by_feature.items() if not math.isnan(value)),
-            key=lambda item: (-item[1], item[0]),
+            key=lambda item: (sign * item[1], item[0]),
         )
         if not ranked:
             return cls()
@@ -135,6 +180,11 @@ NOTATIONS: Final[Mapping[str, Notation]] = {
     DRIFT: Notation(1.0, "", 3),
     PREDICTION_DRIFT: Notation(1.0, "", 3),
     SHADOW_AGREEMENT: Notation(100.0, "%", 1),
+    DRIFT_P_VALUE: Notation(1.0, "", 4),
+    PREDICTION_DRIFT_P_VALUE: Notation(1.0, "", 4),
+    SLOW_REQUESTS: Notation(100.0, "%", 2),
+    ERROR_RATE_VS_STABLE: Notation(1.0, "x", 2),
+    SLOW_REQUESTS_VS_STABLE: Notation(1.0, "x", 2),
 }
 CUSTOM_NOTATION: Final = Notation(1.0, "", 3)  # a custom check's unit is the user's query's
 NO_VALUE: Final = "-"

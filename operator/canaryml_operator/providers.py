@@ -378,6 +378,7 @@ async def measure(
                 provider=provider,
                 promql=queries[name],
                 label=checks.SERIES_LABEL.get(name),
+                lowest=name in checks.LOWEST_IS_WORST,
                 at=at,
             )
             for name in names
@@ -387,13 +388,14 @@ async def measure(
 
 
 async def _sample(
-    *, provider: MetricProvider, promql: str, label: str | None, at: datetime
+    *, provider: MetricProvider, promql: str, label: str | None, lowest: bool, at: datetime
 ) -> Sample:
     """The answer to `promql`; with `label`, one value per value of it, reduced to the
-    largest and the worst few."""
+    largest (`lowest`: the smallest) and the worst few."""
     try:
         if label is None:
             return Sample(value=await provider.query(promql, at=at))
-        return Sample.worst_of(await provider.query_by(promql, label=label, at=at))
+        by_label = await provider.query_by(promql, label=label, at=at)
+        return Sample.worst_of(by_label, lowest=lowest)
     except MetricError as error:
         return Sample.failed(str(error))

@@ -714,7 +714,17 @@ def _analyse(
         _clear_stalled(b)
         failing = [r for r in results if r.verdict == "Failed"]
         detail = "; ".join(r.message for r in failing)
-        if failed >= analysis.failure_limit:
+        if any(r.sequential for r in failing):
+            # A sequential failure is already a decision with its error rate held over every
+            # look: waiting for failureLimit would only add looks it has accounted for.
+            rates = analysis.sequential_rates
+            assert rates is not None
+            message = (
+                f"canary {canary.model.version} rolled back at {status.canary_weight}%: {detail} "
+                f"(a sequential decision: false rollback rate {rates.false_rollback_rate:g})"
+            )
+            _roll_back(b, spec, reason="AnalysisFailed", message=message)
+        elif failed >= analysis.failure_limit:
             message = (
                 f"canary {canary.model.version} rolled back at {status.canary_weight}%: {detail} "
                 f"({failed} failed analyses in a row, failureLimit {analysis.failure_limit})"
@@ -727,7 +737,8 @@ def _analyse(
         held = status.held_analyses + 1
         b.update(held_analyses=held)
         b.action = "hold"
-        _hold(b, spec, record, held=held)
+        collecting = all(r.collecting for r in results if r.verdict != "Successful")
+        _hold(b, spec, record, held=held, collecting=collecting)
         return
     b.update(failed_checks=0, held_analyses=0)
     _clear_stalled(b)
@@ -767,17 +778,29 @@ def _analyse(
     )
 
 
-HELD_REASONS = ("AnalysisInconclusive", "MetricsUnavailable")
+HELD_REASONS = ("AnalysisInconclusive", "MetricsUnavailable", "CollectingEvidence")
 
 
 def _hold(
-    b: _Builder, spec: api.ModelDeploymentSpec, record: api.AnalysisRecord, *, held: int
+    b: _Builder,
+    spec: api.ModelDeploymentSpec,
+    record: api.AnalysisRecord,
+    *,
+    held: int,
+    collecting: bool = False,
 ) -> None:
     """The weight is held: Progressing says why; Stalled (and a Warning, once) only for a real
     stall: HELD_STREAK_LIMIT Error analyses in a row, or Inconclusive ones (a drift window
-    warming up, too few requests) for longer than spec.progressDeadline."""
+    warming up, too few requests) for longer than spec.progressDeadline. Sequential checks
+    that are only not sure yet (`collecting`: requests arrive, a decision needs more) never
+    stall: low traffic is a longer step, and the message says how many more requests."""
     weight = b.status.canary_weight
     why = "; ".join(record.reasons)
+    if collecting:
+        message = f"weight held at {weight}% while evidence is collected: {why}"
+        b.condition("Progressing", "True", "CollectingEvidence", message)
+        _clear_stalled(b)
+        return
     if record.verdict == "Error":
         reason = "MetricsUnavailable"
         stalled = held >= HELD_STREAK_LIMIT

@@ -8,12 +8,14 @@ report and `canaryml status` read them too.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final, Literal
 
 from canaryml_api import resource as api
 
+from canaryml_operator import evidence as ev
 from canaryml_operator import measurements as m
 
 Verdict = api.Verdict
@@ -27,6 +29,19 @@ class CheckResult:
     min: float | None = None
     max: float | None = None
     message: str = ""
+    # Sequential checks: decided on evidence since the step began (a Failed one rolls back at
+    # once; an Inconclusive one with data is collecting evidence, not stalled).
+    sequential: bool = False
+    low: float | None = None
+    high: float | None = None
+    evidence: float | None = None
+    samples: float | None = None
+    requests_needed: int | None = None
+
+    @property
+    def collecting(self) -> bool:
+        """Not sure yet, with data: more requests will decide."""
+        return self.sequential and self.verdict == "Inconclusive" and self.samples is not None
 
     def record(self) -> api.CheckRecord:
         return api.CheckRecord(
@@ -36,6 +51,11 @@ class CheckResult:
             min=self.min,
             max=self.max,
             message=self.message,
+            low=_finite(self.low),
+            high=_finite(self.high),
+            evidence=_finite(self.evidence),
+            samples=self.samples,
+            requests_needed=self.requests_needed,
         )
 
 
@@ -51,9 +71,15 @@ def judge_value(
     min: float | None = None,
     max: float | None = None,
     gate: str | None = None,
+    informational: bool = False,
 ) -> CheckResult:
     """One check's verdict. `gate` names why the value cannot be trusted yet (too few
-    requests): the check is then Inconclusive whatever its value."""
+    requests): the check is then Inconclusive whatever its value. An `informational` check is
+    shown, never judged: Successful whatever it reads."""
+    if informational:
+        value = None if sample.value is None or math.isnan(sample.value) else sample.value
+        note = "" if sample.error is None else f"{name} (not judged): {sample.error}"
+        return CheckResult(name, "Successful", value, message=note)
     if sample.error is not None:
         return CheckResult(name, "Error", None, min, max, f"{name}: {sample.error}")
     value = sample.value
@@ -74,41 +100,66 @@ def judge_value(
         return CheckResult(name, "Failed", value, min, max, message)
     if min is not None and value < min:
         shown, bound = m.compared_texts(name, value, min)
-        return CheckResult(name, "Failed", value, min, max, f"{name} {shown} < min {bound}")
+        message = f"{name} {shown} < min {bound}"
+        under = [(feature, each) for feature, each in sample.features if each < min]
+        if under:
+            message += f" ({m.features_text(name, under)})"
+        return CheckResult(name, "Failed", value, min, max, message)
     return CheckResult(name, "Successful", value, min, max, "")
 
 
 def judge(*, spec: api.ModelDeploymentSpec, measurements: m.Measurements) -> list[CheckResult]:
     """Every check of one analysis, built-ins first, then the custom metrics."""
     analysis, limits = spec.analysis, spec.analysis.thresholds
-    requests = measurements.get(m.REQUESTS)
-    results = [_judge_requests(requests, analysis.min_requests)]
-    few = (
-        None
-        if results[0].verdict == "Successful"
-        else f"too few canary requests ({results[0].message})"
-    )
+    if analysis.sequential_rates is not None:
+        results = judge_sequential(spec=spec, measurements=measurements)
+        # The window's p99 is still worth reading; the slowRequests check judges latency.
+        latency = measurements.get(m.LATENCY_P99)
+        results.insert(2, judge_value(name=m.LATENCY_P99, sample=latency, informational=True))
+    else:
+        requests = measurements.get(m.REQUESTS)
+        results = [_judge_requests(requests, analysis.min_requests)]
+        few = (
+            None
+            if results[0].verdict == "Successful"
+            else f"too few canary requests ({results[0].message})"
+        )
+        results += [
+            judge_value(
+                name=m.ERROR_RATE,
+                sample=measurements.get(m.ERROR_RATE),
+                max=limits.max_error_rate,
+                gate=few,
+            ),
+            judge_value(
+                name=m.LATENCY_P99,
+                sample=measurements.get(m.LATENCY_P99),
+                max=api.parse_duration(limits.max_latency_p99),
+                gate=few,
+            ),
+        ]
+    calibrated = limits.drift_significance
+    # Drift comes from the servers' own windows, which hold enough rows or no series. With a
+    # calibrated gate, the PSI is the effect size shown next to the test: it fails nothing.
     results += [
         judge_value(
-            name=m.ERROR_RATE,
-            sample=measurements.get(m.ERROR_RATE),
-            max=limits.max_error_rate,
-            gate=few,
+            name=m.DRIFT,
+            sample=measurements.get(m.DRIFT),
+            max=limits.max_drift if calibrated is None else None,
+            informational=calibrated is not None,
         ),
-        judge_value(
-            name=m.LATENCY_P99,
-            sample=measurements.get(m.LATENCY_P99),
-            max=api.parse_duration(limits.max_latency_p99),
-            gate=few,
-        ),
-        # Drift comes from the servers' own windows, which hold enough rows or no series.
-        judge_value(name=m.DRIFT, sample=measurements.get(m.DRIFT), max=limits.max_drift),
         judge_value(
             name=m.PREDICTION_DRIFT,
             sample=measurements.get(m.PREDICTION_DRIFT),
-            max=limits.max_prediction_drift,
+            max=limits.max_prediction_drift if calibrated is None else None,
+            informational=calibrated is not None,
         ),
     ]
+    if calibrated is not None:
+        results += [
+            judge_value(name=name, sample=measurements.get(name), min=calibrated)
+            for name in (m.DRIFT_P_VALUE, m.PREDICTION_DRIFT_P_VALUE)
+        ]
     if spec.shadow is not None and spec.shadow.percent > 0:
         results.append(
             judge_value(
@@ -127,6 +178,222 @@ def judge(*, spec: api.ModelDeploymentSpec, measurements: m.Measurements) -> lis
             )
         )
     return results
+
+
+# The share of requests allowed over the latency bound: "p99 <= bound" is "at most 1 % slower".
+SLOW_SHARE: Final = 0.01
+_SEQUENTIAL_VERDICTS: Final[Mapping[ev.Decision, Verdict]] = {
+    ev.Decision.PASS: "Successful",
+    ev.Decision.FAIL: "Failed",
+    ev.Decision.UNDECIDED: "Inconclusive",
+}
+
+
+def judge_sequential(
+    *, spec: api.ModelDeploymentSpec, measurements: m.Measurements
+) -> list[CheckResult]:
+    """The sequential checks (analysis.sequential, analysis.baseline) on the counts since the
+    step began: `requests` (shown, not judged: the evidence knows how many it rests on),
+    `errorRate` against maxErrorRate, `slowRequests` (the share over the latency bound's
+    bucket) against 1 % (p99 within the bound), and with a baseline the canary against the
+    stable track on each rate the baseline names."""
+    analysis = spec.analysis
+    rates = analysis.sequential_rates
+    assert rates is not None
+    alpha, beta = rates.false_rollback_rate, rates.false_promotion_rate
+    canary = _track_counts(measurements, "canary")
+    requests = canary.get("requests")
+    results = [
+        CheckResult(
+            m.REQUESTS,
+            "Successful",
+            None if requests is None or isinstance(requests, str) else float(requests),
+            message=requests if isinstance(requests, str) else "",
+        )
+    ]
+    max_error_rate = analysis.thresholds.max_error_rate
+    results.append(
+        _judge_bound(m.ERROR_RATE, canary, "errors", "requests", max_error_rate, alpha, beta)
+    )
+    slow = m.slow_bound(spec)
+    if slow is None:
+        results.append(
+            CheckResult(
+                m.SLOW_REQUESTS,
+                "Error",
+                None,
+                message=f"{m.SLOW_REQUESTS}: maxLatencyP99 "
+                f"{analysis.thresholds.max_latency_p99} is past the latency histogram's last "
+                "bucket: no request can be told slow",
+                sequential=True,
+            )
+        )
+    else:
+        results.append(
+            _judge_bound(m.SLOW_REQUESTS, canary, "slow", "timed", SLOW_SHARE, alpha, beta)
+        )
+    baseline = analysis.baseline
+    if baseline is not None:
+        stable = _track_counts(measurements, "stable")
+        parts = [
+            (m.ERROR_RATE_VS_STABLE, "errors", "requests",
+             baseline.max_error_rate_ratio, baseline.max_error_rate_increase),
+            (m.SLOW_REQUESTS_VS_STABLE, "slow", "timed",
+             baseline.max_slow_ratio, baseline.max_slow_increase),
+        ]  # fmt: skip
+        for name, events, total, ratio, increase in parts:
+            if ratio is None and increase is None:
+                continue
+            allowance = ev.Allowance(ratio=ratio, increase=increase)
+            results.append(
+                _judge_comparison(name, canary, stable, events, total, allowance, alpha, beta)
+            )
+    return results
+
+
+# A track's counts since the step began, by kind: a number, or why there is none (a string).
+_Counts = Mapping[str, float | str]
+
+
+def _track_counts(measurements: m.Measurements, track: Literal["canary", "stable"]) -> _Counts:
+    counts: dict[str, float | str] = {}
+    for kind in m.COUNT_KINDS:
+        name = m.count_name(track, kind)
+        sample = measurements.get(name)
+        if sample.error is not None:
+            counts[kind] = f"{track} {kind} since the step began: {sample.error}"
+        elif sample.value is None or math.isnan(sample.value):
+            counts[kind] = f"no {track} counts since the step began yet"
+        else:
+            problem = m.impossible(m.REQUESTS, sample.value)
+            # Extrapolated increases can be a hair below 0 or differ by a fraction: clip.
+            counts[kind] = problem if problem is not None else max(sample.value, 0.0)
+    return counts
+
+
+def _pair(name: str, counts: _Counts, events: str, total: str) -> ev.Counts | CheckResult:
+    """(events, requests) from `counts`, or the Error / no-data result of `name` when absent."""
+    for kind in (events, total):
+        value = counts.get(kind, f"no {kind} counts")
+        if isinstance(value, str):
+            verdict: Verdict = "Inconclusive" if value.startswith("no ") else "Error"
+            return CheckResult(name, verdict, None, message=f"{name}: {value}", sequential=True)
+    x, n = float(counts[events]), float(counts[total])
+    return ev.Counts(events=min(x, n), requests=n)
+
+
+def _judge_bound(
+    name: str,
+    counts: _Counts,
+    events: str,
+    total: str,
+    bound: float,
+    alpha: float,
+    beta: float,
+) -> CheckResult:
+    pair = _pair(name, counts, events, total)
+    if isinstance(pair, CheckResult):
+        return pair
+    if bound >= 1 or bound <= 0:
+        # Nothing to weigh: every rate is within 100 %; any event is over 0 %.
+        failed = bound <= 0 and pair.events > 0
+        message = f"{name} {m.value_text(name, pair.rate)} > max 0" if failed else ""
+        return CheckResult(
+            name, "Failed" if failed else "Successful", pair.rate, None, bound, message,
+            sequential=True, samples=pair.requests,
+        )  # fmt: skip
+    check = ev.check_bound(pair.events, pair.requests, bound, alpha=alpha, beta=beta)
+    verdict = _SEQUENTIAL_VERDICTS[check.decision]
+    interval = f"{_rate(name, check.interval.low)}-{_rate(name, check.interval.high)}"
+    seen = f"{pair.events:.0f} of {pair.requests:.0f} requests since the step began"
+    estimate, limit = _rate(name, check.estimate), _rate(name, bound)
+    if verdict == "Failed":
+        message = (
+            f"{name} {estimate} > max {limit} with evidence {check.evidence.worse:.3g} >= "
+            f"{check.evidence.worse_needed:g} (interval {interval}; {seen})"
+        )
+    elif verdict == "Inconclusive":
+        message = (
+            f"{name} {estimate} against max {limit}: not sure yet (interval {interval}; "
+            f"{seen}; {_needed_text(check.requests_needed)})"
+        )
+    else:
+        message = ""
+    return CheckResult(
+        name, verdict, check.estimate, None, bound, message, sequential=True,
+        low=check.interval.low, high=check.interval.high, evidence=check.evidence.worse,
+        samples=pair.requests, requests_needed=check.requests_needed,
+    )  # fmt: skip
+
+
+def _judge_comparison(
+    name: str,
+    canary: _Counts,
+    stable: _Counts,
+    events: str,
+    total: str,
+    allowance: ev.Allowance,
+    alpha: float,
+    beta: float,
+) -> CheckResult:
+    ours = _pair(name, canary, events, total)
+    if isinstance(ours, CheckResult):
+        return ours
+    theirs = _pair(name, stable, events, total)
+    if isinstance(theirs, CheckResult):
+        return theirs
+    result = ev.compare_rates(ours, theirs, allowance, alpha=alpha, beta=beta)
+    verdict = _SEQUENTIAL_VERDICTS[result.decision]
+    rate_check = m.ERROR_RATE if events == "errors" else m.SLOW_REQUESTS
+    ratio = result.ratio
+    if ratio is None and ours.rate:
+        ratio = math.inf  # events on the canary, none on stable
+    allowed = " or ".join(
+        part
+        for part in (
+            f"{allowance.ratio:g}x stable" if allowance.ratio is not None else "",
+            f"stable + {_rate(rate_check, allowance.increase)}"
+            if allowance.increase is not None
+            else "",
+        )
+        if part
+    )
+    what = (
+        f"canary {_rate(rate_check, ours.rate)} ({ours.events:.0f} of {ours.requests:.0f}) vs "
+        f"stable {_rate(rate_check, theirs.rate)} ({theirs.events:.0f} of "
+        f"{theirs.requests:.0f}) since the step began: ratio {_ratio(ratio)} (interval "
+        f"{_ratio(result.ratio_interval.low)}-{_ratio(result.ratio_interval.high)}), increase "
+        f"interval {_rate(rate_check, result.increase_interval.low)} to "
+        f"{_rate(rate_check, result.increase_interval.high)}; allowed: {allowed}"
+    )
+    if verdict == "Failed":
+        message = f"{name}: worse than allowed, with evidence: {what}"
+    elif verdict == "Inconclusive":
+        message = f"{name}: not sure yet: {what}; {_needed_text(result.requests_needed)}"
+    else:
+        message = ""
+    return CheckResult(
+        name, verdict, ratio, None, allowance.ratio, message, sequential=True,
+        low=result.ratio_interval.low, high=result.ratio_interval.high,
+        evidence=result.evidence.worse, samples=ours.requests,
+        requests_needed=result.requests_needed,
+    )  # fmt: skip
+
+
+def _rate(check: str, value: float | None) -> str:
+    return m.value_text(check, value, decimals=2)
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.3g}"
+
+
+def _needed_text(needed: int | None) -> str:
+    if needed is None:
+        return "no decision in sight at the current rates"
+    return f"about {needed} more canary requests to decide"
 
 
 def _judge_requests(sample: m.Sample, min_requests: int) -> CheckResult:

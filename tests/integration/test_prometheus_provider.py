@@ -6,8 +6,10 @@ scrape of a new counter is its baseline, and increase() needs samples on both si
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,16 +19,21 @@ import httpx
 import pandas as pd
 import pytest
 from canaryml_api import resource as api
+from canaryml_operator import verdicts
 from canaryml_operator.checks import build_queries
 from canaryml_operator.measurements import (
     DRIFT,
+    DRIFT_P_VALUE,
     ERROR_RATE,
+    ERROR_RATE_VS_STABLE,
     LATENCY_P99,
     PREDICTION_DRIFT,
+    PREDICTION_DRIFT_P_VALUE,
     REQUESTS,
     SHADOW_AGREEMENT,
     WORST_FEATURES_KEPT,
     Measurements,
+    count_name,
 )
 from canaryml_operator.providers import (
     MetricError,
@@ -342,3 +349,80 @@ def test_auth_headers() -> None:
     with pytest.raises(ValueError, match="several lines"):
         auth_headers(bearer_token="a\nb", authorization=None)
     assert isinstance(build_provider(analysis=api.AnalysisSpec(), headers={}), PrometheusProvider)
+
+
+async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
+    start_server: Callable[..., str],
+    prometheus: StartPrometheus,
+    provider_for: Callable[[str], PrometheusProvider],
+    example_models: dict[str, Path],
+    rows: list[dict[str, Any]],
+) -> None:
+    """The sequential checks' PromQL on real exporters: each track's requests, 5xx errors,
+    timed and slow requests since status.stepStartedAt, and the drift tests' p-values."""
+    canary = start_server(
+        example_models["canary"],
+        "--track", "canary", "--model-deployment", NAME,
+        env={"CANARYML_DRIFT_MIN_ROWS": "20", "CANARYML_RUNTIME": "sklearn",
+             "CANARYML_INJECT_ERRORS": "0.5"},
+    )  # fmt: skip
+    stable = serve(start_server, example_models["stable"], "stable")
+    prom = prometheus([Target(url, {"namespace": NAMESPACE}) for url in (canary, stable)])
+    await prom.wait_for_async("count(up == 1)", lambda v: v == 2)
+    # increase() sees the changes between the scrapes inside its range: a request counted
+    # before the step's first scrape is not (the series' first sample inside is the baseline).
+    # So the step begins before the first requests, whose scrape then lies inside the range.
+    started = datetime.now(UTC)
+    async with httpx.AsyncClient(timeout=30) as client:
+        for url in (canary, stable):  # every series exists before the measured requests
+            await client.post(f"{url}/predict", json=rows[0])
+    await prom.wait_for_async("sum(canaryml_requests_total)", lambda v: v == 2)
+    answered: dict[str, list[int]] = {canary: [], stable: []}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for url, count in ((canary, 80), (stable, 120)):
+            for row in rows[:count]:
+                answered[url].append((await client.post(f"{url}/predict", json=row)).status_code)
+    await prom.wait_for_async("sum(canaryml_requests_total)", lambda v: v == 202)
+    await prom.wait_for_async(f"max(canaryml_feature_drift_p_value{{{CANARY}}})")
+
+    raw = spec(url=prom.url).model_dump(by_alias=True, exclude_none=True)
+    raw["analysis"] |= {
+        "baseline": {"maxErrorRateRatio": 2},
+        "thresholds": {"driftSignificance": 0.01},
+    }
+    the_spec = api.parse_spec(raw)
+    status = api.ModelDeploymentStatus(step_started_at=started)
+    provider = provider_for(prom.url)
+
+    async def measured() -> Measurements:
+        at = datetime.now(UTC)
+        queries = build_queries(
+            spec=the_spec, name=NAME, namespace=NAMESPACE, source="server", status=status, at=at
+        )
+        return await measure(provider=provider, queries=queries, at=at)
+
+    # increase() needs two scrapes inside the range since the step began: wait for them.
+    deadline = time.monotonic() + 30
+    while True:
+        result = await measured()
+        seen = [result.get(count_name(track, "requests")).value for track in ("canary", "stable")]
+        if all(v is not None and v >= sent for v, sent in zip(seen, (80, 120), strict=True)):
+            break
+        assert time.monotonic() < deadline, (seen, result.samples)
+        await asyncio.sleep(0.5)
+    assert all(sample.error is None for sample in result.samples.values()), result.samples
+    canary_errors = answered[canary].count(500)
+    assert 0 < canary_errors < 80  # half of them, give or take
+    # increase() extrapolates: at least what was sent since the step began, a little more.
+    for track, sent, errors in (("canary", 80, canary_errors), ("stable", 120, 0)):
+        assert sent <= value(result, count_name(track, "requests")) <= sent * 1.5
+        assert sent <= value(result, count_name(track, "timed")) <= sent * 1.5
+        low_errors = value(result, count_name(track, "errors"))
+        assert errors <= low_errors <= errors * 1.5 + 1e-9
+        assert 0 <= value(result, count_name(track, "slow")) <= 1.0  # a forest answers fast
+    assert 0 <= value(result, DRIFT_P_VALUE) <= 1
+    assert 0 <= value(result, PREDICTION_DRIFT_P_VALUE) <= 1
+    judged = {r.name: r for r in verdicts.judge(spec=the_spec, measurements=result)}
+    # Half of the canary's requests failed against none of stable's: decided already.
+    assert judged[ERROR_RATE].verdict == "Failed", judged[ERROR_RATE]
+    assert judged[ERROR_RATE_VS_STABLE].verdict == "Failed", judged[ERROR_RATE_VS_STABLE]

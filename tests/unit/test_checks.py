@@ -91,7 +91,10 @@ def test_without_namespace_no_namespace_matcher() -> None:
 def test_drift_keeps_one_series_per_feature_and_says_so() -> None:
     # The provider reads the drift answer per value of this label: the query must group by
     # it. Prediction drift has no feature: one number, as every other check.
-    assert dict(checks.SERIES_LABEL) == {DRIFT: telemetry.FEATURE_LABEL}
+    assert dict(checks.SERIES_LABEL) == {
+        DRIFT: telemetry.FEATURE_LABEL,
+        "driftPValue": telemetry.FEATURE_LABEL,
+    }
     assert queries(DESIGN_EXAMPLE)[DRIFT].startswith(f"max by ({telemetry.FEATURE_LABEL}) (")
 
 

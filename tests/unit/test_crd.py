@@ -214,9 +214,12 @@ def test_the_analysis_thresholds_carry_the_model_defaults(root: Node) -> None:
     thresholds = at(root, "spec.analysis.thresholds")
     expected = api.Thresholds().model_dump(by_alias=True)
 
+    # None is no default: the field is absent unless set (an opt-in).
     assert {
-        name: prop.get("default") for name, prop in thresholds["properties"].items()
-    } == expected
+        name: prop["default"]
+        for name, prop in thresholds["properties"].items()
+        if "default" in prop
+    } == {name: value for name, value in expected.items() if value is not None}
     assert thresholds["default"] == {}
     assert at(root, "spec.analysis")["default"] == {}
 
@@ -228,12 +231,23 @@ def test_every_spec_default_is_the_models_default(root: Node) -> None:
         if "default" not in node or node["default"] == {}:
             continue
         parts = path.lstrip(".").split(".")
-        if parts[0] in ("canary", "shadow") or any(part.endswith("[]") for part in parts):
+        optional = {"canary", "shadow", "sequential", "baseline"}
+        if optional & set(parts) or any(part.endswith("[]") for part in parts):
             continue  # optional sub-objects and list items, checked on their own below
         value: Any = wire
         for part in parts:
             value = value[part]
         assert node["default"] == value, path
+
+
+def test_sequential_defaults_are_the_models_defaults(root: Node) -> None:
+    sequential = at(root, "spec.analysis.sequential")
+    model_default = api.SequentialSpec().model_dump(by_alias=True)
+    assert {
+        name: prop["default"] for name, prop in sequential["properties"].items()
+    } == model_default
+    baseline = at(root, "spec.analysis.baseline")
+    assert not any("default" in prop for prop in baseline["properties"].values())
 
 
 def test_canary_defaults_are_the_models_defaults(root: Node) -> None:

@@ -116,7 +116,12 @@ class FakeMeasurer:
         self.taken: dict[datetime, Measurements] = {}
 
     async def measure(
-        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+        self,
+        *,
+        spec: api.ModelDeploymentSpec,
+        owner: Owner,
+        status: api.ModelDeploymentStatus,
+        now: datetime,
     ) -> Measurements:
         samples = {name: Sample(value) for name, value in self.values.items()}
         self.taken[now] = Measurements(time=now, samples=samples)

@@ -612,3 +612,44 @@ def test_the_window_is_the_specs() -> None:
 def test_a_spec_without_canary_is_refused() -> None:
     with pytest.raises(ValueError, match="canary"):
         measure_scraped(history=ScrapeHistory(), spec=api.parse_spec(MINIMAL), name=NAME, at=T0)
+
+
+def test_counts_since_the_step_began_and_p_values_from_scrapes() -> None:
+    spec = make_spec(
+        window="10s",
+        sequential={},
+        baseline={"maxErrorRateRatio": 2},
+        thresholds={"driftSignificance": 0.01},
+    )
+    stable_scope = {"track": "stable", "version": MINIMAL["model"]["version"]}
+    p_value = "canaryml_feature_drift_p_value"
+
+    def scrape(n: float) -> list[ScrapedSample]:
+        return [
+            requests(10 * n),
+            requests(n, code="500"),
+            requests(100 * n, **stable_scope),
+            *buckets({"0.25": 10 * n, "+Inf": 11 * n}),
+            *buckets({"0.25": 100 * n, "+Inf": 100 * n}, **stable_scope),
+            ScrapedSample(p_value, {**CANARY, "feature": "a"}, 0.5),
+            ScrapedSample(p_value, {**CANARY, "feature": "b"}, 0.004),
+        ]
+
+    # Scrapes every second for a minute; the step began at 20 s, long before the 10 s window.
+    history = history_of({float(s): scrape(s) for s in range(61)})
+    status = api.ModelDeploymentStatus(step_started_at=at(20))
+    measured = measure_scraped(history=history, spec=spec, name=NAME, at=at(60), status=status)
+    got = values(measured)
+    assert got[m.count_name("canary", "requests")] == 11 * 40
+    assert got[m.count_name("canary", "errors")] == 40
+    assert got[m.count_name("canary", "timed")] == 11 * 40
+    assert got[m.count_name("canary", "slow")] == 40
+    assert got[m.count_name("stable", "requests")] == 100 * 40
+    assert got[m.count_name("stable", "slow")] == 0
+    # Bonferroni over the one target: the smallest p-value as it is.
+    assert got[m.DRIFT_P_VALUE] == 0.004
+    assert measured.get(m.DRIFT_P_VALUE).features[0] == ("b", 0.004)
+    # Without the status there is nothing since a step began.
+    assert m.count_name("canary", "requests") not in values(
+        measure_scraped(history=history, spec=spec, name=NAME, at=at(60))
+    )

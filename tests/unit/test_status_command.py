@@ -35,3 +35,23 @@ def test_the_last_analysis_reads_in_each_checks_unit() -> None:
     for shown in ("23.1 %", "5.0 %", "2.5 ms", "200.0 ms", "54", "errorRate 23.1 % > max 5.0 %"):
         assert shown in text, shown
     assert "0.2308" not in text and "54.44" not in text
+
+
+def test_sequential_checks_show_interval_evidence_and_requests_needed() -> None:
+    from tests.unit.test_rollout import Run
+    from tests.unit.test_sequential_analysis import counts, sequential_spec
+
+    run = Run(sequential_spec())
+    run.start()
+    run.analyse(counts(canary=(0, 20)), after=2)
+    found = {
+        "metadata": {"namespace": "ml", "name": "iris"},
+        "spec": {"canary": {"steps": [5, 25, 50]}},
+        "status": run.status.model_dump(by_alias=True, mode="json", exclude_none=True),
+    }
+    console = Console(file=io.StringIO(), width=300, color_system=None)
+    for renderable in render_status(found):
+        console.print(renderable)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "interval" in text and "evidence" in text and "requests (more needed)" in text
+    assert "20 (+" in text  # 20 requests so far, and how many more

@@ -157,7 +157,12 @@ async def test_a_secret_not_opted_in_is_an_error_and_one_event(
 
     async def analysis(last: api.AnalysisRecord | None) -> api.AnalysisRecord:
         measured = await main.take_measurements(
-            spec=spec, owner=owner, now=T0, kube=kube, body={"metadata": {}}, last=last
+            spec=spec,
+            owner=owner,
+            now=T0,
+            kube=kube,
+            body={"metadata": {}},
+            status=api.ModelDeploymentStatus(last_analysis=last),
         )
         results = verdicts.judge(spec=spec, measurements=measured)
         return verdicts.build_record(results=results, time=T0, step=0, weight=5)

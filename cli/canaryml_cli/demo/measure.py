@@ -25,13 +25,21 @@ from canaryml_cli.demo.scrape import ScrapeHistory, measure_scraped, parse_expos
 
 SCRAPE_INTERVAL_S: Final = 1.0
 QUERY_TIMEOUT_S: Final = 2.0
+# Scrapes kept for the counts since a step began: the demo's steps are seconds long; a longer
+# one counts from the oldest kept scrape.
+SINCE_STEP_KEEP_SECONDS: Final = 600.0
 
 
 class Measurer(Protocol):
     """Where the analyses get their numbers; `measure` is the loop's `Measure` port."""
 
     async def measure(
-        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+        self,
+        *,
+        spec: api.ModelDeploymentSpec,
+        owner: Owner,
+        status: api.ModelDeploymentStatus,
+        now: datetime,
     ) -> Measurements: ...
 
     async def aclose(self) -> None: ...
@@ -45,12 +53,19 @@ class PrometheusMeasurer:
         self._provider = providers.PrometheusProvider(url=url, timeout=QUERY_TIMEOUT_S)
 
     async def measure(
-        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+        self,
+        *,
+        spec: api.ModelDeploymentSpec,
+        owner: Owner,
+        status: api.ModelDeploymentStatus,
+        now: datetime,
     ) -> Measurements:
         queries = checks.build_queries(
             spec=spec,
             name=owner.name,
             namespace=owner.namespace,
+            status=status,
+            at=now,
             source=telemetry.SOURCE_ROUTER,
         )
         return await providers.measure(provider=self._provider, queries=queries, at=now)
@@ -67,7 +82,8 @@ class ScrapeMeasurer:
 
     def __init__(self, *, targets: Sequence[str], window_seconds: float) -> None:
         self.targets = list(targets)
-        self.keep_seconds = window_seconds + 5 * SCRAPE_INTERVAL_S
+        # The window, and the scrapes a step's counts since it began read (sequential checks).
+        self.keep_seconds = max(window_seconds, SINCE_STEP_KEEP_SECONDS) + 5 * SCRAPE_INTERVAL_S
         self.history = ScrapeHistory()
         self._client = httpx.AsyncClient(timeout=SCRAPE_INTERVAL_S)
         self._task: asyncio.Task[None] | None = None
@@ -76,10 +92,17 @@ class ScrapeMeasurer:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def measure(
-        self, *, spec: api.ModelDeploymentSpec, owner: Owner, now: datetime
+        self,
+        *,
+        spec: api.ModelDeploymentSpec,
+        owner: Owner,
+        status: api.ModelDeploymentStatus,
+        now: datetime,
     ) -> Measurements:
         # Direct scrapes carry no namespace label: the scope has none.
-        return measure_scraped(history=self.history, spec=spec, name=owner.name, at=now)
+        return measure_scraped(
+            history=self.history, spec=spec, name=owner.name, at=now, status=status
+        )
 
     async def aclose(self) -> None:
         if self._task is not None:

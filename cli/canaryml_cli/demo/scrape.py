@@ -25,6 +25,11 @@ no namespace label, so the scope has none), and treats missing series as the Pro
   (`max by (feature)`), so that its sample names the worst features, as the provider's does.
 - `shadowAgreement` (when the spec mirrors traffic): agree / (agree + disagree) of the
   increases of the router's shadow comparison counter; None when that sum is 0 or absent.
+- `driftPValue`, `predictionDriftPValue` (thresholds.driftSignificance): per feature, the
+  smallest p-value in the newest scrape of each target times the number of targets, at most 1.
+- Counts since the step began (sequential checks): the increases, as above, over the scrapes
+  from status.stepStartedAt to `at` (the demo's measurer keeps 10 minutes of scrapes: an
+  older start counts from the oldest kept).
 - Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
   the demo with a Prometheus.
 
@@ -49,6 +54,7 @@ A NaN is never returned: no data (None) instead, as the operator's provider read
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import math
 import re
@@ -56,12 +62,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Literal
 
 from canaryml_api import resource as api
 from canaryml_api import telemetry as t
 from canaryml_operator import measurements as m
-from canaryml_operator.checks import COMPARED_RESULTS, SERVER_ERROR_CODES, Source, check_scope
+from canaryml_operator.checks import (
+    COMPARED_RESULTS,
+    MIN_SINCE_STEP_SECONDS,
+    SERVER_ERROR_CODES,
+    Source,
+    check_scope,
+    stable_version,
+)
 from canaryml_operator.measurements import Measurements, Sample
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -232,9 +245,11 @@ def measure_scraped(
     name: str,
     at: datetime,
     source: Source = "router",
+    status: api.ModelDeploymentStatus | None = None,
 ) -> Measurements:
     """Every check of `spec`'s canary over the window ending at `at`, as `build_queries` has
-    them, from the scrapes in `history` (see the module's docstring for the semantics).
+    them, from the scrapes in `history` (see the module's docstring for the semantics); with
+    sequential checks, the counts since status.stepStartedAt from the scrapes kept since then.
 
     `source` says whose request metrics to read, as in `build_queries`. Raises ValueError when
     the spec has no canary.
@@ -245,7 +260,14 @@ def measure_scraped(
         start=at - timedelta(seconds=api.parse_duration(spec.analysis.window)), end=at
     )
     # The PromQL's scope; direct scrapes carry no namespace label.
-    scope = check_scope(spec=spec, name=name, namespace=None, source=source)
+    analysis = spec.analysis
+    scope = check_scope(
+        spec=spec,
+        name=name,
+        namespace=None,
+        source=source,
+        stable_version=stable_version(spec, status) if analysis.baseline is not None else None,
+    )
     canary, requests = scope.canary, scope.requests
 
     request_increases = _increases(window, metric=t.REQUESTS_TOTAL, scope=requests)
@@ -265,11 +287,71 @@ def measure_scraped(
         ),
         m.PREDICTION_DRIFT: _sample(_latest_max(window, metric=t.PREDICTION_DRIFT, scope=canary)),
     }
+    if analysis.thresholds.drift_significance is not None:
+        samples[m.DRIFT_P_VALUE] = Sample.worst_of(
+            _bonferroni_by(window, metric=t.FEATURE_DRIFT_P_VALUE, scope=canary),
+            lowest=True,
+        )
+        samples[m.PREDICTION_DRIFT_P_VALUE] = _sample(
+            _bonferroni_by(window, metric=t.PREDICTION_DRIFT_P_VALUE, scope=canary).get("")
+        )
+    started = status.step_started_at if status is not None else None
+    if (
+        analysis.sequential_rates is not None
+        and started is not None
+        and (at - started).total_seconds() >= MIN_SINCE_STEP_SECONDS
+    ):
+        since = history.between(start=started, end=at)
+        tracks: list[tuple[Literal["canary", "stable"], Mapping[str, str]]] = [("canary", requests)]
+        if scope.stable_requests is not None:
+            tracks.append(("stable", scope.stable_requests))
+        for track, labels in tracks:
+            samples |= _counts(since, track=track, scope=labels, slow=m.slow_bound(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
         samples[m.SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
     for metric in spec.analysis.metrics:
         samples[metric.name] = Sample.failed(CUSTOM_NEEDS_PROMETHEUS)
     return Measurements(time=at, samples=samples)
+
+
+def _counts(
+    since: Mapping[str, Sequence[Scrape]],
+    *,
+    track: Literal["canary", "stable"],
+    scope: Mapping[str, str],
+    slow: float | None,
+) -> dict[str, Sample]:
+    """A track's counts since the step began, as `checks._counts` queries them: a missing
+    series is 0."""
+    increases = _increases(since, metric=t.REQUESTS_TOTAL, scope=scope)
+    by_bound: dict[float, float] = defaultdict(float)
+    for labels, increase in _increases(since, metric=t.REQUEST_DURATION_BUCKET, scope=scope):
+        with contextlib.suppress(ValueError):
+            by_bound[float(labels.get(t.LE_LABEL, ""))] += increase
+    timed = by_bound.get(math.inf, 0.0)
+    counts = {
+        m.count_name(track, "requests"): math.fsum(increase for _, increase in increases),
+        m.count_name(track, "errors"): math.fsum(
+            increase
+            for labels, increase in increases
+            if _SERVER_ERROR_CODE.fullmatch(labels.get(t.CODE_LABEL, ""))
+        ),
+        m.count_name(track, "timed"): timed,
+    }
+    if slow is not None:
+        counts[m.count_name(track, "slow")] = timed - by_bound.get(slow, 0.0)
+    return {name: Sample(value=value) for name, value in counts.items()}
+
+
+def _bonferroni_by(
+    window: Mapping[str, Sequence[Scrape]], *, metric: str, scope: Mapping[str, str]
+) -> dict[str, float]:
+    """`clamp_max(min by (feature) (p) * on (feature) count by (feature) (p), 1)`: the
+    smallest p-value of each feature (missing reads "") over the targets, times their number."""
+    found: dict[str, list[float]] = defaultdict(list)
+    for sample in _latest(window, metric=metric, scope=scope):
+        found[sample.labels.get(t.FEATURE_LABEL, "")].append(sample.value)
+    return {key: min(1.0, min(values) * len(values)) for key, values in found.items()}
 
 
 def _in_scope(labels: Mapping[str, str], scope: Mapping[str, str]) -> bool:
