@@ -125,11 +125,11 @@ def check_scope(
     name: str,
     namespace: str | None,
     source: Source,
-    stable_version: str | None = None,
+    status: api.ModelDeploymentStatus | None = None,
 ) -> CheckScope:
     """The scope of every check of this spec's canary: `namespace` when known (a cluster's
-    Prometheus adds it to every target; direct scrapes have none). `stable_version` scopes the
-    stable track's request series (the baseline's)."""
+    Prometheus adds it to every target; direct scrapes have none). With analysis.baseline, the
+    stable track's request series too, scoped by the version it serves (from `status`)."""
     if spec.canary is None:
         raise ValueError("a check scope needs spec.canary: there is nothing to analyse")
     scope = {t.MODEL_DEPLOYMENT_LABEL: name}
@@ -138,8 +138,9 @@ def check_scope(
     canary = {**scope, t.TRACK_LABEL: "canary", t.VERSION_LABEL: spec.canary.model.version}
     stable = (
         None
-        if stable_version is None
-        else {**scope, t.TRACK_LABEL: "stable", t.VERSION_LABEL: stable_version,
+        if spec.analysis.baseline is None
+        else {**scope, t.TRACK_LABEL: "stable",
+              t.VERSION_LABEL: stable_version(spec, status),
               t.SOURCE_LABEL: source}
     )  # fmt: skip
     return CheckScope(
@@ -177,13 +178,7 @@ def build_queries(
         raise ValueError("build_queries needs spec.canary: there is nothing to analyse")
     window = range_duration(spec.analysis.window)
     analysis = spec.analysis
-    scope = check_scope(
-        spec=spec,
-        name=name,
-        namespace=namespace,
-        source=source,
-        stable_version=stable_version(spec, status) if analysis.baseline is not None else None,
-    )
+    scope = check_scope(spec=spec, name=name, namespace=namespace, source=source, status=status)
     canary, requests = scope.canary, scope.requests
     drift = f"max by ({t.FEATURE_LABEL}) ({t.FEATURE_DRIFT}{selector(canary)})"
     queries = {

@@ -73,7 +73,6 @@ from canaryml_operator.checks import (
     SERVER_ERROR_CODES,
     Source,
     check_scope,
-    stable_version,
 )
 from canaryml_operator.measurements import Measurements, Sample
 from prometheus_client.parser import text_string_to_metric_families
@@ -261,13 +260,7 @@ def measure_scraped(
     )
     # The PromQL's scope; direct scrapes carry no namespace label.
     analysis = spec.analysis
-    scope = check_scope(
-        spec=spec,
-        name=name,
-        namespace=None,
-        source=source,
-        stable_version=stable_version(spec, status) if analysis.baseline is not None else None,
-    )
+    scope = check_scope(spec=spec, name=name, namespace=None, source=source, status=status)
     canary, requests = scope.canary, scope.requests
 
     request_increases = _increases(window, metric=t.REQUESTS_TOTAL, scope=requests)
