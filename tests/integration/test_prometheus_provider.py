@@ -401,12 +401,18 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
         )
         return await measure(provider=provider, queries=queries, at=at)
 
-    # increase() needs two scrapes inside the range since the step began: wait for them.
-    deadline = time.monotonic() + 30
+    # increase() needs two scrapes inside the range since the step began: wait for them. And
+    # it extrapolates its first-to-last difference to the range's ends, by up to about
+    # range / (range - scrape interval): over the first seconds of a step that nearly doubles
+    # the counts (145 for 81 was seen), so the range must be long beside the 1 s scrapes.
+    deadline = time.monotonic() + 45
     while True:
         result = await measured()
         seen = [result.get(count_name(track, "requests")).value for track in ("canary", "stable")]
-        if all(v is not None and v >= sent for v, sent in zip(seen, (80, 120), strict=True)):
+        long_enough = (datetime.now(UTC) - started).total_seconds() >= 20
+        if long_enough and all(
+            v is not None and v >= sent for v, sent in zip(seen, (80, 120), strict=True)
+        ):
             break
         assert time.monotonic() < deadline, (seen, result.samples)
         await asyncio.sleep(0.5)
