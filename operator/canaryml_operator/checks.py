@@ -118,6 +118,16 @@ class CheckScope:
     comparisons: Mapping[str, str]  # the router's shadow comparisons (no `source`)
     stable_requests: Mapping[str, str] | None = None  # the stable track's, when known
 
+    def counted_tracks(self) -> list[tuple[Literal["canary", "stable"], Mapping[str, str]]]:
+        """The request series whose counts since the step began the sequential checks read:
+        the canary's, and the stable track's with a baseline."""
+        tracks: list[tuple[Literal["canary", "stable"], Mapping[str, str]]] = [
+            ("canary", self.requests)
+        ]
+        if self.stable_requests is not None:
+            tracks.append(("stable", self.stable_requests))
+        return tracks
+
 
 def check_scope(
     *,
@@ -181,9 +191,12 @@ def build_queries(
     scope = check_scope(spec=spec, name=name, namespace=namespace, source=source, status=status)
     canary, requests = scope.canary, scope.requests
     drift = f"max by ({t.FEATURE_LABEL}) ({t.FEATURE_DRIFT}{selector(canary)})"
-    queries = {
-        m.REQUESTS: _requests(requests, window=window),
-        m.ERROR_RATE: _error_rate(requests, window=window),
+    queries = {}
+    if analysis.sequential_rates is None:
+        # Judged sequentially, requests and errors come from the counts since the step began.
+        queries[m.REQUESTS] = _requests(requests, window=window)
+        queries[m.ERROR_RATE] = _error_rate(requests, window=window)
+    queries |= {
         m.LATENCY_P99: _latency_p99(requests, window=window),
         m.DRIFT: drift,
         m.PREDICTION_DRIFT: f"max({t.PREDICTION_DRIFT}{selector(canary)})",
@@ -194,12 +207,7 @@ def build_queries(
     if analysis.sequential_rates is not None:
         since = _since_step(status, at)
         if since is not None:
-            tracks: list[tuple[Literal["canary", "stable"], Mapping[str, str]]] = [
-                ("canary", requests)
-            ]
-            if scope.stable_requests is not None:
-                tracks.append(("stable", scope.stable_requests))
-            for track, labels in tracks:
+            for track, labels in scope.counted_tracks():
                 queries |= _counts(track, labels, since=since, slow=m.slow_bound(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
         queries[m.SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)

@@ -113,9 +113,6 @@ def judge(*, spec: api.ModelDeploymentSpec, measurements: m.Measurements) -> lis
     analysis, limits = spec.analysis, spec.analysis.thresholds
     if analysis.sequential_rates is not None:
         results = judge_sequential(spec=spec, measurements=measurements)
-        # The window's p99 is still worth reading; the slowRequests check judges latency.
-        latency = measurements.get(m.LATENCY_P99)
-        results.insert(2, judge_value(name=m.LATENCY_P99, sample=latency, informational=True))
     else:
         requests = measurements.get(m.REQUESTS)
         results = [_judge_requests(requests, analysis.min_requests)]
@@ -202,19 +199,19 @@ def judge_sequential(
     assert rates is not None
     alpha, beta = rates.false_rollback_rate, rates.false_promotion_rate
     canary = _track_counts(measurements, "canary")
-    requests = canary.get("requests")
+    requests = canary["requests"]
     results = [
-        CheckResult(
-            m.REQUESTS,
-            "Successful",
-            None if requests is None or isinstance(requests, str) else float(requests),
-            message=requests if isinstance(requests, str) else "",
-        )
+        CheckResult(m.REQUESTS, "Successful", requests, message="")
+        if not isinstance(requests, _NoCount)
+        else CheckResult(m.REQUESTS, "Successful", None, message=requests.reason)
     ]
     max_error_rate = analysis.thresholds.max_error_rate
     results.append(
         _judge_bound(m.ERROR_RATE, canary, "errors", "requests", max_error_rate, alpha, beta)
     )
+    # The window's p99 is still worth reading; slowRequests judges latency.
+    latency = measurements.get(m.LATENCY_P99)
+    results.append(judge_value(name=m.LATENCY_P99, sample=latency, informational=True))
     slow = m.slow_bound(spec)
     if slow is None:
         results.append(
@@ -251,34 +248,46 @@ def judge_sequential(
     return results
 
 
-# A track's counts since the step began, by kind: a number, or why there is none (a string).
-_Counts = Mapping[str, float | str]
+@dataclass(frozen=True)
+class _NoCount:
+    """Why a count is missing: no data yet (Inconclusive) or a failed query (Error)."""
+
+    verdict: Verdict
+    reason: str
+
+
+# A track's counts since the step began, by kind: a number, or why there is none.
+_Counts = Mapping[str, float | _NoCount]
 
 
 def _track_counts(measurements: m.Measurements, track: Literal["canary", "stable"]) -> _Counts:
-    counts: dict[str, float | str] = {}
+    counts: dict[str, float | _NoCount] = {}
     for kind in m.COUNT_KINDS:
-        name = m.count_name(track, kind)
-        sample = measurements.get(name)
+        sample = measurements.get(m.count_name(track, kind))
         if sample.error is not None:
-            counts[kind] = f"{track} {kind} since the step began: {sample.error}"
+            reason = f"{track} {kind} since the step began: {sample.error}"
+            counts[kind] = _NoCount("Error", reason)
         elif sample.value is None or math.isnan(sample.value):
-            counts[kind] = f"no {track} counts since the step began yet"
+            counts[kind] = _NoCount("Inconclusive", f"no {track} counts since the step began yet")
         else:
             problem = m.impossible(m.REQUESTS, sample.value)
             # Extrapolated increases can be a hair below 0 or differ by a fraction: clip.
-            counts[kind] = problem if problem is not None else max(sample.value, 0.0)
+            counts[kind] = (
+                _NoCount("Error", f"{track} {kind}: {problem}")
+                if problem is not None
+                else max(sample.value, 0.0)
+            )
     return counts
 
 
 def _pair(name: str, counts: _Counts, events: str, total: str) -> ev.Counts | CheckResult:
     """(events, requests) from `counts`, or the Error / no-data result of `name` when absent."""
-    for kind in (events, total):
-        value = counts.get(kind, f"no {kind} counts")
-        if isinstance(value, str):
-            verdict: Verdict = "Inconclusive" if value.startswith("no ") else "Error"
-            return CheckResult(name, verdict, None, message=f"{name}: {value}", sequential=True)
-    x, n = float(counts[events]), float(counts[total])
+    x, n = counts[events], counts[total]
+    for value in (x, n):
+        if isinstance(value, _NoCount):
+            message = f"{name}: {value.reason}"
+            return CheckResult(name, value.verdict, None, message=message, sequential=True)
+    assert not isinstance(x, _NoCount) and not isinstance(n, _NoCount)
     return ev.Counts(events=min(x, n), requests=n)
 
 

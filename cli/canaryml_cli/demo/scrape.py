@@ -295,10 +295,7 @@ def measure_scraped(
         and (at - started).total_seconds() >= MIN_SINCE_STEP_SECONDS
     ):
         since = history.between(start=started, end=at)
-        tracks: list[tuple[Literal["canary", "stable"], Mapping[str, str]]] = [("canary", requests)]
-        if scope.stable_requests is not None:
-            tracks.append(("stable", scope.stable_requests))
-        for track, labels in tracks:
+        for track, labels in scope.counted_tracks():
             samples |= _counts(since, track=track, scope=labels, slow=m.slow_bound(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
         samples[m.SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
