@@ -6,10 +6,8 @@ scrape of a new counter is its baseline, and increase() needs samples on both si
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import socket
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -369,14 +367,12 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
     stable = serve(start_server, example_models["stable"], "stable")
     prom = prometheus([Target(url, {"namespace": NAMESPACE}) for url in (canary, stable)])
     await prom.wait_for_async("count(up == 1)", lambda v: v == 2)
-    # increase() sees the changes between the scrapes inside its range: a request counted
-    # before the step's first scrape is not (the series' first sample inside is the baseline).
-    # So the step begins before the first requests, whose scrape then lies inside the range.
-    started = datetime.now(UTC)
     async with httpx.AsyncClient(timeout=30) as client:
-        for url in (canary, stable):  # every series exists before the measured requests
+        for url in (canary, stable):  # requests before the step: not counted in it
             await client.post(f"{url}/predict", json=rows[0])
     await prom.wait_for_async("sum(canaryml_requests_total)", lambda v: v == 2)
+    # The step begins once Prometheus holds those: its sample at the start is their count.
+    started = datetime.now(UTC)
     answered: dict[str, list[int]] = {canary: [], stable: []}
     async with httpx.AsyncClient(timeout=30) as client:
         for url, count in ((canary, 80), (stable, 120)):
@@ -393,38 +389,23 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
     the_spec = api.parse_spec(raw)
     status = api.ModelDeploymentStatus(step_started_at=started)
     provider = provider_for(prom.url)
-
-    async def measured() -> Measurements:
-        at = datetime.now(UTC)
-        queries = build_queries(
-            spec=the_spec, name=NAME, namespace=NAMESPACE, source="server", status=status, at=at
-        )
-        return await measure(provider=provider, queries=queries, at=at)
-
-    # increase() needs two scrapes inside the range since the step began: wait for them. And
-    # it extrapolates its first-to-last difference to the range's ends, by up to about
-    # range / (range - scrape interval): over the first seconds of a step that nearly doubles
-    # the counts (145 for 81 was seen), so the range must be long beside the 1 s scrapes.
-    deadline = time.monotonic() + 45
-    while True:
-        result = await measured()
-        seen = [result.get(count_name(track, "requests")).value for track in ("canary", "stable")]
-        long_enough = (datetime.now(UTC) - started).total_seconds() >= 20
-        if long_enough and all(
-            v is not None and v >= sent for v, sent in zip(seen, (80, 120), strict=True)
-        ):
-            break
-        assert time.monotonic() < deadline, (seen, result.samples)
-        await asyncio.sleep(0.5)
+    # Measured a few seconds into the step, as soon as Prometheus holds every request: the
+    # counts are exact. (increase() over the same range, extrapolated to its ends, read 145
+    # for 81.)
+    at = datetime.now(UTC)
+    assert (at - started).total_seconds() < 15
+    queries = build_queries(
+        spec=the_spec, name=NAME, namespace=NAMESPACE, source="server", status=status, at=at
+    )
+    result = await measure(provider=provider, queries=queries, at=at)
     assert all(sample.error is None for sample in result.samples.values()), result.samples
     canary_errors = answered[canary].count(500)
     assert 0 < canary_errors < 80  # half of them, give or take
-    # increase() extrapolates: at least what was sent since the step began, a little more.
+    # The canary's first 5xx series was born inside the step: it counts whole.
     for track, sent, errors in (("canary", 80, canary_errors), ("stable", 120, 0)):
-        assert sent <= value(result, count_name(track, "requests")) <= sent * 1.5
-        assert sent <= value(result, count_name(track, "timed")) <= sent * 1.5
-        low_errors = value(result, count_name(track, "errors"))
-        assert errors <= low_errors <= errors * 1.5 + 1e-9
+        assert value(result, count_name(track, "requests")) == sent
+        assert value(result, count_name(track, "timed")) == sent
+        assert value(result, count_name(track, "errors")) == errors
         assert 0 <= value(result, count_name(track, "slow")) <= 1.0  # a forest answers fast
     assert 0 <= value(result, DRIFT_P_VALUE) <= 1
     assert 0 <= value(result, PREDICTION_DRIFT_P_VALUE) <= 1

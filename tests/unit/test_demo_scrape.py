@@ -653,3 +653,28 @@ def test_counts_since_the_step_began_and_p_values_from_scrapes() -> None:
     assert m.count_name("canary", "requests") not in values(
         measure_scraped(history=history, spec=spec, name=NAME, at=at(60))
     )
+
+
+def test_counts_since_the_step_began_start_at_the_last_scrape_before_it() -> None:
+    spec = make_spec(window="10s", sequential={})
+    history = ScrapeHistory()
+    for s in range(0, 61, 10):
+        samples = [requests(100 + s)]  # 100 before the step began at 25 s
+        if s >= 40:
+            samples.append(requests(s - 39, code="500"))  # born after the start: 1 at 40 s
+        # A restart at 50 s: the counter begins again at 0.
+        history.add(target="old", time=at(s), samples=samples if s < 50 else [requests(s - 50)])
+        if s >= 30:  # a replica started after the step began: every request counts
+            history.add(target="new", time=at(s), samples=[requests(7 + s)])
+    status = api.ModelDeploymentStatus(step_started_at=at(25))
+    got = values(measure_scraped(history=history, spec=spec, name=NAME, at=at(60), status=status))
+    # old: 120 at 20 s (the baseline), 140 at 40 s, a reset, 10 at 60 s: 140 - 120 + 10 = 30,
+    # and its 5xx series, absent from the baseline, 1 from 0; new: 67 at 60 s, from 0.
+    assert got[m.count_name("canary", "requests")] == 30 + 1 + 67
+    assert got[m.count_name("canary", "errors")] == 1
+
+    # Scrapes before the start pruned: the oldest kept is the baseline (counts run short).
+    history.prune(before=at(35))
+    got = values(measure_scraped(history=history, spec=spec, name=NAME, at=at(60), status=status))
+    # old: 140 at 40 s, a reset, 10 at 60 s; new was first seen after the start: still from 0.
+    assert got[m.count_name("canary", "requests")] == 10 + 67

@@ -27,9 +27,11 @@ no namespace label, so the scope has none), and treats missing series as the Pro
   increases of the router's shadow comparison counter; None when that sum is 0 or absent.
 - `driftPValue`, `predictionDriftPValue` (thresholds.driftSignificance): per feature, the
   smallest p-value in the newest scrape of each target times the number of targets, at most 1.
-- Counts since the step began (sequential checks): the increases, as above, over the scrapes
-  from status.stepStartedAt to `at` (the demo's measurer keeps 10 minutes of scrapes: an
-  older start counts from the oldest kept).
+- Counts since the step began (sequential checks): as `checks` queries them, each series' value
+  at `at` minus its value in the target's last scrape at or before status.stepStartedAt, a
+  drop adding back the value before it (a reset). A series missing from that scrape, or of a
+  target first scraped after the start (a new process), counts from 0. The demo's measurer
+  keeps 10 minutes of scrapes: for an older start, the oldest kept scrape is the baseline.
 - Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
   the demo with a Prometheus.
 
@@ -144,6 +146,9 @@ class ScrapeHistory:
 
     def __init__(self) -> None:
         self._scrapes: dict[str, list[Scrape]] = {}
+        # When each target was first scraped: one first seen after a step began is a process
+        # started since, whose counters began at 0 (pruning must not make an old one look new).
+        self._first_seen: dict[str, datetime] = {}
 
     @property
     def targets(self) -> list[str]:
@@ -153,6 +158,7 @@ class ScrapeHistory:
         """Records one scrape; one that finished late still lands in its place in time."""
         scrapes = self._scrapes.setdefault(target, [])
         bisect.insort_right(scrapes, Scrape(time=time, samples=tuple(samples)), key=_time)
+        self._first_seen[target] = min(time, self._first_seen.get(target, time))
 
     def prune(self, *, before: datetime) -> None:
         """Forgets every scrape taken before `before`.
@@ -166,6 +172,28 @@ class ScrapeHistory:
             del scrapes[: bisect.bisect_left(scrapes, before, key=_time)]
             if not scrapes:
                 del self._scrapes[target]
+                del self._first_seen[target]
+
+    def since(
+        self, *, start: datetime, end: datetime
+    ) -> dict[str, tuple[Scrape | None, list[Scrape]]]:
+        """Each target's baseline at `start` and its scrapes after it up to `end`.
+
+        The baseline is the last scrape at or before `start`; None for a target first scraped
+        after `start` (its counters began at 0); the oldest kept scrape when those before
+        `start` were pruned.
+        """
+        found: dict[str, tuple[Scrape | None, list[Scrape]]] = {}
+        for target, scrapes in self._scrapes.items():
+            cut = bisect.bisect_right(scrapes, start, key=_time)
+            high = bisect.bisect_right(scrapes, end, key=_time)
+            if cut > 0:
+                found[target] = (scrapes[cut - 1], scrapes[cut:high])
+            elif self._first_seen[target] > start:
+                found[target] = (None, scrapes[:high])
+            else:
+                found[target] = (scrapes[0], scrapes[1:high])
+        return found
 
     def between(self, *, start: datetime, end: datetime) -> dict[str, list[Scrape]]:
         """Each target's scrapes taken from `start` to `end`, both included, oldest first."""
@@ -294,7 +322,7 @@ def measure_scraped(
         and started is not None
         and (at - started).total_seconds() >= MIN_SINCE_STEP_SECONDS
     ):
-        since = history.between(start=started, end=at)
+        since = history.since(start=started, end=at)
         for track, labels in scope.counted_tracks():
             samples |= _counts(since, track=track, scope=labels, slow=m.slow_bound(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
@@ -305,7 +333,7 @@ def measure_scraped(
 
 
 def _counts(
-    since: Mapping[str, Sequence[Scrape]],
+    since: Mapping[str, tuple[Scrape | None, Sequence[Scrape]]],
     *,
     track: Literal["canary", "stable"],
     scope: Mapping[str, str],
@@ -313,9 +341,9 @@ def _counts(
 ) -> dict[str, Sample]:
     """A track's counts since the step began, as `checks._counts` queries them: a missing
     series is 0."""
-    increases = _increases(since, metric=t.REQUESTS_TOTAL, scope=scope)
+    increases = _grown_since(since, metric=t.REQUESTS_TOTAL, scope=scope)
     by_bound: dict[float, float] = defaultdict(float)
-    for labels, increase in _increases(since, metric=t.REQUEST_DURATION_BUCKET, scope=scope):
+    for labels, increase in _grown_since(since, metric=t.REQUEST_DURATION_BUCKET, scope=scope):
         with contextlib.suppress(ValueError):
             by_bound[float(labels.get(t.LE_LABEL, ""))] += increase
     timed = by_bound.get(math.inf, 0.0)
@@ -367,6 +395,35 @@ def _increases(
         increase = counter_increase(values=values)
         if increase is not None:
             found.append((labels_of[key], increase))
+    return found
+
+
+def _grown_since(
+    since: Mapping[str, tuple[Scrape | None, Sequence[Scrape]]],
+    *,
+    metric: str,
+    scope: Mapping[str, str],
+) -> list[tuple[Mapping[str, str], float]]:
+    """(labels, growth since the baseline) of every series of `metric` in scope scraped since
+    it; a series the baseline lacks grew from 0."""
+    found = []
+    for baseline, scrapes in since.values():
+        series: dict[LabelKey, list[float]] = defaultdict(list)
+        labels_of: dict[LabelKey, Mapping[str, str]] = {}
+        for scrape in scrapes:
+            for sample in scrape.named(metric):
+                if _in_scope(sample.labels, scope):
+                    key = tuple(sorted(sample.labels.items()))
+                    series[key].append(sample.value)
+                    labels_of[key] = sample.labels
+        at_start = {
+            tuple(sorted(sample.labels.items())): sample.value
+            for sample in (baseline.named(metric) if baseline is not None else ())
+        }
+        for key, values in series.items():
+            increase = counter_increase(values=[at_start.get(key, 0.0), *values])
+            if increase is not None:
+                found.append((labels_of[key], increase))
     return found
 
 
