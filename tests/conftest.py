@@ -24,6 +24,9 @@ def _load_example() -> ModuleType:
     return module
 
 
+TEST_ROWS = 200
+
+
 @pytest.fixture(scope="session")
 def example_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """stable (LogisticRegression pipeline), canary (RandomForest), bad: packaged folders."""
@@ -34,4 +37,6 @@ def example_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def test_rows(example_models: dict[str, Path]) -> pd.DataFrame:
-    return pd.read_csv(example_models["root"] / "test.csv").drop(columns=["target"])
+    """The first rows of the example traffic (20,000 in all): a batch any server accepts."""
+    rows = pd.read_csv(example_models["root"] / "test.csv", nrows=TEST_ROWS)
+    return rows.drop(columns=["target"])

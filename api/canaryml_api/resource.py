@@ -250,14 +250,17 @@ class SequentialSpec(_Model):
 class BaselineSpec(_Model):
     """The canary against the stable track on the same traffic since the step began: the
     largest acceptable worsening. The canary passes a part when its rate is within
-    max(ratio x stable, stable + increase) of that part's given fields."""
+    max(ratio x stable, stable + increase) of that part's given fields, and the prediction
+    part when the share of every predicted class (bin) is within maxPredictionShift of
+    stable's."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
                     "rule": "has(self.maxErrorRateRatio) || has(self.maxErrorRateIncrease) || "
-                    "has(self.maxSlowRatio) || has(self.maxSlowIncrease)",
+                    "has(self.maxSlowRatio) || has(self.maxSlowIncrease) || "
+                    "has(self.maxPredictionShift)",
                     "message": "set at least one allowance",
                 }
             ]
@@ -280,6 +283,13 @@ class BaselineSpec(_Model):
     max_slow_increase: float | None = Field(
         default=None, ge=0.0, le=0.99, description="share of slow requests: canary - stable"
     )
+    max_prediction_shift: float | None = Field(
+        default=None,
+        ge=1e-6,  # above 0 (no exclusiveMinimum: Kubernetes 1.27 reads it as a boolean)
+        le=1.0,
+        description="largest difference, canary - stable, of the share of predictions in any "
+        "one class (or bin of the reference profile), either way: 0.05 is 5 percentage points",
+    )
 
     @model_validator(mode="after")
     def _some_allowance(self) -> BaselineSpec:
@@ -290,6 +300,7 @@ class BaselineSpec(_Model):
                 self.max_error_rate_increase,
                 self.max_slow_ratio,
                 self.max_slow_increase,
+                self.max_prediction_shift,
             )
         ):
             raise ValueError("set at least one allowance (maxErrorRateRatio, ...)")

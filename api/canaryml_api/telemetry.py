@@ -20,6 +20,9 @@ PREDICTION_DRIFT: Final = "canaryml_prediction_drift"  # gauge (PSI), servers on
 FEATURE_DRIFT_P_VALUE: Final = "canaryml_feature_drift_p_value"
 PREDICTION_DRIFT_P_VALUE: Final = "canaryml_prediction_drift_p_value"  # gauge, servers only
 DRIFT_WINDOW_ROWS: Final = "canaryml_drift_window_rows"
+# counter, servers only: rows predicted, by the prediction's bin (BIN_LABEL) in the model's
+# reference profile; every bin of the profile exists from the start, at 0
+PREDICTIONS_TOTAL: Final = "canaryml_predictions_total"
 MODEL_INFO: Final = "canaryml_model_info"
 SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"  # router: track, version, result
 ROUTER_CANARY_WEIGHT: Final = "canaryml_router_canary_weight"
@@ -43,6 +46,11 @@ CODE_LABEL: Final = "code"
 SOURCE_LABEL: Final = "source"
 FEATURE_LABEL: Final = "feature"  # which input feature a FEATURE_DRIFT series is about
 RESULT_LABEL: Final = "result"
+# Which bin of the model's reference profile a PREDICTIONS_TOTAL series counts: a classifier's
+# class as text (`str` of the label: "1", "setosa"); a regressor's bin by its upper edge, the
+# bin holding values below it (bucket_label's format: "12.5"; the last bin "+Inf"); a missing
+# prediction (None, NaN) MISSING_BIN.
+BIN_LABEL: Final = "bin"
 MODEL_LABEL: Final = "model"
 RUNTIME_LABEL: Final = "runtime"
 PHASE_LABEL: Final = "phase"  # the operator's phase gauge: one series per phase
@@ -57,6 +65,8 @@ SOURCE_SERVER: Final = "server"
 # RESULT_LABEL values of SHADOW_COMPARISONS. "error": an answer could not be read or compared;
 # "skipped": no comparison was made (too many mirrors in flight).
 COMPARISON_RESULTS: Final = ("agree", "disagree", "error", "skipped")
+
+MISSING_BIN: Final = "NaN"
 
 # CODE_LABEL of a request whose client left before its answer (nginx's "client closed request"):
 # counted so that nothing is lost, never sent, and never the track's error.

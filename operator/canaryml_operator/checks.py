@@ -50,6 +50,10 @@ How each check treats a missing series is a decision, not an accident of PromQL:
   last scrape before the start and the start) and short of a replica gone since the start. A
   missing series is 0 (no request yet): the sequential checks then say "not sure yet". Before
   the step has run for MIN_SINCE_STEP_SECONDS there are no such queries (no data).
+- Rows predicted per bin since the step began (baseline.maxPredictionShift), per track: the
+  servers' prediction counter (no `source`: only servers predict) grown the same way, summed
+  `by (bin)`: one series per bin, every one kept (EVERY_SERIES). The stable track's is scoped
+  by the version it serves, as its request counts are. No series at all is no row yet.
 
 Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
 """
@@ -79,7 +83,16 @@ COMPARED: Final = f'{t.RESULT_LABEL}=~"{COMPARED_RESULTS}"'
 # Checks whose query answers one series per value of a label, and that label: the check's
 # value is the largest series', and its sample names the worst few (measurements.Sample).
 SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType(
-    {m.DRIFT: t.FEATURE_LABEL, m.DRIFT_P_VALUE: t.FEATURE_LABEL}
+    {
+        m.DRIFT: t.FEATURE_LABEL,
+        m.DRIFT_P_VALUE: t.FEATURE_LABEL,
+        m.count_name("canary", m.PREDICTIONS): t.BIN_LABEL,
+        m.count_name("stable", m.PREDICTIONS): t.BIN_LABEL,
+    }
+)
+# Of those, the counts per bin: the sample keeps every series (`Sample.every`), not the worst.
+EVERY_SERIES: Final = frozenset(
+    {m.count_name("canary", m.PREDICTIONS), m.count_name("stable", m.PREDICTIONS)}
 )
 # Of those, the checks whose worst series is the smallest (p-values).
 LOWEST_IS_WORST: Final = frozenset({m.DRIFT_P_VALUE})
@@ -120,10 +133,11 @@ def range_duration(window: str) -> str:
 class CheckScope:
     """The labels that select the canary under analysis, per kind of series (see above)."""
 
-    canary: Mapping[str, str]  # the canary's servers' series: drift
+    canary: Mapping[str, str]  # the canary's servers' series: drift, predictions
     requests: Mapping[str, str]  # the request series: the canary's, from one source
     comparisons: Mapping[str, str]  # the router's shadow comparisons (no `source`)
     stable_requests: Mapping[str, str] | None = None  # the stable track's, when known
+    stable: Mapping[str, str] | None = None  # the stable servers' series (no `source`)
 
     def counted_tracks(self) -> list[tuple[Literal["canary", "stable"], Mapping[str, str]]]:
         """The request series whose counts since the step began the sequential checks read:
@@ -134,6 +148,13 @@ class CheckScope:
         if self.stable_requests is not None:
             tracks.append(("stable", self.stable_requests))
         return tracks
+
+    def predicting_tracks(self) -> list[tuple[Literal["canary", "stable"], Mapping[str, str]]]:
+        """The servers' series whose rows predicted per bin predictionsVsStable compares: the
+        canary's and the stable track's (empty without a baseline)."""
+        if self.stable is None:
+            return []
+        return [("canary", self.canary), ("stable", self.stable)]
 
 
 def check_scope(
@@ -156,15 +177,14 @@ def check_scope(
     stable = (
         None
         if spec.analysis.baseline is None
-        else {**scope, t.TRACK_LABEL: "stable",
-              t.VERSION_LABEL: stable_version(spec, status),
-              t.SOURCE_LABEL: source}
-    )  # fmt: skip
+        else {**scope, t.TRACK_LABEL: "stable", t.VERSION_LABEL: stable_version(spec, status)}
+    )
     return CheckScope(
         canary=canary,
         requests={**canary, t.SOURCE_LABEL: source},
         comparisons=canary,
-        stable_requests=stable,
+        stable_requests=None if stable is None else {**stable, t.SOURCE_LABEL: source},
+        stable=stable,
     )
 
 
@@ -216,6 +236,11 @@ def build_queries(
         if since is not None:
             for track, labels in scope.counted_tracks():
                 queries |= _counts(track, labels, since=since, slow=m.slow_bound(spec))
+            if analysis.baseline is not None and analysis.baseline.max_prediction_shift:
+                for track, labels in scope.predicting_tracks():
+                    queries[m.count_name(track, m.PREDICTIONS)] = _grown(
+                        t.PREDICTIONS_TOTAL, labels, since=since, by=t.BIN_LABEL
+                    )
     if spec.shadow is not None and spec.shadow.percent > 0:
         queries[m.SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
     for metric in spec.analysis.metrics:
@@ -244,11 +269,7 @@ def _counts(
     """The counts of one track since the step began (see the module's docstring)."""
 
     def grown(series: str, matchers: Mapping[str, str], extra: str = "") -> str:
-        chosen = f"{series}{selector(matchers, extra=extra)}"
-        # A series that dropped (a reset) is dropped by `>= 0`, and one with no sample at the
-        # start is absent from the difference: `or` then takes either's value as it stands.
-        grown_since = f"(({chosen} - {chosen} @ {since}) >= 0 or {chosen})"
-        return f"(sum({grown_since}) or on() vector(0))"
+        return f"({_grown(series, matchers, since=since, extra=extra)} or on() vector(0))"
 
     counts = {
         m.count_name(track, "requests"): grown(t.REQUESTS_TOTAL, labels),
@@ -261,6 +282,23 @@ def _counts(
         fast = grown(t.REQUEST_DURATION_BUCKET, {**labels, t.LE_LABEL: t.bucket_label(slow)})
         counts[m.count_name(track, "slow")] = f"{counts[m.count_name(track, 'timed')]} - {fast}"
     return counts
+
+
+def _grown(
+    series: str,
+    matchers: Mapping[str, str],
+    *,
+    since: str,
+    extra: str = "",
+    by: str | None = None,
+) -> str:
+    """The sum (per `by`) of each series' growth since the step began."""
+    chosen = f"{series}{selector(matchers, extra=extra)}"
+    # A series that dropped (a reset) is dropped by `>= 0`, and one with no sample at the
+    # start is absent from the difference: `or` then takes either's value as it stands.
+    grown_since = f"(({chosen} - {chosen} @ {since}) >= 0 or {chosen})"
+    group = f" by ({by})" if by else ""
+    return f"sum{group}({grown_since})"
 
 
 def _bonferroni(series: str, labels: Mapping[str, str], *, by: str | None = None) -> str:

@@ -24,6 +24,13 @@ with every look. docs/judgment.md ("Sequential decisions") argues the choices.
   lets a healthy canary pass once its upper bound is within d of the stable's lower bound.
 - `slow_counts`, `latency_boundary`: latency as the fraction of requests slower than a bucket
   boundary of the Prometheus histograms, compared with the same `compare_rates`.
+- `compare_shares`: the canary's predictions against the stable track's on the same traffic,
+  bin by bin (a classifier's classes): the share of each bin in each track's rows, each with a
+  confidence sequence at level alpha / (2K) over K bins (Bonferroni over the bins and the two
+  tracks), so that all 2K hold at once with probability 1 - alpha. The difference of shares of
+  a bin lies in [low_c - high_s, high_c - low_s]. Fail when for some bin that interval lies
+  wholly outside [-shift, +shift], Pass (at beta / (2K)) when for every bin it lies wholly
+  inside.
 
 The vectorised forms (`bound_decisions`, `comparison_decisions`) take arrays of counts and
 return decision codes; the scalar forms call them and add the estimate, the interval (a
@@ -434,6 +441,115 @@ def compare_rates(
             within_needed=1 / (beta / 2 if allowance.increase is not None else beta),
         ),
         allowance=allowance,
+        requests_needed=0 if code != UNDECIDED else needed,
+    )
+
+
+@dataclass(frozen=True)
+class BinShift:
+    """One bin's share of the predictions, the canary's against stable's."""
+
+    bin: str
+    canary: Counts  # rows predicted in the bin out of all the canary's rows
+    stable: Counts
+    difference: float | None  # canary share - stable share
+    interval: Interval  # of the difference, at alpha (all bins' at once)
+
+
+@dataclass(frozen=True)
+class ShareComparison:
+    """The canary's prediction shares against the stable track's, bin by bin."""
+
+    decision: Decision
+    bins: tuple[BinShift, ...]  # worst first: beyond the shift, then largest |difference|
+    shift: float  # the largest allowed |difference| of any bin's shares
+    requests_needed: int | None  # more canary rows (stable growing alike); None: unforeseeable
+
+    @property
+    def worst(self) -> BinShift | None:
+        return self.bins[0] if self.bins else None
+
+
+def _share_intervals(xc: Array, xs: Array, level: float) -> tuple[Array, Array]:
+    """The difference of shares per bin (last axis): [low_c - high_s, high_c - low_s], each
+    share's confidence sequence at `level`."""
+    nc = np.broadcast_to(xc.sum(axis=-1, keepdims=True), xc.shape)
+    ns = np.broadcast_to(xs.sum(axis=-1, keepdims=True), xs.shape)
+    canary_low, canary_high = confidence_bounds(xc, nc, level)
+    stable_low, stable_high = confidence_bounds(xs, ns, level)
+    return canary_low - stable_high, canary_high - stable_low
+
+
+def share_decisions(
+    canary: ArrayLike,
+    stable: ArrayLike,
+    shift: float,
+    *,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+) -> Codes:
+    """FAIL, PASS or UNDECIDED for rows predicted per bin (the last axis, the same bins for
+    both tracks): Fail when some bin's difference of shares is, with evidence, beyond `shift`
+    either way; Pass when every bin's is within it. No bins decide nothing."""
+    xc, xs = np.broadcast_arrays(_floats(canary), _floats(stable))
+    bins = xc.shape[-1]
+    if bins == 0:
+        return np.full(xc.shape[:-1], UNDECIDED, dtype=np.int8)
+    low, high = _share_intervals(xc, xs, alpha / (2 * bins))
+    fail = np.asarray(((low > shift) | (high < -shift)).any(axis=-1))
+    low, high = _share_intervals(xc, xs, beta / (2 * bins))
+    passed = np.asarray(((low > -shift) & (high < shift)).all(axis=-1))
+    return _codes(fail, passed)
+
+
+def compare_shares(
+    canary: Mapping[str, float],
+    stable: Mapping[str, float],
+    shift: float,
+    *,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+) -> ShareComparison:
+    """The canary's rows predicted per bin against the stable track's since the step began,
+    each bin's share allowed to differ by at most `shift` (in (0, 1]) either way. A bin one
+    track lacks has 0 rows there."""
+    if not 0 < shift <= 1:
+        raise ValueError(f"shift must be in (0, 1], got {shift}")
+    names = sorted(set(canary) | set(stable))
+    xc = np.array([max(float(canary.get(name, 0.0)), 0.0) for name in names])
+    xs = np.array([max(float(stable.get(name, 0.0)), 0.0) for name in names])
+    code = share_decisions(xc, xs, shift, alpha=alpha, beta=beta)
+    nc, ns = float(xc.sum()), float(xs.sum())
+    if names:
+        low, high = _share_intervals(xc, xs, alpha / (2 * len(names)))
+    else:
+        low = high = np.zeros(0)
+    shifts = []
+    for k, name in enumerate(names):
+        counts_c, counts_s = Counts(float(xc[k]), nc), Counts(float(xs[k]), ns)
+        rate_c, rate_s = counts_c.rate, counts_s.rate
+        difference = rate_c - rate_s if rate_c is not None and rate_s is not None else None
+        shifts.append(
+            BinShift(name, counts_c, counts_s, difference, Interval(float(low[k]), float(high[k])))
+        )
+    # Bins shown to be beyond the shift first, then the most different; before any data, the
+    # interval's widest excursion.
+    shifts.sort(
+        key=lambda b: (
+            not (b.interval.low > shift or b.interval.high < -shift),
+            -(abs(b.difference) if b.difference is not None else 0.0),
+            -max(b.interval.low, -b.interval.high),
+            b.bin,
+        )
+    )
+    needed = None
+    if code == UNDECIDED and names and nc > 0 and ns > 0:
+        grown = _GROWTH[:, None]
+        needed = _needed(nc, share_decisions(grown * xc, grown * xs, shift, alpha=alpha, beta=beta))
+    return ShareComparison(
+        decision=_DECISIONS.get(int(code), Decision.UNDECIDED),
+        bins=tuple(shifts),
+        shift=shift,
         requests_needed=0 if code != UNDECIDED else needed,
     )
 

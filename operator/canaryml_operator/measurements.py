@@ -37,6 +37,8 @@ PREDICTION_DRIFT_P_VALUE: Final = "predictionDriftPValue"
 SLOW_REQUESTS: Final = "slowRequests"  # share slower than the latency bound's bucket
 ERROR_RATE_VS_STABLE: Final = "errorRateVsStable"  # canary rate / stable rate
 SLOW_REQUESTS_VS_STABLE: Final = "slowRequestsVsStable"
+# The largest difference, canary - stable, of the share of predictions in one class (bin).
+PREDICTIONS_VS_STABLE: Final = "predictionsVsStable"
 BUILTIN_CHECKS: Final = (
     REQUESTS,
     ERROR_RATE,
@@ -50,19 +52,23 @@ OPT_IN_CHECKS: Final = (
     SLOW_REQUESTS,
     ERROR_RATE_VS_STABLE,
     SLOW_REQUESTS_VS_STABLE,
+    PREDICTIONS_VS_STABLE,
     DRIFT_P_VALUE,
     PREDICTION_DRIFT_P_VALUE,
 )
 
 # Counts since the step began, per track: the inputs of the sequential checks, not checks.
 # (Custom check names are lowercase with dashes: these cannot collide with them.)
-CountKind = Literal["requests", "errors", "timed", "slow"]
+CountKind = Literal["requests", "errors", "timed", "slow", "predictions"]
 COUNT_KINDS: Final[tuple[CountKind, ...]] = ("requests", "errors", "timed", "slow")
+# Rows predicted per bin (analysis.baseline.maxPredictionShift): one Sample with every bin.
+PREDICTIONS: Final[CountKind] = "predictions"
 
 
 def count_name(track: Literal["canary", "stable"], kind: CountKind) -> str:
     """`canaryErrorsSinceStep`: the measurement of `kind` requests of `track` since the step
-    began (`timed`: those in the latency histogram; `slow`: those of them over the bound)."""
+    began (`timed`: those in the latency histogram; `slow`: those of them over the bound;
+    `predictions`: rows predicted, per bin, see `Sample.every`)."""
     return f"{track}{kind.capitalize()}SinceStep"
 
 
@@ -82,6 +88,7 @@ POSSIBLE_RANGES: Final[Mapping[str, tuple[float, float]]] = {
     SLOW_REQUESTS: (0.0, 1.0),
     ERROR_RATE_VS_STABLE: (0.0, math.inf),
     SLOW_REQUESTS_VS_STABLE: (0.0, math.inf),
+    PREDICTIONS_VS_STABLE: (0.0, 1.0),
 }
 # +Inf is a measurement of these: histogram_quantile answers it when the quantile is past the
 # last bucket, a PSI when a bin expected nothing. It is over any max: Failed, not a pass.
@@ -120,7 +127,8 @@ class Sample:
     """One query's answer: a value, no data (value None), or an error saying why not.
 
     A check measured per feature (drift) also names its worst features, with their values:
-    its value is the first one's.
+    its value is the first one's. Counts per bin (`every`) keep every bin in `features`, by
+    name, and their sum as the value.
     """
 
     value: float | None = None
@@ -147,6 +155,13 @@ class Sample:
         if not ranked:
             return cls()
         return cls(value=ranked[0][1], features=tuple(ranked[:WORST_FEATURES_KEPT]))
+
+    @classmethod
+    def every(cls, by_label: Mapping[str, float]) -> Sample:
+        """Counts per label (rows predicted per bin) as one sample: every label, by name, NaN
+        ones left out, and their sum as the value; nothing is a count of 0 (no series yet)."""
+        kept = tuple(sorted((k, v) for k, v in by_label.items() if not math.isnan(v)))
+        return cls(value=math.fsum(v for _, v in kept), features=kept)
 
 
 @dataclass(frozen=True)
@@ -185,7 +200,10 @@ NOTATIONS: Final[Mapping[str, Notation]] = {
     SLOW_REQUESTS: Notation(100.0, "%", 2),
     ERROR_RATE_VS_STABLE: Notation(1.0, "x", 2),
     SLOW_REQUESTS_VS_STABLE: Notation(1.0, "x", 2),
+    PREDICTIONS_VS_STABLE: Notation(100.0, "%", 1),  # percentage points
 }
+# Checks whose values are p-values: the smallest ones are written in scientific notation.
+P_VALUES: Final = frozenset({DRIFT_P_VALUE, PREDICTION_DRIFT_P_VALUE})
 CUSTOM_NOTATION: Final = Notation(1.0, "", 3)  # a custom check's unit is the user's query's
 NO_VALUE: Final = "-"
 # Decimals a comparison may add so that a value and its bound never read alike (see
@@ -204,6 +222,8 @@ def value_text(check: str, value: float | None, *, decimals: int | None = None) 
         return NO_VALUE
     shown = notation(check)
     places = shown.decimals if decimals is None else decimals
+    if check in P_VALUES and 0 < value < 10**-places:
+        return f"{value:.1e}"  # a p-value of 2e-83 is no "0.0000"
     number = f"{value * shown.scale:.{places}f}"
     if float(number) == 0:
         number = number.removeprefix("-")  # a rounded -0.0001 is no negative rate

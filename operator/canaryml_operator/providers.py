@@ -379,6 +379,7 @@ async def measure(
                 promql=queries[name],
                 label=checks.SERIES_LABEL.get(name),
                 lowest=name in checks.LOWEST_IS_WORST,
+                every=name in checks.EVERY_SERIES,
                 at=at,
             )
             for name in names
@@ -388,14 +389,23 @@ async def measure(
 
 
 async def _sample(
-    *, provider: MetricProvider, promql: str, label: str | None, lowest: bool, at: datetime
+    *,
+    provider: MetricProvider,
+    promql: str,
+    label: str | None,
+    lowest: bool,
+    at: datetime,
+    every: bool = False,
 ) -> Sample:
     """The answer to `promql`; with `label`, one value per value of it, reduced to the
-    largest (`lowest`: the smallest) and the worst few."""
+    largest (`lowest`: the smallest) and the worst few, or (`every`: counts per bin) kept
+    whole."""
     try:
         if label is None:
             return Sample(value=await provider.query(promql, at=at))
         by_label = await provider.query_by(promql, label=label, at=at)
+        if every:
+            return Sample.every(by_label)
         return Sample.worst_of(by_label, lowest=lowest)
     except MetricError as error:
         return Sample.failed(str(error))

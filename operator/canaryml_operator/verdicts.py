@@ -37,6 +37,8 @@ class CheckResult:
     evidence: float | None = None
     samples: float | None = None
     requests_needed: int | None = None
+    # Shown next to the checks that judge, never judged itself (PSI beside the drift test).
+    informational: bool = False
 
     @property
     def collecting(self) -> bool:
@@ -79,7 +81,7 @@ def judge_value(
     if informational:
         value = None if sample.value is None or math.isnan(sample.value) else sample.value
         note = "" if sample.error is None else f"{name} (not judged): {sample.error}"
-        return CheckResult(name, "Successful", value, message=note)
+        return CheckResult(name, "Successful", value, message=note, informational=True)
     if sample.error is not None:
         return CheckResult(name, "Error", None, min, max, f"{name}: {sample.error}")
     value = sample.value
@@ -201,9 +203,11 @@ def judge_sequential(
     canary = _track_counts(measurements, "canary")
     requests = canary["requests"]
     results = [
-        CheckResult(m.REQUESTS, "Successful", requests, message="")
+        CheckResult(m.REQUESTS, "Successful", requests, message="", informational=True)
         if not isinstance(requests, _NoCount)
-        else CheckResult(m.REQUESTS, "Successful", None, message=requests.reason)
+        else CheckResult(
+            m.REQUESTS, "Successful", None, message=requests.reason, informational=True
+        )
     ]
     max_error_rate = analysis.thresholds.max_error_rate
     results.append(
@@ -245,6 +249,8 @@ def judge_sequential(
             results.append(
                 _judge_comparison(name, canary, stable, events, total, allowance, alpha, beta)
             )
+        if baseline.max_prediction_shift is not None:
+            results.append(_judge_shares(measurements, baseline.max_prediction_shift, alpha, beta))
     return results
 
 
@@ -280,13 +286,18 @@ def _track_counts(measurements: m.Measurements, track: Literal["canary", "stable
     return counts
 
 
-def _pair(name: str, counts: _Counts, events: str, total: str) -> ev.Counts | CheckResult:
-    """(events, requests) from `counts`, or the Error / no-data result of `name` when absent."""
+def _pair(
+    name: str, counts: _Counts, events: str, total: str, bound: float | None
+) -> ev.Counts | CheckResult:
+    """(events, requests) from `counts`, or the Error / no-data result of `name` (with its
+    `bound`, a max) when absent."""
     x, n = counts[events], counts[total]
     for value in (x, n):
         if isinstance(value, _NoCount):
             message = f"{name}: {value.reason}"
-            return CheckResult(name, value.verdict, None, message=message, sequential=True)
+            return CheckResult(
+                name, value.verdict, None, max=bound, message=message, sequential=True
+            )
     assert not isinstance(x, _NoCount) and not isinstance(n, _NoCount)
     return ev.Counts(events=min(x, n), requests=n)
 
@@ -300,7 +311,7 @@ def _judge_bound(
     alpha: float,
     beta: float,
 ) -> CheckResult:
-    pair = _pair(name, counts, events, total)
+    pair = _pair(name, counts, events, total, bound)
     if isinstance(pair, CheckResult):
         return pair
     if bound >= 1 or bound <= 0:
@@ -345,10 +356,10 @@ def _judge_comparison(
     alpha: float,
     beta: float,
 ) -> CheckResult:
-    ours = _pair(name, canary, events, total)
+    ours = _pair(name, canary, events, total, allowance.ratio)
     if isinstance(ours, CheckResult):
         return ours
-    theirs = _pair(name, stable, events, total)
+    theirs = _pair(name, stable, events, total, allowance.ratio)
     if isinstance(theirs, CheckResult):
         return theirs
     result = ev.compare_rates(ours, theirs, allowance, alpha=alpha, beta=beta)
@@ -387,6 +398,110 @@ def _judge_comparison(
         evidence=result.evidence.worse, samples=ours.requests,
         requests_needed=result.requests_needed,
     )  # fmt: skip
+
+
+def _bin_counts(
+    measurements: m.Measurements, track: Literal["canary", "stable"]
+) -> dict[str, float] | CheckResult:
+    """A track's rows predicted per bin since the step began, or the Error / no-data result
+    of predictionsVsStable when they cannot be had."""
+    name = m.PREDICTIONS_VS_STABLE
+    sample = measurements.get(m.count_name(track, m.PREDICTIONS))
+    if sample.error is not None:
+        message = f"{name}: {track} predictions since the step began: {sample.error}"
+        return CheckResult(name, "Error", None, message=message, sequential=True)
+    if sample.value is None:
+        message = f"{name}: no {track} prediction counts since the step began yet"
+        return CheckResult(name, "Inconclusive", None, message=message, sequential=True)
+    for label, count in sample.features:
+        problem = m.impossible(m.REQUESTS, count)
+        if problem is not None:
+            message = f"{name}: {track} predictions in bin {_bin(label)}: {problem}"
+            return CheckResult(name, "Error", None, message=message, sequential=True)
+    return {label: max(count, 0.0) for label, count in sample.features}
+
+
+def _judge_shares(
+    measurements: m.Measurements, shift: float, alpha: float, beta: float
+) -> CheckResult:
+    """predictionsVsStable: each bin's share of the canary's predictions against stable's."""
+    name = m.PREDICTIONS_VS_STABLE
+    canary = _bin_counts(measurements, "canary")
+    if isinstance(canary, CheckResult):
+        return canary
+    stable = _bin_counts(measurements, "stable")
+    if isinstance(stable, CheckResult):
+        return stable
+    # Each server exports every bin of its own profile from the start (at 0): bins only one
+    # track has, on both sides, are bins of different edges (regressors profiled apart), whose
+    # counts cannot be compared. A class only one side has is still a class (its share 0).
+    only_canary, only_stable = set(canary) - set(stable), set(stable) - set(canary)
+    if only_canary and only_stable:
+        return CheckResult(
+            name, "Error", None, max=shift, sequential=True,
+            message=f"{name}: the canary's and stable's prediction bins differ (canary only: "
+            f"{_labels(only_canary)}; stable only: {_labels(only_stable)}): a regressor's bins "
+            "are its own reference profile's, so two versions' rarely match; compare "
+            "classifiers, or drop analysis.baseline.maxPredictionShift",
+        )  # fmt: skip
+    rows = sum(canary.values())
+    if not canary or not stable or rows <= 0 or sum(stable.values()) <= 0:
+        track = "canary" if rows <= 0 else "stable"
+        message = f"{name}: no {track} predictions since the step began yet"
+        return CheckResult(
+            name, "Inconclusive", None, max=shift, message=message, sequential=True,
+            samples=rows if rows > 0 else None,
+        )  # fmt: skip
+    result = ev.compare_shares(canary, stable, shift, alpha=alpha, beta=beta)
+    verdict = _SEQUENTIAL_VERDICTS[result.decision]
+    worst = result.worst
+    assert worst is not None
+    what = (
+        f"bin {_bin(worst.bin)}: canary {_share(worst.canary)} vs stable {_share(worst.stable)} "
+        f"since the step began, difference {_points(worst.difference)} (interval "
+        f"{worst.interval.low * 100:+.1f} to {worst.interval.high * 100:+.1f}); allowed: "
+        f"±{shift * 100:g} points"
+    )
+    others = [b for b in result.bins[1 : m.WORST_FEATURES_KEPT] if b.difference]
+    if others:
+        what += "; next: " + ", ".join(f"{_bin(b.bin)} {_points(b.difference)}" for b in others)
+    if verdict == "Failed":
+        message = f"{name}: predicts differently from stable, with evidence: {what}"
+    elif verdict == "Inconclusive":
+        message = f"{name}: not sure yet: {what}; {_needed_text(result.requests_needed)}"
+    else:
+        message = ""
+    value = abs(worst.difference) if worst.difference is not None else None
+    return CheckResult(
+        name, verdict, value, None, shift, message, sequential=True,
+        low=worst.interval.low, high=worst.interval.high, samples=worst.canary.requests,
+        requests_needed=result.requests_needed,
+    )  # fmt: skip
+
+
+def _labels(labels: set[str]) -> str:
+    shown = sorted(labels)
+    more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+    return ", ".join(_bin(label) for label in shown[:3]) + more
+
+
+# A bin's label as a message shows it: quoted, and cut (it is a label value of the reply).
+_BIN_SHOWN: Final = 40
+
+
+def _bin(label: str) -> str:
+    return repr(label if len(label) <= _BIN_SHOWN else label[: _BIN_SHOWN - 3] + "...")
+
+
+def _share(counts: ev.Counts) -> str:
+    share = m.value_text(m.PREDICTIONS_VS_STABLE, counts.rate)
+    return f"{share} ({counts.events:.0f} of {counts.requests:.0f})"
+
+
+def _points(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:+.1f} points"
 
 
 def _rate(check: str, value: float | None) -> str:

@@ -173,6 +173,8 @@ def _server_metrics(
         model_name=identity.name,
         runtime=plane.predictor.runtime,
     )
+    if plane.tally is not None:
+        metrics.count_predictions(plane.tally)
     if plane.monitor is not None:
         metrics.watch_drift(plane.monitor, min_rows=settings.drift_min_rows)
     return metrics

@@ -13,6 +13,7 @@ from typing import Any
 
 from canaryml_server.artifact import LoadedModel, Manifest
 from canaryml_server.drift import DriftMonitor
+from canaryml_server.predictions import PredictionTally
 from canaryml_server.protocol import (
     PREDICT_OUTPUT,
     PROBA_OUTPUT,
@@ -74,6 +75,8 @@ class DataPlane:
                 model.profile, feature_names=model.schema.names, window=settings.drift_window
             )
         self.drift_min_rows = settings.drift_min_rows
+        # Rows predicted per bin of the profile (canaryml_predictions_total), with the metrics.
+        self.tally = PredictionTally(model.profile.prediction) if settings.metrics_enabled else None
         # Computed once: the model does not change while the server runs.
         self.metadata = model_metadata(model, self.identity)
 
@@ -92,6 +95,8 @@ class DataPlane:
             ) from error
         if self.monitor is not None:
             self.monitor.observe(batch, prediction.labels)
+        if self.tally is not None:
+            self.tally.observe(prediction.labels)
         return prediction
 
     def predict_records(self, payload: Any, *, probabilities: bool) -> dict[str, Any]:

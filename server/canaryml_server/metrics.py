@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 
 from canaryml_api.telemetry import (
+    BIN_LABEL,
     CODE_LABEL,
     DRIFT_WINDOW_ROWS,
     FEATURE_DRIFT,
@@ -22,6 +23,7 @@ from canaryml_api.telemetry import (
     MODEL_LABEL,
     PREDICTION_DRIFT,
     PREDICTION_DRIFT_P_VALUE,
+    PREDICTIONS_TOTAL,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     RUNTIME_LABEL,
@@ -31,10 +33,11 @@ from canaryml_api.telemetry import (
     VERSION_LABEL,
 )
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from canaryml_server.drift import DriftMonitor
+from canaryml_server.predictions import PredictionTally
 
 log = logging.getLogger("canaryml.server")
 
@@ -95,6 +98,25 @@ class DriftCollector(Collector):
         yield prediction_p
 
 
+class PredictionCollector(Collector):
+    """Rows predicted per bin of the reference profile (docs/metrics.md)."""
+
+    def __init__(self, tally: PredictionTally, *, labels: dict[str, str]) -> None:
+        self._tally = tally
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        values = list(self._labels.values())
+        family = CounterMetricFamily(
+            PREDICTIONS_TOTAL.removesuffix("_total"),
+            "Rows predicted, by the prediction's bin in the model's reference profile",
+            labels=[*self._labels, BIN_LABEL],
+        )
+        for label, count in sorted(self._tally.counts().items()):
+            family.add_metric([*values, label], count)
+        yield family
+
+
 class ServerMetrics:
     """The request counter and latency histogram, the model's info, and drift when watched."""
 
@@ -153,6 +175,9 @@ class ServerMetrics:
             counter = self._counter_of(code)
         counter.inc()
         self._duration.observe(seconds)
+
+    def count_predictions(self, tally: PredictionTally) -> None:
+        self.registry.register(PredictionCollector(tally, labels=self.labels))
 
     def watch_drift(self, monitor: DriftMonitor, *, min_rows: int) -> None:
         self.registry.register(DriftCollector(monitor, labels=self.labels, min_rows=min_rows))

@@ -46,17 +46,17 @@ OWNED_LABEL = "canaryml.dev/e2e"
 STABLE_MODEL: dict[str, Any] = {
     "uri": "http://model-store/stable",
     "version": "1.0.0",
-    "sha256": "ed226338871492e8e66221b80f8c67c5064b269597d8e9a72607cab98d227da6",
+    "sha256": "6615fcf0cdeeb1b7c7e858ddd2fe34ce1f48f57503d9a680c1a6307b3ec8f131",
 }
 CANARY_MODEL: dict[str, Any] = {
     "uri": "http://model-store/canary",
     "version": "1.1.0",
-    "sha256": "bcf79138e429ef64406572a117e3a15df0738f12788d1b746ba6fa6da5553bda",
+    "sha256": "61593d7d5e599c52d4335c56af8f03eb55ae00a06657b91c5942ec718bbf8ae2",
 }
 BAD_MODEL: dict[str, Any] = {
     "uri": "http://model-store/bad",
     "version": "1.2.0",
-    "sha256": "646e3adcd291cf97cac00081e7129e983284e8fca1447b60135128e4cc992f18",
+    "sha256": "493244cf53506d662724606a93ea493dd5f8b9e772ce2cd3885afb0ad9963c10",
 }
 STEPS = [20, 50]
 STEP_INTERVAL = "20s"

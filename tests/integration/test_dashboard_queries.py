@@ -2,9 +2,10 @@
 
 Prometheus scrapes the metrics of the real exporter classes (the router's RouterMetrics, the
 model servers' ServerMetrics and DriftCollector) and of an operator registry with the operator's
-metric names, all served in this process, the way a cluster's Prometheus would see them. Each
-panel query, its Grafana variables substituted, must be accepted (HTTP 200, status success; a
-syntax error answers 400) and find series that carry every label its legend shows.
+metric names, all served in this process, the way a cluster's Prometheus would see them, while
+a thread keeps sending them traffic (so that rates are not 0). Each panel query, its Grafana
+variables substituted, must be accepted (HTTP 200, status success; a syntax error answers 400)
+and find series that carry every label its legend shows.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from wsgiref.simple_server import WSGIServer
 import httpx
 import numpy as np
 import pytest
+from canaryml_api.telemetry import BIN_LABEL, LATENCY_BUCKETS
 from canaryml_router.metrics import RouterMetrics
 from canaryml_server.drift import DriftMonitor, DriftReport
 from canaryml_server.drift_test import DriftTest, compare_counts
 from canaryml_server.metrics import REQUESTS_TOTAL, ServerMetrics
+from canaryml_server.predictions import PredictionTally
+from canaryml_server.profile import CategoricalBins
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from .prometheus import RunningPrometheus, Target
@@ -38,18 +42,32 @@ DEPLOYMENT = "iris"
 OTHER = "other"  # a second ModelDeployment in the namespace: no panel may show it
 STABLE, CANARY = "1.0.0", "1.1.0"
 WORST_PSI = 0.31
+# Each tick of traffic: the router's requests (stable fast, canary slow) and the rows each
+# server predicts, by class. Whole batches, so every scrape sees these shares exactly.
+TICK_S = 0.05
+FAST_S, SLOW_S = 0.004, 0.3
+CLASSES = (0, 1, 2)
+PREDICTED = {"stable": (0, 0, 0, 1), "canary": (0, 1, 1, 1)}  # class 2: never, share 0
 GRAFANA_VALUES = {"__rate_interval": "1m", "__range": "1h", "__interval": "15s"}
 # What Grafana puts in a regex matcher for one ModelDeployment, and for several ("All").
 SELECTIONS = {"one": (DEPLOYMENT,), "all": (DEPLOYMENT, OTHER)}
 OPERATOR_LABELS = ("namespace", "model_deployment")
+P_VALUES = "Drift p-value by track (calibrated test, log scale)"
+SLOW_REQUESTS = "Slow requests by track"
+CLASS_SHARE = "Predicted class share by track"
+P_VALUE_FLOOR = 1e-16  # the panel's clamp_min: a p-value of 0 stays on its log axis
 StartPrometheus = Callable[..., RunningPrometheus]
+Tick = Callable[[], None]
 
 
-def substitute(text: str, deployments: tuple[str, ...] = (DEPLOYMENT,)) -> str:
+def substitute(
+    text: str, deployments: tuple[str, ...] = (DEPLOYMENT,), slow_bound: str | None = None
+) -> str:
     """Grafana's variables replaced as it does for Prometheus; KeyError for an unknown one."""
     values = {
         **GRAFANA_VALUES,
         "namespace": NAMESPACE,
+        "slow_bound": slow_bound or custom_variables()["slow_bound"][0],
         "model_deployment": deployments[0]
         if len(deployments) == 1
         else "(" + "|".join(map(re.escape, deployments)) + ")",
@@ -65,6 +83,19 @@ def dashboard_targets() -> list[tuple[str, str, str]]:
         for panel in dashboard["panels"]
         for target in panel["targets"]
     ]
+
+
+def custom_variables() -> dict[str, tuple[str, list[str]]]:
+    """(default, options) of each custom variable."""
+    dashboard = json.loads(DASHBOARD_PATH.read_text())
+    return {
+        variable["name"]: (
+            variable["current"]["value"],
+            [option["value"] for option in variable["options"]],
+        )
+        for variable in dashboard["templating"]["list"]
+        if variable["type"] == "custom"
+    }
 
 
 def variable_queries() -> dict[str, str]:
@@ -106,7 +137,7 @@ class FakeDriftMonitor:
         return features, prediction
 
 
-def router_registry(deployment: str) -> CollectorRegistry:
+def router_registry(deployment: str) -> tuple[CollectorRegistry, Tick]:
     registry = CollectorRegistry()
     router = RouterMetrics(registry=registry, model_deployment=deployment)
     router.set_weights(canary_weight=20, shadow_percent=10)
@@ -120,10 +151,15 @@ def router_registry(deployment: str) -> CollectorRegistry:
     router.declare_comparisons(versions={"stable": STABLE, "canary": CANARY})
     router.observe_comparison(track="canary", version=CANARY, result="agree")
     router.observe_comparison(track="canary", version=CANARY, result="disagree")
-    return registry
+
+    def tick() -> None:
+        router.observe_request(track="stable", version=STABLE, code=200, seconds=FAST_S)
+        router.observe_request(track="canary", version=CANARY, code=200, seconds=SLOW_S)
+
+    return registry, tick
 
 
-def server_registry(track: str, version: str) -> CollectorRegistry:
+def server_registry(track: str, version: str) -> tuple[CollectorRegistry, Tick]:
     registry = CollectorRegistry()
     server = ServerMetrics(
         registry=registry,
@@ -135,10 +171,18 @@ def server_registry(track: str, version: str) -> CollectorRegistry:
     )
     server.observe_request(code=200, seconds=0.001)
     server.watch_drift(cast(DriftMonitor, FakeDriftMonitor()), min_rows=1)
-    return registry
+    # What the data plane does: count each batch's predicted classes (a classifier's profile).
+    tally = PredictionTally(CategoricalBins(categories=list(CLASSES), proportions=[0.4, 0.4, 0.2]))
+    server.count_predictions(tally)
+    batch = np.array(PREDICTED[track])
+
+    def tick() -> None:
+        tally.observe(batch)
+
+    return registry, tick
 
 
-def operator_registry() -> CollectorRegistry:
+def operator_registry() -> tuple[CollectorRegistry, Tick]:
     """The operator's metric names and labels (canaryml_operator.metrics)."""
     registry = CollectorRegistry()
     labels = {"namespace": NAMESPACE, "model_deployment": DEPLOYMENT}
@@ -159,12 +203,13 @@ def operator_registry() -> CollectorRegistry:
         rollouts.labels(**labels, result=result)
     for name in ("canaryml_operator_stalled", "canaryml_operator_held_analyses"):
         Gauge(name, "", OPERATOR_LABELS, registry=registry).labels(**labels).set(0)
-    return registry
+    return registry, lambda: None
 
 
 @pytest.fixture
 def exporters() -> Iterator[list[Target]]:
-    """The router, two model servers and the operator, each on its own loopback port."""
+    """The router, two model servers and the operator, each on its own loopback port, with
+    traffic every TICK_S."""
     in_namespace = {"namespace": NAMESPACE}  # what a cluster's Prometheus adds to each target
     registries = [
         (router_registry(DEPLOYMENT), in_namespace),
@@ -173,15 +218,27 @@ def exporters() -> Iterator[list[Target]]:
         (server_registry("canary", CANARY), in_namespace),
         (operator_registry(), {}),  # its series carry their resource's namespace
     ]
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.wait(TICK_S):
+            for (_, tick), _ in registries:
+                tick()
+
+    sender = threading.Thread(target=traffic, name="traffic", daemon=True)
     servers: list[tuple[WSGIServer, threading.Thread]] = []
     targets = []
     try:
-        for registry, labels in registries:
+        for (registry, _), labels in registries:
             server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
             servers.append((server, thread))
             targets.append(Target(f"http://127.0.0.1:{server.server_port}", labels))
+        sender.start()
         yield targets
     finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join(timeout=5)
         for server, thread in servers:
             server.shutdown()
             server.server_close()
@@ -247,6 +304,46 @@ def test_every_dashboard_query_and_variable_works_on_real_series(
     # "All" does select every ModelDeployment of the namespace.
     requests = results["all", "Request rate by track A"]
     assert {s["metric"]["model_deployment"] for s in requests} == {DEPLOYMENT, OTHER}
+
+    # The opt-in checks' panels. The calibrated test's smallest p-values, as the servers
+    # computed them (both test the same window).
+    features, prediction = FakeDriftMonitor().test()
+    smallest = {
+        "A": max(min(column.adjusted_p for column in features.columns), P_VALUE_FLOOR),
+        "B": max(prediction.p_value, P_VALUE_FLOOR),
+    }
+    assert smallest["A"] < 0.01 < smallest["B"]  # petal_width moved, the predictions did not
+    for ref, p_value in smallest.items():
+        p_values = {
+            s["metric"]["track"]: float(s["value"][1]) for s in results["one", f"{P_VALUES} {ref}"]
+        }
+        assert p_values == pytest.approx({"stable": p_value, "canary": p_value}), ref
+    # Each track's predicted rows by class, as the servers' tallies counted them.
+    shares = {
+        (s["metric"]["track"], s["metric"][BIN_LABEL]): float(s["value"][1])
+        for s in results["one", f"{CLASS_SHARE} A"]
+    }
+    assert shares == pytest.approx(
+        {
+            (track, str(label)): predicted.count(label) / len(predicted)
+            for track, predicted in PREDICTED.items()
+            for label in CLASSES
+        }
+    )
+    # Slow requests: stable answers in FAST_S, the canary in SLOW_S. Every bound the variable
+    # offers is a bucket Prometheus has (a wrong `le` would leave the panel without series).
+    default, bounds = custom_variables()["slow_bound"]
+    assert default in bounds and [float(b) for b in bounds] == list(LATENCY_BUCKETS)
+    [(_, slow_expr, _)] = [t for t in dashboard_targets() if t[0] == f"{SLOW_REQUESTS} A"]
+    for bound in bounds:
+        query = substitute(slow_expr, slow_bound=bound)
+        response = get(running, "/api/v1/query", query=query)
+        assert response.status_code == 200, response.text
+        slow = {
+            s["metric"]["track"]: float(s["value"][1]) for s in response.json()["data"]["result"]
+        }
+        slower = {"stable": float(bound) < FAST_S, "canary": float(bound) < SLOW_S}
+        assert slow == pytest.approx({k: float(v) for k, v in slower.items()}), f"{bound}: {query}"
 
     # The variables: Grafana's label_values(selector, label) is the label-values API, match[].
     expected = {"namespace": [NAMESPACE], "model_deployment": sorted([DEPLOYMENT, OTHER])}

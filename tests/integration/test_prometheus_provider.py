@@ -6,8 +6,10 @@ scrape of a new counter is its baseline, and increase() needs samples on both si
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ import pandas as pd
 import pytest
 from canaryml_api import resource as api
 from canaryml_operator import verdicts
-from canaryml_operator.checks import build_queries
+from canaryml_operator.checks import MIN_SINCE_STEP_SECONDS, build_queries
 from canaryml_operator.measurements import (
     DRIFT,
     DRIFT_P_VALUE,
@@ -27,6 +29,8 @@ from canaryml_operator.measurements import (
     LATENCY_P99,
     PREDICTION_DRIFT,
     PREDICTION_DRIFT_P_VALUE,
+    PREDICTIONS,
+    PREDICTIONS_VS_STABLE,
     REQUESTS,
     SHADOW_AGREEMENT,
     WORST_FEATURES_KEPT,
@@ -357,7 +361,8 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
     rows: list[dict[str, Any]],
 ) -> None:
     """The sequential checks' PromQL on real exporters: each track's requests, 5xx errors,
-    timed and slow requests since status.stepStartedAt, and the drift tests' p-values."""
+    timed and slow requests and rows predicted per class since status.stepStartedAt, and the
+    drift tests' p-values."""
     canary = start_server(
         example_models["canary"],
         "--track", "canary", "--model-deployment", NAME,
@@ -374,16 +379,20 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
     # The step begins once Prometheus holds those: its sample at the start is their count.
     started = datetime.now(UTC)
     answered: dict[str, list[int]] = {canary: [], stable: []}
+    predicted: dict[str, Counter[str]] = {canary: Counter(), stable: Counter()}
     async with httpx.AsyncClient(timeout=30) as client:
         for url, count in ((canary, 80), (stable, 120)):
             for row in rows[:count]:
-                answered[url].append((await client.post(f"{url}/predict", json=row)).status_code)
+                response = await client.post(f"{url}/predict", json=row)
+                answered[url].append(response.status_code)
+                if response.status_code == 200:
+                    predicted[url].update(str(label) for label in response.json()["predictions"])
     await prom.wait_for_async("sum(canaryml_requests_total)", lambda v: v == 202)
     await prom.wait_for_async(f"max(canaryml_feature_drift_p_value{{{CANARY}}})")
 
     raw = spec(url=prom.url).model_dump(by_alias=True, exclude_none=True)
     raw["analysis"] |= {
-        "baseline": {"maxErrorRateRatio": 2},
+        "baseline": {"maxErrorRateRatio": 2, "maxPredictionShift": 0.05},
         "thresholds": {"driftSignificance": 0.01},
     }
     the_spec = api.parse_spec(raw)
@@ -392,6 +401,9 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
     # Measured a few seconds into the step, as soon as Prometheus holds every request: the
     # counts are exact. (increase() over the same range, extrapolated to its ends, read 145
     # for 81.)
+    # A step younger than MIN_SINCE_STEP_SECONDS has no counts yet: wait that long at least.
+    young = MIN_SINCE_STEP_SECONDS - (datetime.now(UTC) - started).total_seconds()
+    await asyncio.sleep(max(0.0, young) + 0.1)
     at = datetime.now(UTC)
     assert (at - started).total_seconds() < 15
     queries = build_queries(
@@ -407,9 +419,19 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
         assert value(result, count_name(track, "timed")) == sent
         assert value(result, count_name(track, "errors")) == errors
         assert 0 <= value(result, count_name(track, "slow")) <= 1.0  # a forest answers fast
+    # Rows predicted per class since the step began: exactly the classes answered (the
+    # canary's failed requests predicted nothing); every class of the profile is a series.
+    for track, url in (("canary", canary), ("stable", stable)):
+        per_bin = {k: v for k, v in result.get(count_name(track, PREDICTIONS)).features if v}
+        assert per_bin == dict(predicted[url]), (track, per_bin, predicted[url])
+    assert sum(predicted[canary].values()) == 80 - canary_errors
     assert 0 <= value(result, DRIFT_P_VALUE) <= 1
     assert 0 <= value(result, PREDICTION_DRIFT_P_VALUE) <= 1
     judged = {r.name: r for r in verdicts.judge(spec=the_spec, measurements=result)}
     # Half of the canary's requests failed against none of stable's: decided already.
     assert judged[ERROR_RATE].verdict == "Failed", judged[ERROR_RATE]
     assert judged[ERROR_RATE_VS_STABLE].verdict == "Failed", judged[ERROR_RATE_VS_STABLE]
+    # Some 40 rows against 120 prove no 5-point difference either way.
+    shares = judged[PREDICTIONS_VS_STABLE]
+    assert shares.verdict == "Inconclusive" and shares.collecting, shares
+    assert shares.samples == 80 - canary_errors

@@ -9,6 +9,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from canaryml_cli.demo.example_models import TRAIN_ROWS
 from canaryml_server.artifact import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -78,7 +79,7 @@ def test_onnx_form_is_kept_only_with_evidence(example_models: dict[str, Path], r
     assert runtime["runtime"] == "onnx"
     assert runtime["labels_identical"] is True
     assert runtime["max_abs_difference"] <= 1e-5
-    assert runtime["rows_compared"] == 398
+    assert runtime["rows_compared"] == TRAIN_ROWS
 
 
 def test_loaded_model_predicts_like_sklearn(

@@ -94,7 +94,11 @@ def test_drift_keeps_one_series_per_feature_and_says_so() -> None:
     assert dict(checks.SERIES_LABEL) == {
         DRIFT: telemetry.FEATURE_LABEL,
         "driftPValue": telemetry.FEATURE_LABEL,
+        # Rows predicted per bin (analysis.baseline.maxPredictionShift): every bin kept.
+        "canaryPredictionsSinceStep": telemetry.BIN_LABEL,
+        "stablePredictionsSinceStep": telemetry.BIN_LABEL,
     }
+    assert {"canaryPredictionsSinceStep", "stablePredictionsSinceStep"} == checks.EVERY_SERIES
     assert queries(DESIGN_EXAMPLE)[DRIFT].startswith(f"max by ({telemetry.FEATURE_LABEL}) (")
 
 

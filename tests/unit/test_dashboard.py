@@ -18,9 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from canaryml_api.telemetry import (
+    BIN_LABEL,
+    FEATURE_DRIFT_P_VALUE,
+    LATENCY_BUCKETS,
+    LE_LABEL,
+    PREDICTION_DRIFT_P_VALUE,
+    PREDICTIONS_TOTAL,
+    SHADOW_COMPARISONS,
+    bucket_label,
+)
 from canaryml_api.telemetry import ROUTER_CANARY_WEIGHT as CANARY_WEIGHT
 from canaryml_api.telemetry import ROUTER_SHADOW_PERCENT as SHADOW_PERCENT
-from canaryml_api.telemetry import SHADOW_COMPARISONS
 from canaryml_api.telemetry import SOURCE_ROUTER as ROUTER_SOURCE
 from canaryml_server.metrics import (
     DRIFT_WINDOW_ROWS,
@@ -57,7 +66,16 @@ HISTOGRAM_SERIES = frozenset(
 )
 REQUEST_METRICS = frozenset({REQUESTS_TOTAL, *HISTOGRAM_SERIES})  # router and servers: pick one
 PER_TRACK_METRICS = frozenset(
-    {*REQUEST_METRICS, FEATURE_DRIFT, PREDICTION_DRIFT, SHADOW_COMPARISONS, DRIFT_WINDOW_ROWS}
+    {
+        *REQUEST_METRICS,
+        FEATURE_DRIFT,
+        PREDICTION_DRIFT,
+        FEATURE_DRIFT_P_VALUE,
+        PREDICTION_DRIFT_P_VALUE,
+        PREDICTIONS_TOTAL,
+        SHADOW_COMPARISONS,
+        DRIFT_WINDOW_ROWS,
+    }
 )
 KNOWN_METRICS = frozenset(
     {
@@ -71,6 +89,10 @@ KNOWN_METRICS = frozenset(
 GRAFANA_BUILTINS = frozenset({"__rate_interval", "__range", "__interval"})
 LABEL_VALUES = re.compile(r"label_values\(\s*([A-Za-z_:][\w:]*)\s*(\{.*\})?\s*,\s*\w+\s*\)")
 SCOPE = (("namespace", "=", "$namespace"), ("model_deployment", "=~", "$model_deployment"))
+# The `le` values of the latency histogram's buckets, as the exporters write them.
+BUCKET_LABELS = tuple(bucket_label(bound) for bound in (*LATENCY_BUCKETS, float("inf")))
+SLOW_BOUND = "slow_bound"  # the custom variable: which bucket splits slow from fast requests
+SLOW_BOUND_DEFAULT = "0.25"  # the bucket of maxLatencyP99 200ms and 250ms
 
 # --- a PromQL reader, just enough to find metric names, their matchers and groupings ----------
 
@@ -105,6 +127,10 @@ class Parsed:
     selectors: list[Selector] = field(default_factory=list)
     by: list[tuple[str, ...]] = field(default_factory=list)  # each `by (...)` clause
     functions: set[str] = field(default_factory=set)
+    # For each `by` clause, in the same order: the labels that a many-to-one match before it,
+    # `ignoring(...) group_left`, takes from its left side (the clause is on the "one" side).
+    # `on(...) group_left` and `group_right` carry none here: the check is stricter for them.
+    carried: list[tuple[str, ...]] = field(default_factory=list)
 
 
 def _tokens(expr: str) -> list[tuple[str, str]]:
@@ -153,6 +179,8 @@ def _matchers(tokens: list[tuple[str, str]]) -> tuple[tuple[str, str, str], ...]
 def parse(expr: str) -> Parsed:
     tokens = _tokens(expr)
     parsed = Parsed()
+    ignored: tuple[str, ...] = ()  # the last `ignoring (...)` clause
+    carried: tuple[str, ...] = ()
     index = 0
     while index < len(tokens):
         kind, text = tokens[index]
@@ -163,12 +191,18 @@ def parse(expr: str) -> Parsed:
             raise ValueError(f"a selector without a metric name in {expr!r}")
         elif kind == "name" and text.lower() in _GROUPINGS:
             index += 1
+            labels: tuple[str, ...] = ()
             if tokens[index : index + 1] == [("op", "(")]:
                 end = _closing(tokens, index, "(", ")")
                 labels = tuple(t for k, t in tokens[index + 1 : end] if k == "name")
-                if text.lower() == "by":
-                    parsed.by.append(labels)
                 index = end + 1
+            if text.lower() == "by":
+                parsed.by.append(labels)
+                parsed.carried.append(carried)
+            elif text.lower() in ("on", "ignoring"):
+                ignored = labels if text.lower() == "ignoring" else ()
+            elif text.lower() == "group_left":
+                carried = ignored
         elif kind == "name" and (text.lower() in _KEYWORDS or text in _AGGREGATIONS):
             index += 1
         elif kind == "name" and following == ("op", "("):
@@ -312,19 +346,49 @@ def source_problems(dashboard: dict[str, Any]) -> list[str]:
 
 
 def legend_problems(dashboard: dict[str, Any]) -> list[str]:
-    """A legend's labels survive every aggregation; per-track metrics are shown per track."""
+    """A legend's labels survive every aggregation (or, on the "one" side of `ignoring(...)
+    group_left`, come from the other side); per-track metrics are shown per track."""
     problems = []
     for panel, target in targets(dashboard):
         parsed = parse(target["expr"])
         legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
-        for labels in parsed.by:
-            if not legend <= set(labels):
+        for labels, carried in zip(parsed.by, parsed.carried, strict=True):
+            if not legend <= {*labels, *carried}:
                 problems.append(f"{where(panel, target)}: legend {legend} but by {labels}")
         if any(s.metric in PER_TRACK_METRICS for s in parsed.selectors):
             if "track" not in legend:
                 problems.append(f"{where(panel, target)}: a per-track metric without {{{{track}}}}")
             if not parsed.by or not all("track" in labels for labels in parsed.by):
                 problems.append(f"{where(panel, target)}: not aggregated by track")
+    return problems
+
+
+def bucket_problems(dashboard: dict[str, Any]) -> list[str]:
+    """A histogram bucket is read by one `le` that exists: a bucket bound as the exporters
+    write it, or the slow_bound variable, whose every option is one (a wrong `le` reads nothing,
+    and its panel is silently empty)."""
+    problems = []
+    bucket_series = f"{REQUEST_DURATION}_bucket"
+    for panel, target in targets(dashboard):
+        for selector in parse(target["expr"]).selectors:
+            if selector.metric != bucket_series:
+                continue
+            le = [(op, value) for label, op, value in selector.matchers if label == LE_LABEL]
+            if le and le not in ([("=", value)] for value in (*BUCKET_LABELS, f"${SLOW_BOUND}")):
+                problems.append(f"{where(panel, target)}: {LE_LABEL} {le} is no bucket")
+    variable = variables(dashboard).get(SLOW_BOUND)
+    if variable is None:
+        return problems
+    values = [option.get("value") for option in variable.get("options", [])]
+    listed = [value.strip() for value in str(variable.get("query", "")).split(",")]
+    if variable.get("type") != "custom" or variable.get("multi") or variable.get("includeAll"):
+        problems.append(f"variable {SLOW_BOUND}: not one value of a custom list")
+    if listed != values or not set(values) <= set(BUCKET_LABELS):
+        problems.append(f"variable {SLOW_BOUND}: {listed}, {values} are not bucket bounds")
+    if variable.get("current", {}).get("value") not in values:
+        problems.append(
+            f"variable {SLOW_BOUND}: the default {variable.get('current')} is no option"
+        )
     return problems
 
 
@@ -369,6 +433,7 @@ CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "source": source_problems,
     "legends": legend_problems,
     "variables": variable_problems,
+    "buckets": bucket_problems,
 }
 
 
@@ -419,11 +484,16 @@ def test_the_panels() -> None:
         "Prediction drift (PSI) by track",
         "Shadow agreement",
         "Stalled rollouts and held analyses",
+        P_VALUES,
+        SLOW_REQUESTS,
+        CLASS_SHARE,
     }
 
+    def metrics_of(expr: str) -> set[str]:
+        return {s.metric for s in parse(expr).selectors}
+
     def metrics(title: str) -> set[str]:
-        panel = by_title[title]
-        return {s.metric for t in panel["targets"] for s in parse(t["expr"]).selectors}
+        return {m for t in by_title[title]["targets"] for m in metrics_of(t["expr"])}
 
     def unit(title: str) -> Any:
         return by_title[title]["fieldConfig"]["defaults"].get("unit")
@@ -460,10 +530,44 @@ def test_the_panels() -> None:
         OPERATOR_HELD_ANALYSES,
     }
 
+    # The opt-in checks' view: the calibrated drift test, slow requests, predicted classes.
+    p_values = by_title[P_VALUES]
+    assert [metrics_of(t["expr"]) for t in p_values["targets"]] == [
+        {FEATURE_DRIFT_P_VALUE},
+        {PREDICTION_DRIFT_P_VALUE},
+    ]
+    for target in p_values["targets"]:  # the smallest over features and replicas, per track
+        assert "min by (model_deployment, track, version) (" in target["expr"]
+    defaults = p_values["fieldConfig"]["defaults"]
+    assert defaults["custom"]["scaleDistribution"] == {"type": "log", "log": 10}
+    assert 0.01 in [step["value"] for step in defaults["thresholds"]["steps"]]
+    assert "driftSignificance" in p_values["description"]
+
+    slow = by_title[SLOW_REQUESTS]
+    assert metrics(SLOW_REQUESTS) == {f"{REQUEST_DURATION}_bucket"}
+    [expr] = [t["expr"] for t in slow["targets"]]
+    assert expr.startswith("1 - sum by (")
+    numerator, denominator = expr.split(" / ")
+    assert f'{LE_LABEL}="${SLOW_BOUND}"' in numerator and "+Inf" not in numerator
+    assert f'{LE_LABEL}="+Inf"' in denominator and SLOW_BOUND not in denominator
+    assert unit(SLOW_REQUESTS) == "percentunit"
+    assert 0.01 in [s["value"] for s in slow["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert "1 %" in slow["description"] and "slowRequests" in slow["description"]
+
+    share = by_title[CLASS_SHARE]
+    assert metrics(CLASS_SHARE) == {PREDICTIONS_TOTAL}
+    [target] = share["targets"]
+    parsed = parse(target["expr"])
+    assert parsed.by == [("model_deployment", "track", BIN_LABEL), ("model_deployment", "track")]
+    assert f"ignoring({BIN_LABEL}) group_left" in target["expr"]
+    assert f"{{{{{BIN_LABEL}}}}}" in target["legendFormat"]
+    assert unit(CLASS_SHARE) == "percentunit"
+    assert "predictionsVsStable" in share["description"]
+
 
 def test_the_variables() -> None:
     defined = variables(load())
-    assert list(defined) == ["datasource", "namespace", "model_deployment"]
+    assert list(defined) == ["datasource", "namespace", "model_deployment", SLOW_BOUND]
     assert defined["datasource"]["type"] == "datasource"
     assert defined["datasource"]["query"] == "prometheus"
     queries = variable_queries(load())
@@ -475,6 +579,13 @@ def test_the_variables() -> None:
     }
     assert defined["model_deployment"]["multi"] is True
     assert defined["model_deployment"]["includeAll"] is True
+    # The finite bucket bounds, as Prometheus has them; +Inf would count every request slow-free.
+    slow_bound = defined[SLOW_BOUND]
+    assert slow_bound["type"] == "custom"
+    assert slow_bound["query"] == ",".join(bucket_label(bound) for bound in LATENCY_BUCKETS)
+    assert [option["value"] for option in slow_bound["options"]] == list(BUCKET_LABELS[:-1])
+    assert slow_bound["current"]["value"] == SLOW_BOUND_DEFAULT
+    assert [o["value"] for o in slow_bound["options"] if o["selected"]] == [SLOW_BOUND_DEFAULT]
 
 
 def test_panels_do_not_overlap_and_fit_the_grid() -> None:
@@ -504,7 +615,11 @@ def test_the_reader_finds_metrics_matchers_and_groupings() -> None:
         Selector("c", (("w", "!=", 'q"r'),)),
     ]
     assert parsed.by == [("le", "track"), ("v",)]
+    assert parsed.carried == [(), ()]  # on() group_left carries nothing the check relies on
     assert parsed.functions == {"histogram_quantile", "rate", "vector"}
+    share = parse("sum by (t, bin) (a) / ignoring(bin) group_left sum by (t) (a) + max by (t) (b)")
+    assert share.by == [("t", "bin"), ("t",), ("t",)]
+    assert share.carried == [(), ("bin",), ("bin",)]
 
 
 @pytest.mark.parametrize("expr", ['{__name__="x"}', "sum(x{a=1})", "rate(x[5m)", "x{a=~}"])
@@ -537,9 +652,23 @@ def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 REQUEST_RATE = "Request rate by track"
+P_VALUES = "Drift p-value by track (calibrated test, log scale)"
+SLOW_REQUESTS = "Slow requests by track"
+CLASS_SHARE = "Predicted class share by track"
 SCOPED_DEPLOYMENTS = 'model_deployment=~"$model_deployment"'
 MISTAKES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
     ("misspelt metric", "metrics", _replace(FEATURE_DRIFT, "canaryml_feature_drfit")),
+    (
+        "misspelt predictions counter",
+        "metrics",
+        _replace(PREDICTIONS_TOTAL, "canaryml_prediction_total", CLASS_SHARE),
+    ),
+    (
+        "p-value without namespace",
+        "scope",
+        _replace('namespace="$namespace", ', "", P_VALUES),
+    ),
+    ("slow requests of both views", "source", _replace(', source="router"', "", SLOW_REQUESTS)),
     ("bare histogram", "metrics", _replace(f"{REQUEST_DURATION}_bucket", REQUEST_DURATION)),
     (
         "unknown variable metric",
@@ -569,6 +698,36 @@ MISTAKES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
         "legends",
         _set(("panels", 4, "targets", 0, "legendFormat"), "{{model_deployment}}"),
     ),
+    (
+        "class summed over",
+        "legends",
+        _replace(f"track, {BIN_LABEL})", "track)", CLASS_SHARE),
+    ),
+    (
+        "no many-to-one match",
+        "legends",
+        _replace(f"ignoring({BIN_LABEL}) group_left ", "", CLASS_SHARE),
+    ),
+    (
+        "p-value summed over tracks",
+        "legends",
+        _replace("by (model_deployment, track, version)", "by (model_deployment)", P_VALUES),
+    ),
+    ("no such bucket", "buckets", _replace('le="+Inf"', 'le="Inf"', SLOW_REQUESTS)),
+    ("buckets summed", "buckets", _replace('le="$slow_bound"', 'le=~"$slow_bound"')),
+    ("undefined bucket variable", "variables", _replace("$slow_bound", "$slow_bucket")),
+    (
+        "bound not a bucket",
+        "buckets",
+        _set(("templating", "list", 3, "options", 0, "value"), "0.2"),
+    ),
+    ("bound not listed", "buckets", _set(("templating", "list", 3, "query"), "0.25,0.5")),
+    (
+        "default no option",
+        "buckets",
+        _set(("templating", "list", 3, "current"), {"text": "0.2", "value": "0.2"}),
+    ),
+    ("several bounds", "buckets", _set(("templating", "list", 3, "multi"), True)),
 ]
 
 

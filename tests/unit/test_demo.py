@@ -414,3 +414,19 @@ def test_shadow_disagree_is_told_as_a_bad_shadow_that_rolls_a_good_canary_back()
     assert "bad shadow" in description and "good canary" in description
     assert description.endswith("rolled back")
     assert not scenarios.PLANS["shadow-disagree"].fault_outside_spec  # the spec holds the shadow
+
+
+def test_a_held_analysis_line_says_how_many_more_requests_decide() -> None:
+    record = record_with_analysis()
+    checks = [
+        api.CheckRecord(
+            name=m.ERROR_RATE, verdict="Inconclusive", value=0.0, max=0.05, requests_needed=104
+        ),
+        api.CheckRecord(
+            name=m.SLOW_REQUESTS, verdict="Inconclusive", value=0.0, max=0.01, requests_needed=489
+        ),
+    ]
+    analysis = with_checks(record, checks).model_copy(update={"verdict": "Inconclusive"})
+    assert analysis_line(record, analysis).endswith(": about 489 more canary requests to decide")
+    decided = analysis.model_copy(update={"verdict": "Failed"})
+    assert "more canary requests" not in analysis_line(record, decided)

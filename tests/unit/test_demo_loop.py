@@ -35,8 +35,12 @@ GOOD = {
     m.DRIFT: 0.01,
     m.PREDICTION_DRIFT: 0.01,
     m.SHADOW_AGREEMENT: 1.0,
+    m.DRIFT_P_VALUE: 0.5,
+    m.PREDICTION_DRIFT_P_VALUE: 0.5,
 }
 SCENARIO_VALUES = {"good": GOOD, "errors": {**GOOD, m.ERROR_RATE: 0.2}}
+# Requests a second to each track, for the counts since the step began (sequential checks).
+PER_SECOND = {"canary": 20.0, "stable": 80.0}
 OUTCOMES = {"good": "Promoted", "errors": "RolledBack"}
 
 
@@ -124,6 +128,17 @@ class FakeMeasurer:
         now: datetime,
     ) -> Measurements:
         samples = {name: Sample(value) for name, value in self.values.items()}
+        if status.step_started_at is not None:
+            seconds = (now - status.step_started_at).total_seconds()
+            for track, per_second in PER_SECOND.items():
+                requests = float(round(per_second * seconds))
+                error_rate = self.values[m.ERROR_RATE] if track == "canary" else 0.0
+                samples |= {
+                    m.count_name(track, "requests"): Sample(requests),
+                    m.count_name(track, "errors"): Sample(float(round(error_rate * requests))),
+                    m.count_name(track, "timed"): Sample(requests),
+                    m.count_name(track, "slow"): Sample(0.0),
+                }
         self.taken[now] = Measurements(time=now, samples=samples)
         return self.taken[now]
 

@@ -12,6 +12,7 @@ import pytest
 from canaryml_api import resource as api
 from canaryml_api.telemetry import (
     FEATURE_DRIFT,
+    PREDICTIONS_TOTAL,
     REQUEST_DURATION_BUCKET,
     REQUESTS_TOTAL,
     SHADOW_COMPARISONS,
@@ -678,3 +679,37 @@ def test_counts_since_the_step_began_start_at_the_last_scrape_before_it() -> Non
     got = values(measure_scraped(history=history, spec=spec, name=NAME, at=at(60), status=status))
     # old: 140 at 40 s, a reset, 10 at 60 s; new was first seen after the start: still from 0.
     assert got[m.count_name("canary", "requests")] == 10 + 67
+
+
+def test_rows_predicted_per_bin_since_the_step_began_from_scrapes() -> None:
+    spec = make_spec(window="10s", baseline={"maxPredictionShift": 0.05})
+    stable = {"model_deployment": NAME, "track": "stable", "version": MINIMAL["model"]["version"]}
+
+    def predicted(value: float, bin_: str, **labels: str) -> ScrapedSample:
+        return ScrapedSample(PREDICTIONS_TOTAL, {**CANARY, "bin": bin_, **labels}, value)
+
+    history = ScrapeHistory()
+    for s in range(0, 61, 10):
+        samples = [
+            predicted(100 + 2 * s, "0"),  # 140 at the baseline (20 s), 220 at 60 s
+            predicted(50 + s, "1"),
+            predicted(3 * s, "0", **stable),
+            predicted(1000, "0", version="0.1"),  # an earlier canary's: out of scope
+        ]
+        if s >= 40:
+            samples.append(predicted(s - 39, "2"))  # a class first predicted after the start
+        history.add(target="a", time=at(s), samples=samples)
+        if s >= 30:  # a replica started since: every row counts
+            history.add(target="b", time=at(s), samples=[predicted(s, "1")])
+    status = api.ModelDeploymentStatus(step_started_at=at(25))
+    measured = measure_scraped(history=history, spec=spec, name=NAME, at=at(60), status=status)
+    canary = measured.get(m.count_name("canary", m.PREDICTIONS))
+    assert dict(canary.features) == {"0": 80.0, "1": 40.0 + 60.0, "2": 21.0}
+    assert canary.value == 80 + 100 + 21
+    assert dict(measured.get(m.count_name("stable", m.PREDICTIONS)).features) == {"0": 120.0}
+    # The operator's queries ask for the same counts.
+    queries = checks.build_queries(
+        spec=spec, name=NAME, namespace=None, source="router", status=status, at=at(60)
+    )
+    since = {name for name in queries if name.endswith("SinceStep")}
+    assert since == {name for name in measured.samples if name.endswith("SinceStep")}

@@ -175,3 +175,61 @@ def test_all_of_fails_on_any_fail_and_passes_only_when_all_pass() -> None:
     first = np.array([passed, passed, undecided, fail, passed], dtype=np.int8)
     second = np.array([passed, undecided, undecided, passed, fail], dtype=np.int8)
     assert ev.all_of(first, second).tolist() == [passed, undecided, undecided, fail, fail]
+
+
+# --- the canary's predictions against stable's (compare_shares) --------------------------------
+
+
+def test_predictions_like_stables_pass_with_enough_rows_and_a_shifted_class_fails() -> None:
+    stable = {"0": 33_000.0, "1": 33_500.0, "2": 33_500.0}
+    like = ev.compare_shares({"0": 3300, "1": 3400, "2": 3300}, stable, 0.05)
+    assert like.decision is ev.Decision.PASS and like.requests_needed == 0
+    assert all(-0.05 < b.interval.low <= b.interval.high < 0.05 for b in like.bins)
+    # Class "0" predicted 20 points more often: decided on a thousand rows, and named first.
+    shifted = ev.compare_shares({"0": 530, "1": 140, "2": 330}, stable, 0.05)
+    assert shifted.decision is ev.Decision.FAIL
+    worst = shifted.worst
+    assert worst is not None and worst.bin == "0"
+    assert worst.difference == pytest.approx(0.2)
+    assert 0.05 < worst.interval.low < 0.2 < worst.interval.high
+    # A class the canary never predicts, which stable predicts a third of the time, fails too.
+    assert ev.compare_shares({"0": 500, "1": 500}, stable, 0.05).decision is ev.Decision.FAIL
+
+
+def test_few_rows_are_not_sure_yet_and_say_roughly_how_many_more() -> None:
+    stable = {"0": 3300.0, "1": 3350.0, "2": 3350.0}
+    few = ev.compare_shares({"0": 33, "1": 34, "2": 33}, stable, 0.05)
+    assert few.decision is ev.Decision.UNDECIDED
+    assert few.requests_needed is not None and few.requests_needed > 100
+    # The counts grown by that many (stable alike, at the same shares) decide.
+    grow = (100 + few.requests_needed) / 100
+    grown = ev.compare_shares(
+        {k: v * grow for k, v in {"0": 33, "1": 34, "2": 33}.items()},
+        {k: v * grow for k, v in stable.items()},
+        0.05,
+    )
+    assert grown.decision is ev.Decision.PASS
+    # No rows, or no bins, decide nothing; a share exactly on the shift never decides.
+    assert ev.compare_shares({}, {}, 0.05).decision is ev.Decision.UNDECIDED
+    assert ev.compare_shares({"0": 0}, {"0": 10}, 0.05).requests_needed is None
+    with pytest.raises(ValueError):
+        ev.compare_shares({"0": 1}, {"0": 1}, 0)
+
+
+def test_a_canary_exactly_at_the_shift_fails_and_passes_rarely() -> None:
+    """Every look of every path; the canary predicts class 0 five points more often than
+    stable (0.55 against 0.50), exactly the allowed shift: false Fails and false Passes stay
+    under their levels (Bonferroni makes them far rarer: none in these paths)."""
+    rng = np.random.default_rng(17)
+    paths, canary_per_look, stable_per_look = 1000, 20, 80
+    stable_shares, canary_shares = [0.5, 0.3, 0.2], [0.55, 0.25, 0.2]
+    canary = np.cumsum(rng.multinomial(canary_per_look, canary_shares, (LOOKS, paths)), axis=0)
+    stable = np.cumsum(rng.multinomial(stable_per_look, stable_shares, (LOOKS, paths)), axis=0)
+    codes = ev.share_decisions(canary, stable, 0.05, alpha=LEVEL, beta=LEVEL)  # (looks, paths)
+    margin = 3 * math.sqrt(LEVEL * (1 - LEVEL) / paths)
+    assert float(np.mean(np.any(codes == ev.FAIL, axis=0))) <= LEVEL + margin
+    assert float(np.mean(np.any(codes == ev.PASS, axis=0))) <= LEVEL + margin
+    # The same canary far from the shift (20 points) is caught on almost every path.
+    shifted = np.cumsum(rng.multinomial(canary_per_look, [0.7, 0.1, 0.2], (LOOKS, paths)), axis=0)
+    caught = ev.share_decisions(shifted, stable, 0.05, alpha=LEVEL, beta=LEVEL)
+    assert float(np.mean(np.any(caught == ev.FAIL, axis=0))) > 0.99

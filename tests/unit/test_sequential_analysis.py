@@ -248,3 +248,110 @@ def test_the_sequential_record_survives_the_api_round_trip() -> None:
     assert {"low", "high", "evidence", "samples", "requestsNeeded"} <= set(check)
     assert api.parse_status(raw).last_analysis == run.status.last_analysis
     assert rollout.HELD_REASONS[-1] == "CollectingEvidence"
+
+
+# --- the canary's predictions against stable's (baseline.maxPredictionShift) ------------------
+
+
+def shift_spec(shift: float = 0.05) -> api.ModelDeploymentSpec:
+    return sequential_spec(baseline={"maxPredictionShift": shift})
+
+
+def judged_predictions(
+    spec: api.ModelDeploymentSpec,
+    canary: dict[str, float] | Sample,
+    stable: dict[str, float] | Sample,
+) -> verdicts.CheckResult:
+    samples = {name: Sample(v) for name, v in {**GOOD, **counts(canary=(0, 1))}.items()}
+    for track, bins in (("canary", canary), ("stable", stable)):
+        name = m.count_name(track, m.PREDICTIONS)
+        samples[name] = bins if isinstance(bins, Sample) else Sample.every(bins)
+    results = verdicts.judge(spec=spec, measurements=Measurements(time=T0, samples=samples))
+    [result] = [r for r in results if r.name == m.PREDICTIONS_VS_STABLE]
+    return result
+
+
+STABLE_BINS = {"0": 33_000.0, "1": 33_500.0, "2": 33_500.0}
+
+
+def test_max_prediction_shift_is_optional_and_alone_an_allowance() -> None:
+    assert api.BaselineSpec(max_error_rate_ratio=2).max_prediction_shift is None
+    assert shift_spec(0.05).analysis.baseline.max_prediction_shift == 0.05  # type: ignore[union-attr]
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            shift_spec(bad)
+    schema = api.BaselineSpec.model_json_schema(by_alias=True)
+    field = schema["properties"]["maxPredictionShift"]
+    assert "exclusiveMinimum" not in str(field) and "maxPredictionShift" not in schema.get(
+        "required", []
+    )
+    rules = schema["x-kubernetes-validations"][0]["rule"]
+    assert "has(self.maxPredictionShift)" in rules
+
+
+def test_predictions_per_bin_are_queried_for_both_tracks_by_bin() -> None:
+    status = api.ModelDeploymentStatus(
+        step_started_at=T0, stable_model=api.ModelIdentity(uri="s3://m/0", version="0.9")
+    )
+    queries = checks.build_queries(
+        spec=shift_spec(), name="iris", namespace="ml", source="router", status=status,
+        at=T0 + timedelta(seconds=30),
+    )  # fmt: skip
+    stable = queries[m.count_name("stable", m.PREDICTIONS)]
+    canary = queries[m.count_name("canary", m.PREDICTIONS)]
+    assert stable.startswith(f"sum by ({telemetry.BIN_LABEL})(")
+    assert f"@ {T0.timestamp():.3f}) >= 0 or {telemetry.PREDICTIONS_TOTAL}" in stable
+    # Only servers predict: no `source`; the stable track by the version it serves.
+    assert 'track="stable",version="0.9"}' in stable and "source=" not in stable
+    assert 'track="canary",version="1.1.0"}' in canary
+    # Without the field (another allowance only), nothing of it is queried.
+    plain = checks.build_queries(
+        spec=sequential_spec(baseline={"maxErrorRateRatio": 2}), name="iris", namespace="ml",
+        source="router", status=status, at=T0 + timedelta(seconds=30),
+    )  # fmt: skip
+    assert not any("Predictions" in name for name in plain)
+
+
+def test_a_canary_predicting_like_stable_passes_with_enough_rows() -> None:
+    result = judged_predictions(shift_spec(), {"0": 3300, "1": 3400, "2": 3300}, STABLE_BINS)
+    assert result.verdict == "Successful" and result.sequential
+    assert result.value == pytest.approx(0.005) and result.max == 0.05
+    assert result.low is not None and result.high is not None
+    assert -0.05 < result.low < result.high < 0.05 and result.samples == 10_000
+
+
+def test_a_canary_predicting_one_class_20_points_more_often_fails_and_rolls_back() -> None:
+    canary = {"0": 530, "1": 140, "2": 330}
+    result = judged_predictions(shift_spec(), canary, STABLE_BINS)
+    assert result.verdict == "Failed" and result.value == pytest.approx(0.2)
+    assert result.low is not None and result.low > 0.05
+    assert "bin '0'" in result.message and "+20.0 points" in result.message
+    assert "'1' -19.5 points" in result.message  # the next worst, named too
+    run = Run(shift_spec())
+    run.start()
+    values: dict[str, float | Sample | None] = {
+        **counts(canary=(0, 1000), stable=(0, 10000)),
+        m.count_name("canary", m.PREDICTIONS): Sample.every(canary),
+        m.count_name("stable", m.PREDICTIONS): Sample.every(STABLE_BINS),
+    }
+    decision = run.analyse(values, after=2)
+    assert decision.action == "rollback", decision
+    [check] = [c for c in run.status.last_analysis.checks if c.name == m.PREDICTIONS_VS_STABLE]
+    assert check.low is not None and check.samples == 1000
+
+
+def test_few_rows_are_not_sure_yet_and_missing_ones_no_data() -> None:
+    result = judged_predictions(shift_spec(), {"0": 33, "1": 34, "2": 33}, STABLE_BINS)
+    assert result.verdict == "Inconclusive" and result.collecting
+    assert result.requests_needed is not None and "not sure yet" in result.message
+    # No series yet (no row predicted since the step began): not sure yet, without a count.
+    empty = judged_predictions(shift_spec(), {}, STABLE_BINS)
+    assert empty.verdict == "Inconclusive" and "no canary predictions" in empty.message
+    # A failed query is an Error; bins of different edges on both sides cannot be compared.
+    failed = judged_predictions(shift_spec(), Sample.failed("timeout"), STABLE_BINS)
+    assert failed.verdict == "Error"
+    apart = judged_predictions(shift_spec(), {"1.5": 10, "+Inf": 5}, {"1.7": 10, "+Inf": 5})
+    assert apart.verdict == "Error" and "bins differ" in apart.message
+    # A class only one track predicts is still compared (its share on the other is 0).
+    like = {"0": 3300.0, "1": 3400.0, "2": 3300.0, "3": 0.0}
+    assert judged_predictions(shift_spec(), like, STABLE_BINS).verdict == "Successful"

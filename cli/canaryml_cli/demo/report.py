@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from canaryml_api import resource as api
 from canaryml_operator import verdicts
-from canaryml_operator.measurements import Measurements, notation, value_text
+from canaryml_operator.measurements import P_VALUES, Measurements, notation, value_text
 from pydantic import BaseModel
 
 from canaryml_cli.demo.record import DemoRecord
@@ -41,6 +41,9 @@ VERDICT_COLORS: Final = {
     "Inconclusive": "tab:gray",
     "Error": "tab:purple",
 }
+# A check shown next to those that judge, never judged itself (PSI beside the drift test).
+SHOWN: Final = "shown, not judged"
+POINT_COLORS: Final = {**VERDICT_COLORS, SHOWN: "tab:cyan"}
 LINE_COLOR: Final = "tab:blue"
 MARKER_AREA: Final = 30.0  # points squared
 # Of the values' span: below the lowest, so that a marker at 0 is not cut; above, the legend.
@@ -58,6 +61,8 @@ EVENT_LINES: Final = {
     "RolledBack": ("tab:red", 1.6),
 }
 SUBTITLE_WIDTH: Final = 120  # characters of the deciding message under the title
+# The smallest p-value drawn: smaller ones (1e-80 is common under real drift) sit on it.
+P_VALUE_FLOOR: Final = 1e-12
 
 
 class ReportError(RuntimeError):
@@ -254,26 +259,39 @@ def _draw_check(ax: Axes, *, record: DemoRecord, check: verdicts.CheckResult) ->
     ax.set_gid(f"{CHECK_GID}{check.name}")
     points = _points(record, check.name)
     scale = notation(check.name).scale
+    p_values = check.name in P_VALUES
+    if check.informational:
+        points.verdicts[:] = [SHOWN] * len(points.verdicts)
+    if p_values:
+        points.ys[:] = [max(y, P_VALUE_FLOOR) for y in points.ys]
     if points.xs:
         ax.plot(points.xs, points.ys, color=LINE_COLOR, lw=0.8, alpha=0.6, zorder=2)
         ax.scatter(
             points.xs,
             points.ys,
-            c=[VERDICT_COLORS[verdict] for verdict in points.verdicts],
+            c=[POINT_COLORS[verdict] for verdict in points.verdicts],
             s=MARKER_AREA,
             zorder=3,
         )
+    elif any(c.name == check.name for analysis in record.analyses for c in analysis.checks):
+        # Judged, never with a value to draw: a ratio to a stable track with no such event.
+        ax.text(0.5, 0.5, "judged, no value to draw (see summary.json)", ha="center",
+                va="center", transform=ax.transAxes, fontsize=8, color="tab:gray")  # fmt: skip
     bounds = [(side, b) for side, b in (("min", check.min), ("max", check.max)) if b is not None]
     for side, bound in bounds:
         label = f"{side} {value_text(check.name, bound)}"
         ax.axhline(bound * scale, color="black", ls="--", lw=1, label=label)
     if bounds:
         ax.legend(loc="upper right", fontsize=8)
-    # Room below 0 so that a point at 0 shows whole, and above for the legend.
-    shown = [0.0, *points.ys, *(bound * scale for _, bound in bounds)]
-    low, high = min(shown), max(shown)
-    span = (high - low) or 1.0
-    ax.set_ylim(low - MARGIN_BELOW * span, high + MARGIN_ABOVE * span)
+    if p_values:
+        ax.set_yscale("log")
+        ax.set_ylim(P_VALUE_FLOOR / 10, 10.0)
+    else:
+        # Room below 0 so that a point at 0 shows whole, and above for the legend.
+        shown = [0.0, *points.ys, *(bound * scale for _, bound in bounds)]
+        low, high = min(shown), max(shown)
+        span = (high - low) or 1.0
+        ax.set_ylim(low - MARGIN_BELOW * span, high + MARGIN_ABOVE * span)
     ax.set_ylabel(axis_label(check.name), fontsize=9)
     return points
 
@@ -283,7 +301,7 @@ def _legend(ax: Axes, *, verdicts: set[str]) -> None:
     from matplotlib.lines import Line2D
 
     handles, _ = ax.get_legend_handles_labels()
-    for verdict, color in VERDICT_COLORS.items():
+    for verdict, color in POINT_COLORS.items():
         if verdict in verdicts:
             handles.append(Line2D([], [], ls="", marker="o", color=color, label=verdict))
     if handles:

@@ -12,8 +12,11 @@ A scenario says what goes wrong in the rollout, and how:
   shadow's answer to the same request), and the shadow agreement check rolls the good canary
   back. The policy trusts the shadow: a wrong reference fails a good model.
 
-The example spec is the rollout policy the demo uses without `--spec`: short intervals, so that
-a good canary is promoted in about a minute and a bad one rolled back within seconds.
+The example spec is the rollout policy the demo uses without `--spec`: short intervals, the
+sequential checks against the stable track (analysis.sequential, analysis.baseline) and the
+calibrated drift gate (thresholds.driftSignificance). A bad canary is rolled back within
+seconds; a good one is promoted once each step has shown, with evidence, that its slow requests
+stay under 1 % (the p99 bound): a few hundred canary requests per step.
 """
 
 from __future__ import annotations
@@ -110,11 +113,20 @@ def example_spec(
                 "window": "10s",
                 "minRequests": 20,
                 "failureLimit": 2,
+                # Errors and slow requests judged on every request since the step began, the
+                # canary against its bounds and against the stable track on the same traffic.
+                "sequential": {"falseRollbackRate": 0.01, "falsePromotionRate": 0.01},
+                "baseline": {
+                    "maxErrorRateRatio": 2,
+                    "maxErrorRateIncrease": 0.02,
+                    "maxSlowRatio": 2,
+                    "maxSlowIncrease": 0.02,
+                },
                 "thresholds": {
                     "maxErrorRate": 0.05,
                     "maxLatencyP99": "200ms",
-                    "maxDrift": 2.0,
-                    "maxPredictionDrift": 0.5,
+                    # The calibrated drift gate: a false alarm in 1 of 1,000 analyses.
+                    "driftSignificance": 0.001,
                     "minShadowAgreement": 0.85,
                 },
             },

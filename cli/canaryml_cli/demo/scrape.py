@@ -32,6 +32,7 @@ no namespace label, so the scope has none), and treats missing series as the Pro
   drop adding back the value before it (a reset). A series missing from that scrape, or of a
   target first scraped after the start (a new process), counts from 0. The demo's measurer
   keeps 10 minutes of scrapes: for an older start, the oldest kept scrape is the baseline.
+  Rows predicted (baseline.maxPredictionShift) likewise, summed per bin, every bin kept.
 - Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
   the demo with a Prometheus.
 
@@ -325,6 +326,9 @@ def measure_scraped(
         since = history.since(start=started, end=at)
         for track, labels in scope.counted_tracks():
             samples |= _counts(since, track=track, scope=labels, slow=m.slow_bound(spec))
+        if analysis.baseline is not None and analysis.baseline.max_prediction_shift:
+            for track, labels in scope.predicting_tracks():
+                samples[m.count_name(track, m.PREDICTIONS)] = _predictions(since, scope=labels)
     if spec.shadow is not None and spec.shadow.percent > 0:
         samples[m.SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
     for metric in spec.analysis.metrics:
@@ -359,6 +363,17 @@ def _counts(
     if slow is not None:
         counts[m.count_name(track, "slow")] = timed - by_bound.get(slow, 0.0)
     return {name: Sample(value=value) for name, value in counts.items()}
+
+
+def _predictions(
+    since: Mapping[str, tuple[Scrape | None, Sequence[Scrape]]], *, scope: Mapping[str, str]
+) -> Sample:
+    """Rows predicted per bin since the step began, summed `by (bin)` over the targets, as
+    `checks` queries them: every bin kept; no series is a count of 0."""
+    by_bin: dict[str, float] = defaultdict(float)
+    for labels, increase in _grown_since(since, metric=t.PREDICTIONS_TOTAL, scope=scope):
+        by_bin[labels.get(t.BIN_LABEL, "")] += increase
+    return Sample.every(by_bin)
 
 
 def _bonferroni_by(

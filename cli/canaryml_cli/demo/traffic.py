@@ -1,7 +1,11 @@
 """The demo's clients: prediction requests at a steady rate through the router.
 
-Rows come from a CSV (the bundled models' held-out test set, or `--traffic`), one JSON object
-per request, each from a random user named in the sticky header. For the drift scenario the
+Rows come from a CSV (the bundled models' traffic rows, or `--traffic`), one JSON object per
+request, each from a random user named in the sticky header. The rows go out in a shuffled
+order, each once before any is sent again: the bundled 20,000 fresh draws are then an honest
+sample of the reference's distribution for a whole demo (resending a few hundred rows at random
+would make every drift window repeat the same pool, which a calibrated drift test rightly tells
+from the reference; see example_models). For the drift scenario the
 generator decides, with the router's own `choose_track` and the weight the router was given,
 which requests the canary will answer, and moves one feature of those out of range: only the
 canary's inputs drift, as when a new model meets a client that sends other units.
@@ -89,8 +93,12 @@ class Traffic:
             try:
                 period = 1.0 / self.per_second
                 next_at = time.monotonic()
+                order: list[int] = []
                 while True:
-                    row = self.rows[chooser.randrange(len(self.rows))]
+                    if not order:  # a new pass over the rows, in a new order
+                        order = list(range(len(self.rows)))
+                        chooser.shuffle(order)
+                    row = self.rows[order.pop()]
                     user = f"user-{chooser.getrandbits(64):016x}"
                     if self.shift is not None and self._to_canary(user):
                         row = self.shift(row)

@@ -21,6 +21,12 @@ AXIS_NAMES: Final = {
     m.DRIFT: "feature drift",
     m.PREDICTION_DRIFT: "prediction drift",
     m.SHADOW_AGREEMENT: "shadow agreement",
+    m.SLOW_REQUESTS: "slow requests",
+    m.ERROR_RATE_VS_STABLE: "errors / stable's",
+    m.SLOW_REQUESTS_VS_STABLE: "slow / stable's",
+    m.DRIFT_P_VALUE: "drift p-value",
+    m.PREDICTION_DRIFT_P_VALUE: "prediction p-value",
+    m.PREDICTIONS_VS_STABLE: "class shift vs stable",
 }
 
 

@@ -84,10 +84,19 @@ def analysis_line(record: DemoRecord, analysis: api.AnalysisRecord) -> str:
     values = ", ".join(
         f"{c.name} {check_value_text(c, measured)}" for c in analysis.checks if c.value is not None
     )
-    return (
+    line = (
         f"{record.seconds(analysis.time):6.1f}s analysis at {analysis.weight} %: "
         f"{analysis.verdict} ({values or 'no values'})"
     )
+    # Sequential checks not sure yet: how far the step is from a decision.
+    needed = [
+        c.requests_needed
+        for c in analysis.checks
+        if c.verdict == "Inconclusive" and c.requests_needed is not None
+    ]
+    if analysis.verdict == "Inconclusive" and needed:
+        line += f": about {max(needed)} more canary requests to decide"
+    return line
 
 
 class DemoView:
