@@ -9,8 +9,12 @@ scikit-learn, then drives each with Debian's `wrk` (same request, same settings,
 with 1-row and 64-row Open Inference Protocol v2 requests. All servers of a model run at once
 and are loaded in turn, round after round; each figure is the median of the rounds. Prints
 requests/s, p50 and p99 latency, canaryml's ratio to each peer, the in-process floor
-(scikit-learn and onnxruntime per call), and the cost of canaryml's drift monitor and metrics
-(on against off).
+(scikit-learn and onnxruntime per call), the cost of canaryml's drift monitor and metrics
+(on against off), the cost of prediction ids (`canaryml-ids`, a server with a feedback key,
+against `canaryml`, one without), and the feedback endpoint's throughput (one id, and 64 ids
+per request, on the `canaryml-ids` server).
+
+    python benchmarks/serve.py --servers canaryml,canaryml-ids   # the prediction ids' cost only
 
 Peers run in their own virtual environments (MLServer pins an older FastAPI), created once
 under ~/.cache/canaryml-bench/venvs (--venv-dir) with the same scikit-learn version as here.
@@ -46,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODEL_NAME = "breast-cancer"
 INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
+FEEDBACK_PATH = f"/v2/models/{MODEL_NAME}/feedback"
+FEEDBACK_KEY = "benchmark-feedback-key-0123456789abcdef"
 MODELS = {"forest": "canary", "pipeline": "stable"}  # benchmark name -> example role
 PEER_PACKAGES = {
     "mlserver": ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"],
@@ -170,6 +176,7 @@ CANARYML_CONFIGS = {
     "canaryml": {},
     "canaryml-bare": {"CANARYML_DRIFT_ENABLED": "false", "CANARYML_METRICS_ENABLED": "false"},
     "canaryml-sklearn": {"CANARYML_RUNTIME": "sklearn"},
+    "canaryml-ids": {"CANARYML_FEEDBACK_KEY": FEEDBACK_KEY},
 }
 
 
@@ -265,8 +272,14 @@ def print_report(results: list[Result], floors: dict[str, dict[int, dict[str, fl
         "non-2xx",
         "same labels",
     ):
-        table.add_column(column, justify="right" if column not in ("model", "server") else "left")
+        table.add_column(
+            column,
+            justify="right" if column not in ("model", "server") else "left",
+            no_wrap=column == "server",  # canaryml-sklearn, canaryml-ids: never cut
+        )
     for r in results:
+        if r.server.startswith("feedback"):
+            continue
         match = "-" if r.predictions_match is None else ("yes" if r.predictions_match else "NO")
         table.add_row(
             r.model, str(r.rows), r.server, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
@@ -296,7 +309,26 @@ def print_report(results: list[Result], floors: dict[str, dict[int, dict[str, fl
                 f"{(ours.rps / bare.rps - 1) * 100:+.1f}% req/s",
                 f"{ours.p99_ms / bare.p99_ms:.2f}",
             )  # fmt: skip
+        ids = by_key.get((model, rows, "canaryml-ids"))
+        if ids and ours.rps:
+            ratios.add_row(
+                model, str(rows), "prediction ids on vs off",
+                f"{(ids.rps / ours.rps - 1) * 100:+.1f}% req/s",
+                f"{ids.p99_ms / ours.p99_ms:.2f}",
+            )  # fmt: skip
     console.print(ratios)
+
+    feedback = [r for r in results if r.server.startswith("feedback")]
+    if feedback:
+        table = Table(title="Feedback endpoint (canaryml-ids server, ids verified every time)")
+        for column in ("model", "ids per request", "req/s", "ids/s", "p50 ms", "p99 ms", "non-2xx"):
+            table.add_column(column)
+        for r in feedback:
+            table.add_row(
+                r.model, str(r.rows), f"{r.rps:,.0f}", f"{r.rps * r.rows:,.0f}",
+                f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.non_2xx + r.errors),
+            )  # fmt: skip
+        console.print(table)
 
     floor = Table(title="In-process floor: one predict call, no HTTP")
     for column in ("model", "rows", "scikit-learn us", "onnxruntime us", "speed-up"):
@@ -429,6 +461,49 @@ def measure(
                         predictions_match=matches[server.label],
                     )
                 )  # fmt: skip
+        for server in servers:
+            if server.label == "canaryml-ids":
+                results += measure_feedback(server, payloads, model, model_name, args)
+    return results
+
+
+def measure_feedback(
+    server: Server,
+    payloads: dict[int, np.ndarray],
+    model: Any,
+    model_name: str,
+    args: argparse.Namespace,
+) -> list[Result]:
+    """The feedback endpoint's throughput: one id per request, and a batch's ids at once.
+
+    wrk sends the same body every time, so every request after the first is all duplicates:
+    each id is still decoded and verified (HMAC, age, label) and looked up in the de-duplication
+    memory, which is the work of every request; only the counters' increments are skipped.
+    """
+    rows = max(payloads)
+    json_type = {"content-type": "application/json"}
+    answer = httpx.post(server.target, content=v2_body(payloads[rows]), headers=json_type).json()
+    ids = answer["parameters"]["prediction_ids"]
+    truth = model.predict(payloads[rows]).tolist()
+    items = [{"id": i, "label": t} for i, t in zip(ids, truth, strict=True)]
+    bodies = {1: json.dumps(items[0]), rows: json.dumps({"feedback": items})}
+    url = server.url + FEEDBACK_PATH
+    results = []
+    for count, body in bodies.items():
+        first = httpx.post(url, content=body, headers=json_type)
+        first.raise_for_status()
+        load(url, body, seconds=args.warmup, args=args)
+        measured = [load(url, body, seconds=args.duration, args=args) for _ in range(args.repeats)]
+        results.append(
+            Result(
+                model=model_name, rows=count, server="feedback",
+                rps=statistics.median(m["rps"] for m in measured),
+                p50_ms=statistics.median(m["p50_ms"] for m in measured),
+                p99_ms=statistics.median(m["p99_ms"] for m in measured),
+                non_2xx=sum(m["non_2xx"] for m in measured),
+                errors=sum(m["errors"] for m in measured),
+            )
+        )  # fmt: skip
     return results
 
 

@@ -53,6 +53,11 @@ def _positive_duration(text: str) -> str:
     return text
 
 
+def _a_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
 def _known_scheme(uri: str) -> str:
     if not re.fullmatch(URI_PATTERN, uri):
         raise ValueError(
@@ -79,6 +84,12 @@ Duration = Annotated[
     AfterValidator(_positive_duration),
 ]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# A duration that may be 0 (analysis.labels.delay: labels known at once).
+NonNegativeDuration = Annotated[
+    str,
+    Field(max_length=32, json_schema_extra={"pattern": DURATION_PATTERN}),
+    AfterValidator(_a_duration),
+]
 
 DEFAULT_SHADOW_PERCENT = 100
 DEFAULT_PROGRESS_DEADLINE = "10m"  # as Flagger's and Argo Rollouts' progressDeadlineSeconds
@@ -192,6 +203,12 @@ class Thresholds(_Model):
         "Bonferroni over replicas); maxDrift and maxPredictionDrift then only describe the "
         "effect (PSI) and fail nothing",
     )
+    min_accuracy: Fraction | None = Field(
+        default=None,
+        description="opt-in, classifiers: the smallest acceptable accuracy on labelled "
+        "predictions (feedback), judged sequentially on the labels that arrived since the step "
+        "began (analysis.labels says how many are needed and how late they come)",
+    )
 
 
 class CustomMetric(_Model):
@@ -260,7 +277,7 @@ class BaselineSpec(_Model):
                 {
                     "rule": "has(self.maxErrorRateRatio) || has(self.maxErrorRateIncrease) || "
                     "has(self.maxSlowRatio) || has(self.maxSlowIncrease) || "
-                    "has(self.maxPredictionShift)",
+                    "has(self.maxPredictionShift) || has(self.maxAccuracyDrop)",
                     "message": "set at least one allowance",
                 }
             ]
@@ -290,6 +307,13 @@ class BaselineSpec(_Model):
         description="largest difference, canary - stable, of the share of predictions in any "
         "one class (or bin of the reference profile), either way: 0.05 is 5 percentage points",
     )
+    max_accuracy_drop: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=0.99,
+        description="classifiers: stable accuracy - canary accuracy on labelled predictions "
+        "(feedback) since the step began: 0.02 is 2 percentage points",
+    )
 
     @model_validator(mode="after")
     def _some_allowance(self) -> BaselineSpec:
@@ -301,10 +325,33 @@ class BaselineSpec(_Model):
                 self.max_slow_ratio,
                 self.max_slow_increase,
                 self.max_prediction_shift,
+                self.max_accuracy_drop,
             )
         ):
             raise ValueError("set at least one allowance (maxErrorRateRatio, ...)")
         return self
+
+
+DEFAULT_MIN_LABELS = 100
+
+
+class LabelsSpec(_Model):
+    """How the accuracy checks (thresholds.minAccuracy, baseline.maxAccuracyDrop) wait for
+    labels: labels are counted as they arrive, since the step began (docs/judgment.md,
+    "Accuracy on labels")."""
+
+    min_labels: int = Field(
+        default=DEFAULT_MIN_LABELS,
+        ge=1,
+        le=10_000_000,
+        description="labels a track needs since the step began before an accuracy check may "
+        "pass or fail (below it: Inconclusive, the weight held)",
+    )
+    delay: NonNegativeDuration = Field(
+        default="0s",
+        description="how long after a prediction its label may arrive: during a step's first "
+        "delay no accuracy check passes (a failure with evidence still rolls back)",
+    )
 
 
 MIN_ANALYSIS_INTERVAL = "1s"
@@ -346,6 +393,11 @@ class AnalysisSpec(_Model):
         description="opt-in: the canary compared with the stable track on the same traffic; "
         "judged sequentially (sequential's rates, or their defaults)",
     )
+    labels: LabelsSpec | None = Field(
+        default=None,
+        description="the accuracy checks' labels: how many are needed and how late they come "
+        "(defaults apply when thresholds.minAccuracy or baseline.maxAccuracyDrop is set)",
+    )
     metrics: Annotated[
         list[CustomMetric],
         Field(
@@ -370,10 +422,24 @@ class AnalysisSpec(_Model):
     @property
     def sequential_rates(self) -> SequentialSpec | None:
         """The sequential decisions' error rates when errors and latency are judged
-        sequentially (asked for, or implied by a baseline comparison); None otherwise."""
+        sequentially (asked for, or implied by a baseline comparison or an accuracy check);
+        None otherwise."""
         if self.sequential is not None:
             return self.sequential
-        return SequentialSpec() if self.baseline is not None else None
+        implied = self.baseline is not None or self.accuracy_checked
+        return SequentialSpec() if implied else None
+
+    @property
+    def accuracy_checked(self) -> bool:
+        """Whether an accuracy check is asked (thresholds.minAccuracy, baseline.maxAccuracyDrop)."""
+        return self.thresholds.min_accuracy is not None or (
+            self.baseline is not None and self.baseline.max_accuracy_drop is not None
+        )
+
+    @property
+    def label_rules(self) -> LabelsSpec:
+        """analysis.labels, or its defaults."""
+        return self.labels if self.labels is not None else LabelsSpec()
 
 
 class ParentRef(_Model):
@@ -399,6 +465,20 @@ class RoutingSpec(_Model):
     )
 
 
+class FeedbackSpec(_Model):
+    """Where the model servers find the key that signs prediction ids (docs/serving.md)."""
+
+    key_secret_ref: SecretKeyRef = Field(
+        description="a Secret key in the ModelDeployment's namespace holding the key that signs "
+        "prediction ids (at least 16 bytes); every track's servers get it"
+    )
+    previous_keys_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="a Secret key holding earlier keys (comma-separated or one a line): ids "
+        "they signed still verify during a rotation; none are signed with them",
+    )
+
+
 class ServingSpec(_Model):
     replicas: int = Field(default=1, ge=0, le=1000, description="replicas of the stable track")
     image: str | None = Field(
@@ -406,6 +486,11 @@ class ServingSpec(_Model):
     )
     resources: dict[str, dict[str, str | int]] | None = Field(
         default=None, description="container resources (requests, limits) for every track"
+    )
+    feedback: FeedbackSpec | None = Field(
+        default=None,
+        description="prediction ids and the feedback endpoint: the key's Secret (without it "
+        "the servers issue no ids and refuse feedback)",
     )
 
 

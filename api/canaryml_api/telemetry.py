@@ -27,6 +27,17 @@ MODEL_INFO: Final = "canaryml_model_info"
 SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"  # router: track, version, result
 ROUTER_CANARY_WEIGHT: Final = "canaryml_router_canary_weight"
 ROUTER_SHADOW_PERCENT: Final = "canaryml_router_shadow_percent"
+# Feedback (true labels for earlier predictions, by prediction id), servers only. Labelled by the
+# track and version the prediction id names, whichever replica took the feedback.
+FEEDBACK_LABELS_TOTAL: Final = "canaryml_feedback_labels_total"  # counter: predictions labelled
+FEEDBACK_CORRECT_TOTAL: Final = "canaryml_feedback_correct_total"  # counter, classifiers
+# counters of sums, regressors: |true - predicted| and (true - predicted)^2 over labelled rows
+FEEDBACK_ABSOLUTE_ERROR_TOTAL: Final = "canaryml_feedback_absolute_error_total"
+FEEDBACK_SQUARED_ERROR_TOTAL: Final = "canaryml_feedback_squared_error_total"
+FEEDBACK_DELAY: Final = "canaryml_feedback_delay_seconds"  # histogram: prediction to label
+# counter: feedback items refused (a body that could not be read counts once), by REASON_LABEL;
+# labelled with the server's own track and version (a refused id's are not to be trusted)
+FEEDBACK_REJECTED_TOTAL: Final = "canaryml_feedback_rejected_total"
 
 # --- series exported by the operator ----------------------------------------------------------
 # The two counters are named as prometheus_client declares them; they are exposed with `_total`.
@@ -55,6 +66,7 @@ MODEL_LABEL: Final = "model"
 RUNTIME_LABEL: Final = "runtime"
 PHASE_LABEL: Final = "phase"  # the operator's phase gauge: one series per phase
 VERDICT_LABEL: Final = "verdict"  # the operator's analyses counter: the overall verdict
+REASON_LABEL: Final = "reason"  # why FEEDBACK_REJECTED_TOTAL refused an item
 LE_LABEL: Final = "le"  # a histogram bucket's upper bound (Prometheus's own label)
 
 # Both the router and the servers count requests; `source` says whose view a series is, so a
@@ -68,6 +80,18 @@ COMPARISON_RESULTS: Final = ("agree", "disagree", "error", "skipped")
 
 MISSING_BIN: Final = "NaN"
 
+# REASON_LABEL values of FEEDBACK_REJECTED_TOTAL (a bounded set). "body": unreadable, not JSON,
+# too large or of the wrong shape; "too_many": more items than the server takes at once;
+# "malformed": not a prediction id; "unknown_key": signed with a key the server does not hold;
+# "tampered": the signature does not match; "other_deployment": issued by another
+# ModelDeployment's servers; "expired": older than the allowed age; "label": the true label is
+# not one of the model's classes, or not a finite number for a regressor; "no_key": the server
+# has no feedback key.
+FEEDBACK_REJECT_REASONS: Final = (
+    "body", "too_many", "malformed", "unknown_key", "tampered", "other_deployment", "expired",
+    "label", "no_key",
+)  # fmt: skip
+
 # CODE_LABEL of a request whose client left before its answer (nginx's "client closed request"):
 # counted so that nothing is lost, never sent, and never the track's error.
 CLIENT_CLOSED: Final = 499
@@ -77,6 +101,13 @@ CLIENT_CLOSED: Final = 499
 # under a millisecond.
 LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+# Histogram buckets of FEEDBACK_DELAY, in seconds: from a second (a label known at once) to a
+# week (the default longest age of a prediction id).
+FEEDBACK_DELAY_BUCKETS: Final = (
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 2 * 86400.0,
+    4 * 86400.0, 7 * 86400.0,
 )  # fmt: skip
 
 
@@ -89,3 +120,7 @@ def bucket_label(bound: float) -> str:
 # --- HTTP headers (lowercase, as ASGI carries them) -------------------------------------------
 VERSION_HEADER: Final = "x-canaryml-model-version"  # the model version that answered
 TRACK_HEADER: Final = "x-canaryml-track"  # the track the router sent the request to
+# model server, on a prediction answer: the answer's prediction ids, comma-joined, when they fit
+# in PREDICTION_IDS_HEADER_MAX_BYTES (else absent: the body is authoritative)
+PREDICTION_IDS_HEADER: Final = "x-canaryml-prediction-ids"
+PREDICTION_IDS_HEADER_MAX_BYTES: Final = 4096

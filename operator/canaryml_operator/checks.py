@@ -54,6 +54,14 @@ How each check treats a missing series is a decision, not an accident of PromQL:
   servers' prediction counter (no `source`: only servers predict) grown the same way, summed
   `by (bin)`: one series per bin, every one kept (EVERY_SERIES). The stable track's is scoped
   by the version it serves, as its request counts are. No series at all is no row yet.
+- Labels since the step began (thresholds.minAccuracy, baseline.maxAccuracyDrop), per track
+  (the canary's; stable's too with maxAccuracyDrop): the servers' feedback counters grown the
+  same way, `labelled` (FEEDBACK_LABELS_TOTAL) and `correct` (FEEDBACK_CORRECT_TOTAL), scoped
+  like the predictions (no `source`: only servers take feedback; `track` and `version` are
+  those of the prediction a label is for). Counted by arrival: a label of the same version's
+  prediction from before the step counts when it arrives in the step. No `labelled` series is
+  no label yet (0); no `correct` series is no data, not 0: a regressor exports none, and its
+  accuracy is not 0 %.
 
 Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
 """
@@ -149,6 +157,18 @@ class CheckScope:
             tracks.append(("stable", self.stable_requests))
         return tracks
 
+    def labelled_tracks(
+        self, *, stable: bool
+    ) -> list[tuple[Literal["canary", "stable"], Mapping[str, str]]]:
+        """The servers' series whose labels since the step began the accuracy checks read: the
+        canary's, and the stable track's when `stable` (and known: with a baseline)."""
+        tracks: list[tuple[Literal["canary", "stable"], Mapping[str, str]]] = [
+            ("canary", self.canary)
+        ]
+        if stable and self.stable is not None:
+            tracks.append(("stable", self.stable))
+        return tracks
+
     def predicting_tracks(self) -> list[tuple[Literal["canary", "stable"], Mapping[str, str]]]:
         """The servers' series whose rows predicted per bin predictionsVsStable compares: the
         canary's and the stable track's (empty without a baseline)."""
@@ -241,6 +261,9 @@ def build_queries(
                     queries[m.count_name(track, m.PREDICTIONS)] = _grown(
                         t.PREDICTIONS_TOTAL, labels, since=since, by=t.BIN_LABEL
                     )
+            if analysis.accuracy_checked:
+                for track, labels in scope.labelled_tracks(stable=compares_accuracy(spec)):
+                    queries |= _label_counts(track, labels, since=since)
     if spec.shadow is not None and spec.shadow.percent > 0:
         queries[m.SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
     for metric in spec.analysis.metrics:
@@ -282,6 +305,24 @@ def _counts(
         fast = grown(t.REQUEST_DURATION_BUCKET, {**labels, t.LE_LABEL: t.bucket_label(slow)})
         counts[m.count_name(track, "slow")] = f"{counts[m.count_name(track, 'timed')]} - {fast}"
     return counts
+
+
+def compares_accuracy(spec: api.ModelDeploymentSpec) -> bool:
+    """Whether the canary's accuracy is compared with stable's (baseline.maxAccuracyDrop)."""
+    baseline = spec.analysis.baseline
+    return baseline is not None and baseline.max_accuracy_drop is not None
+
+
+def _label_counts(
+    track: Literal["canary", "stable"], labels: Mapping[str, str], *, since: str
+) -> dict[str, str]:
+    """The labels of one track's predictions that arrived since the step began, and the
+    correct ones among them (see the module's docstring)."""
+    labelled = _grown(t.FEEDBACK_LABELS_TOTAL, labels, since=since)
+    return {
+        m.count_name(track, "labelled"): f"({labelled} or on() vector(0))",
+        m.count_name(track, "correct"): _grown(t.FEEDBACK_CORRECT_TOTAL, labels, since=since),
+    }
 
 
 def _grown(

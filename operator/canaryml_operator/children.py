@@ -206,6 +206,7 @@ def build_deployment(
     image: str,
     resources: Mapping[str, Any] | None,
     allow_unpinned: bool = False,
+    feedback: api.FeedbackSpec | None = None,
 ) -> Manifest:
     labels = track_labels(owner.name, track, model.version)
     uri, volumes, mounts = _model_location(model)
@@ -225,6 +226,7 @@ def build_deployment(
         image=image,
         resources=resources,
         allow_unpinned=allow_unpinned,
+        feedback=feedback,
     )
     pod_annotations = {
         "prometheus.io/scrape": "true",
@@ -269,6 +271,10 @@ def build_deployment(
     return _with_hash(manifest)
 
 
+def _secret_env(name: str, ref: api.SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
 def _server_container(
     *,
     owner: Owner,
@@ -279,8 +285,11 @@ def _server_container(
     image: str,
     resources: Mapping[str, Any] | None,
     allow_unpinned: bool = False,
+    feedback: api.FeedbackSpec | None = None,
 ) -> dict[str, Any]:
-    """The `canaryml serve` container of a track, loading the model from `uri` (on `mounts`)."""
+    """The `canaryml serve` container of a track, loading the model from `uri` (on `mounts`);
+    with `feedback`, the key that signs prediction ids from its Secret (the pod reads it: the
+    operator never does)."""
     env = [
         {"name": "CANARYML_MODEL_URI", "value": uri},
         {"name": "CANARYML_MODEL_VERSION", "value": model.version},
@@ -293,6 +302,12 @@ def _server_container(
         env.append({"name": "CANARYML_MODEL_SHA256", "value": model.sha256})
     # Always explicit: an unpinned model loads only where the spec allows it.
     env.append({"name": "CANARYML_REQUIRE_SHA256", "value": "false" if allow_unpinned else "true"})
+    if feedback is not None:
+        env.append(_secret_env("CANARYML_FEEDBACK_KEY", feedback.key_secret_ref))
+        if feedback.previous_keys_secret_ref is not None:
+            env.append(
+                _secret_env("CANARYML_FEEDBACK_PREVIOUS_KEYS", feedback.previous_keys_secret_ref)
+            )
     container = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -374,6 +389,7 @@ def build_children(
     image: str,
     plan: TrackPlan | None = None,
     safeguards: Safeguards | None = None,
+    default_feedback: api.FeedbackSpec | None = None,
 ) -> list[Manifest]:
     """Every object the ModelDeployment should own, in the order they are best created.
 
@@ -398,6 +414,7 @@ def build_children(
                 image=spec.serving.image or image,
                 resources=spec.serving.resources,
                 allow_unpinned=spec.allow_unpinned_models,
+                feedback=spec.serving.feedback or default_feedback,
             )
         )
         children.append(

@@ -19,6 +19,8 @@ from canaryml_operator import children
 CRD_FILE = f"{api.PLURAL}.{api.GROUP}.yaml"
 # Keys of JSON Schema that the API server's JSONSchemaProps does not know, or that only add noise.
 _DROPPED_KEYS = frozenset({"title", "examples", "additionalProperties", "$defs"})
+# Marks, while the schema is built, an optional object whose model default is None (an opt-in).
+_OPT_IN = "x-canaryml-opt-in"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -67,7 +69,10 @@ def _structural_any_of(
     branches = [branch for branch in node["anyOf"] if branch.get("type") != "null"]
     outer = {k: v for k, v in node.items() if k != "anyOf"}
     if len(branches) == 1:  # `X | None`: optional in Kubernetes means absent, not null
-        return structural({**branches[0], **outer}, defs, defaults=defaults)
+        built = structural({**branches[0], **outer}, defs, defaults=defaults)
+        if defaults and "default" in outer and outer["default"] is None:
+            built[_OPT_IN] = True  # absent means off: never defaulted to {} (see below)
+        return built
     types = {branch.get("type") for branch in branches}
     if types == {"string", "integer"}:  # resource quantities and ports
         rest = structural(outer, defs, defaults=defaults)
@@ -80,12 +85,17 @@ def _default_empty_objects(schema: dict[str, Any]) -> None:
 
     The API server then fills in their own defaults, so `kubectl get -o yaml` shows the
     values the operator really uses (analysis thresholds, routing) without the user writing them.
+    Not the opt-in ones (a model field `X | None = None`: analysis.sequential, .baseline,
+    .labels): the API server defaults nested fields of a defaulted object too, so a `{}` there
+    would switch the opt-in on for every object (and an empty baseline fails its own rule).
     """
     required = set(schema.get("required", ()))
     for name, prop in schema.get("properties", {}).items():
+        opt_in = prop.pop(_OPT_IN, False)
         is_object = prop.get("type") == "object" and "properties" in prop
         if (
             is_object
+            and not opt_in
             and name not in required
             and not prop.get("required")
             and "default" not in prop

@@ -148,6 +148,7 @@ class KubeTracks:
             image=self.image,
             plan=plan,
             safeguards=operator_settings().safeguards(),
+            default_feedback=operator_settings().default_feedback(),
         )
         changes = reconcile.plan_children(
             desired=desired,

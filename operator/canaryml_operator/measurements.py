@@ -6,9 +6,9 @@ directly. Each check is keyed by its name: the built-in names below, or a custom
 
 Also how each check's numbers read, wherever a person reads them (the rollout's Events and
 status messages, `canaryml status`, the demo's lines, panel and plot): one notation per
-quantity. Rates (error rate, shadow agreement) in %, latency in ms, request counts as whole
-numbers (Prometheus's increases are fractional: 54.44 requests reads 54), drift (a PSI) and
-custom checks as plain numbers. Values are kept in the analysis's units (fractions, seconds);
+quantity. Rates (error rate, shadow agreement, accuracy) in %, latency in ms, request counts as
+whole numbers (Prometheus's increases are fractional: 54.44 requests reads 54), drift (a PSI)
+and custom checks as plain numbers. Values are kept in the analysis's units (fractions, seconds);
 `Notation.scale` turns them into the shown ones.
 """
 
@@ -39,6 +39,11 @@ ERROR_RATE_VS_STABLE: Final = "errorRateVsStable"  # canary rate / stable rate
 SLOW_REQUESTS_VS_STABLE: Final = "slowRequestsVsStable"
 # The largest difference, canary - stable, of the share of predictions in one class (bin).
 PREDICTIONS_VS_STABLE: Final = "predictionsVsStable"
+# Accuracy on labelled predictions (thresholds.minAccuracy, baseline.maxAccuracyDrop), from
+# the labels that arrived since the step began: the canary's share of correct predictions, and
+# canary accuracy - stable accuracy (negative: the canary is less accurate).
+ACCURACY: Final = "accuracy"
+ACCURACY_VS_STABLE: Final = "accuracyVsStable"
 BUILTIN_CHECKS: Final = (
     REQUESTS,
     ERROR_RATE,
@@ -55,12 +60,19 @@ OPT_IN_CHECKS: Final = (
     PREDICTIONS_VS_STABLE,
     DRIFT_P_VALUE,
     PREDICTION_DRIFT_P_VALUE,
+    ACCURACY,
+    ACCURACY_VS_STABLE,
 )
 
 # Counts since the step began, per track: the inputs of the sequential checks, not checks.
 # (Custom check names are lowercase with dashes: these cannot collide with them.)
-CountKind = Literal["requests", "errors", "timed", "slow", "predictions"]
-COUNT_KINDS: Final[tuple[CountKind, ...]] = ("requests", "errors", "timed", "slow")
+CountKind = Literal["requests", "errors", "timed", "slow", "labelled", "correct", "predictions"]
+COUNT_KINDS: Final[tuple[CountKind, ...]] = (
+    "requests", "errors", "timed", "slow", "labelled", "correct",
+)  # fmt: skip
+# Of those, the feedback counts (labels that arrived, and how many said the prediction was
+# right): queried only when an accuracy check is asked.
+LABEL_KINDS: Final[tuple[CountKind, ...]] = ("labelled", "correct")
 # Rows predicted per bin (analysis.baseline.maxPredictionShift): one Sample with every bin.
 PREDICTIONS: Final[CountKind] = "predictions"
 
@@ -68,7 +80,8 @@ PREDICTIONS: Final[CountKind] = "predictions"
 def count_name(track: Literal["canary", "stable"], kind: CountKind) -> str:
     """`canaryErrorsSinceStep`: the measurement of `kind` requests of `track` since the step
     began (`timed`: those in the latency histogram; `slow`: those of them over the bound;
-    `predictions`: rows predicted, per bin, see `Sample.every`)."""
+    `labelled`: labels that arrived for the track's predictions; `correct`: those that say
+    the prediction was right; `predictions`: rows predicted, per bin, see `Sample.every`)."""
     return f"{track}{kind.capitalize()}SinceStep"
 
 
@@ -89,6 +102,8 @@ POSSIBLE_RANGES: Final[Mapping[str, tuple[float, float]]] = {
     ERROR_RATE_VS_STABLE: (0.0, math.inf),
     SLOW_REQUESTS_VS_STABLE: (0.0, math.inf),
     PREDICTIONS_VS_STABLE: (0.0, 1.0),
+    ACCURACY: (0.0, 1.0),
+    ACCURACY_VS_STABLE: (-1.0, 1.0),
 }
 # +Inf is a measurement of these: histogram_quantile answers it when the quantile is past the
 # last bucket, a PSI when a bin expected nothing. It is over any max: Failed, not a pass.
@@ -201,6 +216,8 @@ NOTATIONS: Final[Mapping[str, Notation]] = {
     ERROR_RATE_VS_STABLE: Notation(1.0, "x", 2),
     SLOW_REQUESTS_VS_STABLE: Notation(1.0, "x", 2),
     PREDICTIONS_VS_STABLE: Notation(100.0, "%", 1),  # percentage points
+    ACCURACY: Notation(100.0, "%", 1),
+    ACCURACY_VS_STABLE: Notation(100.0, "%", 1),  # percentage points
 }
 # Checks whose values are p-values: the smallest ones are written in scientific notation.
 P_VALUES: Final = frozenset({DRIFT_P_VALUE, PREDICTION_DRIFT_P_VALUE})

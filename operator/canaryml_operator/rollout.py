@@ -693,7 +693,7 @@ def _analyse(
     assert spec.canary is not None
     canary, analysis = spec.canary, spec.analysis
     status = b.status
-    results = judge(spec=spec, measurements=measurements)
+    results = judge(spec=spec, measurements=measurements, step_started_at=status.step_started_at)
     record = build_record(
         results=results,
         time=measurements.time,

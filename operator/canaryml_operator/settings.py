@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from canaryml_api import resource as api
 from canaryml_api.resource import HTTP_URL_PATTERN
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,17 @@ class OperatorSettings(BaseSettings):
         description="NetworkPolicyPeers (JSON list) that may scrape the model servers: your "
         "Prometheus; empty admits none",
     )
+    feedback_key_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="a Secret, in each ModelDeployment's namespace, whose key "
+        "`feedback_key_secret_key` signs prediction ids, for ModelDeployments whose "
+        "spec.serving.feedback is empty (none: those issue no ids)",
+    )
+    feedback_key_secret_key: str = Field(
+        default="key", min_length=1, max_length=253, description="the key in that Secret"
+    )
     gateway_peers: list[dict[str, Any]] = Field(
         default_factory=list,
         description="NetworkPolicyPeers (JSON list) of the gateway's data plane, for gateway-api "
@@ -72,6 +84,13 @@ class OperatorSettings(BaseSettings):
                     f"a NetworkPolicyPeer has one or more of {sorted(PEER_KEYS)}, got {peer}"
                 )
         return peers
+
+    def default_feedback(self) -> api.FeedbackSpec | None:
+        """spec.serving.feedback for ModelDeployments that name no key of their own."""
+        if self.feedback_key_secret is None:
+            return None
+        ref = api.SecretKeyRef(name=self.feedback_key_secret, key=self.feedback_key_secret_key)
+        return api.FeedbackSpec(key_secret_ref=ref)
 
     def safeguards(self) -> Safeguards:
         return Safeguards(

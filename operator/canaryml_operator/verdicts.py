@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, Literal
 
 from canaryml_api import resource as api
+from canaryml_api import telemetry as t
 
 from canaryml_operator import evidence as ev
 from canaryml_operator import measurements as m
@@ -110,11 +111,19 @@ def judge_value(
     return CheckResult(name, "Successful", value, min, max, "")
 
 
-def judge(*, spec: api.ModelDeploymentSpec, measurements: m.Measurements) -> list[CheckResult]:
-    """Every check of one analysis, built-ins first, then the custom metrics."""
+def judge(
+    *,
+    spec: api.ModelDeploymentSpec,
+    measurements: m.Measurements,
+    step_started_at: datetime | None = None,
+) -> list[CheckResult]:
+    """Every check of one analysis, built-ins first, then the custom metrics.
+    `step_started_at` (status.stepStartedAt) times the accuracy checks' label delay."""
     analysis, limits = spec.analysis, spec.analysis.thresholds
     if analysis.sequential_rates is not None:
-        results = judge_sequential(spec=spec, measurements=measurements)
+        results = judge_sequential(
+            spec=spec, measurements=measurements, step_started_at=step_started_at
+        )
     else:
         requests = measurements.get(m.REQUESTS)
         results = [_judge_requests(requests, analysis.min_requests)]
@@ -189,13 +198,17 @@ _SEQUENTIAL_VERDICTS: Final[Mapping[ev.Decision, Verdict]] = {
 
 
 def judge_sequential(
-    *, spec: api.ModelDeploymentSpec, measurements: m.Measurements
+    *,
+    spec: api.ModelDeploymentSpec,
+    measurements: m.Measurements,
+    step_started_at: datetime | None = None,
 ) -> list[CheckResult]:
     """The sequential checks (analysis.sequential, analysis.baseline) on the counts since the
     step began: `requests` (shown, not judged: the evidence knows how many it rests on),
     `errorRate` against maxErrorRate, `slowRequests` (the share over the latency bound's
-    bucket) against 1 % (p99 within the bound), and with a baseline the canary against the
-    stable track on each rate the baseline names."""
+    bucket) against 1 % (p99 within the bound), `accuracy` against thresholds.minAccuracy,
+    and with a baseline the canary against the stable track on each rate the baseline names
+    (`accuracyVsStable` on baseline.maxAccuracyDrop)."""
     analysis = spec.analysis
     rates = analysis.sequential_rates
     assert rates is not None
@@ -233,6 +246,10 @@ def judge_sequential(
         results.append(
             _judge_bound(m.SLOW_REQUESTS, canary, "slow", "timed", SLOW_SHARE, alpha, beta)
         )
+    labels = _LabelRules.of(spec, measurements.time, step_started_at)
+    min_accuracy = analysis.thresholds.min_accuracy
+    if min_accuracy is not None:
+        results.append(_judge_accuracy(measurements, min_accuracy, labels, alpha, beta))
     baseline = analysis.baseline
     if baseline is not None:
         stable = _track_counts(measurements, "stable")
@@ -251,6 +268,10 @@ def judge_sequential(
             )
         if baseline.max_prediction_shift is not None:
             results.append(_judge_shares(measurements, baseline.max_prediction_shift, alpha, beta))
+        if baseline.max_accuracy_drop is not None:
+            results.append(
+                _judge_accuracy_drop(measurements, baseline.max_accuracy_drop, labels, alpha, beta)
+            )
     return results
 
 
@@ -477,6 +498,277 @@ def _judge_shares(
         low=worst.interval.low, high=worst.interval.high, samples=worst.canary.requests,
         requests_needed=result.requests_needed,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy on labels (thresholds.minAccuracy, baseline.maxAccuracyDrop)
+
+
+@dataclass(frozen=True)
+class _LabelRules:
+    """analysis.labels as one analysis applies it: the labels a track needs, and whether the
+    step is still within the label delay (and for how long)."""
+
+    min_labels: int
+    delay: str
+    delay_left: float  # seconds of the delay still to run; 0 past it
+
+    @classmethod
+    def of(
+        cls, spec: api.ModelDeploymentSpec, now: datetime, step_started_at: datetime | None
+    ) -> _LabelRules:
+        rules = spec.analysis.label_rules
+        delay = api.parse_duration(rules.delay)
+        if delay <= 0:
+            left = 0.0
+        elif step_started_at is None:
+            left = delay  # the step's age is unknown: the delay has not run
+        else:
+            left = max(delay - (now - step_started_at).total_seconds(), 0.0)
+        return cls(min_labels=rules.min_labels, delay=rules.delay, delay_left=left)
+
+    @property
+    def waiting(self) -> str | None:
+        """Why no accuracy check may pass yet because of the delay; None past it."""
+        if self.delay_left <= 0:
+            return None
+        return (
+            f"labels of this step's predictions may not have arrived (label delay "
+            f"{self.delay}, {_seconds_text(self.delay_left)} left)"
+        )
+
+
+@dataclass(frozen=True)
+class _LabelCounts:
+    """One track's labels that arrived since the step began, and the correct ones."""
+
+    track: Literal["canary", "stable"]
+    labelled: float
+    correct: float
+
+    @property
+    def errors(self) -> ev.Counts:
+        """The wrong predictions of the labelled: accuracy as an error rate on labels."""
+        return ev.Counts(events=self.labelled - self.correct, requests=self.labelled)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled > 0 else None
+
+    @property
+    def text(self) -> str:
+        return f"{self.track} {self.correct:.0f} of {self.labelled:.0f} correct"
+
+
+def _label_counts(
+    name: str, measurements: m.Measurements, track: Literal["canary", "stable"]
+) -> _LabelCounts | CheckResult:
+    """A track's label counts since the step began, or the Error / no-data result of `name`
+    when they cannot be had."""
+    numbers: dict[str, float | None] = {}
+    for kind in m.LABEL_KINDS:
+        sample = measurements.get(m.count_name(track, kind))
+        what = f"{name}: {track} {kind} labels since the step began"
+        if sample.error is not None:
+            return CheckResult(
+                name, "Error", None, message=f"{what}: {sample.error}", sequential=True
+            )
+        if sample.value is None or math.isnan(sample.value):
+            numbers[kind] = None
+            continue
+        problem = m.impossible(m.REQUESTS, sample.value)
+        if problem is not None:
+            return CheckResult(name, "Error", None, message=f"{what}: {problem}", sequential=True)
+        numbers[kind] = max(sample.value, 0.0)
+    labelled, correct = numbers["labelled"], numbers["correct"]
+    if labelled is None:
+        message = f"{name}: no {track} label counts since the step began yet"
+        return CheckResult(name, "Inconclusive", None, message=message, sequential=True)
+    if labelled > 0 and correct is None:
+        # The servers count correct predictions for classifiers only: a regressor's labels
+        # have no accuracy (not an accuracy of 0).
+        return CheckResult(
+            name, "Error", None, sequential=True,
+            message=f"{name}: {labelled:.0f} {track} labels since the step began but no "
+            f"count of correct ones ({t.FEEDBACK_CORRECT_TOTAL}): accuracy checks are for "
+            "classifiers; a regressor's servers count errors, not correct predictions",
+        )  # fmt: skip
+    return _LabelCounts(track, labelled, min(correct or 0.0, labelled))
+
+
+def _label_gate(
+    name: str,
+    tracks: Sequence[_LabelCounts],
+    rules: _LabelRules,
+    *,
+    value: float | None,
+    bound: tuple[float | None, float | None],
+) -> CheckResult | None:
+    """Inconclusive while a track has fewer than minLabels labels (neither pass nor fail on a
+    handful of labels), saying how many there are and how many more are needed; None when
+    every track has enough."""
+    short = [t for t in tracks if t.labelled < rules.min_labels]
+    if not short:
+        return None
+    needed = max(math.ceil(rules.min_labels - t.labelled) for t in short)
+    counted = "; ".join(
+        f"{t.labelled:.0f} {t.track} labels since the step began, minLabels {rules.min_labels} "
+        f"({math.ceil(rules.min_labels - t.labelled)} more needed)"
+        for t in short
+    )
+    waiting = rules.waiting
+    message = f"{name}: not sure yet: {counted}" + (f"; {waiting}" if waiting else "")
+    canary = tracks[0]
+    # No label at all once the delay has run is not "collecting": labels may not be sent at
+    # all, and a hold that long is a stall a person should look at.
+    samples = canary.labelled if canary.labelled > 0 or waiting else None
+    return CheckResult(
+        name, "Inconclusive", value, bound[0], bound[1], message, sequential=True,
+        samples=samples, requests_needed=needed,
+    )  # fmt: skip
+
+
+def _judge_accuracy(
+    measurements: m.Measurements,
+    min_accuracy: float,
+    rules: _LabelRules,
+    alpha: float,
+    beta: float,
+) -> CheckResult:
+    """accuracy: the canary's wrong predictions among its labels since the step began against
+    the error rate 1 - minAccuracy, with `check_bound` (the test errorRate uses), read back as
+    an accuracy. Never decided below minLabels labels; never passed within the label delay."""
+    name = m.ACCURACY
+    canary = _label_counts(name, measurements, "canary")
+    if isinstance(canary, CheckResult):
+        return replace(canary, min=min_accuracy)
+    accuracy = canary.accuracy
+    gated = _label_gate(name, [canary], rules, value=accuracy, bound=(min_accuracy, None))
+    if gated is not None:
+        return gated
+    errors, bound = canary.errors, 1 - min_accuracy
+    seen = f"{canary.correct:.0f} of {canary.labelled:.0f} labels correct since the step began"
+    waiting = rules.waiting
+    if bound <= 0 or bound >= 1:
+        # Nothing to weigh: minAccuracy 1 fails on any wrong prediction, 0 on none.
+        failed = bound <= 0 and errors.events > 0
+        verdict: Verdict = "Failed" if failed else "Successful"
+        message = f"{name} {_rate(name, accuracy)} < min 100 % ({seen})" if failed else ""
+        if not failed and waiting:
+            verdict, message = "Inconclusive", f"{name}: {waiting}"
+        return CheckResult(
+            name, verdict, accuracy, min_accuracy, None, message, sequential=True,
+            samples=canary.labelled,
+        )  # fmt: skip
+    check = ev.check_bound(errors.events, errors.requests, bound, alpha=alpha, beta=beta)
+    verdict = _SEQUENTIAL_VERDICTS[check.decision]
+    low, high = 1 - check.interval.high, 1 - check.interval.low
+    interval = f"{_rate(name, low)}-{_rate(name, high)}"
+    estimate, limit = _rate(name, accuracy), _rate(name, min_accuracy)
+    needed = check.requests_needed
+    if verdict == "Failed":
+        message = (
+            f"{name} {estimate} < min {limit} with evidence {check.evidence.worse:.3g} >= "
+            f"{check.evidence.worse_needed:g} (interval {interval}; {seen})"
+        )
+    elif verdict == "Inconclusive":
+        message = (
+            f"{name} {estimate} against min {limit}: not sure yet (interval {interval}; "
+            f"{seen}; {_labels_needed_text(needed)})"
+        )
+    else:
+        message = ""
+    if verdict != "Failed" and waiting:
+        # The labels so far may be the quick ones: no pass before the late ones could arrive.
+        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+        message = (
+            f"{name} {estimate} against min {limit}: {shown}, but {waiting} (interval "
+            f"{interval}; {seen})"
+        )
+        if verdict == "Successful":
+            needed = None  # more labels change nothing: time has to pass
+        verdict = "Inconclusive"
+    return CheckResult(
+        name, verdict, accuracy, min_accuracy, None, message, sequential=True,
+        low=low, high=high, evidence=check.evidence.worse, samples=canary.labelled,
+        requests_needed=needed,
+    )  # fmt: skip
+
+
+def _judge_accuracy_drop(
+    measurements: m.Measurements,
+    drop: float,
+    rules: _LabelRules,
+    alpha: float,
+    beta: float,
+) -> CheckResult:
+    """accuracyVsStable: the canary's error rate on labels against stable's with
+    `compare_rates` and the allowance "stable's + maxAccuracyDrop" (no ratio part: a drop
+    is in points), read back as canary accuracy - stable accuracy, at least -maxAccuracyDrop.
+    Never decided below minLabels labels on either track; never passed within the delay."""
+    name = m.ACCURACY_VS_STABLE
+    floor = -drop
+    tracks = []
+    for track in ("canary", "stable"):
+        counts = _label_counts(name, measurements, track)
+        if isinstance(counts, CheckResult):
+            return replace(counts, min=floor)
+        tracks.append(counts)
+    canary, stable = tracks
+    difference = (
+        canary.accuracy - stable.accuracy
+        if canary.accuracy is not None and stable.accuracy is not None
+        else None
+    )
+    gated = _label_gate(name, tracks, rules, value=difference, bound=(floor, None))
+    if gated is not None:
+        return gated
+    result = ev.compare_rates(
+        canary.errors, stable.errors, ev.Allowance(increase=drop), alpha=alpha, beta=beta
+    )
+    verdict = _SEQUENTIAL_VERDICTS[result.decision]
+    # The increase of the error rate, flipped: the accuracy difference and its interval.
+    low, high = -result.increase_interval.high, -result.increase_interval.low
+    what = (
+        f"canary {_rate(m.ACCURACY, canary.accuracy)} ({canary.correct:.0f} of "
+        f"{canary.labelled:.0f} labels correct) vs stable {_rate(m.ACCURACY, stable.accuracy)} "
+        f"({stable.correct:.0f} of {stable.labelled:.0f}) since the step began: difference "
+        f"{_points(difference)} (interval {_points(low)} to {_points(high)}); allowed: "
+        f"{drop * 100:g} points less than stable"
+    )
+    needed = result.requests_needed
+    waiting = rules.waiting
+    if verdict == "Failed":
+        message = f"{name}: less accurate than allowed, with evidence: {what}"
+    elif verdict == "Inconclusive":
+        message = f"{name}: not sure yet: {what}; {_labels_needed_text(needed)}"
+    else:
+        message = ""
+    if verdict != "Failed" and waiting:
+        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+        message = f"{name}: {shown}, but {waiting}: {what}"
+        if verdict == "Successful":
+            needed = None  # more labels change nothing: time has to pass
+        verdict = "Inconclusive"
+    return CheckResult(
+        name, verdict, difference, floor, None, message, sequential=True,
+        low=low, high=high, samples=canary.labelled, requests_needed=needed,
+    )  # fmt: skip
+
+
+def _labels_needed_text(needed: int | None) -> str:
+    if needed is None:
+        return "no decision in sight at the current rates"
+    return f"about {needed} more canary labels to decide"
+
+
+def _seconds_text(seconds: float) -> str:
+    """`1h5m`, `12m30s`, `40s`: a remaining time, to the second."""
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
 def _labels(labels: set[str]) -> str:

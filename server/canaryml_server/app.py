@@ -27,6 +27,7 @@ from canaryml_server.openapi import (
     INFERENCE_TAG,
     MONITORING_TAG,
     build_document,
+    feedback_docs,
     infer_docs,
     predict_docs,
 )
@@ -48,6 +49,8 @@ class ServedRoute:
     docs: Mapping[str, Any] = field(default_factory=dict)
     # Prediction routes are answered by a plain Starlette route placed first (see `mount`).
     prediction: bool = False
+    # Answered by a plain Starlette route too, without being a prediction (feedback).
+    direct: bool = False
 
 
 class ServerApp(FastAPI):
@@ -101,6 +104,9 @@ def route_table(endpoints: Endpoints, plane: DataPlane) -> tuple[ServedRoute, ..
             "/v2/models/{model_name}/infer", "POST", e.infer_latest, infer, prediction=True
         ),
         ServedRoute(f"{versioned}/infer", "POST", e.infer_version, infer, prediction=True),
+        ServedRoute(
+            "/v2/models/{model_name}/feedback", "POST", e.feedback, feedback_docs(), direct=True
+        ),
         ServedRoute("/v2", "GET", e.server_metadata, v2),
         ServedRoute("/v2/health/live", "GET", e.live, v2),
         ServedRoute("/v2/health/ready", "GET", e.ready, v2),
@@ -129,11 +135,11 @@ def mount(app: FastAPI, routes: Iterable[ServedRoute]) -> None:
     Prediction routes are answered by plain Starlette routes placed first: their handlers take
     the raw Request and parse it themselves, so FastAPI's per-request dependency solving only
     costs time (about 50 us, a third of the in-process cost of a one-row request to a compiled
-    model).
+    model). The feedback route (`direct`) is answered the same way, for the same reason.
     """
     for route in routes:
         app.add_api_route(route.path, route.endpoint, methods=[route.method], **route.docs)
-        if route.prediction:
+        if route.prediction or route.direct:
             direct = Route(route.path, _with_path_params(route.endpoint), methods=[route.method])
             app.router.routes.insert(0, direct)
 
@@ -177,4 +183,6 @@ def _server_metrics(
         metrics.count_predictions(plane.tally)
     if plane.monitor is not None:
         metrics.watch_drift(plane.monitor, min_rows=settings.drift_min_rows)
+    if plane.feedback is not None:
+        metrics.count_feedback(regression=plane.feedback.regression)
     return metrics

@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import platform
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from canaryml_server.evaluation import (
+    Evaluation,
+    Requirement,
+    RequirementError,
+    RequirementsNotMetError,
+    check_requirements,
+    classifier_metrics,
+    regressor_metrics,
+)
 from canaryml_server.profile import ReferenceProfile, build_profile
 from canaryml_server.runtime import (
     OnnxCheck,
@@ -93,6 +103,8 @@ class Manifest(BaseModel):
     libraries: dict[str, str]
     files: dict[str, str]
     """File name -> sha256 hex digest, for every file of the artifact but the manifest."""
+    evaluation: Evaluation | None = None
+    """Held-out figures (`canaryml package --evaluate`); absent from artifacts packaged without."""
 
 
 def sha256_file(path: Path) -> str:
@@ -168,13 +180,23 @@ def package_model(
     runtime: RuntimeRequest = "auto",
     overwrite: bool = False,
     created: datetime | None = None,
+    evaluate_path: Path | None = None,
+    requirements: Sequence[Requirement] = (),
 ) -> PackageResult:
     """Write a verified artifact for a fitted estimator or Pipeline.
 
-    `created` is recorded in the manifest when given (SOURCE_DATE_EPOCH, for the CLI).
+    `created` is recorded in the manifest when given (SOURCE_DATE_EPOCH, for the CLI), and as
+    the evaluation's time. `evaluate_path` (a CSV with the features and the `target` column)
+    adds held-out figures to the manifest; `requirements` gate on them. Everything is computed
+    before the first file is written: a failed requirement raises RequirementsNotMetError, an
+    unusable one ArtifactError, and `out_dir` is left as it was.
     """
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ArtifactError(f"{out_dir} exists and is not empty (pass --force to replace it)")
+    if requirements and evaluate_path is None:
+        raise ArtifactError("--require needs --evaluate: the held-out data to measure")
+    if evaluate_path is not None and target is None:
+        raise ArtifactError("--evaluate needs --target: the label column of the held-out data")
     reference = read_reference(reference_path, target=target)
     try:
         model = joblib.load(model_path)
@@ -213,6 +235,32 @@ def package_model(
     profile = build_profile(
         reference, predictions.labels, categorical=categorical, classification=classification
     )
+    labels_from_proba = classification and labels_follow_probabilities(
+        model=model, batch=batch, schema=schema
+    )
+    evaluation = None
+    if evaluate_path is not None:
+        assert target is not None  # checked above
+        served = _served_predictor(
+            schema=schema,
+            onnx_bytes=onnx_bytes,
+            model=lambda: model,
+            labels_from_proba=labels_from_proba,
+        )
+        evaluation = evaluate_heldout(
+            evaluate_path,
+            target=target,
+            schema=schema,
+            predictor=served,
+            classes=np.asarray(model.classes_).tolist() if classification else None,
+            evaluated_at=created,
+        )
+        try:
+            results = check_requirements(requirements, evaluation)
+        except RequirementError as error:
+            raise ArtifactError(str(error)) from error
+        if not all(r.passed for r in results):
+            raise RequirementsNotMetError(evaluation, results)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (MODEL_FILE, ONNX_FILE, SCHEMA_FILE, PROFILE_FILE, MANIFEST_FILE):
@@ -237,13 +285,12 @@ def package_model(
         target=target,
         estimator=_describe(model),
         runtime=choice,
-        labels_from_proba=classification
-        and labels_follow_probabilities(model=model, batch=batch, schema=schema),
+        labels_from_proba=labels_from_proba,
         libraries=_library_versions(),
         files=files,
+        evaluation=evaluation,
     )
-    unset = {"created"} if created is None else None
-    (out_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2, exclude=unset))
+    (out_dir / MANIFEST_FILE).write_text(manifest_json(manifest))
     return PackageResult(
         path=out_dir,
         manifest=manifest,
@@ -252,6 +299,122 @@ def package_model(
         sklearn_us_per_row=check.sklearn_us_per_row if check is not None else None,
         onnx_us_per_row=check.onnx_us_per_row if check is not None else None,
     )
+
+
+def manifest_json(manifest: Manifest) -> str:
+    """The manifest's bytes: fields that are unset stay out, so that artifacts packaged
+    without them keep the digest they had before those fields existed."""
+    unset: dict[str, Any] = {}
+    if manifest.created is None:
+        unset["created"] = True
+    if manifest.evaluation is None:
+        unset["evaluation"] = True
+    elif manifest.evaluation.evaluated_at is None:
+        unset["evaluation"] = {"evaluated_at"}
+    return manifest.model_dump_json(indent=2, exclude=unset or None)
+
+
+def evaluate_heldout(
+    path: Path,
+    *,
+    target: str,
+    schema: FeatureSchema,
+    predictor: Predictor,
+    classes: list[Any] | None,
+    evaluated_at: datetime | None = None,
+) -> Evaluation:
+    """Predict the held-out rows through `predictor` and measure against their `target`."""
+    try:
+        raw = path.read_bytes()
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"cannot read the held-out data {path}: {error}") from error
+    if target not in frame.columns:
+        raise ArtifactError(f"--target {target!r} is not a column of the held-out data {path}")
+    missing = [name for name in schema.names if name not in frame.columns]
+    if missing:
+        raise ArtifactError(
+            f"the held-out data {path} lacks {len(missing)} of the model's features: "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+        )
+    if frame.empty:
+        raise ArtifactError(f"the held-out data {path} has no rows")
+    if frame[target].isna().any():
+        raise ArtifactError(
+            f"the held-out target {target!r} is missing in {int(frame[target].isna().sum())} rows"
+        )
+    try:
+        batch = batch_from_frame(schema, frame)
+    except (ValueError, InvalidInput) as error:
+        raise ArtifactError(f"the held-out data {path} cannot be used: {error}") from error
+    try:
+        prediction = predictor.predict(batch, probabilities=classes is not None)
+    except Exception as error:
+        raise ArtifactError(
+            f"the model failed to predict on the held-out rows: {type(error).__name__}: {error}"
+        ) from error
+    positive = None
+    if classes is None:
+        try:
+            y_values = frame[target].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ArtifactError(
+                f"the held-out target {target!r} is not numeric, but the model is a regressor"
+            ) from error
+        metrics, skipped = regressor_metrics(y_values, prediction.labels)
+    else:
+        y_true = _as_classes(frame[target], classes, path=path)
+        labels = np.asarray(prediction.labels)
+        if labels.dtype.kind != np.asarray(classes).dtype.kind:
+            labels = _as_classes(pd.Series(labels), classes, path=path)
+        metrics, skipped, positive = classifier_metrics(
+            y_true, labels, prediction.probabilities, classes
+        )
+    return Evaluation(
+        rows=len(frame),
+        source_sha256=hashlib.sha256(raw).hexdigest(),
+        target=target,
+        runtime="onnx" if predictor.runtime == "onnx" else "sklearn",
+        metrics=metrics,
+        skipped=skipped,
+        positive_class=positive,
+        evaluated_at=evaluated_at,
+    )
+
+
+def _as_classes(column: pd.Series, classes: list[Any], *, path: Path) -> np.ndarray:
+    """The target's values as the model's classes: CSV gives 1 or "1" for a class 1."""
+    known = set(classes)
+    values = column.tolist()
+    if all(v in known for v in values):
+        return np.asarray(values, dtype=np.asarray(classes).dtype)
+    by_text = {str(c): c for c in classes}
+    unknown = sorted({str(v) for v in values if str(v) not in by_text})
+    if unknown:
+        raise ArtifactError(
+            f"the held-out target of {path} has values the model does not predict: "
+            f"{', '.join(unknown[:10])} (its classes: {classes})"
+        )
+    return np.asarray([by_text[str(v)] for v in values], dtype=np.asarray(classes).dtype)
+
+
+def _served_predictor(
+    *,
+    schema: FeatureSchema,
+    onnx_bytes: bytes | None,
+    model: Callable[[], Any],
+    labels_from_proba: bool,
+    onnx_threads: int = 1,
+) -> Predictor:
+    """The predictor an artifact is served with: its ONNX form when kept, else the model.
+
+    Shared by the loader and the held-out evaluation, so that the figures are those of what
+    serves. `model` is called only when needed: the ONNX form needs no unpickling.
+    """
+    if onnx_bytes is not None:
+        return OnnxPredictor(model_bytes=onnx_bytes, schema=schema, threads=onnx_threads)
+    return SklearnPredictor(model=model(), schema=schema, labels_from_proba=labels_from_proba)
 
 
 def _describe(model: Any) -> str:
@@ -360,20 +523,21 @@ def load_artifact(
     except (OSError, ValidationError) as error:
         raise ArtifactError(f"{path} has an unreadable schema or profile: {error}") from error
 
-    predictor: Predictor
-    if manifest.runtime.runtime == "onnx" and runtime == "auto" and ONNX_FILE in manifest.files:
-        # The compiled form needs no unpickling at all.
-        predictor = OnnxPredictor(
-            model_bytes=(path / ONNX_FILE).read_bytes(), schema=schema, threads=onnx_threads
-        )
-    else:
+    def unpickle() -> Any:
         try:
-            model = joblib.load(path / MODEL_FILE)
+            return joblib.load(path / MODEL_FILE)
         except Exception as error:
             raise ArtifactError(f"cannot load {path / MODEL_FILE}: {error}") from error
-        predictor = SklearnPredictor(
-            model=model, schema=schema, labels_from_proba=manifest.labels_from_proba
-        )
+
+    onnx = manifest.runtime.runtime == "onnx" and runtime == "auto" and ONNX_FILE in manifest.files
+    # The compiled form needs no unpickling at all.
+    predictor = _served_predictor(
+        schema=schema,
+        onnx_bytes=(path / ONNX_FILE).read_bytes() if onnx else None,
+        model=unpickle,
+        labels_from_proba=manifest.labels_from_proba,
+        onnx_threads=onnx_threads,
+    )
     return LoadedModel(
         path=path,
         digest=digest,

@@ -53,6 +53,22 @@ def package(
         str, typer.Option(help="auto (ONNX when verified), onnx (or fail) or sklearn.")
     ] = "auto",
     force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    evaluate: Annotated[
+        Path | None,
+        typer.Option(
+            "--evaluate",
+            help="Held-out data as CSV (features and the --target column): its metrics, "
+            "measured through the served predictor, go into the manifest.",
+        ),
+    ] = None,
+    require: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require",
+            help="A gate on a held-out metric, e.g. 'accuracy>=0.95' or 'rmse<3' (>=, >, <=, "
+            "<, ==); repeatable. When one fails: exit 1 and nothing is written.",
+        ),
+    ] = None,
 ) -> None:
     """Package a model with its schema, reference profile and manifest (and ONNX form).
 
@@ -62,9 +78,26 @@ def package(
     from rich.table import Table
 
     from canaryml_server.artifact import ArtifactError, package_model
+    from canaryml_server.evaluation import (
+        RequirementError,
+        RequirementsNotMetError,
+        parse_requirement,
+    )
 
     if runtime not in ("auto", "onnx", "sklearn"):
         raise _fail(f"--runtime must be auto, onnx or sklearn, not {runtime!r}")
+    # Malformed requirements and unknown metric names fail here, before the model is loaded;
+    # whether this model records the metric is known once it has been evaluated.
+    try:
+        requirements = [parse_requirement(text) for text in require or ()]
+    except RequirementError as error:
+        raise _fail(str(error)) from error
+    if requirements and evaluate is None:
+        raise _fail("--require needs --evaluate: the held-out data to measure")
+    if evaluate is not None and target is None:
+        raise _fail("--evaluate needs --target: the label column of the held-out data")
+    if evaluate is not None and not evaluate.is_file():
+        raise _fail(f"no such held-out file: {evaluate}")
     requested: Literal["auto", "onnx", "sklearn"] = runtime  # type: ignore[assignment]
     if not model.is_file():
         raise _fail(f"no such model file: {model}")
@@ -82,7 +115,19 @@ def package(
             runtime=requested,
             overwrite=force,
             created=created,
+            evaluate_path=evaluate,
+            requirements=requirements,
         )
+    except RequirementsNotMetError as failed:
+        console = Console(stderr=True)
+        console.print(_requirements_table(failed.results, rows=failed.evaluation.rows))
+        typer.secho(
+            f"error: {failed} (on {failed.evaluation.rows} held-out rows); "
+            f"nothing was written to {out}",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=1) from failed
     except ArtifactError as error:
         raise _fail(str(error)) from error
     manifest = result.manifest
@@ -101,9 +146,20 @@ def package(
             f"sklearn {result.sklearn_us_per_row:.0f} us, onnx {result.onnx_us_per_row:.0f} us "
             f"({result.sklearn_us_per_row / result.onnx_us_per_row:.0f}x)",
         )
+    if manifest.evaluation is not None:
+        evaluation = manifest.evaluation
+        figures = ", ".join(f"{name} {value:.4g}" for name, value in evaluation.metrics.items())
+        table.add_row("held out", f"{evaluation.rows} rows ({evaluation.runtime}): {figures}")
+        for name, why in evaluation.skipped.items():
+            table.add_row("", f"{name} skipped: {why}")
     table.add_row("sha256", result.digest)
     console = Console(stderr=True)
     console.print(table)
+    if requirements and manifest.evaluation is not None:
+        from canaryml_server.evaluation import check_requirements
+
+        results = check_requirements(requirements, manifest.evaluation)
+        console.print(_requirements_table(results, rows=manifest.evaluation.rows))
     _warn_about_the_reference(console, result.path)
     # The server refuses an unpinned model by default: show what to paste into the spec. On
     # stderr, so that stdout stays the digest alone for scripts.
@@ -111,6 +167,23 @@ def package(
         pin_snippet(result.digest, version=manifest.version), markup=False, soft_wrap=True
     )
     typer.echo(result.digest)
+
+
+def _requirements_table(results: Any, *, rows: int) -> Any:
+    """Each `--require`, the measured figure and whether it passed."""
+    from rich.table import Table
+
+    table = Table(title=f"requirements on {rows} held-out rows")
+    table.add_column("requirement")
+    table.add_column("measured", justify="right")
+    table.add_column("result")
+    for result in results:
+        table.add_row(
+            result.requirement.text,
+            f"{result.value:.6g}",
+            "pass" if result.passed else "FAIL",
+        )
+    return table
 
 
 def _warn_about_the_reference(console: Any, folder: Path) -> None:

@@ -8,11 +8,14 @@ behind HTTP; `pipeline` is what every prediction request passes through on the w
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from canaryml_server.artifact import LoadedModel, Manifest
 from canaryml_server.drift import DriftMonitor
+from canaryml_server.feedback import FeedbackDesk
+from canaryml_server.prediction_ids import IdIssuer, IdVerifier
 from canaryml_server.predictions import PredictionTally
 from canaryml_server.protocol import (
     PREDICT_OUTPUT,
@@ -79,6 +82,38 @@ class DataPlane:
         self.tally = PredictionTally(model.profile.prediction) if settings.metrics_enabled else None
         # Computed once: the model does not change while the server runs.
         self.metadata = model_metadata(model, self.identity)
+        # Prediction ids and feedback: only with a key (none: no ids, feedback answers 409).
+        self.issuer: IdIssuer | None = None
+        self.feedback: FeedbackDesk | None = None
+        keys = settings.feedback_keys()
+        if keys:
+            regression = model.manifest.task == "regression"
+            identity = self.identity
+            self.issuer = IdIssuer(
+                keys[0],
+                deployment=identity.deployment,
+                track=identity.track,
+                version=identity.version,
+                regression=regression,
+            )
+            verifier = IdVerifier(
+                keys,
+                deployment=identity.deployment,
+                max_age_ms=round(settings.feedback_max_age * 1000),
+            )
+            self.feedback = FeedbackDesk(
+                verifier,
+                regression=regression,
+                classes=None if regression else model.manifest.classes,
+                max_items=settings.feedback_max_items,
+                dedup_size=settings.feedback_dedup_size,
+            )
+
+    def prediction_ids(self, prediction: Prediction) -> list[str] | None:
+        """One signed id per predicted row, or None when the server has no feedback key."""
+        if self.issuer is None:
+            return None
+        return self.issuer.issue(prediction.labels.tolist(), now_ms=time.time_ns() // 1_000_000)
 
     def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
         """The model's answer to a validated batch, seen by the drift monitor."""
@@ -115,6 +150,9 @@ class DataPlane:
         if prediction.probabilities is not None:
             body["probabilities"] = prediction.probabilities
             body["classes"] = self.model.manifest.classes
+        ids = self.prediction_ids(prediction)
+        if ids is not None:
+            body["ids"] = ids
         return body
 
     def infer(self, payload: Any) -> dict[str, Any]:
@@ -132,6 +170,7 @@ class DataPlane:
             model_name=self.identity.name,
             model_version=self.identity.version,
             request_id=parsed.request_id,
+            prediction_ids=self.prediction_ids(prediction),
         )
 
     def not_served(self, model_name: str, model_version: str | None = None) -> str | None:

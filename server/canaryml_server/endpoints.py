@@ -1,7 +1,9 @@
 """The server's HTTP handlers: each turns a request into a call on the data plane.
 
 Prediction handlers (/predict and the Open Inference Protocol v2 infer routes) go through the
-prediction pipeline; the others (OIP v2 health and metadata, /metrics, /drift) answer directly.
+prediction pipeline, and add the rows' prediction ids as a header when the server issues them;
+the feedback handler reads its body within the same size limit but is no prediction (not
+counted, no faults); the others (OIP v2 health and metadata, /metrics, /drift) answer directly.
 `app` lists which path and method each one answers.
 
 The handlers carry no docstrings: FastAPI would publish them as the operations' descriptions,
@@ -10,23 +12,46 @@ and the OpenAPI document stays as it is.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from typing import Any
 
+from canaryml_api.telemetry import (
+    CLIENT_CLOSED,
+    PREDICTION_IDS_HEADER,
+    PREDICTION_IDS_HEADER_MAX_BYTES,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from canaryml_server.dataplane import DataPlane, server_metadata
+from canaryml_server.feedback import NO_KEY_MESSAGE, FeedbackRefused, refused
 from canaryml_server.pipeline import (
     PredictionPipeline,
     inference_error,
     json_response,
+    read_json,
     records_error,
 )
+from canaryml_server.protocol import PREDICTION_IDS_PARAMETER
 from canaryml_server.schema import InvalidInput, Problem
 
 _TRUE = frozenset({"true", "1", "yes"})
 _BOOLEANS = _TRUE | {"false", "0", "no"}
+
+
+_IDS_HEADER = PREDICTION_IDS_HEADER.encode("latin-1")
+
+
+def with_ids_header(response: Response, ids: list[str] | None) -> Response:
+    """The prediction ids, comma-joined, as a header when they fit in its bound (else none: the
+    body is authoritative)."""
+    if ids:
+        value = ",".join(ids)
+        if len(value) <= PREDICTION_IDS_HEADER_MAX_BYTES:
+            response.raw_headers.append((_IDS_HEADER, value.encode("ascii")))
+    return response
 
 
 def probabilities_asked(request: Request) -> bool:
@@ -72,10 +97,41 @@ class Endpoints:
     def _predict_records(self, request: Request, payload: Any) -> Response:
         # The query is read after the body, so a bad body is reported first.
         asked = probabilities_asked(request)
-        return json_response(self.plane.predict_records(payload, probabilities=asked))
+        body = self.plane.predict_records(payload, probabilities=asked)
+        return with_ids_header(json_response(body), body.get("ids"))
 
     def _infer_body(self, request: Request, payload: Any) -> Response:
-        return json_response(self.plane.infer(payload))
+        body = self.plane.infer(payload)
+        ids = body["parameters"][PREDICTION_IDS_PARAMETER] if "parameters" in body else None
+        return with_ids_header(json_response(body), ids)
+
+    # --- feedback: true outcomes of earlier predictions, by id -----------------------------
+
+    async def feedback(self, request: Request, model_name: str) -> Response:
+        missing = self._not_found(model_name)
+        if missing is not None:
+            return missing
+        metrics = self.pipeline.metrics.feedback if self.pipeline.metrics is not None else None
+        desk = self.plane.feedback
+        try:
+            if desk is None:
+                raise refused("no_key", NO_KEY_MESSAGE, status_code=409)
+            try:
+                payload = await read_json(request, limit=self.pipeline.body_limit)
+            except InvalidInput as error:
+                raise FeedbackRefused(
+                    error.problems, status_code=error.status_code, reasons=Counter(body=1)
+                ) from None
+            receipt = desk.receive(payload, now_ms=time.time_ns() // 1_000_000)
+        except FeedbackRefused as error:
+            if metrics is not None:
+                metrics.rejected(error.reasons)
+            return json_response(records_error(error), error.status_code)
+        except ClientDisconnect:
+            return Response(status_code=CLIENT_CLOSED)
+        if metrics is not None:
+            metrics.labelled(receipt.labelled)
+        return json_response(receipt.as_json())
 
     # --- Open Inference Protocol v2: health and metadata ---------------------------------------
 

@@ -8,7 +8,9 @@ scrape time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections import Counter as Tally
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from canaryml_api.telemetry import (
     BIN_LABEL,
@@ -17,6 +19,14 @@ from canaryml_api.telemetry import (
     FEATURE_DRIFT,
     FEATURE_DRIFT_P_VALUE,
     FEATURE_LABEL,
+    FEEDBACK_ABSOLUTE_ERROR_TOTAL,
+    FEEDBACK_CORRECT_TOTAL,
+    FEEDBACK_DELAY,
+    FEEDBACK_DELAY_BUCKETS,
+    FEEDBACK_LABELS_TOTAL,
+    FEEDBACK_REJECT_REASONS,
+    FEEDBACK_REJECTED_TOTAL,
+    FEEDBACK_SQUARED_ERROR_TOTAL,
     LATENCY_BUCKETS,
     MODEL_DEPLOYMENT_LABEL,
     MODEL_INFO,
@@ -24,6 +34,7 @@ from canaryml_api.telemetry import (
     PREDICTION_DRIFT,
     PREDICTION_DRIFT_P_VALUE,
     PREDICTIONS_TOTAL,
+    REASON_LABEL,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     RUNTIME_LABEL,
@@ -37,6 +48,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from canaryml_server.drift import DriftMonitor
+from canaryml_server.feedback import Labelled
 from canaryml_server.predictions import PredictionTally
 
 log = logging.getLogger("canaryml.server")
@@ -159,6 +171,7 @@ class ServerMetrics:
         )
         info.labels(**self.labels, **{MODEL_LABEL: model_name, RUNTIME_LABEL: runtime}).set(1)
         self._by_code: dict[int, Counter] = {}
+        self.feedback: FeedbackMetrics | None = None  # with a feedback key (count_feedback)
         # Series at 0 before the first request: Prometheus takes a new series' first sample as
         # its baseline, so a 500 series born at 1 would hide that first error from increase().
         for code in (200, 500):
@@ -181,3 +194,92 @@ class ServerMetrics:
 
     def watch_drift(self, monitor: DriftMonitor, *, min_rows: int) -> None:
         self.registry.register(DriftCollector(monitor, labels=self.labels, min_rows=min_rows))
+
+    def count_feedback(self, *, regression: bool) -> FeedbackMetrics:
+        self.feedback = FeedbackMetrics(
+            registry=self.registry, labels=self.labels, regression=regression
+        )
+        return self.feedback
+
+
+class FeedbackMetrics:
+    """Feedback counted under the track and version its prediction ids name (any replica of any
+    track takes feedback for every track of its ModelDeployment), and refusals under the
+    server's own labels, by reason. A classifier's series count correct labels, a regressor's
+    the sums of absolute and squared errors; both count labels and the delay."""
+
+    def __init__(self, *, registry: CollectorRegistry, labels: dict[str, str], regression: bool):
+        self._model_deployment = labels[MODEL_DEPLOYMENT_LABEL]
+        self._regression = regression
+        names = list(labels)
+        self._labels = Counter(
+            FEEDBACK_LABELS_TOTAL.removesuffix("_total"),
+            "Predictions given their true label or value (feedback), each id counted once",
+            names,
+            registry=registry,
+        )
+        self._correct = self._absolute = self._squared = None
+        if regression:
+            self._absolute = Counter(
+                FEEDBACK_ABSOLUTE_ERROR_TOTAL.removesuffix("_total"),
+                "Sum of |true - predicted| over the predictions given feedback",
+                names,
+                registry=registry,
+            )
+            self._squared = Counter(
+                FEEDBACK_SQUARED_ERROR_TOTAL.removesuffix("_total"),
+                "Sum of (true - predicted)^2 over the predictions given feedback",
+                names,
+                registry=registry,
+            )
+        else:
+            self._correct = Counter(
+                FEEDBACK_CORRECT_TOTAL.removesuffix("_total"),
+                "Predictions whose feedback named the predicted class",
+                names,
+                registry=registry,
+            )
+        self._delay = Histogram(
+            FEEDBACK_DELAY,
+            "Time from a prediction to its feedback",
+            names,
+            buckets=FEEDBACK_DELAY_BUCKETS,
+            registry=registry,
+        )
+        rejected = Counter(
+            FEEDBACK_REJECTED_TOTAL.removesuffix("_total"),
+            "Feedback items refused, by reason (a body that could not be read counts once)",
+            [*names, REASON_LABEL],
+            registry=registry,
+        )
+        # Every reason at 0 from the start, and the server's own track and version at 0.
+        self._rejected = {
+            reason: rejected.labels(**labels, **{REASON_LABEL: reason})
+            for reason in FEEDBACK_REJECT_REASONS
+        }
+        self._children(labels[TRACK_LABEL], labels[VERSION_LABEL])
+
+    def _children(self, track: str, version: str) -> tuple[Any, ...]:
+        values = (self._model_deployment, track, version)
+        return (
+            self._labels.labels(*values),
+            None if self._correct is None else self._correct.labels(*values),
+            None if self._absolute is None else self._absolute.labels(*values),
+            None if self._squared is None else self._squared.labels(*values),
+            self._delay.labels(*values),
+        )
+
+    def labelled(self, items: Sequence[Labelled]) -> None:
+        for item in items:
+            labels, correct, absolute, squared, delay = self._children(item.track, item.version)
+            labels.inc()
+            delay.observe(item.delay_seconds)
+            if correct is not None and item.correct:
+                correct.inc()
+            if absolute is not None and squared is not None and item.error is not None:
+                absolute.inc(abs(item.error))
+                squared.inc(item.error * item.error)
+
+    def rejected(self, reasons: Tally[str]) -> None:
+        for reason, count in reasons.items():
+            self._rejected[reason].inc(count)

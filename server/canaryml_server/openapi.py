@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from canaryml_server.feedback import FeedbackBatch
 from canaryml_server.pipeline import JSON
 from canaryml_server.protocol import InferenceRequest, InferenceResponse
 from canaryml_server.schema import FeatureKind, FeatureSchema
@@ -20,6 +21,7 @@ from canaryml_server.schema import FeatureKind, FeatureSchema
 PREDICT_TAG = "predict"
 INFERENCE_TAG = "open inference protocol v2"
 MONITORING_TAG = "monitoring"
+FEEDBACK_TAG = "feedback"
 
 
 def records_body_schema(
@@ -67,6 +69,22 @@ def infer_docs() -> dict[str, Any]:
     }
 
 
+def feedback_docs() -> dict[str, Any]:
+    """The route options that document the feedback route."""
+    return {
+        "tags": [FEEDBACK_TAG],
+        "summary": "True labels (or values) of earlier predictions, by their prediction ids",
+        "openapi_extra": _json_body(
+            {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/FeedbackItem"},
+                    {"$ref": "#/components/schemas/FeedbackBatch"},
+                ]
+            }
+        ),
+    }
+
+
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     # Documented by hand: the handlers take the raw Request, so FastAPI sees no body parameter.
     return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
@@ -84,4 +102,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components.update(definitions.pop("$defs", {}))
     components["InferenceRequest"] = definitions
+    batch = FeedbackBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(batch.pop("$defs", {}))
+    components["FeedbackBatch"] = batch
     return document

@@ -28,6 +28,7 @@ from canaryml_server.schema import (
 
 PREDICT_OUTPUT = "predict"
 PROBA_OUTPUT = "predict_proba"
+PREDICTION_IDS_PARAMETER = "prediction_ids"  # the response's parameters: one id per row
 NUMERIC_DATATYPES = frozenset(
     {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
      "FP16", "FP32", "FP64"}
@@ -211,7 +212,9 @@ def build_inference_response(
     model_name: str,
     model_version: str,
     request_id: str | None,
+    prediction_ids: list[str] | None = None,
 ) -> dict[str, Any]:
+    """The response; the rows' prediction ids, when issued, in `parameters.prediction_ids`."""
     rows = len(prediction.labels)
     tensors: list[dict[str, Any]] = []
     for name in outputs:
@@ -234,4 +237,6 @@ def build_inference_response(
     }
     if request_id is not None:
         response["id"] = request_id
+    if prediction_ids is not None:
+        response["parameters"] = {PREDICTION_IDS_PARAMETER: prediction_ids}
     return response

@@ -11,8 +11,10 @@ from typing import Annotated, Literal
 
 from canaryml_api.tracks import SERVER_PORT, Track
 from canaryml_httpd.settings import ConnectionSettings
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
+
+from canaryml_server.prediction_ids import check_keys
 
 
 class ServerSettings(ConnectionSettings):
@@ -107,6 +109,75 @@ class ServerSettings(ConnectionSettings):
         ge=1,
         description="Most files (archive entries) a model may have; more are refused.",
     )
+    # Prediction ids and feedback (docs/serving.md, "Prediction ids and feedback").
+    feedback_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs prediction ids (at least 16 bytes; unset, with no key file: "
+        "no ids, and no feedback).",
+    )
+    feedback_key_file: Path | None = Field(
+        default=None,
+        description="File holding the feedback key (a mounted Secret); instead of feedback_key.",
+    )
+    feedback_previous_keys: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated earlier keys: ids they signed still verify, none are signed "
+        "with them.",
+    )
+    feedback_previous_keys_file: Path | None = Field(
+        default=None,
+        description="File holding earlier keys, one a line (or comma-separated).",
+    )
+    feedback_max_age: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds after its prediction that feedback for an id is taken.",
+    )
+    feedback_max_items: int = Field(
+        default=1000, ge=1, description="Most feedback items per request; more get 413."
+    )
+    feedback_dedup_size: int = Field(
+        default=100_000,
+        ge=0,
+        description="Ids whose feedback this process remembers, to count each once (0: none).",
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ServerSettings:
+        if self.feedback_key is not None and self.feedback_key_file is not None:
+            raise ValueError("set feedback_key or feedback_key_file, not both")
+        if self.feedback_previous_keys is not None and self.feedback_previous_keys_file:
+            raise ValueError("set feedback_previous_keys or feedback_previous_keys_file, not both")
+        # Checked now, so that a short or unreadable key stops `serve` with a message.
+        try:
+            keys = self.feedback_keys()
+        except OSError as error:
+            raise ValueError(f"cannot read a feedback key file: {error}") from error
+        if keys:
+            check_keys(keys)
+        return self
+
+    def feedback_keys(self) -> list[bytes]:
+        """The key that signs ids first, then the previous ones; empty when none is set.
+        Reads the key files (raises OSError when one cannot be read)."""
+        current: str | None = None
+        if self.feedback_key is not None:
+            current = self.feedback_key.get_secret_value()
+        elif self.feedback_key_file is not None:
+            current = self.feedback_key_file.read_text(encoding="utf-8")
+        current = (current or "").strip()
+        previous = ""
+        if self.feedback_previous_keys is not None:
+            previous = self.feedback_previous_keys.get_secret_value()
+        elif self.feedback_previous_keys_file is not None:
+            previous = self.feedback_previous_keys_file.read_text(encoding="utf-8")
+        earlier = [k.strip() for k in previous.replace("\n", ",").split(",") if k.strip()]
+        if not current:
+            if earlier:
+                raise ValueError("previous feedback keys are set, but no current feedback key")
+            return []
+        return [key.encode() for key in [current, *earlier]]
 
     @field_validator("trusted_sources", mode="before")
     @classmethod

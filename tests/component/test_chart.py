@@ -161,9 +161,16 @@ def test_the_operator_settings_parse_from_the_deployments_env(
         assert settings.image == "registry.example.com/ml/canaryml-serving:0.1.0-rc1"
         assert settings.prometheus_url == "https://prometheus.observability.svc:9091"
         assert settings.workers == 16
+        default = settings.default_feedback()
+        assert default is not None
+        assert (default.key_secret_ref.name, default.key_secret_ref.key) == (
+            "canaryml-feedback",
+            "signing-key",
+        )
     else:
         assert settings.image == container["image"]
         assert settings.prometheus_url == "http://prometheus.monitoring:9090"
+        assert settings.default_feedback() is None
 
 
 def test_the_operator_runs_locked_down(rendering: tuple[str, list[dict[str, Any]]]) -> None:
@@ -269,7 +276,13 @@ def test_custom_resources_have_the_shape_their_operators_read() -> None:
     objects = render(values_files=[ALL_OPTIONS])
     (rule,) = find(objects, "PrometheusRule")
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
-    assert set(alerts) == {"CanarymlRolledBack", "CanarymlAnalysisErroring", "CanarymlCanaryStuck"}
+    assert set(alerts) == {
+        "CanarymlRolledBack",
+        "CanarymlAnalysisErroring",
+        "CanarymlCanaryStuck",
+        "CanarymlFeedbackRefused",
+        "CanarymlAccuracyBelowStable",
+    }
     for alert in alerts.values():
         assert alert["expr"] and alert["annotations"]["summary"]
         assert "{{ $labels.model_deployment }}" in alert["annotations"]["summary"]

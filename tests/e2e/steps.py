@@ -46,7 +46,7 @@ OWNED_LABEL = "canaryml.dev/e2e"
 STABLE_MODEL: dict[str, Any] = {
     "uri": "http://model-store/stable",
     "version": "1.0.0",
-    "sha256": "6615fcf0cdeeb1b7c7e858ddd2fe34ce1f48f57503d9a680c1a6307b3ec8f131",
+    "sha256": "6ca19cea7ab3edf29ccef908d2ff904569ffac7314c308964ff7969256d1c34b",
 }
 CANARY_MODEL: dict[str, Any] = {
     "uri": "http://model-store/canary",

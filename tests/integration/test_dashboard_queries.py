@@ -1,11 +1,11 @@
 """Every query of the Grafana dashboard, as Grafana sends it, against a real Prometheus.
 
 Prometheus scrapes the metrics of the real exporter classes (the router's RouterMetrics, the
-model servers' ServerMetrics and DriftCollector) and of an operator registry with the operator's
-metric names, all served in this process, the way a cluster's Prometheus would see them, while
-a thread keeps sending them traffic (so that rates are not 0). Each panel query, its Grafana
-variables substituted, must be accepted (HTTP 200, status success; a syntax error answers 400)
-and find series that carry every label its legend shows.
+model servers' ServerMetrics, DriftCollector and FeedbackMetrics) and of an operator registry
+with the operator's metric names, all served in this process, the way a cluster's Prometheus
+would see them, while a thread keeps sending them traffic and feedback (so that rates are not
+0). Each panel query, its Grafana variables substituted, must be accepted (HTTP 200, status
+success; a syntax error answers 400) and find series that carry every label its legend shows.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import product
@@ -23,14 +24,23 @@ from wsgiref.simple_server import WSGIServer
 import httpx
 import numpy as np
 import pytest
-from canaryml_api.telemetry import BIN_LABEL, LATENCY_BUCKETS
+from canaryml_api.telemetry import (
+    BIN_LABEL,
+    FEEDBACK_CORRECT_TOTAL,
+    FEEDBACK_DELAY_BUCKETS,
+    FEEDBACK_LABELS_TOTAL,
+    LATENCY_BUCKETS,
+    REASON_LABEL,
+)
 from canaryml_router.metrics import RouterMetrics
 from canaryml_server.drift import DriftMonitor, DriftReport
 from canaryml_server.drift_test import DriftTest, compare_counts
+from canaryml_server.feedback import Labelled
 from canaryml_server.metrics import REQUESTS_TOTAL, ServerMetrics
 from canaryml_server.predictions import PredictionTally
 from canaryml_server.profile import CategoricalBins
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.registry import Collector
 
 from .prometheus import RunningPrometheus, Target
 
@@ -48,6 +58,19 @@ TICK_S = 0.05
 FAST_S, SLOW_S = 0.004, 0.3
 CLASSES = (0, 1, 2)
 PREDICTED = {"stable": (0, 0, 0, 1), "canary": (0, 1, 1, 1)}  # class 2: never, share 0
+# Each tick's feedback, as the servers' feedback endpoint counts it: (track, delay in seconds,
+# correct) per labelled prediction, by the server that took it. Any replica takes feedback for
+# every track: the canary's labels reach both servers, and only their sum is its accuracy (1/4;
+# 1 and 0 on each server alone, 1/2 their mean). Summed over servers scraped at different
+# times, a rate is exact only to the scrapes' jitter.
+FEEDBACK = {
+    "stable": [("stable", 5.0, True)] * 3 + [("stable", 5.0, False), ("canary", 120.0, True)],
+    "canary": [("canary", 120.0, False)] * 3,
+}
+ACCURACY = {"stable": 0.75, "canary": 0.25}
+REFUSED = Tally({"tampered": 1, "expired": 2})  # each tick, by iris's stable server
+# OTHER is a regressor with one track: its feedback's errors (true - predicted), MAE 1.0.
+ERRORS = (1.5, -0.5)
 GRAFANA_VALUES = {"__rate_interval": "1m", "__range": "1h", "__interval": "15s"}
 # What Grafana puts in a regex matcher for one ModelDeployment, and for several ("All").
 SELECTIONS = {"one": (DEPLOYMENT,), "all": (DEPLOYMENT, OTHER)}
@@ -55,9 +78,36 @@ OPERATOR_LABELS = ("namespace", "model_deployment")
 P_VALUES = "Drift p-value by track (calibrated test, log scale)"
 SLOW_REQUESTS = "Slow requests by track"
 CLASS_SHARE = "Predicted class share by track"
+ACCURACY_PANEL = "Accuracy on labelled predictions by track"
+MEAN_ABSOLUTE_ERROR = "Mean absolute error by track"
+LABEL_DELAY = "Label delay p50/p95 by track"
+FEEDBACK_REFUSED = "Feedback refused by reason"
+# Panels of regressors only: empty when only iris, a classifier, is selected.
+REGRESSOR_ONLY = {MEAN_ABSOLUTE_ERROR}
 P_VALUE_FLOOR = 1e-16  # the panel's clamp_min: a p-value of 0 stays on its log axis
 StartPrometheus = Callable[..., RunningPrometheus]
 Tick = Callable[[], None]
+# Ticks and scrapes take turns: a scrape never sees half of a tick (a label counted but not
+# yet whether it was correct), so a ratio of one server's series is exact.
+TURNS = threading.Lock()
+
+
+class Whole(Collector):
+    """A registry whose scrapes wait for the tick in progress."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        with TURNS:
+            return iter(list(self._registry.collect()))
+
+
+def quantile_in_bucket(q: float, seconds: float) -> float:
+    """histogram_quantile of observations that all fall in one bucket: interpolated in it."""
+    bounds = (0.0, *FEEDBACK_DELAY_BUCKETS)
+    upper = next(i for i, bound in enumerate(bounds) if bound >= seconds)
+    return bounds[upper - 1] + q * (bounds[upper] - bounds[upper - 1])
 
 
 def substitute(
@@ -175,9 +225,41 @@ def server_registry(track: str, version: str) -> tuple[CollectorRegistry, Tick]:
     tally = PredictionTally(CategoricalBins(categories=list(CLASSES), proportions=[0.4, 0.4, 0.2]))
     server.count_predictions(tally)
     batch = np.array(PREDICTED[track])
+    feedback = server.count_feedback(regression=False)
+    versions = {"stable": STABLE, "canary": CANARY}
+    labelled = [
+        Labelled(track=of, version=versions[of], delay_seconds=delay, correct=correct, error=None)
+        for of, delay, correct in FEEDBACK[track]
+    ]
 
     def tick() -> None:
         tally.observe(batch)
+        feedback.labelled(labelled)
+        if track == "stable":
+            feedback.rejected(REFUSED)
+
+    return registry, tick
+
+
+def regressor_registry() -> tuple[CollectorRegistry, Tick]:
+    """OTHER's one server: a regressor given feedback."""
+    registry = CollectorRegistry()
+    server = ServerMetrics(
+        registry=registry,
+        model_deployment=OTHER,
+        track="stable",
+        version=STABLE,
+        model_name="housing",
+        runtime="sklearn",
+    )
+    feedback = server.count_feedback(regression=True)
+    labelled = [
+        Labelled(track="stable", version=STABLE, delay_seconds=30.0, correct=None, error=error)
+        for error in ERRORS
+    ]
+
+    def tick() -> None:
+        feedback.labelled(labelled)
 
     return registry, tick
 
@@ -216,21 +298,25 @@ def exporters() -> Iterator[list[Target]]:
         (router_registry(OTHER), in_namespace),
         (server_registry("stable", STABLE), in_namespace),
         (server_registry("canary", CANARY), in_namespace),
+        (regressor_registry(), in_namespace),
         (operator_registry(), {}),  # its series carry their resource's namespace
     ]
     stop = threading.Event()
 
     def traffic() -> None:
         while not stop.wait(TICK_S):
-            for (_, tick), _ in registries:
-                tick()
+            with TURNS:
+                for (_, tick), _ in registries:
+                    tick()
 
     sender = threading.Thread(target=traffic, name="traffic", daemon=True)
     servers: list[tuple[WSGIServer, threading.Thread]] = []
     targets = []
     try:
         for (registry, _), labels in registries:
-            server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+            server, thread = start_http_server(
+                0, addr="127.0.0.1", registry=cast(CollectorRegistry, Whole(registry))
+            )
             servers.append((server, thread))
             targets.append(Target(f"http://127.0.0.1:{server.server_port}", labels))
         sender.start()
@@ -278,7 +364,8 @@ def test_every_dashboard_query_and_variable_works_on_real_series(
             continue
         result = response.json()["data"]["result"]
         results[selection, title] = result
-        if not result:
+        panel = title.rsplit(" ", 1)[0]
+        if not result and not (selection == "one" and panel in REGRESSOR_ONLY):
             problems.append(f"{where}: no series\n  {query}")
         shown = set(re.findall(r"\{\{(\w+)\}\}", legend))
         for series in result:
@@ -344,6 +431,74 @@ def test_every_dashboard_query_and_variable_works_on_real_series(
         }
         slower = {"stable": float(bound) < FAST_S, "canary": float(bound) < SLOW_S}
         assert slow == pytest.approx({k: float(v) for k, v in slower.items()}), f"{bound}: {query}"
+
+    # Feedback. Each track's accuracy on its labels, whichever server took them; none for the
+    # regressor, and no mean absolute error for the classifier.
+    def by_track(key: tuple[str, str]) -> dict[tuple[str, str, str], float]:
+        return {
+            (s["metric"]["model_deployment"], s["metric"]["track"], s["metric"]["version"]): float(
+                s["value"][1]
+            )
+            for s in results[key]
+        }
+
+    accuracy = by_track(("all", f"{ACCURACY_PANEL} A"))
+    labelled_of = [(of, correct) for items in FEEDBACK.values() for of, _, correct in items]
+    assert {
+        track: sum(correct for of, correct in labelled_of if of == track)
+        / sum(of == track for of, _ in labelled_of)
+        for track in ACCURACY
+    } == ACCURACY
+    assert accuracy == {
+        (DEPLOYMENT, "stable", STABLE): pytest.approx(ACCURACY["stable"]),  # one server's
+        (DEPLOYMENT, "canary", CANARY): pytest.approx(ACCURACY["canary"], abs=0.15),
+    }
+    # The canary's, to the jitter's digit: the panel's sums of the servers' rates, not a mean
+    # of each server's accuracy (1/2), at one evaluation time.
+    [(_, accuracy_expr, _)] = [t for t in dashboard_targets() if t[0] == f"{ACCURACY_PANEL} A"]
+    at = str(float(get(running, "/api/v1/query", query="time()").json()["data"]["result"][0]))
+    canary = f'{{namespace="{NAMESPACE}", model_deployment="{DEPLOYMENT}", track="canary"}}'
+
+    def at_once(query: str) -> list[dict[str, Any]]:
+        response = get(running, "/api/v1/query", query=query, time=at)
+        assert response.status_code == 200, response.text
+        return cast(list[dict[str, Any]], response.json()["data"]["result"])
+
+    window = GRAFANA_VALUES["__rate_interval"]
+    per_server = {
+        metric: [float(s["value"][1]) for s in at_once(f"rate({metric}{canary}[{window}])")]
+        for metric in (FEEDBACK_CORRECT_TOTAL, FEEDBACK_LABELS_TOTAL)
+    }
+    assert [len(rates) for rates in per_server.values()] == [2, 2]  # both servers took some
+    [panel_canary] = [
+        float(s["value"][1])
+        for s in at_once(substitute(accuracy_expr))
+        if s["metric"]["track"] == "canary"
+    ]
+    assert panel_canary == pytest.approx(
+        sum(per_server[FEEDBACK_CORRECT_TOTAL]) / sum(per_server[FEEDBACK_LABELS_TOTAL])
+    )
+    assert results["one", f"{MEAN_ABSOLUTE_ERROR} A"] == []
+    mean_absolute_error = sum(map(abs, ERRORS)) / len(ERRORS)
+    assert by_track(("all", f"{MEAN_ABSOLUTE_ERROR} A")) == {
+        (OTHER, "stable", STABLE): pytest.approx(mean_absolute_error)
+    }
+    # The label delay's quantiles, interpolated in the one bucket each track's delays fall in.
+    delays = {"stable": 5.0, "canary": 120.0}
+    for ref, q in (("A", 0.95), ("B", 0.5)):
+        assert by_track(("one", f"{LABEL_DELAY} {ref}")) == pytest.approx(
+            {
+                (DEPLOYMENT, "stable", STABLE): quantile_in_bucket(q, delays["stable"]),
+                (DEPLOYMENT, "canary", CANARY): quantile_in_bucket(q, delays["canary"]),
+            }
+        ), ref
+    # Refusals by reason, the reasons with none left out, in the proportions they happened.
+    refused = {
+        (s["metric"]["model_deployment"], s["metric"][REASON_LABEL]): float(s["value"][1])
+        for s in results["all", f"{FEEDBACK_REFUSED} A"]
+    }
+    assert set(refused) == {(DEPLOYMENT, reason) for reason in REFUSED}
+    assert refused[DEPLOYMENT, "expired"] == pytest.approx(2 * refused[DEPLOYMENT, "tampered"])
 
     # The variables: Grafana's label_values(selector, label) is the label-values API, match[].
     expected = {"namespace": [NAMESPACE], "model_deployment": sorted([DEPLOYMENT, OTHER])}

@@ -886,3 +886,56 @@ def test_a_model_without_a_digest_is_named_unless_the_spec_allows_it() -> None:
         e["name"]: e["value"] for e in stable["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert variables["CANARYML_REQUIRE_SHA256"] == "true"
+
+
+def secret_env(manifest: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in container(manifest)["env"]
+        if "valueFrom" in item
+    }
+
+
+def test_the_feedback_key_reaches_every_track_from_its_secret_never_as_a_value() -> None:
+    feedback = {
+        "keySecretRef": {"name": "ids", "key": "current"},
+        "previousKeysSecretRef": {"name": "ids", "key": "previous"},
+    }
+    manifests = build(full_spec(serving={"feedback": feedback}))
+    for track in ("stable", "canary", "shadow"):
+        assert secret_env(deployment(manifests, track)) == {
+            "CANARYML_FEEDBACK_KEY": {"name": "ids", "key": "current"},
+            "CANARYML_FEEDBACK_PREVIOUS_KEYS": {"name": "ids", "key": "previous"},
+        }
+    # Without a key anywhere: no ids (the servers issue none and refuse feedback).
+    assert secret_env(deployment(build(full_spec()), "stable")) == {}
+
+
+def test_the_operators_default_feedback_secret_applies_unless_the_spec_names_one() -> None:
+    default = api.FeedbackSpec(key_secret_ref=api.SecretKeyRef(name="chart-default", key="key"))
+
+    def key_of(value: api.ModelDeploymentSpec) -> dict[str, str]:
+        manifests = children.build_children(
+            owner=OWNER, spec=value, image=IMAGE, default_feedback=default
+        )
+        return secret_env(deployment(manifests, "stable"))["CANARYML_FEEDBACK_KEY"]
+
+    assert key_of(spec()) == {"name": "chart-default", "key": "key"}
+    own = spec(serving={"feedback": {"keySecretRef": {"name": "mine", "key": "k"}}})
+    assert key_of(own) == {"name": "mine", "key": "k"}
+
+
+def test_the_operator_settings_name_the_default_feedback_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from canaryml_operator.settings import OperatorSettings
+
+    assert OperatorSettings().default_feedback() is None  # the chart's default: none
+    monkeypatch.setenv("CANARYML_OPERATOR_FEEDBACK_KEY_SECRET", "canaryml-feedback")
+    monkeypatch.setenv("CANARYML_OPERATOR_FEEDBACK_KEY_SECRET_KEY", "signing-key")
+    default = OperatorSettings().default_feedback()
+    assert default is not None
+    assert (default.key_secret_ref.name, default.key_secret_ref.key) == (
+        "canaryml-feedback",
+        "signing-key",
+    )

@@ -44,6 +44,8 @@ SERVE_ENVIRONMENT_ONLY = {
     "max_artifact_bytes", "max_artifact_files",
     "body_budget_bytes", "max_header_bytes", "max_headers", "header_timeout", "body_timeout",
     "keep_alive_timeout", "max_concurrency",
+    "feedback_key", "feedback_key_file", "feedback_previous_keys", "feedback_previous_keys_file",
+    "feedback_max_age", "feedback_max_items", "feedback_dedup_size",
 }  # fmt: skip
 # The parameters named otherwise than their field.
 RENAMED = {

@@ -231,7 +231,7 @@ def test_every_spec_default_is_the_models_default(root: Node) -> None:
         if "default" not in node or node["default"] == {}:
             continue
         parts = path.lstrip(".").split(".")
-        optional = {"canary", "shadow", "sequential", "baseline"}
+        optional = {"canary", "shadow", "sequential", "baseline", "labels"}
         if optional & set(parts) or any(part.endswith("[]") for part in parts):
             continue  # optional sub-objects and list items, checked on their own below
         value: Any = wire
@@ -248,6 +248,29 @@ def test_sequential_defaults_are_the_models_defaults(root: Node) -> None:
     } == model_default
     baseline = at(root, "spec.analysis.baseline")
     assert not any("default" in prop for prop in baseline["properties"].values())
+
+
+def test_opt_in_objects_are_not_defaulted(root: Node) -> None:
+    # The API server defaults the fields of a defaulted object too: a `{}` default on an
+    # opt-in would switch it on in every object (and an empty baseline fails its own rule).
+    for opt_in in ("sequential", "baseline", "labels"):
+        assert "default" not in at(root, f"spec.analysis.{opt_in}"), opt_in
+    assert at(root, "spec.analysis.thresholds")["default"] == {}
+
+
+def test_the_accuracy_fields_are_optional(root: Node) -> None:
+    assert "minAccuracy" in at(root, "spec.analysis.thresholds")["properties"]
+    baseline = at(root, "spec.analysis.baseline")
+    assert "maxAccuracyDrop" in baseline["properties"] and "required" not in baseline
+    assert "has(self.maxAccuracyDrop)" in baseline["x-kubernetes-validations"][0]["rule"]
+    labels = at(root, "spec.analysis.labels")
+    assert "required" not in labels
+    assert {name: prop["default"] for name, prop in labels["properties"].items()} == (
+        api.LabelsSpec().model_dump(by_alias=True)
+    )
+    assert labels["properties"]["minLabels"]["minimum"] == 1
+    # Kubernetes 1.27 reads exclusiveMinimum as a boolean: never written.
+    assert not any("exclusiveMinimum" in node for _, node in walk(root))
 
 
 def test_canary_defaults_are_the_models_defaults(root: Node) -> None:
@@ -295,6 +318,7 @@ def test_every_duration_field_has_the_duration_pattern(root: Node) -> None:
         ".spec.analysis.interval",
         ".spec.analysis.window",
         ".spec.analysis.thresholds.maxLatencyP99",
+        ".spec.analysis.labels.delay",
         ".spec.progressDeadline",
     }
 
@@ -378,6 +402,12 @@ ACCEPTED = {
     "shadow-percent-0": changed(DESIGN_SPEC, "shadow.percent", 0),
     "zero-replicas": changed(MINIMAL_SPEC, "serving.replicas", 0),
     "gateway-api": changed(MINIMAL_SPEC, "routing.router", "gateway-api"),
+    "accuracy-checks": changed(
+        changed(MINIMAL_SPEC, "analysis.thresholds.minAccuracy", 0.9),
+        "analysis.labels",
+        {"minLabels": 200, "delay": "0s"},
+    ),
+    "accuracy-drop-alone": changed(MINIMAL_SPEC, "analysis.baseline", {"maxAccuracyDrop": 0.02}),
     "token-secret": changed(
         MINIMAL_SPEC, "analysis.prometheus.bearerTokenSecretRef", {"name": "prom", "key": "token"}
     ),
@@ -404,6 +434,10 @@ REFUSED = {
     "duration-number": changed(DESIGN_SPEC, "canary.stepInterval", 30),
     "duration-day": changed(MINIMAL_SPEC, "analysis.window", "1d"),
     "duration-too-long": changed(MINIMAL_SPEC, "analysis.window", "1" * 32 + "s"),
+    "min-accuracy-above-1": changed(MINIMAL_SPEC, "analysis.thresholds.minAccuracy", 1.5),
+    "accuracy-drop-1": changed(MINIMAL_SPEC, "analysis.baseline", {"maxAccuracyDrop": 1}),
+    "min-labels-0": changed(MINIMAL_SPEC, "analysis.labels", {"minLabels": 0}),
+    "label-delay-day": changed(MINIMAL_SPEC, "analysis.labels", {"delay": "1d"}),
     "error-rate-1.5": changed(MINIMAL_SPEC, "analysis.thresholds.maxErrorRate", 1.5),
     "agreement-negative": changed(MINIMAL_SPEC, "analysis.thresholds.minShadowAgreement", -0.1),
     "drift-above-100": changed(MINIMAL_SPEC, "analysis.thresholds.maxDrift", 101),

@@ -21,6 +21,12 @@ import pytest
 from canaryml_api.telemetry import (
     BIN_LABEL,
     FEATURE_DRIFT_P_VALUE,
+    FEEDBACK_ABSOLUTE_ERROR_TOTAL,
+    FEEDBACK_CORRECT_TOTAL,
+    FEEDBACK_DELAY,
+    FEEDBACK_LABELS_TOTAL,
+    FEEDBACK_REJECTED_TOTAL,
+    FEEDBACK_SQUARED_ERROR_TOTAL,
     LATENCY_BUCKETS,
     LE_LABEL,
     PREDICTION_DRIFT_P_VALUE,
@@ -65,6 +71,20 @@ HISTOGRAM_SERIES = frozenset(
     f"{REQUEST_DURATION}{suffix}" for suffix in ("_bucket", "_sum", "_count")
 )
 REQUEST_METRICS = frozenset({REQUESTS_TOTAL, *HISTOGRAM_SERIES})  # router and servers: pick one
+# The servers' feedback, under the track and version of the prediction each label is for.
+FEEDBACK_DELAY_BUCKET = f"{FEEDBACK_DELAY}_bucket"
+FEEDBACK_METRICS = frozenset(
+    {
+        FEEDBACK_LABELS_TOTAL,
+        FEEDBACK_CORRECT_TOTAL,
+        FEEDBACK_ABSOLUTE_ERROR_TOTAL,
+        FEEDBACK_SQUARED_ERROR_TOTAL,
+        *(f"{FEEDBACK_DELAY}{suffix}" for suffix in ("_bucket", "_sum", "_count")),
+    }
+)
+# Refused feedback is counted under the refusing server's own track, not a track the refused
+# item names (its prediction id is not to be trusted): never shown by track.
+NOT_BY_TRACK_METRICS = frozenset({FEEDBACK_REJECTED_TOTAL})
 PER_TRACK_METRICS = frozenset(
     {
         *REQUEST_METRICS,
@@ -75,6 +95,7 @@ PER_TRACK_METRICS = frozenset(
         PREDICTIONS_TOTAL,
         SHADOW_COMPARISONS,
         DRIFT_WINDOW_ROWS,
+        *FEEDBACK_METRICS,
     }
 )
 KNOWN_METRICS = frozenset(
@@ -84,6 +105,7 @@ KNOWN_METRICS = frozenset(
         CANARY_WEIGHT,
         SHADOW_PERCENT,
         *OPERATOR_METRICS,
+        *NOT_BY_TRACK_METRICS,
     }
 )
 GRAFANA_BUILTINS = frozenset({"__rate_interval", "__range", "__interval"})
@@ -347,7 +369,8 @@ def source_problems(dashboard: dict[str, Any]) -> list[str]:
 
 def legend_problems(dashboard: dict[str, Any]) -> list[str]:
     """A legend's labels survive every aggregation (or, on the "one" side of `ignoring(...)
-    group_left`, come from the other side); per-track metrics are shown per track."""
+    group_left`, come from the other side); per-track metrics are shown per track, and those
+    whose track is not the one they are about never are."""
     problems = []
     for panel, target in targets(dashboard):
         parsed = parse(target["expr"])
@@ -360,6 +383,9 @@ def legend_problems(dashboard: dict[str, Any]) -> list[str]:
                 problems.append(f"{where(panel, target)}: a per-track metric without {{{{track}}}}")
             if not parsed.by or not all("track" in labels for labels in parsed.by):
                 problems.append(f"{where(panel, target)}: not aggregated by track")
+        shows_track = "track" in legend or not parsed.by or any("track" in by for by in parsed.by)
+        if shows_track and any(s.metric in NOT_BY_TRACK_METRICS for s in parsed.selectors):
+            problems.append(f"{where(panel, target)}: shown by the exporter's own track")
     return problems
 
 
@@ -487,6 +513,10 @@ def test_the_panels() -> None:
         P_VALUES,
         SLOW_REQUESTS,
         CLASS_SHARE,
+        ACCURACY,
+        MEAN_ABSOLUTE_ERROR,
+        LABEL_DELAY,
+        FEEDBACK_REFUSED,
     }
 
     def metrics_of(expr: str) -> set[str]:
@@ -563,6 +593,34 @@ def test_the_panels() -> None:
     assert f"{{{{{BIN_LABEL}}}}}" in target["legendFormat"]
     assert unit(CLASS_SHARE) == "percentunit"
     assert "predictionsVsStable" in share["description"]
+
+    # Feedback: each a ratio of the servers' counters per track and version, the labelled
+    # predictions' count below (accuracy for classifiers, mean absolute error for regressors).
+    per_track = ("model_deployment", "track", "version")
+    for title, numerator in [
+        (ACCURACY, FEEDBACK_CORRECT_TOTAL),
+        (MEAN_ABSOLUTE_ERROR, FEEDBACK_ABSOLUTE_ERROR_TOTAL),
+    ]:
+        [target] = by_title[title]["targets"]
+        parsed = parse(target["expr"])
+        assert [s.metric for s in parsed.selectors] == [numerator, FEEDBACK_LABELS_TOTAL], title
+        assert parsed.by == [per_track, per_track], title
+        assert parsed.functions == {"rate"}, title
+    assert unit(ACCURACY) == "percentunit"
+    assert "minAccuracy" in by_title[ACCURACY]["description"]
+    assert "maxAccuracyDrop" in by_title[ACCURACY]["description"]
+    delay = by_title[LABEL_DELAY]
+    assert sorted(
+        t["expr"].removeprefix("histogram_quantile(").split(",")[0] for t in delay["targets"]
+    ) == ["0.5", "0.95"]
+    assert metrics(LABEL_DELAY) == {FEEDBACK_DELAY_BUCKET}
+    assert all(by == ("le", *per_track) for t in delay["targets"] for by in parse(t["expr"]).by)
+    assert unit(LABEL_DELAY) == "s"
+    [refused] = by_title[FEEDBACK_REFUSED]["targets"]
+    assert metrics(FEEDBACK_REFUSED) == {FEEDBACK_REJECTED_TOTAL}
+    assert parse(refused["expr"]).by == [("model_deployment", "reason")]
+    assert "{{reason}}" in refused["legendFormat"]
+    assert "CanarymlFeedbackRefused" in by_title[FEEDBACK_REFUSED]["description"]
 
 
 def test_the_variables() -> None:
@@ -655,6 +713,10 @@ REQUEST_RATE = "Request rate by track"
 P_VALUES = "Drift p-value by track (calibrated test, log scale)"
 SLOW_REQUESTS = "Slow requests by track"
 CLASS_SHARE = "Predicted class share by track"
+ACCURACY = "Accuracy on labelled predictions by track"
+MEAN_ABSOLUTE_ERROR = "Mean absolute error by track"
+LABEL_DELAY = "Label delay p50/p95 by track"
+FEEDBACK_REFUSED = "Feedback refused by reason"
 SCOPED_DEPLOYMENTS = 'model_deployment=~"$model_deployment"'
 MISTAKES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
     ("misspelt metric", "metrics", _replace(FEATURE_DRIFT, "canaryml_feature_drfit")),
@@ -728,6 +790,27 @@ MISTAKES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
         _set(("templating", "list", 3, "current"), {"text": "0.2", "value": "0.2"}),
     ),
     ("several bounds", "buckets", _set(("templating", "list", 3, "multi"), True)),
+    (
+        "misspelt feedback counter",
+        "metrics",
+        _replace(FEEDBACK_CORRECT_TOTAL, "canaryml_feedback_corrects_total", ACCURACY),
+    ),
+    ("bare delay histogram", "metrics", _replace(FEEDBACK_DELAY_BUCKET, FEEDBACK_DELAY)),
+    (
+        "accuracy summed over tracks",
+        "legends",
+        _replace("by (model_deployment, track, version)", "by (model_deployment)", ACCURACY),
+    ),
+    (
+        "refusals by the server's track",
+        "legends",
+        _replace("by (model_deployment, reason)", "by (model_deployment, track, reason)"),
+    ),
+    (
+        "refusals of every namespace",
+        "scope",
+        _replace('namespace="$namespace", ', "", FEEDBACK_REFUSED),
+    ),
 ]
 
 
@@ -757,3 +840,22 @@ def test_the_operator_metric_names_are_those_the_operator_exports() -> None:
         for family in metric.describe():
             exported.add(family.name + ("_total" if family.type == "counter" else ""))
     assert exported == OPERATOR_METRICS
+
+
+@pytest.mark.parametrize("regression", [False, True], ids=["classifier", "regressor"])
+def test_the_feedback_metric_names_are_those_the_servers_export(regression: bool) -> None:
+    from canaryml_server.metrics import FeedbackMetrics
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    labels = {"model_deployment": "iris", "track": "stable", "version": "1"}
+    FeedbackMetrics(registry=registry, labels=labels, regression=regression)
+    exported = {sample.name for family in registry.collect() for sample in family.samples}
+    read = {*FEEDBACK_METRICS, *NOT_BY_TRACK_METRICS}
+    # A regressor has no correct predictions, a classifier no errors to sum.
+    kind_of_other = (
+        {FEEDBACK_CORRECT_TOTAL}
+        if regression
+        else {FEEDBACK_ABSOLUTE_ERROR_TOTAL, FEEDBACK_SQUARED_ERROR_TOTAL}
+    )
+    assert read & exported == read - kind_of_other

@@ -12,6 +12,8 @@ import pytest
 from canaryml_api import resource as api
 from canaryml_api.telemetry import (
     FEATURE_DRIFT,
+    FEEDBACK_CORRECT_TOTAL,
+    FEEDBACK_LABELS_TOTAL,
     PREDICTIONS_TOTAL,
     REQUEST_DURATION_BUCKET,
     REQUESTS_TOTAL,
@@ -713,3 +715,61 @@ def test_rows_predicted_per_bin_since_the_step_began_from_scrapes() -> None:
     )
     since = {name for name in queries if name.endswith("SinceStep")}
     assert since == {name for name in measured.samples if name.endswith("SinceStep")}
+
+
+def test_labels_since_the_step_began_from_scrapes() -> None:
+    spec = make_spec(
+        window="10s", thresholds={"minAccuracy": 0.9}, baseline={"maxAccuracyDrop": 0.02}
+    )
+    stable = {"model_deployment": NAME, "track": "stable", "version": MINIMAL["model"]["version"]}
+
+    def feedback(name: str, value: float, **labels: str) -> ScrapedSample:
+        return ScrapedSample(name, {**CANARY, **labels}, value)
+
+    history = ScrapeHistory()
+    for s in range(0, 61, 10):
+        samples = [
+            feedback(FEEDBACK_LABELS_TOTAL, 100 + 3 * s),  # 160 at the baseline (20 s)
+            feedback(FEEDBACK_CORRECT_TOTAL, 90 + 2 * s),  # 130 at the baseline
+            feedback(FEEDBACK_LABELS_TOTAL, 1000, version="0.1"),  # an earlier canary's
+        ]
+        if s >= 40:  # stable's first labels, after the start: counted from 0
+            samples += [
+                feedback(FEEDBACK_LABELS_TOTAL, s, **stable),
+                feedback(FEEDBACK_CORRECT_TOTAL, s - 10, **stable),
+            ]
+        history.add(target="a", time=at(s), samples=samples)
+        if s >= 30:  # a replica started since: every label counts
+            history.add(
+                target="b",
+                time=at(s),
+                samples=[
+                    feedback(FEEDBACK_LABELS_TOTAL, s),
+                    feedback(FEEDBACK_CORRECT_TOTAL, s),
+                ],
+            )
+    status = api.ModelDeploymentStatus(step_started_at=at(25))
+    measured = measure_scraped(history=history, spec=spec, name=NAME, at=at(60), status=status)
+    got = values(measured)
+    assert got[m.count_name("canary", "labelled")] == (280 - 160) + 60
+    assert got[m.count_name("canary", "correct")] == (210 - 130) + 60
+    assert got[m.count_name("stable", "labelled")] == 60
+    assert got[m.count_name("stable", "correct")] == 50
+    # The operator's queries ask for the same counts.
+    queries = checks.build_queries(
+        spec=spec, name=NAME, namespace=None, source="router", status=status, at=at(60)
+    )
+    since = {name for name in queries if name.endswith("SinceStep")}
+    assert since == {name for name in measured.samples if name.endswith("SinceStep")}
+
+
+def test_no_label_series_is_no_label_and_no_correct_series_no_data() -> None:
+    spec = make_spec(window="10s", thresholds={"minAccuracy": 0.9})
+    status = api.ModelDeploymentStatus(step_started_at=at(25))
+    regressor = history_of(
+        {float(s): [ScrapedSample(FEEDBACK_LABELS_TOTAL, CANARY, s)] for s in range(0, 61, 10)}
+    )
+    for history, labelled in ((ScrapeHistory(), 0.0), (regressor, 40.0)):
+        measured = measure_scraped(history=history, spec=spec, name=NAME, at=at(60), status=status)
+        assert measured.get(m.count_name("canary", "labelled")).value == labelled
+        assert measured.get(m.count_name("canary", "correct")).value is None

@@ -421,10 +421,11 @@ def test_the_route_table_lists_each_route_once_and_marks_the_predictions() -> No
 
 def test_prediction_routes_come_first_as_plain_starlette_routes() -> None:
     app = create_app(model=_model(), settings=_settings())
-    first = app.router.routes[:3]
+    first = app.router.routes[:4]
     assert all(type(route) is Route for route in first)
     assert {route.path for route in first if isinstance(route, Route)} == {
         "/predict",
         "/v2/models/{model_name}/infer",
         "/v2/models/{model_name}/versions/{model_version}/infer",
+        "/v2/models/{model_name}/feedback",  # no prediction, but answered the same way
     }

@@ -33,6 +33,9 @@ no namespace label, so the scope has none), and treats missing series as the Pro
   target first scraped after the start (a new process), counts from 0. The demo's measurer
   keeps 10 minutes of scrapes: for an older start, the oldest kept scrape is the baseline.
   Rows predicted (baseline.maxPredictionShift) likewise, summed per bin, every bin kept.
+  Labels (thresholds.minAccuracy, baseline.maxAccuracyDrop) likewise, from the servers'
+  feedback counters: `labelled` 0 when no series, `correct` no data when no series (a
+  regressor's servers export none).
 - Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
   the demo with a Prometheus.
 
@@ -76,6 +79,7 @@ from canaryml_operator.checks import (
     SERVER_ERROR_CODES,
     Source,
     check_scope,
+    compares_accuracy,
 )
 from canaryml_operator.measurements import Measurements, Sample
 from prometheus_client.parser import text_string_to_metric_families
@@ -329,6 +333,9 @@ def measure_scraped(
         if analysis.baseline is not None and analysis.baseline.max_prediction_shift:
             for track, labels in scope.predicting_tracks():
                 samples[m.count_name(track, m.PREDICTIONS)] = _predictions(since, scope=labels)
+        if analysis.accuracy_checked:
+            for track, labels in scope.labelled_tracks(stable=compares_accuracy(spec)):
+                samples |= _label_counts(since, track=track, scope=labels)
     if spec.shadow is not None and spec.shadow.percent > 0:
         samples[m.SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
     for metric in spec.analysis.metrics:
@@ -363,6 +370,25 @@ def _counts(
     if slow is not None:
         counts[m.count_name(track, "slow")] = timed - by_bound.get(slow, 0.0)
     return {name: Sample(value=value) for name, value in counts.items()}
+
+
+def _label_counts(
+    since: Mapping[str, tuple[Scrape | None, Sequence[Scrape]]],
+    *,
+    track: Literal["canary", "stable"],
+    scope: Mapping[str, str],
+) -> dict[str, Sample]:
+    """A track's labels since the step began and the correct ones, as `checks._label_counts`
+    queries them: no labels series is 0, no correct series is no data."""
+    labelled = _grown_since(since, metric=t.FEEDBACK_LABELS_TOTAL, scope=scope)
+    correct = _sum(
+        increase
+        for _, increase in _grown_since(since, metric=t.FEEDBACK_CORRECT_TOTAL, scope=scope)
+    )
+    return {
+        m.count_name(track, "labelled"): Sample(math.fsum(increase for _, increase in labelled)),
+        m.count_name(track, "correct"): _sample(correct),
+    }
 
 
 def _predictions(

@@ -27,6 +27,8 @@ AXIS_NAMES: Final = {
     m.DRIFT_P_VALUE: "drift p-value",
     m.PREDICTION_DRIFT_P_VALUE: "prediction p-value",
     m.PREDICTIONS_VS_STABLE: "class shift vs stable",
+    m.ACCURACY: "accuracy on labels",
+    m.ACCURACY_VS_STABLE: "accuracy vs stable",
 }
 
 
