@@ -22,6 +22,8 @@ from canaryml_api import resource as api
 from canaryml_operator import verdicts
 from canaryml_operator.checks import MIN_SINCE_STEP_SECONDS, build_queries
 from canaryml_operator.measurements import (
+    ACCURACY,
+    ACCURACY_VS_STABLE,
     DRIFT,
     DRIFT_P_VALUE,
     ERROR_RATE,
@@ -435,3 +437,80 @@ async def test_counts_since_the_step_began_and_drift_p_values_from_prometheus(
     shares = judged[PREDICTIONS_VS_STABLE]
     assert shares.verdict == "Inconclusive" and shares.collecting, shares
     assert shares.samples == 80 - canary_errors
+
+
+async def test_labels_sent_back_reach_the_accuracy_checks_through_prometheus(
+    start_server: Callable[..., str],
+    prometheus: StartPrometheus,
+    provider_for: Callable[[str], PrometheusProvider],
+    example_models: dict[str, Path],
+) -> None:
+    """Issue 18, end to end on real processes: predictions carry ids, true labels go back later
+    (each track's ids to the other track's server: any replica takes any track's feedback),
+    the servers count them per the id's track, Prometheus scrapes them, and the operator's
+    accuracy queries read exact counts since the step began."""
+    heldout = pd.read_csv(example_models["root"] / "test.csv", nrows=120)
+    truth = heldout.pop("target").tolist()
+    records = [
+        {str(column): cell for column, cell in record.items()}
+        for record in heldout.to_dict(orient="records")
+    ]
+    env = {"CANARYML_RUNTIME": "sklearn", "CANARYML_FEEDBACK_KEY": "k" * 32}
+    urls = {
+        track: start_server(
+            example_models[track], "--track", track, "--model-deployment", NAME, env=env
+        )
+        for track in ("canary", "stable")
+    }
+    prom = prometheus([Target(url, {"namespace": NAMESPACE}) for url in urls.values()])
+    await prom.wait_for_async("count(up == 1)", lambda v: v == 2)
+    started = datetime.now(UTC)
+    answers: dict[str, list[tuple[str, Any]]] = {"canary": [], "stable": []}
+    async with httpx.AsyncClient(timeout=30) as client:
+        for track, url in urls.items():
+            body = (await client.post(f"{url}/predict", json=records)).json()
+            answers[track] = list(zip(body["ids"], body["predictions"], strict=True))
+        # The labels arrive later, each track's at the other track's server.
+        for track, other in (("canary", "stable"), ("stable", "canary")):
+            feedback = [
+                {"id": prediction_id, "label": label}
+                for (prediction_id, _), label in zip(answers[track], truth, strict=True)
+            ]
+            reply = await client.post(
+                f"{urls[other]}/v2/models/breast-cancer/feedback", json={"feedback": feedback}
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["accepted"] == len(truth)
+    correct = {
+        track: sum(
+            predicted == label for (_, predicted), label in zip(answers[track], truth, strict=True)
+        )
+        for track in answers
+    }
+    await prom.wait_for_async("sum(canaryml_feedback_labels_total)", lambda v: v == 240)
+    young = MIN_SINCE_STEP_SECONDS - (datetime.now(UTC) - started).total_seconds()
+    await asyncio.sleep(max(0.0, young) + 0.1)
+
+    raw = spec(url=prom.url).model_dump(by_alias=True, exclude_none=True)
+    raw["analysis"] |= {
+        "thresholds": {"minAccuracy": 0.5},
+        "baseline": {"maxAccuracyDrop": 0.2},
+        "labels": {"minLabels": 100},
+    }
+    the_spec = api.parse_spec(raw)
+    # The example canary (1.1.0) and stable (1.0.0) versions, as the servers label them.
+    status = api.ModelDeploymentStatus(step_started_at=started)
+    at = datetime.now(UTC)
+    queries = build_queries(
+        spec=the_spec, name=NAME, namespace=NAMESPACE, source="server", status=status, at=at
+    )
+    result = await measure(provider=provider_for(prom.url), queries=queries, at=at)
+    for track in ("canary", "stable"):
+        assert value(result, count_name(track, "labelled")) == len(truth)
+        assert value(result, count_name(track, "correct")) == correct[track]
+    judged = {r.name: r for r in verdicts.judge(spec=the_spec, measurements=result)}
+    accuracy = judged[ACCURACY]
+    assert accuracy.value == pytest.approx(correct["canary"] / len(truth))
+    # 120 labels at ~96 % against a 50 % bound: decided already.
+    assert accuracy.verdict == "Successful", accuracy
+    assert judged[ACCURACY_VS_STABLE].verdict != "Failed", judged[ACCURACY_VS_STABLE]
