@@ -407,18 +407,24 @@ def _judge_comparison(
         f"interval {_rate(rate_check, result.increase_interval.low)} to "
         f"{_rate(rate_check, result.increase_interval.high)}; allowed: {allowed}"
     )
-    if verdict == "Failed":
-        message = f"{name}: worse than allowed, with evidence: {what}"
-    elif verdict == "Inconclusive":
-        message = f"{name}: not sure yet: {what}; {_needed_text(result.requests_needed)}"
-    else:
-        message = ""
+    needed = _needed_text(result.requests_needed)
+    message = _comparison_message(name, verdict, "worse than allowed", what, needed)
     return CheckResult(
         name, verdict, ratio, None, allowance.ratio, message, sequential=True,
         low=result.ratio_interval.low, high=result.ratio_interval.high,
         evidence=result.evidence.worse, samples=ours.requests,
         requests_needed=result.requests_needed,
     )  # fmt: skip
+
+
+def _comparison_message(name: str, verdict: Verdict, worse: str, what: str, needed: str) -> str:
+    """A comparison's message: `worse` with evidence when Failed, "not sure yet" with what
+    more is `needed` when Inconclusive, nothing when Successful."""
+    if verdict == "Failed":
+        return f"{name}: {worse}, with evidence: {what}"
+    if verdict == "Inconclusive":
+        return f"{name}: not sure yet: {what}; {needed}"
+    return ""
 
 
 def _bin_counts(
@@ -486,12 +492,8 @@ def _judge_shares(
     others = [b for b in result.bins[1 : m.WORST_FEATURES_KEPT] if b.difference]
     if others:
         what += "; next: " + ", ".join(f"{_bin(b.bin)} {_points(b.difference)}" for b in others)
-    if verdict == "Failed":
-        message = f"{name}: predicts differently from stable, with evidence: {what}"
-    elif verdict == "Inconclusive":
-        message = f"{name}: not sure yet: {what}; {_needed_text(result.requests_needed)}"
-    else:
-        message = ""
+    needed = _needed_text(result.requests_needed)
+    message = _comparison_message(name, verdict, "predicts differently from stable", what, needed)
     value = abs(worst.difference) if worst.difference is not None else None
     return CheckResult(
         name, verdict, value, None, shift, message, sequential=True,
@@ -738,12 +740,9 @@ def _judge_accuracy_drop(
     )
     needed = result.requests_needed
     waiting = rules.waiting
-    if verdict == "Failed":
-        message = f"{name}: less accurate than allowed, with evidence: {what}"
-    elif verdict == "Inconclusive":
-        message = f"{name}: not sure yet: {what}; {_labels_needed_text(needed)}"
-    else:
-        message = ""
+    message = _comparison_message(
+        name, verdict, "less accurate than allowed", what, _labels_needed_text(needed)
+    )
     if verdict != "Failed" and waiting:
         shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
         message = f"{name}: {shown}, but {waiting}: {what}"
