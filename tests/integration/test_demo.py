@@ -45,7 +45,7 @@ def fast_spec(models: Path, *, scenario: str, path: Path, folder_paths: bool = F
     """The bundled example's ModelDeployment with a policy that ends in seconds; with
     `folder_paths`, its models are plain paths relative to `path`'s folder (where the demo will
     run), as `canaryml serve` takes them."""
-    roles = {role: models / role for role in ("stable", "canary", "bad")}
+    roles = {role: models / role for role in scenarios.ROLES}
     digests = {role: sha256_file(folder / MANIFEST_FILE) for role, folder in roles.items()}
     manifest = scenarios.example_spec(models=roles, digests=digests, scenario=scenario)
     spec = manifest["spec"]
@@ -111,8 +111,48 @@ def test_good_canary_is_promoted_with_no_failed_request(
     # No client saw an error while the stable server was replaced.
     assert set(summary["codes"]) == {"200"}, summary["codes"]
     assert summary["requests"]["canary"] > 0 and summary["requests"]["stable"] > 0
+    # The labels sent back reached the servers, and the canary earned its promotion on them.
+    assert set(summary["labels"]) == {"200"} and summary["labels"]["200"] > 200
+    accuracy = verdicts_of(summary, "accuracy")
+    assert accuracy[-1] == "Successful" and "Failed" not in accuracy
+    assert "Successful" in verdicts_of(summary, "accuracyVsStable")
     assert "Promoted" in result.stdout
     assert RUN_AGAIN not in result.stdout  # the user's own spec: no copy of it to tell of
+
+
+def test_a_less_accurate_canary_is_rolled_back_on_the_labels_sent_back(
+    demo_models: Path, tmp_path: Path, prometheus_bin: str
+) -> None:
+    """The accuracy scenario's spec (the worse model as the canary), run as a user's spec: the
+    traffic file's target column goes back through the router as feedback, the servers count
+    it, Prometheus scrapes it, and the accuracy checks roll the canary back on it."""
+    spec = fast_spec(demo_models, scenario="accuracy", path=tmp_path / "md.yaml")
+    traffic = demo_models / "test.csv"
+    result, summary = run_demo(
+        "--spec", str(spec), "--traffic", str(traffic), "--rate", "100", cwd=tmp_path
+    )  # fmt: skip
+    assert summary["phase"] == "RolledBack", result.stdout
+    assert summary["metrics"] == "prometheus"
+    # Only the labels tell: no error, no slow request, no drift, full shadow agreement.
+    assert failed_checks(summary) <= {"accuracy", "accuracyVsStable"}, summary["decision"]
+    assert summary["decision"].startswith("canary 1.3.0 rolled back"), summary["decision"]
+    assert "accuracy" in summary["decision"] and "labels correct" in summary["decision"]
+    assert set(summary["codes"]) == {"200"}
+    assert set(summary["labels"]) == {"200"} and summary["labels"]["200"] >= 100
+    failed = [a for a in summary["analyses"] if a["verdict"] == "Failed"][-1]
+    (check,) = [c for c in failed["checks"] if c["name"] in failed_checks(summary)][:1]
+    assert check["value"] < 0.9 or check["name"] == "accuracyVsStable"
+    assert summary["status"]["stableModel"]["version"] == "1.0.0"
+
+
+def verdicts_of(summary: dict[str, Any], name: str) -> list[str]:
+    """The verdicts of check `name`, analysis after analysis."""
+    return [
+        check["verdict"]
+        for analysis in summary["analyses"]
+        for check in analysis["checks"]
+        if check["name"] == name
+    ]
 
 
 def test_failing_canary_is_rolled_back_by_its_error_rate_without_prometheus(

@@ -18,7 +18,7 @@ from canaryml_cli.demo.processes import DemoError
 from canaryml_cli.demo.record import DemoRecord, TimedEvent
 from canaryml_cli.demo.report import build_summary, plot, write_report
 from canaryml_cli.demo.runner import finished, load_spec_file
-from canaryml_cli.demo.traffic import drift_shift, read_rows
+from canaryml_cli.demo.traffic import drift_shift, read_labels, read_rows
 from canaryml_cli.demo.values import bound_text
 from canaryml_cli.demo.view import DemoView, analysis_line, render
 from canaryml_operator import measurements as m
@@ -30,7 +30,7 @@ DIGEST = "a" * 64
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-ROLES = ("stable", "canary", "bad")
+ROLES = scenarios.ROLES
 
 
 def example(scenario: str = "good", *, models: Path = Path("/models")) -> dict[str, Any]:
@@ -63,9 +63,25 @@ def test_shadow_disagree_shadows_the_bad_model_and_the_others_the_canary() -> No
     assert disagree.shadow is not None and disagree.shadow.model.version == "1.2.0"
     for scenario in scenarios.SCENARIOS:
         spec = api.parse_spec(example(scenario)["spec"])
-        assert spec.canary is not None and spec.canary.model.version == "1.1.0"
+        expected = "1.3.0" if scenario == "accuracy" else "1.1.0"
+        assert spec.canary is not None and spec.canary.model.version == expected
         if scenario != "shadow-disagree":
             assert spec.shadow is not None and spec.shadow.model == spec.canary.model
+
+
+def test_accuracy_rolls_out_the_worse_model_judged_on_the_labels_sent_back() -> None:
+    spec = api.parse_spec(example("accuracy")["spec"])
+    assert spec.canary is not None
+    assert spec.canary.model.uri == "file:///models/worse"
+    plan = scenarios.PLANS["accuracy"]
+    assert plan.swaps_models and not plan.fault_outside_spec  # the fault is the model itself
+    # Every scenario's spec judges accuracy: the good canary must earn its promotion on labels.
+    for scenario in scenarios.SCENARIOS:
+        analysis = api.parse_spec(example(scenario)["spec"]).analysis
+        assert analysis.thresholds.min_accuracy == 0.9
+        assert analysis.baseline is not None and analysis.baseline.max_accuracy_drop == 0.1
+        delay = api.parse_duration(analysis.label_rules.delay)
+        assert delay > scenarios.LABEL_DELAY_S  # the labels the traffic sends are in time
 
 
 def test_only_the_fault_scenarios_inject_faults_into_the_canary() -> None:
@@ -155,6 +171,15 @@ def test_unreadable_files_are_demo_errors(tmp_path: Path) -> None:
 def test_rows_drop_the_label_and_send_missing_values_as_null(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("a,b,target\n1.5,x,0\n,y,1\n")
     assert read_rows(tmp_path / "rows.csv") == [{"a": 1.5, "b": "x"}, {"a": None, "b": "y"}]
+
+
+def test_labels_are_the_target_column_in_row_order_or_none(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("a,target\n1.5,0\n2,\n3,1\n")
+    assert read_labels(tmp_path / "rows.csv") == [0, None, 1]
+    (tmp_path / "names.csv").write_text("a,target\n1,setosa\n2,virginica\n")
+    assert read_labels(tmp_path / "names.csv") == ["setosa", "virginica"]
+    (tmp_path / "unlabelled.csv").write_text("a,b\n1,2\n")
+    assert read_labels(tmp_path / "unlabelled.csv") is None
 
 
 def test_drift_moves_one_numeric_feature_beyond_its_range() -> None:

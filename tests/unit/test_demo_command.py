@@ -40,7 +40,14 @@ def spec_file(
         (["--prometheus", "sometimes"], "use auto, off, or the http(s):// URL"),
         (["--spec", "{spec}"], "--spec needs --traffic CSV"),
         (["--spec", "{nocanary}", "--traffic", "x.csv"], "has none"),
-        (["--spec", "{spec}", "--scenario", "shadow-disagree"], "bundled bad model"),
+        (
+            ["--spec", "{spec}", "--scenario", "shadow-disagree"],
+            "--scenario shadow-disagree swaps in",
+        ),
+        (
+            ["--spec", "{spec}", "--scenario", "accuracy"],
+            "--scenario accuracy swaps in",
+        ),
         (["--spec", "{spec}", "--traffic", "{missing}"], "cannot read traffic rows"),
         (["--spec", "{unpinned}", "--traffic", "x.csv"], "spec.canary.model.sha256 not set"),
     ],

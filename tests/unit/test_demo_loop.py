@@ -114,6 +114,10 @@ class FakeCluster:
             self.models.pop("canary", None)
 
 
+# The bundled models' held-out accuracy (example_models): the canary is the better one.
+ACCURACY = {"canary": 0.96, "stable": 0.955}
+
+
 class FakeMeasurer:
     def __init__(self, values: dict[str, float]) -> None:
         self.values = values
@@ -138,6 +142,11 @@ class FakeMeasurer:
                     m.count_name(track, "errors"): Sample(float(round(error_rate * requests))),
                     m.count_name(track, "timed"): Sample(requests),
                     m.count_name(track, "slow"): Sample(0.0),
+                    # A label for every answer (the demo's traffic sends them back).
+                    m.count_name(track, "labelled"): Sample(requests),
+                    m.count_name(track, "correct"): Sample(
+                        float(round(ACCURACY[track] * requests))
+                    ),
                 }
         self.taken[now] = Measurements(time=now, samples=samples)
         return self.taken[now]
@@ -147,7 +156,7 @@ class FakeMeasurer:
 
 
 def demo_setup(scenario: str) -> runner.Setup:
-    roles = ("stable", "canary", "bad")
+    roles = scenarios.ROLES
     manifest = scenarios.example_spec(
         models={role: Path("/models") / role for role in roles},
         digests=dict.fromkeys(roles, "a" * 64),

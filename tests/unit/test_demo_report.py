@@ -40,7 +40,7 @@ ROLLBACK = "canary 1.1.0 rolled back at 25%: errorRate 20.0 % > max 5.0 % (2 fai
 SUMMARY_KEYS = {
     "name", "scenario", "metrics", "phase", "timedOut", "startedAt", "finishedAt",
     "durationSeconds", "decision", "history", "analyses", "events", "weights", "requests",
-    "codes", "specFile", "trafficFile", "thresholds", "spec", "status",
+    "codes", "labels", "specFile", "trafficFile", "thresholds", "spec", "status",
 }  # fmt: skip
 
 

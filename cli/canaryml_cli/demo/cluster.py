@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,9 @@ class LocalCluster:
     router_admin: str = ""  # the router's admin listener (PUT /router/weights), a base URL
     weight: int = 0  # what the router was given
     wanted: tuple[TrackPlan, RoutingPlan] | None = None  # the last plan applied, to converge to
+    # One key for every server of the run (as the operator passes the Secret's to every
+    # track): any server verifies any track's prediction ids, a promoted stable's too.
+    feedback_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     _client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10.0))
     _promotion: asyncio.Task[None] | None = None
     _retired: list[asyncio.Task[None]] = field(default_factory=list)
@@ -63,6 +67,7 @@ class LocalCluster:
         if model.sha256:
             args += ["--sha256", model.sha256]
         env = {"CANARYML_LOG_LEVEL": "warning", **scenarios.SERVER_ENV}
+        env["CANARYML_FEEDBACK_KEY"] = self.feedback_key
         # As the operator sets it: an unpinned model loads only where the spec allows it.
         env["CANARYML_REQUIRE_SHA256"] = "false" if self.spec.allow_unpinned_models else "true"
         if track == "canary":

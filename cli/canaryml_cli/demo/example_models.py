@@ -1,8 +1,8 @@
 """The example models: trained on rows drawn like scikit-learn's bundled breast-cancer data.
 
 `train(out)` writes, under `out`: train.csv (the reference, with its `target` column), test.csv
-(rows to send as traffic, with the target too), stable.joblib / canary.joblib / bad.joblib, and
-a packaged artifact folder for each (stable/, canary/, bad/). Nothing is downloaded: the data
+(rows to send as traffic, with the target too), a joblib file and a packaged artifact folder for
+each model (stable/, canary/, bad/, worse/). Nothing is downloaded: the data
 ships with scikit-learn. `examples/train_models.py` runs it from the command line; `canaryml
 demo` trains once into its work folder and reuses the result (`ensure_trained`).
 
@@ -22,6 +22,11 @@ makes the files, and so the models' digests, the same on every machine.
   20,000 held-out rows (accuracy 0.960 against the stable's 0.955 when measured; `train` prints
   both), so a promotion of it is deserved
 - bad:    a depth-2 tree fitted on shuffled labels, version 1.2.0 (deliberately wrong)
+- worse:  the canary's forest, version 1.3.0, fitted on labels flipped in one slice of the data
+          (a quarter of the rows, by `mean texture`, where both classes are about as common):
+          no errors, no slower, inputs as ever and its predicted classes in the same shares as
+          the others', yet wrong on most of that slice (held-out accuracy about 0.74). Only
+          labels tell it from the canary: the demo's `accuracy` scenario.
 """
 
 from __future__ import annotations
@@ -41,16 +46,23 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from canaryml_cli.demo import scenarios
+
 NAME = "breast-cancer"
 TARGET = "target"
 
 
-ROLES = ("stable", "canary", "bad")
+ROLES = scenarios.ROLES
 TRAIN_ROWS = 1000  # the reference the servers' drift tests compare with
 STABLE_ROWS = 100  # what the first (stable) model was fitted on: it is the weaker one
 TRAFFIC_ROWS = 20000  # more than a 5-minute demo sends: no row is sent twice
 _STAMP = "trained.json"
 _DIGITS = 5  # significant digits of the drawn values
+# The worse model's slice: rows whose `mean texture` lies between these quantiles of the
+# training rows, where the two classes are about as common (so flipping their labels leaves the
+# share of each predicted class, and so the prediction drift tests, where they were).
+WORSE_FEATURE = "mean texture"
+WORSE_SLICE = (0.45, 0.70)
 
 
 def draw_rows(rows: int, *, seed: int) -> pd.DataFrame:
@@ -91,16 +103,19 @@ def train(out: Path, *, echo: bool = True) -> dict[str, Path]:
     y_test = test_rows[TARGET].to_numpy()
     shuffled = np.random.default_rng(0).permutation(y_train)
     models = {
-        "stable": ("1.0.0", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
-        "canary": ("1.1.0", RandomForestClassifier(n_estimators=100, random_state=0)),
-        "bad": ("1.2.0", DecisionTreeClassifier(max_depth=2, random_state=0)),
+        "stable": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+        "canary": RandomForestClassifier(n_estimators=100, random_state=0),
+        "bad": DecisionTreeClassifier(max_depth=2, random_state=0),
+        "worse": RandomForestClassifier(n_estimators=100, random_state=0),
     }
+    labels = {"canary": y_train, "bad": shuffled, "worse": flipped_in_slice(train_rows)}
     folders = {}
-    for role, (version, model) in models.items():
+    for role, model in models.items():
+        version = scenarios.VERSIONS[role]
         if role == "stable":
             model.fit(x_train[:STABLE_ROWS], y_train[:STABLE_ROWS])
         else:
-            model.fit(x_train, shuffled if role == "bad" else y_train)
+            model.fit(x_train, labels[role])
         _settle(model)
         accuracy = float((model.predict(x_test) == y_test).mean())
         joblib.dump(model, out / f"{role}.joblib")
@@ -122,6 +137,16 @@ def train(out: Path, *, echo: bool = True) -> dict[str, Path]:
     return folders
 
 
+def flipped_in_slice(rows: pd.DataFrame) -> np.ndarray:
+    """The rows' labels, flipped (0 <-> 1) in the worse model's slice of WORSE_FEATURE."""
+    values = rows[WORSE_FEATURE].to_numpy()
+    low, high = np.quantile(values, WORSE_SLICE)
+    labels = rows[TARGET].to_numpy().copy()
+    inside = (values > low) & (values <= high)
+    labels[inside] = 1 - labels[inside]
+    return labels
+
+
 def _settle(model: object) -> None:
     """Round the fitted float parameters to 9 significant digits, so that the packaged model
     (and the sha256 the examples pin) is the same on every machine: BLAS and numpy pick
@@ -135,7 +160,7 @@ def _settle(model: object) -> None:
 
 
 # Bumped whenever `train` makes other rows or models: a cache of the old ones is trained anew.
-_EXAMPLES_VERSION = "3"
+_EXAMPLES_VERSION = "4"
 
 
 def _stamp() -> dict[str, str]:

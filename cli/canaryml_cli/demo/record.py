@@ -53,6 +53,7 @@ class DemoRecord:
     weights: list[WeightChange] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)  # answered requests per track
     codes: Counter[int] = field(default_factory=Counter)  # client-side status codes (0: none)
+    labels: Counter[int] = field(default_factory=Counter)  # labels sent back, by answer status
     finished_at: datetime | None = None
     timed_out: bool = False  # --duration ran out before the rollout ended
     # The ModelDeployment file of the run: the user's (--spec), or the example's as written.

@@ -11,9 +11,10 @@ import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from canaryml_api import resource as api
+from canaryml_operator import measurements as m
 from canaryml_operator import verdicts
 from canaryml_operator.measurements import P_VALUES, Measurements, notation, value_text
 from pydantic import BaseModel
@@ -45,6 +46,7 @@ VERDICT_COLORS: Final = {
 SHOWN: Final = "shown, not judged"
 POINT_COLORS: Final = {**VERDICT_COLORS, SHOWN: "tab:cyan"}
 LINE_COLOR: Final = "tab:blue"
+STABLE_COLOR: Final = "tab:orange"  # the stable track's own line, where a panel has one
 MARKER_AREA: Final = 30.0  # points squared
 # Of the values' span: below the lowest, so that a marker at 0 is not cut; above, the legend.
 MARGIN_BELOW: Final = 0.15
@@ -121,6 +123,8 @@ def build_summary(record: DemoRecord) -> dict[str, Any]:
         "requests": dict(sorted(record.requests.items())),
         # JSON keys are strings; sorted numerically first so 500 follows 200, not "0".
         "codes": {str(code): count for code, count in sorted(record.codes.items())},
+        # Labels sent back as feedback, by the status of the answer (0: none).
+        "labels": {str(code): count for code, count in sorted(record.labels.items())},
         "specFile": str(record.spec_file) if record.spec_file else None,
         "trafficFile": str(record.traffic_file) if record.traffic_file else None,
         "thresholds": _dump(record.spec.analysis.thresholds),
@@ -171,6 +175,24 @@ def _points(record: DemoRecord, check: str) -> _Points:
             points.xs.append(record.seconds(analysis.time))
             points.ys.append(found.value * scale)
             points.verdicts.append(found.verdict)
+    return points
+
+
+def track_accuracy(record: DemoRecord, track: Literal["canary", "stable"]) -> _Points:
+    """A track's accuracy on the labels that arrived since the step began, at each analysis
+    that counted them (the counts the accuracy checks judge; stable's only when the spec
+    compares the canary with it), as fractions."""
+    points = _Points([], [], [])
+    for analysis in record.analyses:
+        measured = record.measured.get(analysis.time)
+        if measured is None:
+            continue
+        labelled = measured.get(m.count_name(track, "labelled")).value
+        correct = measured.get(m.count_name(track, "correct")).value
+        if labelled and correct is not None and labelled > 0:
+            points.xs.append(record.seconds(analysis.time))
+            points.ys.append(min(correct / labelled, 1.0))
+            points.verdicts.append(SHOWN)
     return points
 
 
@@ -265,7 +287,9 @@ def _draw_check(ax: Axes, *, record: DemoRecord, check: verdicts.CheckResult) ->
     if p_values:
         points.ys[:] = [max(y, P_VALUE_FLOOR) for y in points.ys]
     if points.xs:
-        ax.plot(points.xs, points.ys, color=LINE_COLOR, lw=0.8, alpha=0.6, zorder=2)
+        # The accuracy panel has both tracks: the canary's line is the one judged.
+        track = "canary" if check.name == m.ACCURACY else None
+        ax.plot(points.xs, points.ys, color=LINE_COLOR, lw=0.8, alpha=0.6, zorder=2, label=track)
         ax.scatter(
             points.xs,
             points.ys,
@@ -277,18 +301,24 @@ def _draw_check(ax: Axes, *, record: DemoRecord, check: verdicts.CheckResult) ->
         # Judged, never with a value to draw: a ratio to a stable track with no such event.
         ax.text(0.5, 0.5, "judged, no value to draw (see summary.json)", ha="center",
                 va="center", transform=ax.transAxes, fontsize=8, color="tab:gray")  # fmt: skip
+    stable = track_accuracy(record, "stable") if check.name == m.ACCURACY else _Points([], [], [])
+    if stable.xs:
+        ax.plot(stable.xs, [y * scale for y in stable.ys], color=STABLE_COLOR,
+                lw=1.2, zorder=2, label="stable", gid="track:stable")  # fmt: skip
     bounds = [(side, b) for side, b in (("min", check.min), ("max", check.max)) if b is not None]
     for side, bound in bounds:
         label = f"{side} {value_text(check.name, bound)}"
         ax.axhline(bound * scale, color="black", ls="--", lw=1, label=label)
-    if bounds:
-        ax.legend(loc="upper right", fontsize=8)
+    if bounds or stable.xs:
+        # Below both tracks' lines on the accuracy panel (accuracies sit near the top).
+        ax.legend(loc="lower right" if stable.xs else "upper right", fontsize=8, ncols=3)
     if p_values:
         ax.set_yscale("log")
         ax.set_ylim(P_VALUE_FLOOR / 10, 10.0)
     else:
         # Room below 0 so that a point at 0 shows whole, and above for the legend.
-        shown = [0.0, *points.ys, *(bound * scale for _, bound in bounds)]
+        shown = [0.0, *points.ys, *(y * scale for y in stable.ys)]
+        shown += [bound * scale for _, bound in bounds]
         low, high = min(shown), max(shown)
         span = (high - low) or 1.0
         ax.set_ylim(low - MARGIN_BELOW * span, high + MARGIN_ABOVE * span)

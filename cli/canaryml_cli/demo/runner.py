@@ -38,7 +38,14 @@ from canaryml_cli.demo.measure import Measurer, PrometheusMeasurer, ScrapeMeasur
 from canaryml_cli.demo.processes import DemoError, ProcessGroup
 from canaryml_cli.demo.prometheus import LocalPrometheus, PrometheusError, Target, prometheus_binary
 from canaryml_cli.demo.record import DemoRecord, TimedEvent
-from canaryml_cli.demo.traffic import Row, Shift, Traffic, drift_shift, read_rows
+from canaryml_cli.demo.traffic import (
+    Row,
+    Shift,
+    Traffic,
+    drift_shift,
+    read_labels,
+    read_rows,
+)
 
 TICK_S: Final = 0.25
 LOCAL_SCHEMES: Final = ("file://", "http://", "https://", "s3://", "gs://", "models:/")
@@ -73,6 +80,8 @@ class Setup:
     spec_file: Path  # the ModelDeployment's file: the user's, or the example's as written
     traffic_file: Path
     shift: Shift | None = None  # drift: what happens to the requests the canary answers
+    # The rows' true labels (the CSV's target column), sent back as feedback; None: none.
+    labels: list[Any] | None = None
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -160,10 +169,11 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
     plan = scenarios.PLANS[options.scenario]
     if options.spec_path is not None:
         name, namespace, spec = load_spec_file(options.spec_path)
-        if plan.shadow_role != "canary":
+        if plan.swaps_models:
             raise DemoError(
-                f"--scenario {options.scenario} swaps in the bundled bad model as the shadow; "
-                "with --spec, point spec.shadow at the model to compare with instead"
+                f"--scenario {options.scenario} swaps in another bundled model "
+                f"({_swapped(plan)}); with --spec, point your spec at the models to roll out "
+                "instead"
             )
         if options.traffic_path is None:
             raise DemoError(
@@ -172,6 +182,7 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
             )
         spec_file, traffic_file = options.spec_path, options.traffic_path
         rows = read_rows(traffic_file)
+        labels = read_labels(traffic_file)
         preferred = None
     else:
         models_dir = options.models_dir or work / "models"
@@ -190,11 +201,21 @@ def prepare(options: DemoOptions, *, work: Path, echo: Callable[[str], None]) ->
         spec = api.parse_spec(manifest["spec"])
         traffic_file = options.traffic_path or models_dir / "test.csv"
         rows = read_rows(traffic_file, drop=(TARGET,))
+        labels = read_labels(traffic_file, column=TARGET)
         preferred = scenarios.DRIFT_FEATURE
     shift = None
     if plan.shift_canary_inputs:
         _, shift = drift_shift(rows, preferred=preferred)
-    return Setup(name, namespace, spec, rows, plan, spec_file, traffic_file, shift)
+    return Setup(name, namespace, spec, rows, plan, spec_file, traffic_file, shift, labels)
+
+
+def _swapped(plan: scenarios.ScenarioPlan) -> str:
+    swaps = [
+        f"{role} as the {track}"
+        for track, role in (("canary", plan.canary_role), ("shadow", plan.shadow_role))
+        if role != "canary"
+    ]
+    return ", ".join(swaps)
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -330,6 +351,8 @@ async def _roll_out(
         weight=lambda: cluster.weight,
         record=record,
         shift=setup.shift,
+        labels=setup.labels,
+        label_delay=setup.plan.label_delay_s,
     )
     sender = asyncio.get_running_loop().create_task(traffic.run())
     try:

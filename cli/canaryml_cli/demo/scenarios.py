@@ -11,12 +11,19 @@ A scenario says what goes wrong in the rollout, and how:
   the good canary's answers disagree with it (the router compares every canary answer with the
   shadow's answer to the same request), and the shadow agreement check rolls the good canary
   back. The policy trusts the shadow: a wrong reference fails a good model.
+- accuracy: the canary is the bundled `worse` model (example_models): no errors, no slower, no
+  input drift, the same shares of predicted classes, but wrong on a slice of the data. The
+  demo's traffic sends each row's true label back (POST /v2/models/{name}/feedback, through
+  the router) a second after its answer, and the accuracy checks roll the canary back. The
+  shadow runs the same model, so that the shadow agreement has nothing to say.
 
 The example spec is the rollout policy the demo uses without `--spec`: short intervals, the
 sequential checks against the stable track (analysis.sequential, analysis.baseline) and the
-calibrated drift gate (thresholds.driftSignificance). A bad canary is rolled back within
-seconds; a good one is promoted once each step has shown, with evidence, that its slow requests
-stay under 1 % (the p99 bound): a few hundred canary requests per step.
+calibrated drift gate (thresholds.driftSignificance), and the accuracy checks on the labels
+the traffic sends back (thresholds.minAccuracy, baseline.maxAccuracyDrop). A bad canary is
+rolled back within seconds; a good one is promoted once each step has shown, with evidence,
+that its slow requests stay under 1 % (the p99 bound) and its accuracy over 90 %: a few
+hundred canary requests per step.
 """
 
 from __future__ import annotations
@@ -28,16 +35,29 @@ from typing import Any, Final, Literal, get_args
 
 from canaryml_api import resource as api
 
-Scenario = Literal["good", "errors", "latency", "drift", "shadow-disagree"]
+Scenario = Literal["good", "errors", "latency", "drift", "shadow-disagree", "accuracy"]
 SCENARIOS: Final[tuple[str, ...]] = get_args(Scenario)
 DEFAULT_SCENARIO: Final = "good"
 
 NAME: Final = "breast-cancer"
+# The bundled example models (demo.example_models) and the version each is packaged as.
+VERSIONS: Final[Mapping[str, str]] = {
+    "stable": "1.0.0",
+    "canary": "1.1.0",
+    "bad": "1.2.0",
+    "worse": "1.3.0",
+}
+ROLES: Final[tuple[str, ...]] = tuple(VERSIONS)
 SPEC_FILE: Final = "modeldeployment.yaml"  # the example's ModelDeployment, as the demo keeps it
 NAMESPACE: Final = "demo"  # the label a cluster's Prometheus adds; the demo's adds it too
 STICKY_HEADER: Final = "x-canaryml-demo-user"
 # The drift scenario moves this feature of the bundled data (its first column) out of range.
 DRIFT_FEATURE: Final = "mean radius"
+
+# The traffic sends each answered row's true label this long after its answer; the spec's
+# analysis.labels.delay allows for it.
+LABEL_DELAY_S: Final = 1.0
+LABEL_DELAY: Final = "2s"
 
 # The model servers' drift window: a few hundred rows, and no number before 100 of them
 # (the worst of 30 features' PSI over fewer rows is mostly noise).
@@ -54,7 +74,15 @@ class ScenarioPlan:
     description: str
     canary_env: Mapping[str, str] = field(default_factory=dict)  # fault injection
     shift_canary_inputs: bool = False  # drift: move one feature of canary-bound requests
+    canary_role: str = "canary"  # which bundled model the canary runs
+    label_delay_s: float = LABEL_DELAY_S  # from an answer to its label sent back
     shadow_role: str = "canary"  # which bundled model the shadow runs
+
+    @property
+    def swaps_models(self) -> bool:
+        """The scenario runs other bundled models than the example's canary (a user's spec
+        names its own)."""
+        return self.canary_role != "canary" or self.shadow_role != "canary"
 
     @property
     def fault_outside_spec(self) -> bool:
@@ -76,11 +104,20 @@ PLANS: Final[Mapping[str, ScenarioPlan]] = {
     "drift": ScenarioPlan(
         "the canary's inputs drift, one feature far outside its training range: rolled back",
         shift_canary_inputs=True,
+        # The labels come late, as they do in life: the inputs tell first (what watching
+        # drift is for), and the accuracy checks are the second line.
+        label_delay_s=20.0,
     ),
     "shadow-disagree": ScenarioPlan(
         "a bad shadow (the bundled bad model) and a good canary that disagrees with it: "
         "the canary is rolled back",
         shadow_role="bad",
+    ),
+    "accuracy": ScenarioPlan(
+        "the canary (the bundled worse model) is wrong on a slice of the data, and nothing "
+        "but the labels sent back shows it: rolled back on accuracy",
+        canary_role="worse",
+        shadow_role="worse",
     ),
 }
 
@@ -89,13 +126,12 @@ def example_spec(
     *, models: Mapping[str, Path], digests: Mapping[str, str], scenario: str
 ) -> dict[str, Any]:
     """The example ModelDeployment (a whole manifest) over the bundled models' folders."""
-    shadow = PLANS[scenario].shadow_role
+    plan = PLANS[scenario]
 
     def ref(role: str) -> dict[str, Any]:
-        version = {"stable": "1.0.0", "canary": "1.1.0", "bad": "1.2.0"}[role]
         return {
             "uri": models[role].resolve().as_uri(),
-            "version": version,
+            "version": VERSIONS[role],
             "sha256": digests[role],
         }
 
@@ -105,8 +141,12 @@ def example_spec(
         "metadata": {"name": NAME, "namespace": NAMESPACE},
         "spec": {
             "model": ref("stable"),
-            "canary": {"model": ref("canary"), "steps": [10, 25, 50], "stepInterval": "10s"},
-            "shadow": {"model": ref(shadow), "percent": 100, "probabilityTolerance": 0.3},
+            "canary": {
+                "model": ref(plan.canary_role),
+                "steps": [10, 25, 50],
+                "stepInterval": "10s",
+            },
+            "shadow": {"model": ref(plan.shadow_role), "percent": 100, "probabilityTolerance": 0.3},
             "analysis": {
                 "prometheus": {"url": "http://127.0.0.1:9090", "timeout": "2s"},
                 "interval": "2s",
@@ -121,13 +161,17 @@ def example_spec(
                     "maxErrorRateIncrease": 0.02,
                     "maxSlowRatio": 2,
                     "maxSlowIncrease": 0.02,
+                    # Labels sent back: at most 10 points less accurate than stable.
+                    "maxAccuracyDrop": 0.1,
                 },
+                "labels": {"minLabels": 100, "delay": LABEL_DELAY},
                 "thresholds": {
                     "maxErrorRate": 0.05,
                     "maxLatencyP99": "200ms",
                     # The calibrated drift gate: a false alarm in 1 of 1,000 analyses.
                     "driftSignificance": 0.001,
                     "minShadowAgreement": 0.85,
+                    "minAccuracy": 0.9,
                 },
             },
             "routing": {"router": "builtin", "stickyHeader": STICKY_HEADER},
