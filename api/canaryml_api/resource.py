@@ -84,6 +84,29 @@ Duration = Annotated[
     AfterValidator(_positive_duration),
 ]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return value
+
+
+# A finite amount above 0 in a unit of the user's (a regressor's target). Not `gt`: the
+# exclusiveMinimum it writes is a boolean to Kubernetes 1.27, so a CEL rule says "not 0".
+PositiveAmount = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        allow_inf_nan=False,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self > 0.0", "message": "must be greater than 0"}
+            ]
+        },
+    ),
+    AfterValidator(_positive),
+]
 # A duration that may be 0 (analysis.labels.delay: labels known at once).
 NonNegativeDuration = Annotated[
     str,
@@ -209,6 +232,17 @@ class Thresholds(_Model):
         "predictions (feedback), judged sequentially on the labels that arrived since the step "
         "began (analysis.labels says how many are needed and how late they come)",
     )
+    max_mean_absolute_error: PositiveAmount | None = Field(
+        default=None,
+        description="opt-in, regressors: the largest acceptable mean absolute error on labelled "
+        "predictions (feedback), in the target's units, judged sequentially on the labels that "
+        "arrived since the step began (analysis.labels applies as for minAccuracy)",
+    )
+
+
+# Built-in checks whose names a custom metric's (lowercase with dashes) could take; the other
+# built-ins are camelCase, which a custom name cannot be.
+RESERVED_METRIC_NAMES = ("requests", "drift", "accuracy")
 
 
 class CustomMetric(_Model):
@@ -221,8 +255,8 @@ class CustomMetric(_Model):
                     "message": "min must not exceed max",
                 },
                 {
-                    "rule": "!(self.name in ['requests', 'drift'])",
-                    "message": "requests and drift are names of built-in checks",
+                    "rule": f"!(self.name in {list(RESERVED_METRIC_NAMES)!r})",
+                    "message": f"{', '.join(RESERVED_METRIC_NAMES)} are names of built-in checks",
                 },
             ]
         }
@@ -243,7 +277,6 @@ class CustomMetric(_Model):
 
 
 # Built-in check names that a custom metric's (lowercase) name could collide with.
-RESERVED_METRIC_NAMES = ("requests", "drift")
 
 
 class SequentialSpec(_Model):
@@ -267,9 +300,10 @@ class SequentialSpec(_Model):
 class BaselineSpec(_Model):
     """The canary against the stable track on the same traffic since the step began: the
     largest acceptable worsening. The canary passes a part when its rate is within
-    max(ratio x stable, stable + increase) of that part's given fields, and the prediction
+    max(ratio x stable, stable + increase) of that part's given fields, the prediction
     part when the share of every predicted class (bin) is within maxPredictionShift of
-    stable's."""
+    stable's, and a regressor's error part when its mean absolute error on labels is within
+    max(maxErrorRatio x stable's, stable's + maxErrorIncrease)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -277,7 +311,8 @@ class BaselineSpec(_Model):
                 {
                     "rule": "has(self.maxErrorRateRatio) || has(self.maxErrorRateIncrease) || "
                     "has(self.maxSlowRatio) || has(self.maxSlowIncrease) || "
-                    "has(self.maxPredictionShift) || has(self.maxAccuracyDrop)",
+                    "has(self.maxPredictionShift) || has(self.maxAccuracyDrop) || "
+                    "has(self.maxErrorIncrease) || has(self.maxErrorRatio)",
                     "message": "set at least one allowance",
                 }
             ]
@@ -314,6 +349,26 @@ class BaselineSpec(_Model):
         description="classifiers: stable accuracy - canary accuracy on labelled predictions "
         "(feedback) since the step began: 0.02 is 2 percentage points",
     )
+    max_error_increase: float | None = Field(
+        default=None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="regressors: canary mean absolute error - stable mean absolute error on "
+        "labelled predictions (feedback) since the step began, in the target's units",
+    )
+    max_error_ratio: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=1000.0,
+        description="regressors: canary mean absolute error / stable mean absolute error on "
+        "labelled predictions since the step began (1.1: at most 10 % larger); with "
+        "maxErrorIncrease, either passes",
+    )
+
+    @property
+    def compares_errors(self) -> bool:
+        """Whether a regressor's errors on labels are compared (maxErrorIncrease, maxErrorRatio)."""
+        return self.max_error_increase is not None or self.max_error_ratio is not None
 
     @model_validator(mode="after")
     def _some_allowance(self) -> BaselineSpec:
@@ -326,6 +381,8 @@ class BaselineSpec(_Model):
                 self.max_slow_increase,
                 self.max_prediction_shift,
                 self.max_accuracy_drop,
+                self.max_error_increase,
+                self.max_error_ratio,
             )
         ):
             raise ValueError("set at least one allowance (maxErrorRateRatio, ...)")
@@ -336,21 +393,50 @@ DEFAULT_MIN_LABELS = 100
 
 
 class LabelsSpec(_Model):
-    """How the accuracy checks (thresholds.minAccuracy, baseline.maxAccuracyDrop) wait for
-    labels: labels are counted as they arrive, since the step began (docs/judgment.md,
+    """How the checks on labels (thresholds.minAccuracy, baseline.maxAccuracyDrop; for
+    regressors thresholds.maxMeanAbsoluteError, baseline.maxErrorIncrease, .maxErrorRatio) wait
+    for labels: labels are counted as they arrive, since the step began (docs/judgment.md,
     "Accuracy on labels")."""
 
     min_labels: int = Field(
         default=DEFAULT_MIN_LABELS,
         ge=1,
         le=10_000_000,
-        description="labels a track needs since the step began before an accuracy check may "
-        "pass or fail (below it: Inconclusive, the weight held)",
+        description="labels a track needs since the step began before a check on labels "
+        "(accuracy, or a regressor's error) may pass or fail (below it: Inconclusive, the "
+        "weight held)",
     )
     delay: NonNegativeDuration = Field(
         default="0s",
         description="how long after a prediction its label may arrive: during a step's first "
-        "delay no accuracy check passes (a failure with evidence still rolls back)",
+        "delay no check on labels passes (a failure with evidence still rolls back)",
+    )
+
+
+# A held-out figure `canaryml package --evaluate` records, by its name in the manifest (and in
+# `--require`): telemetry.OFFLINE_HIGHER_IS_BETTER, then the errors, OFFLINE_LOWER_IS_BETTER.
+OfflineMetric = Literal[
+    "accuracy", "f1", "f1_macro", "roc_auc", "roc_auc_ovr", "r2", "log_loss", "mae", "rmse"
+]
+
+
+class OfflineGateSpec(_Model):
+    """Refuse, before it gets any traffic, a canary whose held-out figure (`canaryml package
+    --evaluate`) is worse than the stable model's by more than maxDrop (docs/operator.md,
+    "The offline gate")."""
+
+    metric: OfflineMetric = Field(
+        default="accuracy",
+        description="the held-out figure compared, named as the manifest records it: accuracy, "
+        "f1, f1_macro, roc_auc, roc_auc_ovr, r2 (larger is better); log_loss, mae, rmse "
+        "(errors: smaller is better)",
+    )
+    max_drop: float = Field(
+        ge=0.0,
+        allow_inf_nan=False,
+        description="how much worse than stable's the canary's figure may be, in the figure's "
+        "units: canary >= stable - maxDrop (canary <= stable + maxDrop for an error); "
+        "0.01 is one point of accuracy",
     )
 
 
@@ -395,8 +481,15 @@ class AnalysisSpec(_Model):
     )
     labels: LabelsSpec | None = Field(
         default=None,
-        description="the accuracy checks' labels: how many are needed and how late they come "
-        "(defaults apply when thresholds.minAccuracy or baseline.maxAccuracyDrop is set)",
+        description="the checks on labels: how many are needed and how late they come "
+        "(defaults apply when thresholds.minAccuracy, .maxMeanAbsoluteError or a baseline "
+        "allowance on labels (maxAccuracyDrop, maxErrorIncrease, maxErrorRatio) is set)",
+    )
+    offline_gate: OfflineGateSpec | None = Field(
+        default=None,
+        description="opt-in: before the canary gets any traffic, its held-out figure (canaryml "
+        "package --evaluate, exported by its servers) must be known and at most maxDrop worse "
+        "than the stable model's, on the same held-out data; worse: rolled back at 0%",
     )
     metrics: Annotated[
         list[CustomMetric],
@@ -431,9 +524,24 @@ class AnalysisSpec(_Model):
 
     @property
     def accuracy_checked(self) -> bool:
-        """Whether an accuracy check is asked (thresholds.minAccuracy, baseline.maxAccuracyDrop)."""
+        """Whether a check on labels is asked: accuracy (thresholds.minAccuracy,
+        baseline.maxAccuracyDrop) or a regressor's error (thresholds.maxMeanAbsoluteError,
+        baseline.maxErrorIncrease, baseline.maxErrorRatio)."""
+        return self.accuracy_asked or self.error_asked
+
+    @property
+    def accuracy_asked(self) -> bool:
+        """Whether a classifier's accuracy on labels is judged (minAccuracy, maxAccuracyDrop)."""
         return self.thresholds.min_accuracy is not None or (
             self.baseline is not None and self.baseline.max_accuracy_drop is not None
+        )
+
+    @property
+    def error_asked(self) -> bool:
+        """Whether a regressor's error on labels is judged (maxMeanAbsoluteError,
+        maxErrorIncrease, maxErrorRatio)."""
+        return self.thresholds.max_mean_absolute_error is not None or (
+            self.baseline is not None and self.baseline.compares_errors
         )
 
     @property
@@ -591,6 +699,21 @@ class CheckRecord(_StatusModel):
     requests_needed: int | None = None
 
 
+class OfflineFigures(_StatusModel):
+    """One track's held-out figures, as its servers export them from the model's manifest
+    (`canaryml package --evaluate`)."""
+
+    track: str
+    version: str
+    rows: int = Field(default=0, description="held-out rows; 0: the manifest records none")
+    heldout_sha256: str | None = Field(
+        default=None, description="sha256 of the held-out data the figures were computed on"
+    )
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="figure name (accuracy, f1, rmse, ...) -> value"
+    )
+
+
 class AnalysisRecord(_StatusModel):
     time: datetime
     verdict: str
@@ -604,6 +727,15 @@ class AnalysisRecord(_StatusModel):
     requests: float | None = None
     reasons: list[str] = Field(default_factory=list)
     checks: list[CheckRecord] = Field(default_factory=list)
+    offline: Annotated[
+        list[OfflineFigures],
+        Field(
+            max_length=2,
+            description="the canary's and the stable track's held-out figures, as scraped at "
+            "this analysis (a track not scraped yet is absent)",
+            json_schema_extra=_list_map(key="track"),
+        ),
+    ] = Field(default_factory=list)
 
 
 class HistoryEntry(_StatusModel):

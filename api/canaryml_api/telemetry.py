@@ -38,6 +38,13 @@ FEEDBACK_DELAY: Final = "canaryml_feedback_delay_seconds"  # histogram: predicti
 # counter: feedback items refused (a body that could not be read counts once), by REASON_LABEL;
 # labelled with the server's own track and version (a refused id's are not to be trusted)
 FEEDBACK_REJECTED_TOTAL: Final = "canaryml_feedback_rejected_total"
+# Held-out figures of the served artifact (`canaryml package --evaluate`, the manifest's
+# `evaluation`), servers only. A gauge per recorded figure, by METRIC_LABEL (no series when the
+# manifest records none); and the held-out rows they were computed on, labelled by the held-out
+# data's sha256 (HELDOUT_SHA256_LABEL): one series at 0 without a digest when the manifest
+# records no evaluation, so that "none recorded" differs from "not scraped yet".
+OFFLINE_EVALUATION: Final = "canaryml_offline_evaluation"
+OFFLINE_EVALUATION_ROWS: Final = "canaryml_offline_evaluation_rows"
 
 # --- series exported by the operator ----------------------------------------------------------
 # The two counters are named as prometheus_client declares them; they are exposed with `_total`.
@@ -67,6 +74,8 @@ RUNTIME_LABEL: Final = "runtime"
 PHASE_LABEL: Final = "phase"  # the operator's phase gauge: one series per phase
 VERDICT_LABEL: Final = "verdict"  # the operator's analyses counter: the overall verdict
 REASON_LABEL: Final = "reason"  # why FEEDBACK_REJECTED_TOTAL refused an item
+METRIC_LABEL: Final = "metric"  # which held-out figure an OFFLINE_EVALUATION series is
+HELDOUT_SHA256_LABEL: Final = "heldout_sha256"  # the held-out data of OFFLINE_EVALUATION_ROWS
 LE_LABEL: Final = "le"  # a histogram bucket's upper bound (Prometheus's own label)
 
 # Both the router and the servers count requests; `source` says whose view a series is, so a
@@ -91,6 +100,12 @@ FEEDBACK_REJECT_REASONS: Final = (
     "body", "too_many", "malformed", "unknown_key", "tampered", "other_deployment", "expired",
     "label", "no_key",
 )  # fmt: skip
+
+# METRIC_LABEL values of OFFLINE_EVALUATION: the names `canaryml package --evaluate` records
+# them under (scikit-learn's scorer names, the figure as computed), the larger the better, and
+# the errors, the smaller the better.
+OFFLINE_HIGHER_IS_BETTER: Final = ("accuracy", "f1", "f1_macro", "roc_auc", "roc_auc_ovr", "r2")
+OFFLINE_LOWER_IS_BETTER: Final = ("log_loss", "mae", "rmse")
 
 # CODE_LABEL of a request whose client left before its answer (nginx's "client closed request"):
 # counted so that nothing is lost, never sent, and never the track's error.

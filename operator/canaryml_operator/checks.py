@@ -62,6 +62,19 @@ How each check treats a missing series is a decision, not an accident of PromQL:
   prediction from before the step counts when it arrives in the step. No `labelled` series is
   no label yet (0); no `correct` series is no data, not 0: a regressor exports none, and its
   accuracy is not 0 %.
+- A regressor's errors on labels since the step began (thresholds.maxMeanAbsoluteError,
+  baseline.maxErrorIncrease / maxErrorRatio), per track likewise (stable's with a baseline
+  error allowance): `labelled`, and `absoluteErrors` and `squaredErrors`, the growth of the
+  sums FEEDBACK_ABSOLUTE_ERROR_TOTAL and FEEDBACK_SQUARED_ERROR_TOTAL, scoped and grown the same
+  way. No error series is no data, not 0: a classifier exports none, and its error is not 0.
+
+- Held-out figures (not checks: shown at every analysis, judged by analysis.offlineGate
+  only), per track (the canary's, and the stable track's by the version it serves, with or
+  without a baseline): `max by (metric)` of the servers' OFFLINE_EVALUATION gauges (no `source`:
+  only servers export them), and `max by (heldout_sha256)` of OFFLINE_EVALUATION_ROWS. No rows
+  series is "not scraped yet"; one at 0 is "the manifest records no evaluation"; two are
+  replicas that disagree. Before the canary's first step, with the gate asked, an analysis
+  reads these alone: no request has reached the canary.
 
 Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
 """
@@ -96,11 +109,24 @@ SERIES_LABEL: Final[Mapping[str, str]] = MappingProxyType(
         m.DRIFT_P_VALUE: t.FEATURE_LABEL,
         m.count_name("canary", m.PREDICTIONS): t.BIN_LABEL,
         m.count_name("stable", m.PREDICTIONS): t.BIN_LABEL,
+        m.offline_name("canary", "figures"): t.METRIC_LABEL,
+        m.offline_name("stable", "figures"): t.METRIC_LABEL,
+        m.offline_name("canary", "rows"): t.HELDOUT_SHA256_LABEL,
+        m.offline_name("stable", "rows"): t.HELDOUT_SHA256_LABEL,
     }
 )
-# Of those, the counts per bin: the sample keeps every series (`Sample.every`), not the worst.
+# Of those, the counts per bin and the held-out figures: the sample keeps every series
+# (`Sample.every`), not the worst.
 EVERY_SERIES: Final = frozenset(
-    {m.count_name("canary", m.PREDICTIONS), m.count_name("stable", m.PREDICTIONS)}
+    {
+        m.count_name("canary", m.PREDICTIONS),
+        m.count_name("stable", m.PREDICTIONS),
+        *(
+            m.offline_name(track, kind)
+            for track in ("canary", "stable")
+            for kind in ("figures", "rows")
+        ),
+    }
 )
 # Of those, the checks whose worst series is the smallest (p-values).
 LOWEST_IS_WORST: Final = frozenset({m.DRIFT_P_VALUE})
@@ -208,6 +234,34 @@ def check_scope(
     )
 
 
+def offline_tracks(
+    scope: CheckScope,
+    *,
+    spec: api.ModelDeploymentSpec,
+    status: api.ModelDeploymentStatus | None,
+) -> list[tuple[Literal["canary", "stable"], Mapping[str, str]]]:
+    """The servers' series whose held-out figures are read: the canary's, and the stable
+    track's by the version it serves (with or without a baseline)."""
+    stable = {
+        **scope.canary,
+        t.TRACK_LABEL: "stable",
+        t.VERSION_LABEL: stable_version(spec, status),
+    }
+    return [("canary", scope.canary), ("stable", stable)]
+
+
+def offline_gate_pending(
+    spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus | None
+) -> bool:
+    """Whether an analysis now is the offline gate's (analysis.offlineGate, the canary at no
+    step yet): before any traffic, only the held-out figures are read."""
+    return (
+        spec.analysis.offline_gate is not None
+        and status is not None
+        and status.current_step is None
+    )
+
+
 def stable_version(spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus | None) -> str:
     """The version the stable track serves: status.stableModel's, else spec.model's."""
     if status is not None and status.stable_model is not None:
@@ -237,6 +291,11 @@ def build_queries(
     analysis = spec.analysis
     scope = check_scope(spec=spec, name=name, namespace=namespace, source=source, status=status)
     canary, requests = scope.canary, scope.requests
+    offline: dict[str, str] = {}
+    for track, labels in offline_tracks(scope, spec=spec, status=status):
+        offline |= _offline(track, labels)
+    if offline_gate_pending(spec, status):
+        return offline  # no traffic yet: nothing else to read
     drift = f"max by ({t.FEATURE_LABEL}) ({t.FEATURE_DRIFT}{selector(canary)})"
     queries = {}
     if analysis.sequential_rates is None:
@@ -263,12 +322,26 @@ def build_queries(
                     )
             if analysis.accuracy_checked:
                 for track, labels in scope.labelled_tracks(stable=compares_accuracy(spec)):
-                    queries |= _label_counts(track, labels, since=since)
+                    queries |= _label_counts(track, labels, since=since, kinds=label_kinds(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
         queries[m.SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
+    queries |= offline
     for metric in spec.analysis.metrics:
         queries[metric.name] = metric.query
     return queries
+
+
+def _offline(track: Literal["canary", "stable"], labels: Mapping[str, str]) -> dict[str, str]:
+    """A track's held-out figures by name, and its held-out rows by the data's digest (see the
+    module's docstring); every replica of a version serves one artifact, so `max` merges them."""
+    return {
+        m.offline_name(track, "figures"): (
+            f"max by ({t.METRIC_LABEL}) ({t.OFFLINE_EVALUATION}{selector(labels)})"
+        ),
+        m.offline_name(track, "rows"): (
+            f"max by ({t.HELDOUT_SHA256_LABEL}) ({t.OFFLINE_EVALUATION_ROWS}{selector(labels)})"
+        ),
+    }
 
 
 def _since_step(status: api.ModelDeploymentStatus | None, at: datetime | None) -> str | None:
@@ -308,21 +381,53 @@ def _counts(
 
 
 def compares_accuracy(spec: api.ModelDeploymentSpec) -> bool:
-    """Whether the canary's accuracy is compared with stable's (baseline.maxAccuracyDrop)."""
+    """Whether the canary's labels are compared with stable's: its accuracy
+    (baseline.maxAccuracyDrop) or a regressor's errors (maxErrorIncrease, maxErrorRatio)."""
     baseline = spec.analysis.baseline
-    return baseline is not None and baseline.max_accuracy_drop is not None
+    return baseline is not None and (
+        baseline.max_accuracy_drop is not None or baseline.compares_errors
+    )
+
+
+def label_kinds(spec: api.ModelDeploymentSpec) -> tuple[m.CountKind, ...]:
+    """The feedback counts the checks on labels read, per labelled track: the labels, and the
+    correct ones for accuracy, the sums of errors for a regressor's error checks."""
+    analysis = spec.analysis
+    kinds = (m.LABEL_KINDS if analysis.accuracy_asked else ()) + (
+        m.ERROR_KINDS if analysis.error_asked else ()
+    )
+    return tuple(dict.fromkeys(kinds))
+
+
+# The feedback counter of each count kind on labels.
+_FEEDBACK_SERIES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "labelled": t.FEEDBACK_LABELS_TOTAL,
+        "correct": t.FEEDBACK_CORRECT_TOTAL,
+        "absoluteErrors": t.FEEDBACK_ABSOLUTE_ERROR_TOTAL,
+        "squaredErrors": t.FEEDBACK_SQUARED_ERROR_TOTAL,
+    }
+)
 
 
 def _label_counts(
-    track: Literal["canary", "stable"], labels: Mapping[str, str], *, since: str
+    track: Literal["canary", "stable"],
+    labels: Mapping[str, str],
+    *,
+    since: str,
+    kinds: tuple[m.CountKind, ...] = m.LABEL_KINDS,
 ) -> dict[str, str]:
     """The labels of one track's predictions that arrived since the step began, and the
-    correct ones among them (see the module's docstring)."""
-    labelled = _grown(t.FEEDBACK_LABELS_TOTAL, labels, since=since)
-    return {
-        m.count_name(track, "labelled"): f"({labelled} or on() vector(0))",
-        m.count_name(track, "correct"): _grown(t.FEEDBACK_CORRECT_TOTAL, labels, since=since),
-    }
+    correct ones among them or the sums of their errors, by `kinds` (see the module's
+    docstring)."""
+    queries = {}
+    for kind in kinds:
+        grown = _grown(_FEEDBACK_SERIES[kind], labels, since=since)
+        # No labels series is no label yet; no correct or error series is no data.
+        queries[m.count_name(track, kind)] = (
+            f"({grown} or on() vector(0))" if kind == "labelled" else grown
+        )
+    return queries
 
 
 def _grown(

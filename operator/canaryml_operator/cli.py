@@ -106,6 +106,51 @@ def _evidence_cells(check: Any) -> list[str]:
     return [interval, evidence, f"{check.samples:.0f}{needed}"]
 
 
+def _offline_table(last: Any) -> Any:
+    """The tracks' held-out figures (`canaryml package --evaluate`) next to the live accuracy
+    on labels since the step began, when the analysis judged it. (`last`: an
+    api.AnalysisRecord with figures.)"""
+    from rich.table import Table
+
+    from canaryml_operator.measurements import ACCURACY, ACCURACY_VS_STABLE, value_text
+
+    by_track = {figures.track: figures for figures in last.offline}
+    tracks = [track for track in ("canary", "stable") if track in by_track]
+    live = {check.name: check.value for check in last.checks}
+    live_accuracy: dict[str, float | None] = {"canary": live.get(ACCURACY)}
+    canary_live, difference = live.get(ACCURACY), live.get(ACCURACY_VS_STABLE)
+    if canary_live is not None and difference is not None:
+        live_accuracy["stable"] = canary_live - difference
+    table = Table(title="held-out figures (canaryml package --evaluate) and live accuracy")
+    table.add_column("figure")
+    for track in tracks:
+        table.add_column(f"{track} {by_track[track].version}")
+    table.add_row(
+        "held-out rows",
+        *(f"{by_track[t].rows:,}" if by_track[t].rows else "none recorded" for t in tracks),
+    )
+    table.add_row(
+        "held-out data",
+        *((by_track[t].heldout_sha256 or "-")[:12] for t in tracks),
+    )
+    names = sorted({name for t in tracks for name in by_track[t].metrics})
+    for name in names:
+        cells = []
+        for track in tracks:
+            value = by_track[track].metrics.get(name)
+            if name == ACCURACY:  # read as the live accuracy is: in %
+                cells.append(value_text(ACCURACY, value))
+            else:
+                cells.append("-" if value is None else f"{value:.4f}")
+        table.add_row(name, *cells)
+    if any(live_accuracy.get(t) is not None for t in tracks):
+        table.add_row(
+            "accuracy, live (labels since the step began)",
+            *(value_text(ACCURACY, live_accuracy.get(t)) for t in tracks),
+        )
+    return table
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=1)
@@ -299,6 +344,8 @@ def render_status(found: dict[str, Any]) -> list[Any]:
                 cells += _evidence_cells(check)
             checks.add_row(*cells, check.message)
         out.append(checks)
+        if last.offline:
+            out.append(_offline_table(last))
     if status.conditions:
         conditions = Table(title="conditions")
         for column in ("type", "status", "reason", "message"):

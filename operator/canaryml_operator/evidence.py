@@ -31,6 +31,13 @@ with every look. docs/judgment.md ("Sequential decisions") argues the choices.
   a bin lies in [low_c - high_s, high_c - low_s]. Fail when for some bin that interval lies
   wholly outside [-shift, +shift], Pass (at beta / (2K)) when for every bin it lies wholly
   inside.
+- `check_mean`, `compare_means`: a regressor's mean absolute error on labels (from the labels,
+  the sum of |e| and the sum of e^2) against a bound, or against the stable track's with a
+  `MeanAllowance`. Errors are unbounded, so no test above applies: these read an asymptotic
+  confidence sequence for a mean with the empirical variance (Waudby-Smith et al.'s, see
+  `mean_margin`), valid as the labels grow. Fail when the canary's low end is above the bound
+  (or, against stable, above what the allowance grants from stable's high end, each track's
+  sequence at alpha / 2), Pass when its high end is below.
 
 The vectorised forms (`bound_decisions`, `comparison_decisions`) take arrays of counts and
 return decision codes; the scalar forms call them and add the estimate, the interval (a
@@ -584,3 +591,295 @@ def latency_boundary(
     if total <= 0:
         return None
     return next((b for b in bounds if stable_buckets[b] >= quantile * total), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Means of unbounded values: a regressor's absolute errors on labels
+
+# The labels at which the asymptotic confidence sequence is tightest (its mixing scale rho):
+# about what a decision on a mean absolute error 20 % off its bound takes (benchmarks/
+# error_checks.py). Any value keeps the guarantee; it moves where the interval is narrowest.
+PLANNED_LABELS: Final = 500
+
+
+@dataclass(frozen=True)
+class ErrorSums:
+    """One track's labels since the step began, and the sums of their absolute errors |e| and
+    of their squared errors e^2 (a regressor's feedback counters)."""
+
+    labels: float
+    absolute: float
+    squared: float
+
+    @property
+    def mean(self) -> float | None:
+        """The mean absolute error."""
+        return self.absolute / self.labels if self.labels > 0 else None
+
+    @property
+    def deviation(self) -> float | None:
+        """The standard deviation of |e| over the labels: |e|^2 = e^2, so its variance is
+        squared / labels - mean^2."""
+        mean = self.mean
+        if mean is None:
+            return None
+        return math.sqrt(max(self.squared / self.labels - mean * mean, 0.0))
+
+
+@dataclass(frozen=True)
+class MeanAllowance:
+    """The largest acceptable worsening of the canary's mean absolute error against stable's:
+    it may reach max(ratio * stable, stable + increase), either part optional (at least one)."""
+
+    ratio: float | None = None
+    increase: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.increase is None:
+            raise ValueError("an allowance needs a ratio, an increase or both")
+        if self.ratio is not None and not self.ratio > 0:
+            raise ValueError(f"ratio must be positive, got {self.ratio}")
+        if self.increase is not None and not 0 <= self.increase < math.inf:
+            raise ValueError(f"increase must be finite and at least 0, got {self.increase}")
+
+
+@dataclass(frozen=True)
+class MeanCheck:
+    """A mean absolute error against an absolute bound."""
+
+    decision: Decision
+    estimate: float | None  # absolute / labels
+    interval: Interval  # asymptotic confidence sequence for the mean at level alpha
+    sums: ErrorSums
+    bound: float
+    labels_needed: int | None  # more labels a decision roughly needs; None: not foreseeable
+
+
+@dataclass(frozen=True)
+class MeanComparison:
+    """The canary's mean absolute error against the stable track's, with an allowance."""
+
+    decision: Decision
+    canary: ErrorSums
+    stable: ErrorSums
+    difference: float | None  # canary MAE - stable MAE
+    difference_interval: Interval  # both tracks' sequences at alpha / 2
+    ratio: float | None  # canary MAE / stable MAE
+    ratio_interval: Interval  # likewise; high inf while stable's low end is 0
+    allowance: MeanAllowance
+    labels_needed: int | None  # more canary labels (stable growing alike); None: unforeseeable
+
+
+def mean_variance(
+    labels: ArrayLike, absolute: ArrayLike, squared: ArrayLike, scale: ArrayLike
+) -> Array:
+    """The variance of |e| the confidence sequence uses: the empirical one (squared - absolute^2
+    / labels, over labels) with one pseudo-label whose squared deviation is scale^2, so that a
+    handful of equal errors is no certainty: (squared - absolute^2 / labels + scale^2) /
+    (labels + 1). It converges to the same variance, which is all the asymptotics ask."""
+    n, s1, s2, c = np.broadcast_arrays(*(_floats(v) for v in (labels, absolute, squared, scale)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.where(n > 0, s2 - s1 * s1 / np.where(n > 0, n, 1.0), 0.0)
+    variance: Array = (np.maximum(spread, 0.0) + c * c) / (np.maximum(n, 0.0) + 1)
+    return variance
+
+
+def mean_margin(
+    labels: ArrayLike, variance: ArrayLike, alpha: float, *, planned: float = PLANNED_LABELS
+) -> Array:
+    """The half-width of the asymptotic confidence sequence for a mean (Waudby-Smith, Arbour,
+    Sinha, Kennedy and Ramdas, "Time-uniform central limit theory and asymptotic confidence
+    sequences", 2021/2024, Theorem 2.2, Robbins' normal mixture with the empirical variance):
+
+        sigma * sqrt(2 (t rho^2 + 1) / (t^2 rho^2) * log(sqrt(t rho^2 + 1) / alpha))
+
+    in unit-variance form (their rho is rho / sigma, so the interval does not depend on the
+    target's units), rho^2 = (2 log(1/alpha) + log(1 + 2 log(1/alpha))) / planned, their choice
+    of the rho that makes it narrowest at `planned` labels. It is the boundary of the
+    two-sided normal-mixture martingale at 1/alpha, so each end alone errs with probability at
+    most alpha, asymptotically. Written by hand: neither scipy nor numpy has confidence
+    sequences for unbounded means; only this formula is."""
+    n, var = np.broadcast_arrays(_floats(labels), _floats(variance))
+    log_level = math.log(1 / alpha)
+    rho2 = (2 * log_level + math.log(1 + 2 * log_level)) / planned
+    grown = n * rho2 + 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit = np.sqrt(2 * grown / (n * n * rho2) * (0.5 * np.log(grown) + log_level))
+    return np.where(n > 0, np.sqrt(np.maximum(var, 0.0)) * unit, np.inf)
+
+
+def mean_bound(
+    labels: ArrayLike,
+    absolute: ArrayLike,
+    squared: ArrayLike,
+    alpha: float,
+    *,
+    upper: bool,
+    scale: ArrayLike,
+    planned: float = PLANNED_LABELS,
+) -> Array:
+    """One end of the confidence sequence for the mean absolute error at level alpha: the mean
+    plus (or minus) `mean_margin` with `mean_variance`. The low end is at least 0 (|e| is); with
+    no labels the ends are 0 and inf."""
+    n, s1 = np.broadcast_arrays(_floats(labels), _floats(absolute))
+    mean = np.divide(s1, n, out=np.zeros(n.shape), where=n > 0)
+    margin = mean_margin(n, mean_variance(n, s1, squared, scale), alpha, planned=planned)
+    if upper:
+        return np.where(n > 0, mean + margin, np.inf)
+    return np.where(n > 0, np.maximum(mean - margin, 0.0), 0.0)
+
+
+def mean_decisions(
+    labels: ArrayLike,
+    absolute: ArrayLike,
+    squared: ArrayLike,
+    bound: float,
+    *,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    planned: float = PLANNED_LABELS,
+) -> Codes:
+    """FAIL, PASS or UNDECIDED for each (labels, sum |e|, sum e^2) against a bound on the mean
+    absolute error: Fail when the sequence's low end (at alpha) is above it, Pass when its high
+    end (at beta) is below. The pseudo-label's scale is the bound."""
+    sums = (labels, absolute, squared)
+    fail = mean_bound(*sums, alpha, upper=False, scale=bound, planned=planned) > bound
+    passed = mean_bound(*sums, beta, upper=True, scale=bound, planned=planned) < bound
+    return _codes(fail, passed)
+
+
+def _track_bounds(
+    n: Array, s1: Array, s2: Array, level: float, planned: float
+) -> tuple[Array, Array]:
+    """Both ends at `level` for one track, the pseudo-label at its own mean (a comparison has
+    no bound to take the scale from)."""
+    scale = np.divide(s1, n, out=np.zeros(n.shape), where=n > 0)
+    low = mean_bound(n, s1, s2, level, upper=False, scale=scale, planned=planned)
+    high = mean_bound(n, s1, s2, level, upper=True, scale=scale, planned=planned)
+    return low, high
+
+
+def mean_comparison_decisions(
+    canary_labels: ArrayLike,
+    canary_absolute: ArrayLike,
+    canary_squared: ArrayLike,
+    stable_labels: ArrayLike,
+    stable_absolute: ArrayLike,
+    stable_squared: ArrayLike,
+    allowance: MeanAllowance,
+    *,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    planned: float = PLANNED_LABELS,
+) -> Codes:
+    """FAIL, PASS or UNDECIDED for each canary/stable pair of error sums.
+
+    The two tracks' labels are independent samples, so their sequences at alpha / 2 each hold
+    at once with probability 1 - alpha (a union bound): Fail needs the canary's low end above
+    every part of the allowance computed from stable's high end (low_c > R * high_s and
+    low_c - high_s > d), which a canary within either part reaches only if a sequence missed.
+    Pass (at beta / 2 each) needs the canary's high end within some part (high_c < R * low_s or
+    high_c - low_s < d); both parts read the same two sequences, so no further split is due."""
+    nc, s1c, s2c = np.broadcast_arrays(
+        _floats(canary_labels), _floats(canary_absolute), _floats(canary_squared)
+    )
+    ns, s1s, s2s = np.broadcast_arrays(
+        _floats(stable_labels), _floats(stable_absolute), _floats(stable_squared)
+    )
+    low_c, _ = _track_bounds(nc, s1c, s2c, alpha / 2, planned)
+    _, high_s = _track_bounds(ns, s1s, s2s, alpha / 2, planned)
+    _, high_c = _track_bounds(nc, s1c, s2c, beta / 2, planned)
+    low_s, _ = _track_bounds(ns, s1s, s2s, beta / 2, planned)
+    shape = np.broadcast(low_c, high_s).shape
+    fail = np.ones(shape, dtype=bool)
+    passed = np.zeros(shape, dtype=bool)
+    with np.errstate(invalid="ignore"):  # inf - inf before any label: compares False
+        if allowance.ratio is not None:
+            fail &= low_c > allowance.ratio * high_s
+            passed |= high_c < allowance.ratio * low_s
+        if allowance.increase is not None:
+            fail &= low_c - high_s > allowance.increase
+            passed |= high_c - low_s < allowance.increase
+    return _codes(fail, passed)
+
+
+def check_mean(
+    sums: ErrorSums,
+    bound: float,
+    *,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    planned: float = PLANNED_LABELS,
+) -> MeanCheck:
+    """A mean absolute error on labels against `bound` (> 0, in the target's units)."""
+    if not 0 < bound < math.inf:
+        raise ValueError(f"bound must be positive and finite, got {bound}")
+    n, s1, s2 = sums.labels, sums.absolute, sums.squared
+    code = mean_decisions(n, s1, s2, bound, alpha=alpha, beta=beta, planned=planned)
+    low = mean_bound(n, s1, s2, alpha, upper=False, scale=bound, planned=planned)
+    high = mean_bound(n, s1, s2, alpha, upper=True, scale=bound, planned=planned)
+    needed = None
+    if code == UNDECIDED and n > 0:
+        # The sums grown at the current mean and spread (the expected path: a rough figure).
+        grown = mean_decisions(
+            n * _GROWTH, s1 * _GROWTH, s2 * _GROWTH, bound, alpha=alpha, beta=beta, planned=planned
+        )
+        needed = _needed(n, grown)
+    return MeanCheck(
+        decision=_DECISIONS.get(int(code), Decision.UNDECIDED),
+        estimate=sums.mean,
+        interval=Interval(float(low), float(high)),
+        sums=sums,
+        bound=bound,
+        labels_needed=0 if code != UNDECIDED else needed,
+    )
+
+
+def compare_means(
+    canary: ErrorSums,
+    stable: ErrorSums,
+    allowance: MeanAllowance,
+    *,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    planned: float = PLANNED_LABELS,
+) -> MeanComparison:
+    """The canary's mean absolute error against the stable track's since the step began."""
+    nc, s1c, s2c = canary.labels, canary.absolute, canary.squared
+    ns, s1s, s2s = stable.labels, stable.absolute, stable.squared
+    code = mean_comparison_decisions(
+        nc, s1c, s2c, ns, s1s, s2s, allowance, alpha=alpha, beta=beta, planned=planned
+    )
+    low_c, high_c = _track_bounds(_floats(nc), _floats(s1c), _floats(s2c), alpha / 2, planned)
+    low_s, high_s = _track_bounds(_floats(ns), _floats(s1s), _floats(s2s), alpha / 2, planned)
+    ratio_low = _ratio_end(float(low_c), float(high_s))
+    ratio_high = _ratio_end(float(high_c), float(low_s))
+    needed = None
+    if code == UNDECIDED and nc > 0 and ns > 0:
+        g = _GROWTH
+        grown = mean_comparison_decisions(
+            nc * g, s1c * g, s2c * g, ns * g, s1s * g, s2s * g, allowance,
+            alpha=alpha, beta=beta, planned=planned,
+        )  # fmt: skip
+        needed = _needed(nc, grown)
+    mean_c, mean_s = canary.mean, stable.mean
+    return MeanComparison(
+        decision=_DECISIONS.get(int(code), Decision.UNDECIDED),
+        canary=canary,
+        stable=stable,
+        difference=mean_c - mean_s if mean_c is not None and mean_s is not None else None,
+        difference_interval=Interval(float(low_c - high_s), float(high_c - low_s)),
+        ratio=mean_c / mean_s if mean_c is not None and mean_s else None,
+        ratio_interval=Interval(ratio_low, ratio_high),
+        allowance=allowance,
+        labels_needed=0 if code != UNDECIDED else needed,
+    )
+
+
+def _ratio_end(canary: float, stable: float) -> float:
+    """canary / stable for an end of the ratio's interval: inf over 0, 0 over inf."""
+    if math.isinf(stable):
+        return 0.0
+    if stable <= 0:
+        return math.inf if canary > 0 else 0.0
+    return canary / stable

@@ -7,9 +7,10 @@ directly. Each check is keyed by its name: the built-in names below, or a custom
 Also how each check's numbers read, wherever a person reads them (the rollout's Events and
 status messages, `canaryml status`, the demo's lines, panel and plot): one notation per
 quantity. Rates (error rate, shadow agreement, accuracy) in %, latency in ms, request counts as
-whole numbers (Prometheus's increases are fractional: 54.44 requests reads 54), drift (a PSI)
-and custom checks as plain numbers. Values are kept in the analysis's units (fractions, seconds);
-`Notation.scale` turns them into the shown ones.
+whole numbers (Prometheus's increases are fractional: 54.44 requests reads 54), drift (a PSI),
+a regressor's errors (in the target's units) and custom checks as plain numbers. Values are
+kept in the analysis's units (fractions, seconds); `Notation.scale` turns them into the shown
+ones.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ PREDICTIONS_VS_STABLE: Final = "predictionsVsStable"
 # canary accuracy - stable accuracy (negative: the canary is less accurate).
 ACCURACY: Final = "accuracy"
 ACCURACY_VS_STABLE: Final = "accuracyVsStable"
+# A regressor's error on labelled predictions (thresholds.maxMeanAbsoluteError,
+# baseline.maxErrorIncrease / maxErrorRatio), from the labels since the step began: the canary's
+# mean absolute error, and canary MAE - stable MAE (positive: the canary errs more), both in the
+# target's units.
+MEAN_ABSOLUTE_ERROR: Final = "meanAbsoluteError"
+ERROR_VS_STABLE: Final = "errorVsStable"
 BUILTIN_CHECKS: Final = (
     REQUESTS,
     ERROR_RATE,
@@ -62,17 +69,26 @@ OPT_IN_CHECKS: Final = (
     PREDICTION_DRIFT_P_VALUE,
     ACCURACY,
     ACCURACY_VS_STABLE,
+    MEAN_ABSOLUTE_ERROR,
+    ERROR_VS_STABLE,
 )
 
 # Counts since the step began, per track: the inputs of the sequential checks, not checks.
 # (Custom check names are lowercase with dashes: these cannot collide with them.)
-CountKind = Literal["requests", "errors", "timed", "slow", "labelled", "correct", "predictions"]
+CountKind = Literal[
+    "requests", "errors", "timed", "slow", "labelled", "correct", "absoluteErrors",
+    "squaredErrors", "predictions",
+]  # fmt: skip
 COUNT_KINDS: Final[tuple[CountKind, ...]] = (
-    "requests", "errors", "timed", "slow", "labelled", "correct",
+    "requests", "errors", "timed", "slow", "labelled", "correct", "absoluteErrors",
+    "squaredErrors",
 )  # fmt: skip
 # Of those, the feedback counts (labels that arrived, and how many said the prediction was
 # right): queried only when an accuracy check is asked.
 LABEL_KINDS: Final[tuple[CountKind, ...]] = ("labelled", "correct")
+# A regressor's: labels that arrived, and the sums of |true - predicted| and of its square over
+# them: queried only when an error check is asked.
+ERROR_KINDS: Final[tuple[CountKind, ...]] = ("labelled", "absoluteErrors", "squaredErrors")
 # Rows predicted per bin (analysis.baseline.maxPredictionShift): one Sample with every bin.
 PREDICTIONS: Final[CountKind] = "predictions"
 
@@ -81,8 +97,24 @@ def count_name(track: Literal["canary", "stable"], kind: CountKind) -> str:
     """`canaryErrorsSinceStep`: the measurement of `kind` requests of `track` since the step
     began (`timed`: those in the latency histogram; `slow`: those of them over the bound;
     `labelled`: labels that arrived for the track's predictions; `correct`: those that say
-    the prediction was right; `predictions`: rows predicted, per bin, see `Sample.every`)."""
-    return f"{track}{kind.capitalize()}SinceStep"
+    the prediction was right; `absoluteErrors`, `squaredErrors`: a regressor's sums of
+    |true - predicted| and its square over those labels; `predictions`: rows predicted, per
+    bin, see `Sample.every`)."""
+    return f"{track}{kind[0].upper()}{kind[1:]}SinceStep"
+
+
+# The held-out figures of each track's model (`canaryml package --evaluate`, exported by its
+# servers), read at every analysis to be shown, and judged only by the offline gate
+# (analysis.offlineGate) before the canary's first step: not checks. `figures`: one Sample with
+# every figure by name; `rows`: one with the held-out rows by the held-out data's digest.
+OfflineKind = Literal["figures", "rows"]
+# The offline gate's check: canary figure - stable figure, against -maxDrop (or +maxDrop).
+OFFLINE_VS_STABLE: Final = "offlineVsStable"
+
+
+def offline_name(track: Literal["canary", "stable"], kind: OfflineKind) -> str:
+    """`canaryOfflineFigures`, `stableOfflineRows`: a track's held-out figures, or rows."""
+    return f"{track}Offline{kind.capitalize()}"
 
 
 # What each built-in check can measure at all. A value outside (a negative or infinite rate, an
@@ -104,6 +136,8 @@ POSSIBLE_RANGES: Final[Mapping[str, tuple[float, float]]] = {
     PREDICTIONS_VS_STABLE: (0.0, 1.0),
     ACCURACY: (0.0, 1.0),
     ACCURACY_VS_STABLE: (-1.0, 1.0),
+    MEAN_ABSOLUTE_ERROR: (0.0, math.inf),
+    ERROR_VS_STABLE: (-math.inf, math.inf),
 }
 # +Inf is a measurement of these: histogram_quantile answers it when the quantile is past the
 # last bucket, a PSI when a bin expected nothing. It is over any max: Failed, not a pass.
@@ -218,6 +252,9 @@ NOTATIONS: Final[Mapping[str, Notation]] = {
     PREDICTIONS_VS_STABLE: Notation(100.0, "%", 1),  # percentage points
     ACCURACY: Notation(100.0, "%", 1),
     ACCURACY_VS_STABLE: Notation(100.0, "%", 1),  # percentage points
+    MEAN_ABSOLUTE_ERROR: Notation(1.0, "", 3),  # the target's units
+    ERROR_VS_STABLE: Notation(1.0, "", 3),
+    OFFLINE_VS_STABLE: Notation(1.0, "", 4),  # in the figure's own units
 }
 # Checks whose values are p-values: the smallest ones are written in scientific notation.
 P_VALUES: Final = frozenset({DRIFT_P_VALUE, PREDICTION_DRIFT_P_VALUE})

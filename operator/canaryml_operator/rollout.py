@@ -13,6 +13,9 @@ conditions; the reconciler adds what the children say and derives the phase
 The rollout of one canary (identified by its model's uri, version and sha256):
 
     waiting (weight 0) --canary available--> steps[0] --pass for stepInterval--> steps[1] ...
+      (with analysis.offlineGate, "available" is followed by the gate's analyses at weight 0:
+      the canary's held-out figure against stable's; worse than maxDrop allows: RolledBack
+      before any traffic; not known yet: held; not comparable: held, Stalled at once)
       ... last step passes --> Promoted (stable becomes the canary model; the canary keeps its
       weight until the new stable has rolled out, then weight 0, then the track is removed)
     any step: failureLimit Failed analyses in a row --> RolledBack (weight 0 at once, canary
@@ -45,6 +48,7 @@ from canaryml_api.routing import is_current_canary, plan_routing
 from canaryml_api.tracks import Track
 
 from canaryml_operator import measurements as m
+from canaryml_operator import offline
 from canaryml_operator.state import (
     DeploymentState,
     Event,
@@ -159,14 +163,30 @@ def identity(model: api.ModelRef) -> api.ModelIdentity:
 def next_analysis_in(
     *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
 ) -> float | None:
-    """Seconds until the next analysis is due (0: now), or None when no rollout is running."""
-    if not in_rollout(spec=spec, status=status) or status.current_step is None:
+    """Seconds until the next analysis is due (0: now), or None when no rollout is running
+    (or it waits for the canary's pods, with no offline gate to judge meanwhile)."""
+    if not in_rollout(spec=spec, status=status):
+        return None
+    if status.current_step is None and not awaits_offline_gate(spec=spec, status=status):
         return None
     last = status.last_analysis
     interval = api.parse_duration(spec.analysis.interval)
     if last is None or last.weight != status.canary_weight:
         return 0.0
     return max(0.0, interval - (now - last.time).total_seconds())
+
+
+def awaits_offline_gate(
+    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus
+) -> bool:
+    """Whether the canary's pods are available and it waits, at weight 0, for the offline gate
+    (analysis.offlineGate): its analyses, every analysis.interval, read the held-out figures."""
+    if spec.analysis.offline_gate is None or status.current_step is not None:
+        return False
+    if not is_current_canary(spec, status) or status.phase != "Progressing":
+        return False
+    available = next((c for c in status.conditions if c.type == CANARY_AVAILABLE), None)
+    return available is not None and available.status == "True"
 
 
 def drain_ends_in(
@@ -337,10 +357,12 @@ def decide(
     if b.status.current_step is None:
         if paused:
             return b.decision()  # the canary gets no traffic until resumed
-        _wait_for_canary(b, spec, tracks.get("canary", DeploymentState()))
+        _wait_for_canary(b, spec, tracks.get("canary", DeploymentState()), measurements)
         if "canary" in tracks:
             _watch_canary(b, spec, tracks["canary"])
-        if b.status.current_step is None:
+        if b.status.current_step is None or spec.analysis.offline_gate is not None:
+            # The offline gate's measurements, taken before any traffic, judge no live check:
+            # the first step's analysis comes at once, on its own traffic.
             return b.decision()
     elif not paused and "canary" in tracks and _watch_canary(b, spec, tracks["canary"]):
         return b.decision()  # rolled back: its pods stayed unavailable past the deadline
@@ -574,7 +596,14 @@ def _start(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
     b.action = "start"
 
 
-def _wait_for_canary(b: _Builder, spec: api.ModelDeploymentSpec, canary: DeploymentState) -> None:
+def _wait_for_canary(
+    b: _Builder,
+    spec: api.ModelDeploymentSpec,
+    canary: DeploymentState,
+    measurements: m.Measurements | None,
+) -> None:
+    """The first step, once the canary's pods are available (and, with analysis.offlineGate,
+    once the gate lets it in)."""
     assert spec.canary is not None
     model = spec.canary.model
     version = model.version
@@ -583,14 +612,88 @@ def _wait_for_canary(b: _Builder, spec: api.ModelDeploymentSpec, canary: Deploym
         and canary.serves(uri=model.uri, version=model.version, sha256=model.sha256)
     ):
         return
+    gate = ""
+    if spec.analysis.offline_gate is not None:
+        passed = _offline_gate(b, spec, measurements)
+        if passed is None:
+            return
+        gate = f"; offline gate passed: {passed}"
     first = spec.canary.steps[0]
-    b.update(current_step=0, canary_weight=first, step_started_at=b.now)
+    b.update(current_step=0, canary_weight=first, step_started_at=b.now, held_analyses=0)
+    _clear_stalled(b)  # a gate that could not judge, then relaxed or removed
     message = (
         f"canary {version} available: weight 0% -> {first}% (step 1 of {len(spec.canary.steps)})"
+        + gate
     )
     b.condition("Progressing", "True", "CanaryAnalysis", message)
     b.event("Normal", "StepUp", message)
     b.action = "stepUp"
+
+
+WAITING_FOR_OFFLINE_GATE = "WaitingForOfflineGate"  # Progressing: available, not judged yet
+OFFLINE_GATE_BLOCKED = "OfflineGateBlocked"  # Progressing, Stalled, Event: cannot be judged
+OFFLINE_GATE_FAILED = "OfflineGateFailed"  # RolledBack: worse offline than maxDrop allows
+
+
+def _offline_gate(
+    b: _Builder, spec: api.ModelDeploymentSpec, measurements: m.Measurements | None
+) -> str | None:
+    """The offline gate on the available canary, before any traffic (`offline.judge_gate`): what
+    it passed on, or None when it holds the canary at weight 0 or refuses it (rolled back).
+
+    Its analysis is recorded as status.lastAnalysis (weight 0, no step, the one check
+    offlineVsStable and the figures): Events, conditions and the operator's analyses counter
+    read it like any other. Without measurements (a reconcile no analysis came with) it only
+    says what it waits for."""
+    assert spec.canary is not None and spec.analysis.offline_gate is not None
+    version = spec.canary.model.version
+    if measurements is None:
+        progressing = next((c for c in b.status.conditions if c.type == "Progressing"), None)
+        # The gate's own analyses said more: keep what they said until the next one.
+        if progressing is None or progressing.reason not in (*HELD_REASONS, OFFLINE_GATE_BLOCKED):
+            metric = spec.analysis.offline_gate.metric
+            b.condition(
+                "Progressing",
+                "True",
+                WAITING_FOR_OFFLINE_GATE,
+                f"canary {version} available; weight 0% until analysis.offlineGate has compared "
+                f"its held-out {metric} with stable's (at the next analysis)",
+            )
+        return None
+    result = offline.judge_gate(spec=spec, status=b.status, measurements=measurements)
+    record = build_record(
+        results=[result.check], time=measurements.time, step=None, weight=0
+    ).model_copy(update={"offline": result.figures})
+    b.update(last_analysis=record)
+    if result.outcome == "pass":
+        b.update(failed_checks=0, held_analyses=0)
+        _clear_stalled(b)
+        return result.check.message.removeprefix(f"{result.check.name}: ")
+    if result.outcome == "fail":
+        b.update(failed_checks=b.status.failed_checks + 1)
+        message = f"canary {version} rolled back before any traffic: {result.check.message}"
+        _roll_back(b, spec, reason=OFFLINE_GATE_FAILED, message=message)
+        return None
+    held = b.status.held_analyses + 1
+    b.update(held_analyses=held)
+    b.action = "hold"
+    stalled = next((c for c in b.status.conditions if c.type == "Stalled"), None)
+    blocked_before = (
+        stalled is not None and stalled.status == "True" and stalled.reason == OFFLINE_GATE_BLOCKED
+    )
+    if result.outcome == "wait":
+        if blocked_before:
+            _clear_stalled(b)  # what blocked it is gone (a spec change): waiting is no stall
+        _hold(b, spec, record, held=held)
+        return None
+    # Blocked: the artifacts are pinned, so no later analysis can say otherwise. A person acts;
+    # the Warning says it once per problem.
+    message = f"weight held at 0%: {result.check.message}"
+    b.condition("Progressing", "True", OFFLINE_GATE_BLOCKED, message)
+    b.condition("Stalled", "True", OFFLINE_GATE_BLOCKED, message)
+    if not (blocked_before and stalled is not None and stalled.message == message):
+        b.event("Warning", OFFLINE_GATE_BLOCKED, message)
+    return None
 
 
 def _forget_canary_availability(b: _Builder) -> None:
@@ -699,6 +802,8 @@ def _analyse(
         time=measurements.time,
         step=status.current_step,
         weight=status.canary_weight,
+    ).model_copy(
+        update={"offline": offline.figures(spec=spec, status=status, measurements=measurements)}
     )
     if not paused:
         _restart_clock_after_gap(b, spec)

@@ -207,8 +207,9 @@ def judge_sequential(
     step began: `requests` (shown, not judged: the evidence knows how many it rests on),
     `errorRate` against maxErrorRate, `slowRequests` (the share over the latency bound's
     bucket) against 1 % (p99 within the bound), `accuracy` against thresholds.minAccuracy,
-    and with a baseline the canary against the stable track on each rate the baseline names
-    (`accuracyVsStable` on baseline.maxAccuracyDrop)."""
+    `meanAbsoluteError` against thresholds.maxMeanAbsoluteError, and with a baseline the canary
+    against the stable track on each rate the baseline names (`accuracyVsStable` on
+    baseline.maxAccuracyDrop, `errorVsStable` on baseline.maxErrorIncrease / maxErrorRatio)."""
     analysis = spec.analysis
     rates = analysis.sequential_rates
     assert rates is not None
@@ -250,6 +251,9 @@ def judge_sequential(
     min_accuracy = analysis.thresholds.min_accuracy
     if min_accuracy is not None:
         results.append(_judge_accuracy(measurements, min_accuracy, labels, alpha, beta))
+    max_mae = analysis.thresholds.max_mean_absolute_error
+    if max_mae is not None:
+        results.append(_judge_mean_error(measurements, max_mae, labels, alpha, beta))
     baseline = analysis.baseline
     if baseline is not None:
         stable = _track_counts(measurements, "stable")
@@ -271,6 +275,13 @@ def judge_sequential(
         if baseline.max_accuracy_drop is not None:
             results.append(
                 _judge_accuracy_drop(measurements, baseline.max_accuracy_drop, labels, alpha, beta)
+            )
+        if baseline.compares_errors:
+            error_allowance = ev.MeanAllowance(
+                ratio=baseline.max_error_ratio, increase=baseline.max_error_increase
+            )
+            results.append(
+                _judge_error_increase(measurements, error_allowance, labels, alpha, beta)
             )
     return results
 
@@ -600,7 +611,7 @@ def _label_counts(
 
 def _label_gate(
     name: str,
-    tracks: Sequence[_LabelCounts],
+    tracks: Sequence[_LabelCounts | _ErrorCounts],
     rules: _LabelRules,
     *,
     value: float | None,
@@ -753,6 +764,201 @@ def _judge_accuracy_drop(
         name, verdict, difference, floor, None, message, sequential=True,
         low=low, high=high, samples=canary.labelled, requests_needed=needed,
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# A regressor's errors on labels (thresholds.maxMeanAbsoluteError, baseline.maxErrorIncrease,
+# baseline.maxErrorRatio)
+
+
+@dataclass(frozen=True)
+class _ErrorCounts:
+    """One track's labels that arrived since the step began, and the sums of their absolute
+    and squared errors."""
+
+    track: Literal["canary", "stable"]
+    labelled: float
+    absolute: float
+    squared: float
+
+    @property
+    def sums(self) -> ev.ErrorSums:
+        return ev.ErrorSums(labels=self.labelled, absolute=self.absolute, squared=self.squared)
+
+
+_ERROR_KIND_TEXTS: Final[Mapping[str, str]] = {
+    "labelled": "labels",
+    "absoluteErrors": "sum of absolute errors",
+    "squaredErrors": "sum of squared errors",
+}
+
+
+def _error_counts(
+    name: str, measurements: m.Measurements, track: Literal["canary", "stable"]
+) -> _ErrorCounts | CheckResult:
+    """A track's labels since the step began and the sums of their errors, or the Error /
+    no-data result of `name` when they cannot be had."""
+    numbers: dict[str, float | None] = {}
+    for kind in m.ERROR_KINDS:
+        sample = measurements.get(m.count_name(track, kind))
+        what = f"{name}: {track} {_ERROR_KIND_TEXTS[kind]} since the step began"
+        if sample.error is not None:
+            return CheckResult(
+                name, "Error", None, message=f"{what}: {sample.error}", sequential=True
+            )
+        if sample.value is None or math.isnan(sample.value):
+            numbers[kind] = None
+            continue
+        problem = m.impossible(m.REQUESTS, sample.value)
+        if problem is not None:
+            return CheckResult(name, "Error", None, message=f"{what}: {problem}", sequential=True)
+        numbers[kind] = max(sample.value, 0.0)
+    labelled, absolute, squared = (numbers[kind] for kind in m.ERROR_KINDS)
+    if labelled is None:
+        message = f"{name}: no {track} label counts since the step began yet"
+        return CheckResult(name, "Inconclusive", None, message=message, sequential=True)
+    if labelled > 0 and (absolute is None or squared is None):
+        # The servers sum errors for regressors only: a classifier's labels have no error
+        # (not an error of 0).
+        return CheckResult(
+            name, "Error", None, sequential=True,
+            message=f"{name}: {labelled:.0f} {track} labels since the step began but no sums "
+            f"of their errors ({t.FEEDBACK_ABSOLUTE_ERROR_TOTAL}, "
+            f"{t.FEEDBACK_SQUARED_ERROR_TOTAL}): error checks are for regressors; a "
+            "classifier's servers count correct predictions, not errors",
+        )  # fmt: skip
+    return _ErrorCounts(track, labelled, absolute or 0.0, squared or 0.0)
+
+
+def _judge_mean_error(
+    measurements: m.Measurements,
+    max_error: float,
+    rules: _LabelRules,
+    alpha: float,
+    beta: float,
+) -> CheckResult:
+    """meanAbsoluteError: the canary's mean absolute error on its labels since the step began
+    against thresholds.maxMeanAbsoluteError, with `check_mean` (an asymptotic confidence
+    sequence: errors are unbounded). Never decided below minLabels labels; never passed within
+    the label delay; a failure with evidence rolls back at once, as for accuracy."""
+    name = m.MEAN_ABSOLUTE_ERROR
+    canary = _error_counts(name, measurements, "canary")
+    if isinstance(canary, CheckResult):
+        return replace(canary, max=max_error)
+    sums = canary.sums
+    gated = _label_gate(name, [canary], rules, value=sums.mean, bound=(None, max_error))
+    if gated is not None:
+        return gated
+    check = ev.check_mean(sums, max_error, alpha=alpha, beta=beta)
+    verdict = _SEQUENTIAL_VERDICTS[check.decision]
+    interval = f"{_amount(name, check.interval.low)}-{_amount(name, check.interval.high)}"
+    seen = (
+        f"{canary.labelled:.0f} labels since the step began, |error| sd "
+        f"{_amount(name, sums.deviation)}"
+    )
+    estimate, limit = m.compared_texts(name, sums.mean or 0.0, max_error)
+    needed = check.labels_needed
+    if verdict == "Failed":
+        message = f"{name} {estimate} > max {limit} with evidence: interval {interval} ({seen})"
+    elif verdict == "Inconclusive":
+        message = (
+            f"{name} {estimate} against max {limit}: not sure yet (interval {interval}; "
+            f"{seen}; {_labels_needed_text(needed)})"
+        )
+    else:
+        message = ""
+    waiting = rules.waiting
+    if verdict != "Failed" and waiting:
+        # The labels so far may be the quick ones: no pass before the late ones could arrive.
+        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+        message = (
+            f"{name} {estimate} against max {limit}: {shown}, but {waiting} (interval "
+            f"{interval}; {seen})"
+        )
+        if verdict == "Successful":
+            needed = None  # more labels change nothing: time has to pass
+        verdict = "Inconclusive"
+    return CheckResult(
+        name, verdict, sums.mean, None, max_error, message, sequential=True,
+        low=check.interval.low, high=check.interval.high, samples=canary.labelled,
+        requests_needed=needed,
+    )  # fmt: skip
+
+
+def _judge_error_increase(
+    measurements: m.Measurements,
+    allowance: ev.MeanAllowance,
+    rules: _LabelRules,
+    alpha: float,
+    beta: float,
+) -> CheckResult:
+    """errorVsStable: the canary's mean absolute error on labels against stable's with
+    `compare_means` and the allowance max(maxErrorRatio x stable's, stable's +
+    maxErrorIncrease), read as canary MAE - stable MAE (its max maxErrorIncrease; none with a
+    ratio alone, which the message tells). Never decided below minLabels labels on either
+    track; never passed within the delay."""
+    name = m.ERROR_VS_STABLE
+    ceiling = allowance.increase
+    tracks = []
+    for track in ("canary", "stable"):
+        counts = _error_counts(name, measurements, track)
+        if isinstance(counts, CheckResult):
+            return replace(counts, max=ceiling)
+        tracks.append(counts)
+    canary, stable = tracks
+    mean_c, mean_s = canary.sums.mean, stable.sums.mean
+    difference = mean_c - mean_s if mean_c is not None and mean_s is not None else None
+    gated = _label_gate(name, tracks, rules, value=difference, bound=(None, ceiling))
+    if gated is not None:
+        return gated
+    result = ev.compare_means(canary.sums, stable.sums, allowance, alpha=alpha, beta=beta)
+    verdict = _SEQUENTIAL_VERDICTS[result.decision]
+    low, high = result.difference_interval.low, result.difference_interval.high
+    allowed = " or ".join(
+        part
+        for part in (
+            f"{allowance.ratio:g}x stable's" if allowance.ratio is not None else "",
+            f"stable's + {_amount(name, allowance.increase)}"
+            if allowance.increase is not None
+            else "",
+        )
+        if part
+    )
+    what = (
+        f"canary MAE {_amount(name, mean_c)} ({canary.labelled:.0f} labels) vs stable "
+        f"{_amount(name, mean_s)} ({stable.labelled:.0f}) since the step began: difference "
+        f"{_signed(name, difference)} (interval {_signed(name, low)} to {_signed(name, high)}), "
+        f"ratio {_ratio(result.ratio)} (interval {_ratio(result.ratio_interval.low)}-"
+        f"{_ratio(result.ratio_interval.high)}); allowed: {allowed}"
+    )
+    needed = result.labels_needed
+    waiting = rules.waiting
+    message = _comparison_message(
+        name, verdict, "larger errors than allowed", what, _labels_needed_text(needed)
+    )
+    if verdict != "Failed" and waiting:
+        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+        message = f"{name}: {shown}, but {waiting}: {what}"
+        if verdict == "Successful":
+            needed = None  # more labels change nothing: time has to pass
+        verdict = "Inconclusive"
+    return CheckResult(
+        name, verdict, difference, None, ceiling, message, sequential=True,
+        low=low, high=high, samples=canary.labelled, requests_needed=needed,
+    )  # fmt: skip
+
+
+def _amount(check: str, value: float | None) -> str:
+    """An error in the target's units, in the check's notation; `inf` for an open end."""
+    if value is not None and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return m.value_text(check, value)
+
+
+def _signed(check: str, value: float | None) -> str:
+    """A difference of errors with its sign: `+0.120`, `-0.050`."""
+    text = _amount(check, value)
+    return f"+{text}" if value is not None and value > 0 and text[0].isdigit() else text
 
 
 def _labels_needed_text(needed: int | None) -> str:

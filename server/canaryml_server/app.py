@@ -179,6 +179,7 @@ def _server_metrics(
         model_name=identity.name,
         runtime=plane.predictor.runtime,
     )
+    metrics.offline_evaluation(plane.model.manifest.evaluation)
     if plane.tally is not None:
         metrics.count_predictions(plane.tally)
     if plane.monitor is not None:

@@ -95,6 +95,7 @@ class DataPlane:
                 track=identity.track,
                 version=identity.version,
                 regression=regression,
+                classes=None if regression else model.manifest.classes,
             )
             verifier = IdVerifier(
                 keys,
@@ -113,7 +114,7 @@ class DataPlane:
         """One signed id per predicted row, or None when the server has no feedback key."""
         if self.issuer is None:
             return None
-        return self.issuer.issue(prediction.labels.tolist(), now_ms=time.time_ns() // 1_000_000)
+        return self.issuer.issue(prediction.labels, now_ms=time.time_ns() // 1_000_000)
 
     def predict(self, batch: Batch, *, probabilities: bool) -> Prediction:
         """The model's answer to a validated batch, seen by the drift monitor."""

@@ -46,11 +46,18 @@ _IDS_HEADER = PREDICTION_IDS_HEADER.encode("latin-1")
 
 def with_ids_header(response: Response, ids: list[str] | None) -> Response:
     """The prediction ids, comma-joined, as a header when they fit in its bound (else none: the
-    body is authoritative)."""
-    if ids:
+    body is authoritative). Their length is added up first, so that a batch's ids over the
+    bound are never joined only to be dropped."""
+    if not ids:
+        return response
+    if len(ids) == 1:
+        value = ids[0]
+    elif sum(map(len, ids)) + len(ids) - 1 <= PREDICTION_IDS_HEADER_MAX_BYTES:
         value = ",".join(ids)
-        if len(value) <= PREDICTION_IDS_HEADER_MAX_BYTES:
-            response.raw_headers.append((_IDS_HEADER, value.encode("ascii")))
+    else:
+        return response
+    if len(value) <= PREDICTION_IDS_HEADER_MAX_BYTES:
+        response.raw_headers.append((_IDS_HEADER, value.encode("ascii")))
     return response
 
 

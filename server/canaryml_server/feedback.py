@@ -5,9 +5,12 @@ No HTTP here: `receive` takes the parsed JSON body and returns what was accepted
 FeedbackRefused (an InvalidInput: the client's fault, a 4xx naming each bad item). A batch is
 atomic: one bad item refuses it whole, and nothing of it is counted.
 
-Duplicates are counted once per process: the nonces of the last `dedup_size` accepted ids are
-remembered (a bounded LRU; an id is its nonce, so two spellings of one id are one). Replicas do
-not share it, and a restart forgets it: feedback for one id sent to two replicas counts twice.
+Duplicates are counted once per process: the identities of the last `dedup_size` accepted ids
+are remembered (a bounded LRU). A prediction's identity is its request's nonce, its chunk and
+its position (`PredictionId.identity`), not the id's text, so whatever spells the same row's id
+(for example one whose position was changed to another row of the same request and predicted
+label, which verifies as that row's id) is one. Replicas do not share it, and a restart forgets
+it: feedback for one id sent to two replicas counts twice.
 """
 
 from __future__ import annotations
@@ -226,11 +229,11 @@ class FeedbackDesk:
         duplicates = 0
         seen = self._seen
         for prediction, outcome in checked:
-            if prediction.nonce in seen:
+            if prediction.identity in seen:
                 duplicates += 1
                 continue
             if self.dedup_size:
-                seen[prediction.nonce] = None
+                seen[prediction.identity] = None
                 if len(seen) > self.dedup_size:
                     seen.popitem(last=False)
             delay = max(0.0, (now_ms - prediction.predicted_at_ms) / 1000)

@@ -8,6 +8,7 @@ scrape time.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,10 +28,14 @@ from canaryml_api.telemetry import (
     FEEDBACK_REJECT_REASONS,
     FEEDBACK_REJECTED_TOTAL,
     FEEDBACK_SQUARED_ERROR_TOTAL,
+    HELDOUT_SHA256_LABEL,
     LATENCY_BUCKETS,
+    METRIC_LABEL,
     MODEL_DEPLOYMENT_LABEL,
     MODEL_INFO,
     MODEL_LABEL,
+    OFFLINE_EVALUATION,
+    OFFLINE_EVALUATION_ROWS,
     PREDICTION_DRIFT,
     PREDICTION_DRIFT_P_VALUE,
     PREDICTIONS_TOTAL,
@@ -48,6 +53,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from canaryml_server.drift import DriftMonitor
+from canaryml_server.evaluation import Evaluation
 from canaryml_server.feedback import Labelled
 from canaryml_server.predictions import PredictionTally
 
@@ -194,6 +200,31 @@ class ServerMetrics:
 
     def watch_drift(self, monitor: DriftMonitor, *, min_rows: int) -> None:
         self.registry.register(DriftCollector(monitor, labels=self.labels, min_rows=min_rows))
+
+    def offline_evaluation(self, evaluation: Evaluation | None) -> None:
+        """The manifest's held-out figures (`canaryml package --evaluate`), as gauges the
+        operator shows next to the live checks and its offline gate compares: one per finite
+        figure, and the rows with the held-out data's digest (0 and no digest: none recorded)."""
+        rows = Gauge(
+            OFFLINE_EVALUATION_ROWS,
+            "Held-out rows the model's recorded figures were computed on (0: none recorded)",
+            [*self.labels, HELDOUT_SHA256_LABEL],
+            registry=self.registry,
+        )
+        figures = Gauge(
+            OFFLINE_EVALUATION,
+            "The model's figure on its held-out rows, as canaryml package --evaluate recorded it",
+            [*self.labels, METRIC_LABEL],
+            registry=self.registry,
+        )
+        if evaluation is None:
+            rows.labels(**self.labels, **{HELDOUT_SHA256_LABEL: ""}).set(0)
+            return
+        digest = {HELDOUT_SHA256_LABEL: evaluation.source_sha256}
+        rows.labels(**self.labels, **digest).set(evaluation.rows)
+        for name, value in sorted(evaluation.metrics.items()):
+            if math.isfinite(value):  # a gauge of NaN would read as no data anyway
+                figures.labels(**self.labels, **{METRIC_LABEL: name}).set(value)
 
     def count_feedback(self, *, regression: bool) -> FeedbackMetrics:
         self.feedback = FeedbackMetrics(

@@ -99,10 +99,14 @@ async def test_every_prediction_carries_ids_in_the_body_and_a_header(
     ids = body["parameters"]["prediction_ids"]
     assert len(ids) == 3
     assert infer.headers[PREDICTION_IDS_HEADER] == ",".join(ids)
-    # A batch whose ids do not fit the header's bound: the body alone carries them.
-    big = await client.post("/predict", json=_records(test_rows.iloc[:80]))
-    assert len(big.json()["ids"]) == 80
-    assert PREDICTION_IDS_HEADER not in big.headers
+    # Up to 50 ids of 80 characters fit the header's 4 KiB; 64 do not: the body alone has them.
+    fits = await client.post("/predict", json=_records(test_rows.iloc[:50]))
+    assert fits.headers[PREDICTION_IDS_HEADER].split(",") == fits.json()["ids"]
+    assert {len(token) for token in fits.json()["ids"]} == {80}
+    for rows in (64, 80):
+        big = await client.post("/predict", json=_records(test_rows.iloc[:rows]))
+        assert len(big.json()["ids"]) == rows
+        assert PREDICTION_IDS_HEADER not in big.headers
 
 
 async def test_feedback_is_counted_under_the_ids_track_by_any_replica(

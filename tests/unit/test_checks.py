@@ -16,12 +16,18 @@ from canaryml_operator.measurements import (
     PREDICTION_DRIFT,
     REQUESTS,
     SHADOW_AGREEMENT,
+    offline_name,
 )
 
 from .specs import DESIGN_EXAMPLE, MINIMAL, changed
 
 WITH_CANARY = changed(MINIMAL, "canary", {"model": {"uri": "s3://m/1.1.0", "version": "1.1.0"}})
 SCOPE = 'model_deployment="iris",namespace="ml",track="canary",version="1.1.0"'
+STABLE_SCOPE = 'model_deployment="iris",namespace="ml",track="stable",version="1.0.0"'
+# The held-out figures of both tracks, read at every analysis (shown; judged by the gate only).
+OFFLINE = [
+    offline_name(track, kind) for track in ("canary", "stable") for kind in ("figures", "rows")
+]
 
 
 def queries(raw: dict[str, Any], **kwargs: Any) -> dict[str, str]:
@@ -45,12 +51,19 @@ def test_the_design_example_gives_the_exact_queries() -> None:
         " or on() vector(0)) / sum(increase(canaryml_shadow_comparisons_total"
         f'{{{SCOPE},result=~"agree|disagree"}}[1m]))',
         "business-kpi": 'sum(rate(orders_total{track="canary"}[1m]))',
+        "canaryOfflineFigures": f"max by (metric) (canaryml_offline_evaluation{{{SCOPE}}})",
+        "canaryOfflineRows": "max by (heldout_sha256) "
+        f"(canaryml_offline_evaluation_rows{{{SCOPE}}})",
+        "stableOfflineFigures": f"max by (metric) (canaryml_offline_evaluation{{{STABLE_SCOPE}}})",
+        "stableOfflineRows": "max by (heldout_sha256) "
+        f"(canaryml_offline_evaluation_rows{{{STABLE_SCOPE}}})",
     }
 
 
 def test_without_shadow_only_the_other_builtins() -> None:
     assert list(queries(WITH_CANARY)) == [
-        name for name in BUILTIN_CHECKS if name != SHADOW_AGREEMENT
+        *(name for name in BUILTIN_CHECKS if name != SHADOW_AGREEMENT),
+        *OFFLINE,
     ]
 
 
@@ -97,8 +110,17 @@ def test_drift_keeps_one_series_per_feature_and_says_so() -> None:
         # Rows predicted per bin (analysis.baseline.maxPredictionShift): every bin kept.
         "canaryPredictionsSinceStep": telemetry.BIN_LABEL,
         "stablePredictionsSinceStep": telemetry.BIN_LABEL,
+        # Held-out figures by name, and rows by the held-out data's digest: every one kept.
+        "canaryOfflineFigures": telemetry.METRIC_LABEL,
+        "stableOfflineFigures": telemetry.METRIC_LABEL,
+        "canaryOfflineRows": telemetry.HELDOUT_SHA256_LABEL,
+        "stableOfflineRows": telemetry.HELDOUT_SHA256_LABEL,
     }
-    assert {"canaryPredictionsSinceStep", "stablePredictionsSinceStep"} == checks.EVERY_SERIES
+    assert {
+        "canaryPredictionsSinceStep",
+        "stablePredictionsSinceStep",
+        *OFFLINE,
+    } == checks.EVERY_SERIES
     assert queries(DESIGN_EXAMPLE)[DRIFT].startswith(f"max by ({telemetry.FEATURE_LABEL}) (")
 
 

@@ -152,7 +152,11 @@ def test_list_maps_are_keyed_by_required_fields(root: Node) -> None:
     list_maps = {
         path: node for path, node in walk(root) if node.get("x-kubernetes-list-type") == "map"
     }
-    assert set(list_maps) == {".spec.analysis.metrics", ".status.conditions"}
+    assert set(list_maps) == {
+        ".spec.analysis.metrics",
+        ".status.conditions",
+        ".status.lastAnalysis.offline",
+    }
     for path, node in list_maps.items():
         keys = node["x-kubernetes-list-map-keys"]
         assert set(keys) <= set(node["items"].get("required", [])), path
@@ -231,7 +235,7 @@ def test_every_spec_default_is_the_models_default(root: Node) -> None:
         if "default" not in node or node["default"] == {}:
             continue
         parts = path.lstrip(".").split(".")
-        optional = {"canary", "shadow", "sequential", "baseline", "labels"}
+        optional = {"canary", "shadow", "sequential", "baseline", "labels", "offlineGate"}
         if optional & set(parts) or any(part.endswith("[]") for part in parts):
             continue  # optional sub-objects and list items, checked on their own below
         value: Any = wire

@@ -4,6 +4,7 @@ settings."""
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,27 @@ def test_duplicates_count_once_in_a_batch_and_across_requests() -> None:
     assert first.as_json() == {"accepted": 1, "duplicates": 1}
     again = desk.receive({"feedback": [{"id": a, "label": 1}, {"id": b, "label": 0}]}, now_ms=NOW)
     assert again.as_json() == {"accepted": 1, "duplicates": 1}
-    # Another base64 spelling of the same id (non-canonical trailing bits) is the same nonce.
     assert desk.receive({"id": b, "label": 0}, now_ms=NOW).as_json()["duplicates"] == 1
+
+
+def _moved(token: str, position: int) -> str:
+    """The id with its (unsigned) position in its chunk changed."""
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[1] = position
+    return base64.urlsafe_b64encode(bytes(raw)).decode()
+
+
+def test_an_id_moved_to_another_row_of_its_label_is_that_rows_and_counts_once() -> None:
+    desk = _desk()
+    a, b, c = _ids([1, 0, 1])
+    # `a` moved to row 2 (also predicted 1) is `c`: the same prediction, counted once.
+    first = desk.receive({"feedback": [{"id": c, "label": 1}, {"id": _moved(a, 2), "label": 1}]},
+                         now_ms=NOW)  # fmt: skip
+    assert first.as_json() == {"accepted": 1, "duplicates": 1}
+    # Moved to row 1, predicted 0: the signature does not vouch for it.
+    refused = _refusal(desk, {"id": _moved(a, 1), "label": 1})
+    assert refused.status_code == 403 and set(refused.reasons) == {"tampered"}
+    assert desk.receive({"id": b, "label": 0}, now_ms=NOW).as_json()["accepted"] == 1
 
 
 def test_the_remembered_ids_are_bounded() -> None:

@@ -492,3 +492,11 @@ def test_one_problem_is_one_part_of_the_joined_message() -> None:
     assert len(parts) == 2
     assert parts[0].startswith("spec.model.uri: unsupported model URI 'ftp://x' (use s3://")
     assert parts[1].startswith("spec.paused:")
+
+
+@pytest.mark.parametrize("name", api.RESERVED_METRIC_NAMES)
+def test_a_custom_metric_may_not_take_the_name_of_a_built_in_check(name: str) -> None:
+    """`accuracy` included: a custom `accuracy` would be judged and shown as the built-in one."""
+    spec = changed(DESIGN_EXAMPLE, "analysis.metrics.0.name", name)
+    with pytest.raises(ValueError, match=f"{name} are taken by built-in checks"):
+        api.parse_spec(spec)

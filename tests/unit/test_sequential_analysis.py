@@ -104,7 +104,13 @@ def test_specs_without_opt_ins_query_nothing_new() -> None:
         spec=spec, name="iris", namespace=None, source="router",
         status=api.ModelDeploymentStatus(step_started_at=T0), at=T0 + timedelta(minutes=1),
     )  # fmt: skip
-    assert set(queries) == {n for n in m.BUILTIN_CHECKS if n != m.SHADOW_AGREEMENT}
+    # ... but the held-out figures of both tracks, shown and never judged without offlineGate.
+    offline = {
+        m.offline_name(track, kind)
+        for track in ("canary", "stable")
+        for kind in ("figures", "rows")
+    }
+    assert set(queries) == {n for n in m.BUILTIN_CHECKS if n != m.SHADOW_AGREEMENT} | offline
 
 
 def test_a_baseline_needs_an_allowance() -> None:

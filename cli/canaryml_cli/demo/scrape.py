@@ -35,7 +35,11 @@ no namespace label, so the scope has none), and treats missing series as the Pro
   Rows predicted (baseline.maxPredictionShift) likewise, summed per bin, every bin kept.
   Labels (thresholds.minAccuracy, baseline.maxAccuracyDrop) likewise, from the servers'
   feedback counters: `labelled` 0 when no series, `correct` no data when no series (a
-  regressor's servers export none).
+  regressor's servers export none); a regressor's sums of errors (maxMeanAbsoluteError,
+  maxErrorIncrease, maxErrorRatio) likewise, no data when no series.
+- Held-out figures, per track: the gauges `max by (metric)` and the rows `max by
+  (heldout_sha256)` in the newest scrape of each target in the window, every series kept; the
+  offline gate's analysis before the canary's first step reads these alone.
 - Custom checks (`analysis.metrics`) are PromQL: they fail with a message saying how to run
   the demo with a Prometheus.
 
@@ -80,6 +84,9 @@ from canaryml_operator.checks import (
     Source,
     check_scope,
     compares_accuracy,
+    label_kinds,
+    offline_gate_pending,
+    offline_tracks,
 )
 from canaryml_operator.measurements import Measurements, Sample
 from prometheus_client.parser import text_string_to_metric_families
@@ -295,6 +302,11 @@ def measure_scraped(
     analysis = spec.analysis
     scope = check_scope(spec=spec, name=name, namespace=None, source=source, status=status)
     canary, requests = scope.canary, scope.requests
+    offline: dict[str, Sample] = {}
+    for track, labels in offline_tracks(scope, spec=spec, status=status):
+        offline |= _offline(window, track=track, scope=labels)
+    if offline_gate_pending(spec, status):
+        return Measurements(time=at, samples=offline)  # before any traffic: these alone
 
     request_increases = _increases(window, metric=t.REQUESTS_TOTAL, scope=requests)
     total = _sum(increase for _, increase in request_increases)
@@ -335,12 +347,36 @@ def measure_scraped(
                 samples[m.count_name(track, m.PREDICTIONS)] = _predictions(since, scope=labels)
         if analysis.accuracy_checked:
             for track, labels in scope.labelled_tracks(stable=compares_accuracy(spec)):
-                samples |= _label_counts(since, track=track, scope=labels)
+                samples |= _label_counts(since, track=track, scope=labels, kinds=label_kinds(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
         samples[m.SHADOW_AGREEMENT] = _shadow_agreement(window, scope=scope.comparisons)
+    samples |= offline
     for metric in spec.analysis.metrics:
         samples[metric.name] = Sample.failed(CUSTOM_NEEDS_PROMETHEUS)
     return Measurements(time=at, samples=samples)
+
+
+def _offline(
+    window: Mapping[str, Sequence[Scrape]],
+    *,
+    track: Literal["canary", "stable"],
+    scope: Mapping[str, str],
+) -> dict[str, Sample]:
+    """A track's held-out figures `max by (metric)` and rows `max by (heldout_sha256)` in the
+    newest scrape of each target, every series kept, as `checks` queries them."""
+    return {
+        m.offline_name(track, "figures"): Sample.every(
+            _latest_max_by(window, metric=t.OFFLINE_EVALUATION, scope=scope, label=t.METRIC_LABEL)
+        ),
+        m.offline_name(track, "rows"): Sample.every(
+            _latest_max_by(
+                window,
+                metric=t.OFFLINE_EVALUATION_ROWS,
+                scope=scope,
+                label=t.HELDOUT_SHA256_LABEL,
+            )
+        ),
+    }
 
 
 def _counts(
@@ -372,23 +408,34 @@ def _counts(
     return {name: Sample(value=value) for name, value in counts.items()}
 
 
+# The feedback counter of each count kind on labels, as `checks` reads them.
+_FEEDBACK_SERIES: Final[Mapping[str, str]] = {
+    "labelled": t.FEEDBACK_LABELS_TOTAL,
+    "correct": t.FEEDBACK_CORRECT_TOTAL,
+    "absoluteErrors": t.FEEDBACK_ABSOLUTE_ERROR_TOTAL,
+    "squaredErrors": t.FEEDBACK_SQUARED_ERROR_TOTAL,
+}
+
+
 def _label_counts(
     since: Mapping[str, tuple[Scrape | None, Sequence[Scrape]]],
     *,
     track: Literal["canary", "stable"],
     scope: Mapping[str, str],
+    kinds: tuple[m.CountKind, ...] = m.LABEL_KINDS,
 ) -> dict[str, Sample]:
-    """A track's labels since the step began and the correct ones, as `checks._label_counts`
-    queries them: no labels series is 0, no correct series is no data."""
-    labelled = _grown_since(since, metric=t.FEEDBACK_LABELS_TOTAL, scope=scope)
-    correct = _sum(
-        increase
-        for _, increase in _grown_since(since, metric=t.FEEDBACK_CORRECT_TOTAL, scope=scope)
-    )
-    return {
-        m.count_name(track, "labelled"): Sample(math.fsum(increase for _, increase in labelled)),
-        m.count_name(track, "correct"): _sample(correct),
-    }
+    """A track's labels since the step began and the correct ones (or a regressor's sums of
+    errors), by `kinds`, as `checks._label_counts` queries them: no labels series is 0, no
+    correct or error series is no data."""
+    samples = {}
+    for kind in kinds:
+        grown = _grown_since(since, metric=_FEEDBACK_SERIES[kind], scope=scope)
+        samples[m.count_name(track, kind)] = (
+            Sample(math.fsum(increase for _, increase in grown))
+            if kind == "labelled"
+            else _sample(_sum(increase for _, increase in grown))
+        )
+    return samples
 
 
 def _predictions(

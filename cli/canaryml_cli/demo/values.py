@@ -29,6 +29,8 @@ AXIS_NAMES: Final = {
     m.PREDICTIONS_VS_STABLE: "class shift vs stable",
     m.ACCURACY: "accuracy on labels",
     m.ACCURACY_VS_STABLE: "accuracy vs stable",
+    m.MEAN_ABSOLUTE_ERROR: "mean absolute error on labels",
+    m.ERROR_VS_STABLE: "MAE vs stable",
 }
 
 
