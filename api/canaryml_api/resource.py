@@ -116,6 +116,7 @@ NonNegativeDuration = Annotated[
 
 DEFAULT_SHADOW_PERCENT = 100
 DEFAULT_PROGRESS_DEADLINE = "10m"  # as Flagger's and Argo Rollouts' progressDeadlineSeconds
+DEFAULT_ROLLBACK_WINDOW = "0s"  # no window: the stable rolls to a promoted model at once
 DEFAULT_PROBABILITY_TOLERANCE = 0.05
 
 
@@ -156,6 +157,142 @@ def _strictly_increasing(steps: list[int]) -> list[int]:
     return steps
 
 
+class ApprovalSpec(_Model):
+    """A person's go-ahead before the final promotion (Flagger's confirm-promotion, Argo
+    Rollouts' indefinite pause step)."""
+
+    required: bool = Field(
+        default=False,
+        description="when the last step has passed, hold the canary at its weight (analyses "
+        "go on: a failing check still rolls it back) until `canaryml promote NAME` (the "
+        "annotation canaryml.dev/promote: <canary version>) approves the promotion",
+    )
+
+
+DEFAULT_BLUE_GREEN_ANALYSIS_STEPS = 5
+
+
+class BlueGreenSpec(_Model):
+    """Blue-green instead of canary steps (Flagger's and Argo Rollouts' blueGreen): the new
+    model runs as a preview that takes no live traffic (reachable through its Service
+    NAME-canary, A/B segments and version pins), is analysed there, then takes all traffic
+    at once."""
+
+    analysis_steps: int = Field(
+        default=DEFAULT_BLUE_GREEN_ANALYSIS_STEPS,
+        ge=1,
+        le=100,
+        description="the preview must pass its checks for this many analysis intervals "
+        "(analysisSteps x analysis.interval) before it takes all traffic at once",
+    )
+    mirror: bool = Field(
+        default=False,
+        description="builtin router only: also send every live prediction request the stable "
+        "answered 2xx to the preview, after the client has its answer (never seen by the "
+        "client); the preview's answers count as its own requests in the analysis",
+    )
+
+
+EXPERIMENT_ACCURACY = "accuracy"
+DEFAULT_EXPERIMENT_WEIGHT = 50
+DEFAULT_EXPERIMENT_MIN_SAMPLES = 100
+
+
+class ExperimentSpec(_Model):
+    """An A/B experiment (docs/operator.md, "A/B experiments"): the canary at a fixed weight,
+    no steps and no automatic promotion, until the comparison of one metric between the two
+    tracks is decided with anytime-valid statistics. The winner is shown in status.experiment;
+    promoting it stays a person's (or an automation's) `canaryml promote`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.metric == '{EXPERIMENT_ACCURACY}' ? "
+                    "(!has(self.successQuery) && !has(self.totalQuery)) : "
+                    "(has(self.successQuery) && has(self.totalQuery))",
+                    "message": f"metric {EXPERIMENT_ACCURACY} comes from the feedback labels "
+                    "(no queries); a business metric needs successQuery and totalQuery",
+                }
+            ]
+        }
+    )
+
+    metric: str = Field(
+        default=EXPERIMENT_ACCURACY,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description=f"what is compared: {EXPERIMENT_ACCURACY} (the share of correct predictions "
+        "among the labels sent back, per track) or the name of a business metric given by "
+        "successQuery and totalQuery",
+    )
+    weight: int = Field(
+        default=DEFAULT_EXPERIMENT_WEIGHT,
+        ge=1,
+        le=99,
+        description="the canary's fixed share of traffic, in percent, for the whole experiment",
+    )
+    success_query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="a business metric: PromQL for one track's successes since the experiment "
+        "began, with the placeholders {{track}} (canary or stable), {{version}} (the track's "
+        "model version) and {{range}} (the experiment's age, e.g. 3600s)",
+    )
+    total_query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="a business metric: PromQL for one track's trials (the successes' "
+        "denominator) since the experiment began, with the same placeholders",
+    )
+    min_samples: int = Field(
+        default=DEFAULT_EXPERIMENT_MIN_SAMPLES,
+        ge=1,
+        le=10_000_000,
+        description="samples (labels, or trials of a business metric) each track needs before "
+        "anything is decided",
+    )
+    min_effect: (
+        Annotated[
+            float,
+            Field(
+                ge=0.0,
+                le=1.0,
+                json_schema_extra={
+                    "x-kubernetes-validations": [
+                        {"rule": "self > 0.0", "message": "must be greater than 0"}
+                    ]
+                },
+            ),
+            AfterValidator(_positive),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="optional: decide that there is no difference (winner none) once the "
+        "difference's interval lies within +-minEffect; without it the experiment runs until a "
+        "winner is named or it is promoted or aborted",
+    )
+
+    @model_validator(mode="after")
+    def _queries(self) -> ExperimentSpec:
+        given = (self.success_query is not None, self.total_query is not None)
+        if self.metric == EXPERIMENT_ACCURACY and any(given):
+            raise ValueError(
+                f"experiment metric {EXPERIMENT_ACCURACY} comes from the feedback labels: "
+                "remove successQuery and totalQuery (or name a business metric)"
+            )
+        if self.metric != EXPERIMENT_ACCURACY and not all(given):
+            raise ValueError(
+                f"experiment metric {self.metric!r} is a business metric: set successQuery "
+                "and totalQuery (PromQL with {{track}}), or use metric accuracy"
+            )
+        return self
+
+
 class CanarySpec(_Model):
     model: ModelRef
     steps: Annotated[
@@ -174,6 +311,21 @@ class CanarySpec(_Model):
     ] = Field(default=[5, 10, 25, 50], description="canary weights in percent, increasing")
     step_interval: Duration = Field(default="30s", description="time each step must pass")
     replicas: int = Field(default=1, ge=0, le=100)
+    approval: ApprovalSpec | None = Field(
+        default=None,
+        description="opt-in: wait for a person's approval before the final promotion",
+    )
+    experiment: ExperimentSpec | None = Field(
+        default=None,
+        description="opt-in: an A/B experiment instead of steps: the canary at a fixed weight "
+        "until the comparison on a metric is decided; never promoted automatically (steps, "
+        "stepInterval and approval do not apply)",
+    )
+    blue_green: BlueGreenSpec | None = Field(
+        default=None,
+        description="opt-in: the blue-green strategy (steps and stepInterval are then not "
+        "used): a preview at weight 0, analysed, then switched to 100% at once",
+    )
 
 
 class ShadowSpec(_Model):
@@ -266,6 +418,11 @@ class CustomMetric(_Model):
     query: str = Field(min_length=1, max_length=4096)
     min: float | None = None
     max: float | None = None
+    dry_run: bool = Field(
+        default=False,
+        description="measured and recorded in status.lastAnalysis.checks (marked dryRun) "
+        "like the others, but never fails or holds a rollout: trust a new check before it gates",
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> CustomMetric:
@@ -440,6 +597,56 @@ class OfflineGateSpec(_Model):
     )
 
 
+# --- References to reusable analysis (docs/operator.md, "Reusable analysis: templates") ------
+# The templates themselves are at the end of this module.
+TemplateKind = Literal["AnalysisTemplate", "ClusterAnalysisTemplate"]
+MAX_TEMPLATE_REFS = 10
+MAX_TEMPLATE_ARGS = 20
+MAX_ARG_VALUE_LENGTH = 1024
+ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A Kubernetes object name (RFC 1123 subdomain).
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def _unique_arg_names(args: list[Any]) -> list[Any]:
+    """Template args (declared or given) named once each."""
+    names = [arg.name for arg in args]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ValueError(f"args must have unique names, repeated: {', '.join(duplicated)}")
+    return args
+
+
+class TemplateArgValue(_Model):
+    """One argument given to a template: `{{args.NAME}}` in its queries becomes `value`."""
+
+    name: str = Field(max_length=63, pattern=ARG_NAME_PATTERN)
+    value: str = Field(max_length=MAX_ARG_VALUE_LENGTH)
+
+
+class AnalysisTemplateRef(_Model):
+    """A template whose metrics this resource's analysis adds to its own `metrics`."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    kind: TemplateKind = Field(
+        default="AnalysisTemplate",
+        description="AnalysisTemplate (in the resource's namespace) or ClusterAnalysisTemplate",
+    )
+    args: Annotated[
+        list[TemplateArgValue],
+        Field(max_length=MAX_TEMPLATE_ARGS, json_schema_extra=_list_map(key="name")),
+        AfterValidator(_unique_arg_names),
+    ] = Field(default_factory=list, description="values of the template's declared args")
+
+
+def _unique_template_refs(refs: list[AnalysisTemplateRef]) -> list[AnalysisTemplateRef]:
+    keys = [f"{ref.kind}/{ref.name}" for ref in refs]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise ValueError(f"analysis.templates repeats {', '.join(duplicated)}")
+    return refs
+
+
 MIN_ANALYSIS_INTERVAL = "1s"
 
 
@@ -498,6 +705,15 @@ class AnalysisSpec(_Model):
             json_schema_extra=_list_map(key="name"),
         ),
     ] = Field(default_factory=list)
+    templates: Annotated[
+        list[AnalysisTemplateRef],
+        Field(max_length=MAX_TEMPLATE_REFS),
+        AfterValidator(_unique_template_refs),
+    ] = Field(
+        default_factory=list,
+        description="AnalysisTemplates and ClusterAnalysisTemplates whose metrics are added to "
+        "metrics, read at each analysis (a missing one holds the rollout)",
+    )
 
     @model_validator(mode="after")
     def _unique_metric_names(self) -> AnalysisSpec:
@@ -550,6 +766,47 @@ class AnalysisSpec(_Model):
         return self.labels if self.labels is not None else LabelsSpec()
 
 
+DEFAULT_TARGET_CPU_UTILIZATION = 80
+DEFAULT_MAX_REPLICAS = 10
+
+
+class AutoscalingSpec(_Model):
+    """A HorizontalPodAutoscaler (autoscaling/v2) for a Deployment: its replica bounds and the
+    average CPU utilization it keeps, in percent of the pods' CPU request. While it is set the
+    operator never writes that Deployment's replicas (docs/operator.md, "Autoscaling")."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.minReplicas) || !has(self.maxReplicas) "
+                    "|| self.minReplicas <= self.maxReplicas",
+                    "message": "minReplicas must not exceed maxReplicas",
+                }
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="the fewest replicas")
+    max_replicas: int = Field(
+        default=DEFAULT_MAX_REPLICAS, ge=1, le=1000, description="the most replicas"
+    )
+    target_cpu_utilization: int = Field(
+        default=DEFAULT_TARGET_CPU_UTILIZATION,
+        ge=1,
+        le=1000,
+        description="average CPU use the autoscaler keeps, in percent of the CPU request",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas {self.min_replicas} must not exceed maxReplicas {self.max_replicas}"
+            )
+        return self
+
+
 class ParentRef(_Model):
     """The Gateway (or, for east-west traffic, the Service) an HTTPRoute attaches to."""
 
@@ -560,7 +817,174 @@ class ParentRef(_Model):
     section_name: str | None = Field(default=None, max_length=253)
 
 
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"  # an HTTP field name (RFC 9110 token)
+# A cookie value as RFC 6265 allows it unquoted (no space, '"', ',', ';' or backslash).
+COOKIE_VALUE_PATTERN = r"^[!#-+\--:<-\[\]-~]+$"
+MAX_CANARY_MATCHES = 16
+MAX_MATCH_REGEX_LENGTH = 256
+MAX_MATCH_REGEX_REPEATS = 2
+# A header value longer than this never matches a `regex` (bounds the cost of a match).
+MAX_REGEX_MATCHED_LENGTH = 256
+
+
+def segment_regex_problem(pattern: str) -> str | None:
+    """Why a canaryMatch regex is refused, or None. Accepted: what Python's `re` and RE2 (the
+    gateways' dialect) both read the same way, with no repetition or alternation inside a
+    repetition (catastrophic backtracking) and at most MAX_MATCH_REGEX_REPEATS repetitions, so
+    that matching a header value of at most MAX_REGEX_MATCHED_LENGTH characters stays cheap
+    (the worst measured, `\\w*\\w*x` against 256 letters: 0.13 ms)."""
+    if len(pattern) > MAX_MATCH_REGEX_LENGTH:
+        return f"longer than {MAX_MATCH_REGEX_LENGTH} characters"
+    try:
+        parsed = re._parser.parse(pattern)  # type: ignore[attr-defined]
+    except re.error as error:
+        return f"not a regular expression: {error}"
+    constants = re._constants  # type: ignore[attr-defined]
+    repeats = 0
+
+    def walk(items: Any, inside_repeat: bool) -> str | None:
+        nonlocal repeats
+        for op, argument in items:
+            if op in (constants.GROUPREF, constants.GROUPREF_EXISTS):
+                return "backreferences are not supported (RE2 has none)"
+            if op in (constants.ASSERT, constants.ASSERT_NOT):
+                return "lookaround is not supported (RE2 has none)"
+            if op in (constants.ATOMIC_GROUP, constants.POSSESSIVE_REPEAT):
+                return "atomic groups and possessive repeats are not supported (RE2 has none)"
+            children: list[Any] = []
+            if op in (constants.MAX_REPEAT, constants.MIN_REPEAT):
+                _low, high, body = argument
+                if high > 1:
+                    if inside_repeat:
+                        return "a repetition inside a repetition (catastrophic backtracking)"
+                    repeats += 1
+                    if repeats > MAX_MATCH_REGEX_REPEATS:
+                        return f"more than {MAX_MATCH_REGEX_REPEATS} repetitions"
+                problem = walk(body, inside_repeat or high > 1)
+                if problem:
+                    return problem
+                continue
+            if op == constants.SUBPATTERN:
+                children = [argument[-1]]
+            elif op == constants.BRANCH:
+                if inside_repeat:
+                    return "an alternation inside a repetition (catastrophic backtracking)"
+                children = list(argument[1])
+            for child in children:
+                problem = walk(child, inside_repeat)
+                if problem:
+                    return problem
+        return None
+
+    return walk(parsed, False)
+
+
+def _safe_regex(pattern: str | None) -> str | None:
+    if pattern is not None:
+        problem = segment_regex_problem(pattern)
+        if problem:
+            raise ValueError(f"regex {pattern!r}: {problem}")
+    return pattern
+
+
+class CanaryMatch(_Model):
+    """One A/B segment rule: a request with this header (or cookie) value goes to the canary,
+    whatever its weight, while a canary rollout runs (docs/operator.md, "A/B segments, version
+    pins and rate limits")."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.header) != has(self.cookie)", "message": "set header or cookie"},
+                {"rule": "has(self.value) != has(self.regex)", "message": "set value or regex"},
+                {
+                    "rule": "!has(self.cookie) || has(self.value)",
+                    "message": "a cookie matches an exact value",
+                },
+            ]
+        }
+    )
+
+    header: str | None = Field(
+        default=None, max_length=256, pattern=HEADER_NAME_PATTERN, description="a header name"
+    )
+    cookie: str | None = Field(
+        default=None, max_length=256, pattern=HEADER_NAME_PATTERN, description="a cookie name"
+    )
+    value: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="the exact value (a header's, or a cookie's: no spaces, quotes, commas, "
+        "semicolons or backslashes)",
+    )
+    regex: Annotated[str | None, AfterValidator(_safe_regex)] = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_MATCH_REGEX_LENGTH,
+        description="a header's whole value matches this regular expression (RE2 syntax; no "
+        "repetition or alternation inside a repetition, at most "
+        f"{MAX_MATCH_REGEX_REPEATS} repetitions); values over "
+        f"{MAX_REGEX_MATCHED_LENGTH} characters never match",
+    )
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> CanaryMatch:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("a canaryMatch rule names a header or a cookie (one of them)")
+        if (self.value is None) == (self.regex is None):
+            raise ValueError("a canaryMatch rule has a value or a regex (one of them)")
+        if self.cookie is not None:
+            if self.value is None:
+                raise ValueError(f"cookie {self.cookie!r}: a cookie matches an exact value")
+            if not re.fullmatch(COOKIE_VALUE_PATTERN, self.value):
+                raise ValueError(
+                    f"cookie {self.cookie!r}: {self.value!r} is not a cookie value (no spaces, "
+                    "quotes, commas, semicolons or backslashes)"
+                )
+        return self
+
+
+class RateLimitSpec(_Model):
+    """Per-client rate limit of the builtin router (docs/operator.md, "A/B segments, version
+    pins and rate limits")."""
+
+    requests_per_second: PositiveAmount = Field(
+        le=1_000_000, description="requests per second each client may make, sustained"
+    )
+    burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="requests a client may make at once (default: requestsPerSecond rounded "
+        "up, at least 1)",
+    )
+    client_header: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=HEADER_NAME_PATTERN,
+        description="the header naming the client (set by a trusted proxy in front); without "
+        "it, or when a request lacks it, the peer address",
+    )
+
+
 class RoutingSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.rateLimit) || !has(self.router) || self.router == 'builtin'",
+                    "message": "rateLimit is the builtin router's",
+                },
+                {
+                    "rule": "!has(self.canaryMatch) || size(self.canaryMatch) == 0 "
+                    "|| !has(self.router) || self.router != 'none'",
+                    "message": "canaryMatch needs a router (builtin or gateway-api)",
+                },
+            ]
+        }
+    )
+
     router: Literal["builtin", "gateway-api", "none"] = "builtin"
     replicas: int = Field(default=1, ge=1, le=100, description="builtin router replicas")
     parent_refs: Annotated[list[ParentRef], Field(max_length=16)] = Field(
@@ -571,6 +995,31 @@ class RoutingSpec(_Model):
     sticky_header: str | None = Field(
         default=None, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
     )
+    canary_match: Annotated[list[CanaryMatch], Field(max_length=MAX_CANARY_MATCHES)] = Field(
+        default_factory=list,
+        description="A/B segments: a request matching any rule goes to the canary whatever "
+        "its weight (0 included) while the rollout runs; stable otherwise",
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default=None,
+        description="builtin router only: per-client limit; over it, 429 with Retry-After",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="builtin router only: a HorizontalPodAutoscaler scales the router "
+        "(routing.replicas is then not used)",
+    )
+
+    @model_validator(mode="after")
+    def _routed_by_someone(self) -> RoutingSpec:
+        if self.rate_limit is not None and self.router != "builtin":
+            raise ValueError(
+                f"routing.rateLimit is the builtin router's; with router {self.router!r} use "
+                "the gateway's own rate-limit policy"
+            )
+        if self.canary_match and self.router == "none":
+            raise ValueError("routing.canaryMatch needs a router: builtin or gateway-api")
+        return self
 
 
 class FeedbackSpec(_Model):
@@ -600,6 +1049,137 @@ class ServingSpec(_Model):
         description="prediction ids and the feedback endpoint: the key's Secret (without it "
         "the servers issue no ids and refuse feedback)",
     )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="a HorizontalPodAutoscaler for the stable track (serving.replicas is then "
+        "not used), and one for the canary while it has weight, its bounds those of the stable "
+        "times the canary's weight (rounded up, at least 1)",
+    )
+
+    @model_validator(mode="after")
+    def _autoscaled_cpu_request(self) -> ServingSpec:
+        requests = (self.resources or {}).get("requests") or {}
+        if self.autoscaling is not None and self.resources is not None and "cpu" not in requests:
+            raise ValueError(
+                "autoscaling scales on CPU utilization, a share of the CPU request: "
+                "set resources.requests.cpu"
+            )
+        return self
+
+
+# --- Lifecycle webhooks and notifications (docs/operator.md, "Opt-in: lifecycle webhooks") ----
+WebhookType = Literal[
+    "confirm-rollout",
+    "pre-rollout",
+    "rollout",
+    "confirm-traffic-increase",
+    "confirm-promotion",
+    "post-rollout",
+    "rollback",
+    "event",
+]
+# Gating hooks hold the rollout until they answer 2xx ("rollout": a failure is a failed check);
+# the others only tell, and never hold anything.
+GATING_WEBHOOKS: tuple[WebhookType, ...] = (
+    "confirm-rollout",
+    "pre-rollout",
+    "rollout",
+    "confirm-traffic-increase",
+    "confirm-promotion",
+)
+DEFAULT_WEBHOOK_TIMEOUT = "10s"
+DEFAULT_WEBHOOK_MAX_ATTEMPTS = 10
+DEFAULT_WEBHOOK_RETRY_INTERVAL = "5s"
+MAX_WEBHOOK_TIMEOUT_SECONDS = 60.0
+
+
+def _webhook_timeout(text: str) -> str:
+    if parse_duration(text) > MAX_WEBHOOK_TIMEOUT_SECONDS:
+        raise ValueError(f"must be at most {MAX_WEBHOOK_TIMEOUT_SECONDS:g}s, got {text}")
+    return text
+
+
+class WebhookSpec(_Model):
+    """One lifecycle webhook: a URL the operator POSTs a versioned JSON payload to."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    type: WebhookType
+    url: str = Field(max_length=2048, pattern=HTTP_URL_PATTERN)
+    timeout: Annotated[Duration, AfterValidator(_webhook_timeout)] = Field(
+        default=DEFAULT_WEBHOOK_TIMEOUT, description="for one attempt, the reply read whole"
+    )
+    max_attempts: int = Field(
+        default=DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+        ge=1,
+        le=100,
+        description="attempts per occasion; a gating hook that used them all holds the rollout",
+    )
+    retry_interval: Duration = Field(
+        default=DEFAULT_WEBHOOK_RETRY_INTERVAL,
+        description="the wait after the first failed attempt, doubled after each (at most 5m)",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="passed as is in the payload"
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="a Secret key (labelled canaryml.dev/webhook-credentials=true) whose value "
+        "signs the payload: HMAC-SHA256 in the x-canaryml-signature header",
+    )
+
+
+NotificationEvent = Literal[
+    "promoted", "rolledBack", "stepAdvanced", "held", "failed", "experimentDecided"
+]
+NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "promoted",
+    "rolledBack",
+    "stepAdvanced",
+    "held",
+    "failed",
+    "experimentDecided",  # an A/B experiment named its winner (spec.canary.experiment)
+)
+
+
+class NotificationSpec(_Model):
+    """Where rollout events are told: a generic JSON webhook or a Slack incoming webhook."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.url) != has(self.urlSecretRef)",
+                    "message": "a notification has url or urlSecretRef (one of them)",
+                }
+            ]
+        }
+    )
+
+    url: str | None = Field(default=None, max_length=2048, pattern=HTTP_URL_PATTERN)
+    url_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="a Secret key (labelled canaryml.dev/webhook-credentials=true) holding the "
+        "URL (Slack's incoming-webhook URLs are secrets)",
+    )
+    format: Literal["json", "slack"] = "json"
+    events: Annotated[
+        list[NotificationEvent],
+        Field(min_length=1, max_length=5, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = Field(default_factory=lambda: list(NOTIFICATION_EVENTS))
+
+    @model_validator(mode="after")
+    def _one_url(self) -> NotificationSpec:
+        if (self.url is None) == (self.url_secret_ref is None):
+            raise ValueError("a notification has url or urlSecretRef (one of them)")
+        return self
+
+
+def _unique_webhook_names(hooks: list[WebhookSpec]) -> list[WebhookSpec]:
+    names = [hook.name for hook in hooks]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ValueError(f"webhook names must be unique, repeated: {', '.join(duplicated)}")
+    return hooks
 
 
 class ModelDeploymentSpec(_Model):
@@ -610,7 +1190,19 @@ class ModelDeploymentSpec(_Model):
                     "rule": "!has(self.canary) || self.canary.model.uri != self.model.uri"
                     " || self.canary.model.version != self.model.version",
                     "message": "the canary must differ from the stable model (uri or version)",
-                }
+                },
+                {
+                    "rule": "!has(self.canary) || !has(self.canary.blueGreen)"
+                    " || !has(self.canary.blueGreen.mirror) || !self.canary.blueGreen.mirror"
+                    " || !has(self.routing) || !has(self.routing.router)"
+                    " || self.routing.router == 'builtin'",
+                    "message": "canary.blueGreen.mirror is the builtin router's",
+                },
+                {
+                    "rule": "!has(self.canary) || !has(self.canary.blueGreen)"
+                    " || !has(self.canary.experiment)",
+                    "message": "canary.blueGreen and canary.experiment are two strategies: set one",
+                },
             ]
         }
     )
@@ -632,6 +1224,21 @@ class ModelDeploymentSpec(_Model):
         description="how long a canary may take to become available (or stay unavailable) "
         "before it is rolled back",
     )
+    rollback_window: NonNegativeDuration = Field(
+        default=DEFAULT_ROLLBACK_WINDOW,
+        description="after a promotion, how long the previous stable keeps its pods while the "
+        "promoted canary, grown to the stable's size, takes all traffic: a rollback within it "
+        "only switches traffic back (0s: the stable track rolls to the new model at once)",
+    )
+    webhooks: Annotated[
+        list[WebhookSpec],
+        Field(max_length=20, json_schema_extra=_list_map(key="name")),
+        AfterValidator(_unique_webhook_names),
+    ] = Field(default_factory=list, description="lifecycle webhooks (docs/operator.md)")
+    notifications: Annotated[list[NotificationSpec], Field(max_length=10)] = Field(
+        default_factory=list,
+        description="where rollout events are told; none: the operator's default, if any",
+    )
 
     @model_validator(mode="after")
     def _canary_differs(self) -> ModelDeploymentSpec:
@@ -641,6 +1248,19 @@ class ModelDeploymentSpec(_Model):
             self.model.version,
         ):
             raise ValueError("the canary must differ from the stable model (uri or version)")
+        return self
+
+    @model_validator(mode="after")
+    def _blue_green_rules(self) -> ModelDeploymentSpec:
+        found = self.canary.blue_green if self.canary else None
+        if found is not None and self.canary is not None and self.canary.experiment is not None:
+            raise ValueError("canary.blueGreen and canary.experiment are two strategies: set one")
+        if found is not None and found.mirror and self.routing.router != "builtin":
+            raise ValueError(
+                "canary.blueGreen.mirror is the builtin router's; with router "
+                f"{self.routing.router!r} the preview is reached through its Service or "
+                "canaryMatch only"
+            )
         return self
 
 
@@ -697,6 +1317,9 @@ class CheckRecord(_StatusModel):
     evidence: float | None = None
     samples: float | None = None
     requests_needed: int | None = None
+    # A custom metric with dryRun: true: its verdict is what it would have been; it never
+    # fails or holds the analysis.
+    dry_run: bool | None = None
 
 
 class OfflineFigures(_StatusModel):
@@ -750,6 +1373,60 @@ class HistoryEntry(_StatusModel):
     )
 
 
+class WebhookRecord(_StatusModel):
+    """One webhook's attempts at its current occasion (written by `hooks.record` only)."""
+
+    name: str
+    type: str
+    occasion: str = Field(description="what it was asked about: canary version and point")
+    attempts: int = Field(default=0, ge=0)
+    passed: bool = False
+    last_result: str = Field(default="", max_length=1024)
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    spec_digest: str = Field(default="", description="of the hook's spec: an edit starts over")
+
+
+class NotificationRecord(_StatusModel):
+    """What the rate limit of notifications needs (written by `notifications.plan` only)."""
+
+    sent: Annotated[list[datetime], Field(max_length=100)] = Field(
+        default_factory=list, description="when notifications were sent, within the window"
+    )
+    dropped: int = Field(default=0, ge=0, description="notifications the rate limit dropped")
+
+
+ExperimentWinner = Literal["undecided", "canary", "stable", "none"]
+
+
+class ExperimentRecord(_StatusModel):
+    """The A/B experiment of the current canary (spec.canary.experiment): the comparison of
+    its metric, canary - stable, on everything since the experiment began."""
+
+    metric: str
+    canary_version: str
+    started_at: datetime = Field(description="when the canary got its fixed weight")
+    winner: ExperimentWinner = Field(
+        default="undecided",
+        description="canary or stable: the difference's interval excludes 0; none: it lies "
+        "within +-minEffect; undecided: not yet. Kept once decided",
+    )
+    effect: float | None = Field(default=None, description="canary rate - stable rate")
+    low: float | None = Field(
+        default=None, description="the difference's confidence sequence (valid at every look)"
+    )
+    high: float | None = None
+    canary_samples: float = Field(default=0, ge=0)
+    stable_samples: float = Field(default=0, ge=0)
+    canary_successes: float = Field(default=0, ge=0)
+    stable_successes: float = Field(default=0, ge=0)
+    false_winner_rate: float | None = Field(
+        default=None, description="the chance of naming a winner between equal tracks"
+    )
+    decided_at: datetime | None = None
+    message: str = Field(default="", max_length=4096)
+
+
 class ModelDeploymentStatus(_StatusModel):
     phase: Phase | None = None
     canary_weight: int = Field(default=0, ge=0, le=100)
@@ -761,6 +1438,11 @@ class ModelDeploymentStatus(_StatusModel):
         default=0, ge=0, description="Inconclusive or Error analyses in a row (weight held)"
     )
     step_started_at: datetime | None = None
+    rollback_window_ends_at: datetime | None = Field(
+        default=None,
+        description="a promotion's rollback window (spec.rollbackWindow): until then the "
+        "previous stable keeps its pods and a rollback only switches traffic back",
+    )
     stable_model: ModelIdentity | None = Field(
         default=None, description="the model the stable track serves"
     )
@@ -778,6 +1460,13 @@ class ModelDeploymentStatus(_StatusModel):
     )
     history: Annotated[list[HistoryEntry], Field(max_length=20)] = Field(default_factory=list)
     observed_generation: int | None = None
+    webhooks: Annotated[
+        list[WebhookRecord], Field(max_length=20, json_schema_extra=_list_map(key="name"))
+    ] = Field(default_factory=list)
+    notifications: NotificationRecord | None = None
+    experiment: ExperimentRecord | None = Field(
+        default=None, description="the A/B experiment of spec.canary.experiment"
+    )
     conditions: Annotated[
         list[Condition],
         Field(
@@ -838,3 +1527,71 @@ def _status_field_ok(key: str, value: Any) -> bool:
     except ValidationError:
         return False
     return True
+
+
+# --- Reusable analysis: AnalysisTemplate, ClusterAnalysisTemplate ------------------------------
+# Shared custom metrics (Flagger's MetricTemplate, Argo Rollouts' (Cluster)AnalysisTemplate),
+# referenced from a ModelDeployment's analysis.templates; docs/operator.md, "Reusable analysis:
+# templates". `{{args.NAME}}` in a query is replaced by the arg's value (the reference's, else
+# the template's default) when the operator resolves the template, at each analysis.
+TEMPLATE_KIND = "AnalysisTemplate"
+TEMPLATE_PLURAL = "analysistemplates"
+TEMPLATE_SINGULAR = "analysistemplate"
+CLUSTER_TEMPLATE_KIND = "ClusterAnalysisTemplate"
+CLUSTER_TEMPLATE_PLURAL = "clusteranalysistemplates"
+CLUSTER_TEMPLATE_SINGULAR = "clusteranalysistemplate"
+# `{{args.NAME}}`, spaces allowed inside the braces.
+ARG_PLACEHOLDER = re.compile(r"\{\{\s*args\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class TemplateArg(_Model):
+    """An argument a template declares; without a value, every reference must give one."""
+
+    name: str = Field(max_length=63, pattern=ARG_NAME_PATTERN)
+    value: str | None = Field(
+        default=None, max_length=MAX_ARG_VALUE_LENGTH, description="the default value"
+    )
+
+
+class AnalysisTemplateSpec(_Model):
+    """The custom metrics a template lends to the ModelDeployments that name it."""
+
+    args: Annotated[
+        list[TemplateArg],
+        Field(max_length=MAX_TEMPLATE_ARGS, json_schema_extra=_list_map(key="name")),
+        AfterValidator(_unique_arg_names),
+    ] = Field(
+        default_factory=list,
+        description="arguments used in the queries as {{args.NAME}}",
+    )
+    metrics: Annotated[
+        list[CustomMetric],
+        Field(min_length=1, max_length=20, json_schema_extra=_list_map(key="name")),
+    ] = Field(description="custom metrics, as a ModelDeployment's analysis.metrics")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AnalysisTemplateSpec:
+        names = [metric.name for metric in self.metrics]
+        reserved = sorted(set(names) & set(RESERVED_METRIC_NAMES))
+        if reserved:
+            raise ValueError(f"metrics names {', '.join(reserved)} are taken by built-in checks")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"metrics names must be unique: {', '.join(duplicates)}")
+        declared = {arg.name for arg in self.args}
+        for metric in self.metrics:
+            undeclared = sorted(set(ARG_PLACEHOLDER.findall(metric.query)) - declared)
+            if undeclared:
+                raise ValueError(
+                    f"metric {metric.name!r} uses args not declared in args: "
+                    + ", ".join(undeclared)
+                )
+        return self
+
+
+def parse_template_spec(raw: Any) -> AnalysisTemplateSpec:
+    """A template's validated spec, or a ValueError naming the field as written in YAML."""
+    try:
+        return AnalysisTemplateSpec.model_validate(raw if raw is not None else {})
+    except ValidationError as error:
+        raise ValueError(explain(error)) from None

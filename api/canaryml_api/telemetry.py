@@ -27,6 +27,9 @@ MODEL_INFO: Final = "canaryml_model_info"
 SHADOW_COMPARISONS: Final = "canaryml_shadow_comparisons_total"  # router: track, version, result
 ROUTER_CANARY_WEIGHT: Final = "canaryml_router_canary_weight"
 ROUTER_SHADOW_PERCENT: Final = "canaryml_router_shadow_percent"
+# counter, router: requests refused with 429 by the per-client rate limit (never counted in
+# REQUESTS_TOTAL: a refused request reached no track, so it is no track's error or request)
+ROUTER_RATE_LIMITED: Final = "canaryml_router_rate_limited_total"
 # Feedback (true labels for earlier predictions, by prediction id), servers only. Labelled by the
 # track and version the prediction id names, whichever replica took the feedback.
 FEEDBACK_LABELS_TOTAL: Final = "canaryml_feedback_labels_total"  # counter: predictions labelled
@@ -54,6 +57,11 @@ OPERATOR_STALLED: Final = "canaryml_operator_stalled"
 OPERATOR_HELD_ANALYSES: Final = "canaryml_operator_held_analyses"
 OPERATOR_ANALYSES: Final = "canaryml_operator_analyses"
 OPERATOR_ROLLOUTS: Final = "canaryml_operator_rollouts"
+# counters: lifecycle webhook attempts by RESULT_LABEL (passed, failed), notifications by
+# RESULT_LABEL (sent, dropped by the rate limit), as status.webhooks and status.notifications
+# record them
+OPERATOR_WEBHOOK_ATTEMPTS: Final = "canaryml_operator_webhook_attempts"
+OPERATOR_NOTIFICATIONS: Final = "canaryml_operator_notifications"
 
 # --- labels -----------------------------------------------------------------------------------
 MODEL_DEPLOYMENT_LABEL: Final = "model_deployment"
@@ -133,9 +141,14 @@ def bucket_label(bound: float) -> str:
 
 
 # --- HTTP headers (lowercase, as ASGI carries them) -------------------------------------------
-VERSION_HEADER: Final = "x-canaryml-model-version"  # the model version that answered
+# On an answer: the model version that answered. On a request through the builtin router: the
+# version that must answer (a version pin, as the path /v2/models/NAME/versions/VERSION/... is).
+VERSION_HEADER: Final = "x-canaryml-model-version"
 TRACK_HEADER: Final = "x-canaryml-track"  # the track the router sent the request to
 # model server, on a prediction answer: the answer's prediction ids, comma-joined, when they fit
 # in PREDICTION_IDS_HEADER_MAX_BYTES (else absent: the body is authoritative)
 PREDICTION_IDS_HEADER: Final = "x-canaryml-prediction-ids"
 PREDICTION_IDS_HEADER_MAX_BYTES: Final = 4096
+# operator, on a lifecycle webhook's or notification's POST: "sha256=<hex HMAC-SHA256 of the
+# body>" under the key of the hook's secretRef (absent without one)
+WEBHOOK_SIGNATURE_HEADER: Final = "x-canaryml-signature"

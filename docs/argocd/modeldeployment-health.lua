@@ -69,6 +69,16 @@ if status.phase == "Paused" then
   return hs
 end
 
+-- spec.canary.approval: every step passed and the promotion waits for a person's approval
+-- (`canaryml promote`), as Argo Rollouts' pause step does; the analyses go on meanwhile.
+local approval = find(conditions, "Approved")
+if status.phase == "Progressing" and approval ~= nil and approval.status == "False"
+    and approval.reason == "AwaitingApproval" then
+  hs.status = "Suspended"
+  hs.message = text(approval, "the promotion awaits approval")
+  return hs
+end
+
 -- serving.replicas: 0 on purpose: nothing is broken, nothing serves (as a suspended CronJob).
 local ready = find(conditions, "Ready")
 if ready ~= nil and ready.status == "False" and ready.reason == "ScaledToZero" then

@@ -76,6 +76,12 @@ How each check treats a missing series is a decision, not an accident of PromQL:
   replicas that disagree. Before the canary's first step, with the gate asked, an analysis
   reads these alone: no request has reached the canary.
 
+- An A/B experiment's counts (spec.canary.experiment), per track (the canary's version, the
+  stable's), since the experiment began (status.experiment.startedAt), not since the step: for
+  `accuracy` the labels and the correct ones, grown as above; for a business metric its
+  successQuery and totalQuery with {{track}}, {{version}} and {{range}} filled in. Not checks:
+  `experiments.update` reads them.
+
 Custom checks (`analysis.metrics`) are the user's PromQL, run verbatim.
 """
 
@@ -325,10 +331,81 @@ def build_queries(
                     queries |= _label_counts(track, labels, since=since, kinds=label_kinds(spec))
     if spec.shadow is not None and spec.shadow.percent > 0:
         queries[m.SHADOW_AGREEMENT] = _shadow_agreement(scope.comparisons, window=window)
+    queries |= experiment_queries(spec=spec, name=name, namespace=namespace, status=status, at=at)
     queries |= offline
     for metric in spec.analysis.metrics:
         queries[metric.name] = metric.query
     return queries
+
+
+def experiment_started(
+    spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus | None
+) -> datetime | None:
+    """When the A/B experiment of the spec's canary began (status.experiment.startedAt, for
+    this canary version and metric); None without one, or before it began."""
+    experiment = spec.canary.experiment if spec.canary is not None else None
+    record = status.experiment if status is not None else None
+    if experiment is None or record is None or spec.canary is None:
+        return None
+    if record.canary_version != spec.canary.model.version or record.metric != experiment.metric:
+        return None
+    return record.started_at
+
+
+def experiment_queries(
+    *,
+    spec: api.ModelDeploymentSpec,
+    name: str,
+    namespace: str | None,
+    status: api.ModelDeploymentStatus | None,
+    at: datetime | None,
+) -> dict[str, str]:
+    """The A/B experiment's counts per track since it began, keyed by
+    `measurements.experiment_name`: for accuracy, the labels that arrived for each track's
+    predictions and the correct ones (the servers' feedback counters, as the accuracy checks
+    read them); for a business metric, its successQuery and totalQuery with {{track}},
+    {{version}} and {{range}} filled in. Empty without an experiment, or before it began."""
+    started = experiment_started(spec, status)
+    if started is None or at is None or spec.canary is None:
+        return {}
+    experiment = spec.canary.experiment
+    assert experiment is not None
+    age = (at - started).total_seconds()
+    if age < MIN_SINCE_STEP_SECONDS:
+        return {}
+    scope = {t.MODEL_DEPLOYMENT_LABEL: name}
+    if namespace is not None:
+        scope[t.NAMESPACE_LABEL] = namespace
+    versions: dict[Literal["canary", "stable"], str] = {
+        "canary": spec.canary.model.version,
+        "stable": stable_version(spec, status),
+    }
+    queries = {}
+    for track, version in versions.items():
+        successes, samples = (
+            m.experiment_name(track, "successes"),
+            m.experiment_name(track, "samples"),
+        )
+        if experiment.metric == api.EXPERIMENT_ACCURACY:
+            labels = {**scope, t.TRACK_LABEL: track, t.VERSION_LABEL: version}
+            since = f"{started.timestamp():.3f}"
+            grown = {
+                kind: f"({_grown(_FEEDBACK_SERIES[kind], labels, since=since)} or on() vector(0))"
+                for kind in ("labelled", "correct")
+            }
+            queries[successes], queries[samples] = grown["correct"], grown["labelled"]
+        else:
+            assert experiment.success_query is not None and experiment.total_query is not None
+            values = {"track": track, "version": version, "range": f"{max(1, int(age))}s"}
+            queries[successes] = fill_placeholders(experiment.success_query, values)
+            queries[samples] = fill_placeholders(experiment.total_query, values)
+    return queries
+
+
+def fill_placeholders(query: str, values: Mapping[str, str]) -> str:
+    """`query` with each `{{name}}` of `values` replaced (spaces inside the braces allowed)."""
+    names = "|".join(re.escape(key) for key in values)
+    return re.sub(r"\{\{\s*(" + names + r")\s*\}\}", lambda found: values[found[1]], query)
 
 
 def _offline(track: Literal["canary", "stable"], labels: Mapping[str, str]) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Builders of the objects a ModelDeployment owns: pure functions from the spec to manifests.
 
 Per track that is present (stable always, canary and shadow when set): a Deployment running
-`canaryml serve` and a Service in front of it. Plus the Service named after the resource, the one
-address clients use. Nothing here talks to Kubernetes; `reconcile` decides what to send.
+`canaryml serve` and a Service in front of it, and a HorizontalPodAutoscaler when the track is
+autoscaled (serving.autoscaling; the router's with routing.autoscaling). Plus the Service
+named after the resource, the one address clients use. Nothing here talks to Kubernetes;
+`reconcile` decides what to send.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -106,6 +109,7 @@ ChildKind = Literal[
     "HTTPRoute",
     "PodDisruptionBudget",
     "NetworkPolicy",
+    "HorizontalPodAutoscaler",
 ]
 ROUTER = "router"
 LABEL_COMPONENT = "canaryml.dev/component"
@@ -202,12 +206,14 @@ def build_deployment(
     owner: Owner,
     track: Track,
     model: api.ModelRef,
-    replicas: int,
+    replicas: int | None,
     image: str,
     resources: Mapping[str, Any] | None,
     allow_unpinned: bool = False,
     feedback: api.FeedbackSpec | None = None,
 ) -> Manifest:
+    """A track's Deployment; `replicas` None when a HorizontalPodAutoscaler owns them: the
+    field is then left out, so neither a create nor a merge patch touches the HPA's value."""
     labels = track_labels(owner.name, track, model.version)
     uri, volumes, mounts = _model_location(model)
     metadata = _metadata(owner, service_name(owner.name, track), labels)
@@ -268,6 +274,8 @@ def build_deployment(
             },
         },
     }
+    if replicas is None:
+        del manifest["spec"]["replicas"]
     return _with_hash(manifest)
 
 
@@ -382,6 +390,75 @@ def present_tracks(
     return tracks
 
 
+def canary_autoscaling(stable: api.AutoscalingSpec, weight: int) -> api.AutoscalingSpec:
+    """The canary's autoscaling bounds at `weight` percent: the stable's, times the weight,
+    rounded up, at least 1 (Argo Rollouts' dynamic canary scale); the same CPU target."""
+
+    def share(replicas: int) -> int:
+        return max(1, math.ceil(replicas * weight / 100))
+
+    return stable.model_copy(
+        update={
+            "min_replicas": share(stable.min_replicas),
+            "max_replicas": share(stable.max_replicas),
+        }
+    )
+
+
+def track_autoscaling(
+    spec: api.ModelDeploymentSpec, plan: TrackPlan, track: Track
+) -> api.AutoscalingSpec | None:
+    """The HorizontalPodAutoscaler bounds of a track, or None when its replicas are fixed.
+
+    With serving.autoscaling: the stable track always; the canary while it runs with weight
+    (at weight 0, waiting for its pods, drained or rolled back, canary.replicas holds, and 0
+    scales it down), at `plan.canary_scale` percent when the plan says (a promotion growing
+    it to the stable's size); the shadow never (shadow.replicas)."""
+    stable = spec.serving.autoscaling
+    if stable is None or track == "shadow":
+        return None
+    if track == "stable":
+        return stable
+    if not plan.canary_replicas or plan.canary_weight <= 0:
+        return None
+    scale = plan.canary_scale if plan.canary_scale is not None else plan.canary_weight
+    return canary_autoscaling(stable, scale)
+
+
+def build_autoscaler(
+    *,
+    owner: Owner,
+    target: Mapping[str, Any],
+    autoscaling: api.AutoscalingSpec,
+) -> Manifest:
+    """The autoscaling/v2 HorizontalPodAutoscaler of one Deployment (`target`): named and
+    labelled as it is, scaling on the pods' average CPU utilization."""
+    meta = target["metadata"]
+    manifest: Manifest = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner, meta["name"], dict(meta["labels"])),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"]},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": autoscaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+    return _with_hash(manifest)
+
+
 def build_children(
     *,
     owner: Owner,
@@ -405,18 +482,22 @@ def build_children(
     tracks = present_tracks(spec, plan)
     children: list[Manifest] = []
     for track, (model, replicas) in tracks.items():
-        children.append(
-            build_deployment(
-                owner=owner,
-                track=track,
-                model=model,
-                replicas=replicas,
-                image=spec.serving.image or image,
-                resources=spec.serving.resources,
-                allow_unpinned=spec.allow_unpinned_models,
-                feedback=spec.serving.feedback or default_feedback,
-            )
+        autoscaling = track_autoscaling(spec, plan, track)
+        deployment = build_deployment(
+            owner=owner,
+            track=track,
+            model=model,
+            replicas=None if autoscaling else replicas,
+            image=spec.serving.image or image,
+            resources=spec.serving.resources,
+            allow_unpinned=spec.allow_unpinned_models,
+            feedback=spec.serving.feedback or default_feedback,
         )
+        children.append(deployment)
+        if autoscaling is not None:
+            children.append(
+                build_autoscaler(owner=owner, target=deployment, autoscaling=autoscaling)
+            )
         children.append(
             build_service(
                 owner=owner,
@@ -455,7 +536,9 @@ def routing_of(spec: api.ModelDeploymentSpec, plan: TrackPlan) -> RoutingPlan:
     from `plan_routing(spec, status)` (`rollout.plan_tracks`). What the HTTPRoute and the
     demo's router are given."""
     return replace(
-        plan_routing(spec, api.ModelDeploymentStatus()), canary_weight=plan.canary_weight
+        plan_routing(spec, api.ModelDeploymentStatus()),
+        canary_weight=plan.canary_weight,
+        canary_serving=plan.canary_serving,
     )
 
 
@@ -536,7 +619,15 @@ def build_router(*, owner: Owner, spec: api.ModelDeploymentSpec, image: str) -> 
             },
         },
     }
-    return [_with_hash(account), _with_hash(role), _with_hash(binding), _with_hash(deployment)]
+    built = [_with_hash(account), _with_hash(role), _with_hash(binding)]
+    autoscaling = spec.routing.autoscaling
+    if autoscaling is None:
+        return [*built, _with_hash(deployment)]
+    # Its HorizontalPodAutoscaler owns the replicas: never written, so never reset.
+    del deployment["spec"]["replicas"]
+    deployment = _with_hash(deployment)
+    autoscaler = build_autoscaler(owner=owner, target=deployment, autoscaling=autoscaling)
+    return [*built, deployment, autoscaler]
 
 
 def _router_access(
@@ -577,7 +668,9 @@ def build_http_route(
 ) -> Manifest:
     """The Gateway API route: backend weights for stable and canary, and a RequestMirror filter
     for the shadow, as the routing plan says. Without parentRefs it attaches to the resource's
-    Service (mesh routing)."""
+    Service (mesh routing). With A/B segments (`spec.routing.canaryMatch`) and a canary whose
+    rollout runs, a first rule sends the requests matching any segment to the canary alone
+    (Gateway API prefers the rule with header matches to the one without, whatever the order)."""
     parents = [
         {key: value for key, value in ref.model_dump(by_alias=True).items() if value is not None}
         for ref in spec.routing.parent_refs
@@ -599,14 +692,41 @@ def build_http_route(
                 "requestMirror": {"backendRef": shadow, "percent": routing.shadow_percent},
             }
         ]
+    rules = [rule]
+    if canary_present and routing.canary_serving and routing.canary_match:
+        segment: dict[str, Any] = {
+            "matches": [gateway_match(match) for match in routing.canary_match],
+            "backendRefs": [{"name": service_name(owner.name, "canary"), "port": SERVICE_PORT}],
+        }
+        if "filters" in rule:
+            segment["filters"] = rule["filters"]
+        rules = [segment, rule]
     labels = {**common_labels(owner.name), "app.kubernetes.io/component": "route"}
     manifest: Manifest = {
         "apiVersion": GATEWAY_API,
         "kind": "HTTPRoute",
         "metadata": _metadata(owner, owner.name, labels),
-        "spec": {"parentRefs": parents, "rules": [rule]},
+        "spec": {"parentRefs": parents, "rules": rules},
     }
     return _with_hash(manifest)
+
+
+def gateway_match(match: api.CanaryMatch) -> dict[str, Any]:
+    """One canaryMatch rule as an HTTPRouteMatch: an Exact or RegularExpression header match;
+    a cookie as a RegularExpression on the Cookie header (the name=value pair among others)."""
+    if match.cookie is not None:
+        pair = re.escape(f"{match.cookie}={match.value}")
+        cookie = {
+            "type": "RegularExpression",
+            "name": "Cookie",
+            "value": rf"^(?:.*;\s*)?{pair}(?:;.*)?$",
+        }
+        return {"headers": [cookie]}
+    if match.regex is not None:
+        header = {"type": "RegularExpression", "name": match.header, "value": match.regex}
+    else:
+        header = {"type": "Exact", "name": match.header, "value": match.value}
+    return {"headers": [header]}
 
 
 # Maps that must hold exactly the operator's keys: one extra key in a Service's selector (a
@@ -729,14 +849,19 @@ def _spread(deployment: Manifest) -> Manifest:
     return _with_hash(spread)
 
 
-def build_disruption_budget(deployment: Mapping[str, Any]) -> Manifest | None:
+def build_disruption_budget(
+    deployment: Mapping[str, Any], *, replicas: int | None = None
+) -> Manifest | None:
     """A PodDisruptionBudget for a Deployment of more than one replica: a node drain takes one
     pod at a time. None for one replica or none, where a budget would block every drain.
 
     `AlwaysAllow` lets a drain evict pods that are not ready (a canary that never became
-    ready), which the budget cannot protect anyway.
+    ready), which the budget cannot protect anyway. `replicas` is an autoscaled Deployment's
+    floor (its HorizontalPodAutoscaler's minReplicas), since it has no replicas of ours.
     """
-    if int(deployment["spec"].get("replicas") or 0) <= 1:
+    if replicas is None:
+        replicas = int(deployment["spec"].get("replicas") or 0)
+    if replicas <= 1:
         return None
     meta = deployment["metadata"]
     manifest: Manifest = {
@@ -848,6 +973,12 @@ def with_safeguards(
         if manifest["kind"] == "Deployment"
     }
     router_port = ports.pop(router_name(owner.name), ROUTER_PORT)
+    # An autoscaled Deployment has no replicas of ours: its budget follows minReplicas.
+    floors = {
+        manifest["spec"]["scaleTargetRef"]["name"]: int(manifest["spec"]["minReplicas"])
+        for manifest in manifests
+        if manifest["kind"] == "HorizontalPodAutoscaler"
+    }
     result: list[Manifest] = build_network_policies(
         owner=owner,
         spec=spec,
@@ -861,7 +992,9 @@ def with_safeguards(
             continue
         deployment = _spread(manifest)
         result.append(deployment)
-        budget = build_disruption_budget(deployment)
+        budget = build_disruption_budget(
+            deployment, replicas=floors.get(deployment["metadata"]["name"])
+        )
         if budget is not None:
             result.append(budget)
     return result

@@ -66,16 +66,18 @@ def crd(
         typer.Option(help="Folder to write the CRD file into (default: print it)."),
     ] = None,
 ) -> None:
-    """Print or write the ModelDeployment CustomResourceDefinition, generated from the models."""
-    from canaryml_operator.crd import CRD_FILE, render_crd
+    """Print or write the CustomResourceDefinitions (ModelDeployment, AnalysisTemplate,
+    ClusterAnalysisTemplate), generated from the models."""
+    from canaryml_operator.crd import render_all
 
-    text = render_crd()
+    rendered = render_all()
     if out is None:
-        typer.echo(text, nl=False)
+        typer.echo("---\n".join(rendered.values()), nl=False)
         return
     out.mkdir(parents=True, exist_ok=True)
-    (out / CRD_FILE).write_text(text, encoding="utf-8")
-    typer.echo(str(out / CRD_FILE), err=True)
+    for name, text in rendered.items():
+        (out / name).write_text(text, encoding="utf-8")
+        typer.echo(str(out / name), err=True)
 
 
 NamespaceOption = Annotated[
@@ -312,16 +314,28 @@ def render_status(found: dict[str, Any]) -> list[Any]:
     status = api.parse_status(raw)
     spec = found.get("spec") or {}
     steps = (spec.get("canary") or {}).get("steps") or []
+    if (spec.get("canary") or {}).get("blueGreen") is not None:
+        steps = [0]  # blue-green: one preview step at 0%, then all traffic at once
+    found_experiment = (spec.get("canary") or {}).get("experiment")
+    if found_experiment is not None:
+        steps = [found_experiment.get("weight", 50)]  # an A/B experiment: one fixed weight
     summary = Table(title=f"{meta.get('namespace')}/{meta.get('name')}", show_header=False)
     step = status.current_step
     summary.add_row("phase", str(status.phase or "-"))
     summary.add_row("stable", str(status.stable_version or "-"))
     summary.add_row("canary", str(status.canary_version or "-"))
     summary.add_row("weight", f"{status.canary_weight}%")
+    for label, text in _strategy_rows(found, status):
+        summary.add_row(label, text)
     summary.add_row("step", f"{step + 1} of {len(steps)}" if step is not None else "-")
     summary.add_row("failed analyses in a row", str(status.failed_checks))
     summary.add_row("held analyses in a row", str(status.held_analyses))
+    approval = _approval_text(found, status)
+    if approval is not None:
+        summary.add_row("approval", approval)
     out: list[Any] = [summary]
+    if status.experiment is not None:
+        out.append(_experiment_table(status.experiment))
     last = status.last_analysis
     if last is not None:
         checks = Table(title=f"last analysis {last.time:%Y-%m-%d %H:%M:%S}: {last.verdict}")
@@ -338,7 +352,8 @@ def render_status(found: dict[str, Any]) -> list[Any]:
                 value_text(check.name, check.value),
                 value_text(check.name, check.min),
                 value_text(check.name, check.max),
-                check.verdict,
+                # analysis.metrics[].dryRun: what it would have said, counted for nothing
+                f"{check.verdict} (dry run)" if check.dry_run else check.verdict,
             ]
             if sequential:
                 cells += _evidence_cells(check)
@@ -346,6 +361,8 @@ def render_status(found: dict[str, Any]) -> list[Any]:
         out.append(checks)
         if last.offline:
             out.append(_offline_table(last))
+    if status.webhooks:
+        out.append(_webhooks_table(status))
     if status.conditions:
         conditions = Table(title="conditions")
         for column in ("type", "status", "reason", "message"):
@@ -365,6 +382,122 @@ def render_status(found: dict[str, Any]) -> list[Any]:
             )
         out.append(history)
     return out
+
+
+def _webhooks_table(status: Any) -> Any:
+    """status.webhooks: each hook's occasion, attempts and last answer (`status`: an
+    api.ModelDeploymentStatus)."""
+    from rich.table import Table
+
+    table = Table(title="webhooks")
+    for column in ("name", "type", "occasion", "attempts", "passed", "last result", "next"):
+        table.add_column(column)
+    for record in status.webhooks:
+        table.add_row(
+            record.name,
+            record.type,
+            record.occasion,
+            str(record.attempts),
+            "yes" if record.passed else "no",
+            record.last_result,
+            f"{record.next_attempt_at:%H:%M:%S}" if record.next_attempt_at else "-",
+        )
+    return table
+
+
+def _experiment_table(record: Any) -> Any:
+    """status.experiment: the winner, the effect and its interval, each track's counts
+    (`record`: an api.ExperimentRecord)."""
+    from rich.table import Table
+
+    def rate(successes: float, samples: float) -> str:
+        share = f"{successes / samples * 100:.2f} %" if samples > 0 else "-"
+        return f"{share} ({successes:.0f} of {samples:.0f})"
+
+    def points(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:+.2f} points"
+
+    table = Table(title=f"A/B experiment on {record.metric}", show_header=False)
+    table.add_row("winner", record.winner)
+    table.add_row("effect (canary - stable)", points(record.effect))
+    table.add_row("interval", f"{points(record.low)} to {points(record.high)}")
+    table.add_row("canary", rate(record.canary_successes, record.canary_samples))
+    table.add_row("stable", rate(record.stable_successes, record.stable_samples))
+    table.add_row("started", f"{record.started_at:%Y-%m-%d %H:%M:%S}")
+    decided = f"{record.decided_at:%Y-%m-%d %H:%M:%S}" if record.decided_at else "-"
+    table.add_row("decided", decided)
+    if record.false_winner_rate is not None:
+        table.add_row("false winner rate", f"{record.false_winner_rate:g}")
+    table.add_row("message", record.message)
+    return table
+
+
+def _strategy_rows(found: dict[str, Any], status: Any) -> list[tuple[str, str]]:
+    """The rollout's strategy (canary steps, or spec.canary.blueGreen) and, for blue-green,
+    where its preview is reached. (`status`: an api.ModelDeploymentStatus.)"""
+    from canaryml_api.routing import SERVING_PHASES
+    from canaryml_api.telemetry import VERSION_HEADER
+    from canaryml_api.tracks import service_name
+
+    spec = found.get("spec") or {}
+    canary = spec.get("canary") or {}
+    if not canary:
+        return []
+    experiment = canary.get("experiment")
+    if experiment is not None:
+        text = (
+            f"A/B experiment on {experiment.get('metric', 'accuracy')} at "
+            f"{experiment.get('weight', 50)}% (no steps; promoted only by `canaryml promote`)"
+        )
+        return [("strategy", text)]
+    found_bg = canary.get("blueGreen")
+    if found_bg is None:
+        weights = ", ".join(f"{w}%" for w in canary.get("steps") or [])
+        return [("strategy", f"canary (steps {weights or 'default'})")]
+    analysis = spec.get("analysis") or {}
+    runs = f"{found_bg.get('analysisSteps', 5)} x {analysis.get('interval', 'analysis.interval')}"
+    rows = [("strategy", f"blueGreen (preview analysed for {runs}, then 100% at once)")]
+    name = found.get("metadata", {}).get("name", "NAME")
+    version = (canary.get("model") or {}).get("version") or status.canary_version or "-"
+    if status.canary_weight == 100:
+        state = "switched: it takes all traffic"
+    elif status.phase in SERVING_PHASES and status.canary_version == version:
+        state = "no live traffic"
+    else:
+        state = "not serving"
+    rows.append(
+        (
+            "preview",
+            f"{version} ({state}): Service {service_name(name, 'canary')}, or through the "
+            f"router with {VERSION_HEADER}: {version} or /v2/models/MODEL/versions/{version}/infer",
+        )
+    )
+    return rows
+
+
+def _approval_text(found: dict[str, Any], status: Any) -> str | None:
+    """The approval gate (spec.canary.approval.required): awaited since when and how to give
+    it, given, or still ahead; None without the gate. (`status`: an api.ModelDeploymentStatus.)"""
+    from canaryml_operator.rollout import COMMAND_ANNOTATIONS
+    from canaryml_operator.state import APPROVED, awaiting_approval, condition
+
+    meta = found.get("metadata", {})
+    canary = (found.get("spec") or {}).get("canary") or {}
+    given = condition(status, APPROVED)
+    waiting = awaiting_approval(status)
+    if waiting is not None:
+        name, namespace = meta.get("name"), meta.get("namespace")
+        version = status.canary_version or "<canary version>"
+        return (
+            f"AWAITED since {waiting.last_transition_time:%Y-%m-%d %H:%M:%S}: every step passed; "
+            f"approve with `canaryml promote {name} -n {namespace}` (or the annotation "
+            f'{COMMAND_ANNOTATIONS["promote"]}: "{version}")'
+        )
+    if given is not None and given.status == "True":
+        return f"given: {given.message}"
+    if (canary.get("approval") or {}).get("required"):
+        return "required before the final promotion (not awaited yet)"
+    return None
 
 
 def register(app: typer.Typer) -> None:

@@ -35,6 +35,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "Secret": ("/api/v1", "secrets"),
     api.KIND: (f"/apis/{api.GROUP}/{api.VERSION}", api.PLURAL),
 }
@@ -172,13 +173,15 @@ def child_kinds(spec: api.ModelDeploymentSpec | None) -> tuple[str, ...]:
     whenever the HTTPRoute API exists (see read_children).
     """
     # PodDisruptionBudgets and NetworkPolicies always: one of one replica, or with the
-    # operator's network policies turned off, is deleted.
+    # operator's network policies turned off, is deleted. HorizontalPodAutoscalers always: one
+    # whose autoscaling was removed (or a canary's back at weight 0) is deleted.
     kinds: tuple[str, ...] = (
         "Deployment",
         "Service",
         "HTTPRoute",
         "PodDisruptionBudget",
         "NetworkPolicy",
+        "HorizontalPodAutoscaler",
     )
     if spec is not None and spec.routing.router == "builtin":
         kinds += ("ServiceAccount", "Role", "RoleBinding")

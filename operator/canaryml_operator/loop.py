@@ -87,14 +87,15 @@ def turn(
     now: datetime,
     generation: int | None,
     commands: Mapping[rollout.Command, str] = rollout.NO_COMMANDS,
+    invalid_reason: str = "InvalidSpec",
 ) -> Turn:
     """One turn: the rollout core decides on the live tracks (and `measurements`, when an
     analysis was taken), the tracks follow its plan, and the status is the rollout state with
-    the observed state of the tracks after that and the phase of both."""
+    the observed state of the tracks after that and the phase of both. An `invalid` spec is
+    shown with `invalid_reason` (InvalidSpec, or templating.TEMPLATE_NOT_FOUND)."""
     live = tracks.live()
     decided, events, plan = previous, [], None
     after = live
-    invalid_reason = "InvalidSpec"
     if spec is not None and invalid is None:
         unpinned = children.unpinned_problem(spec)
         if unpinned is not None:

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,20 @@ from canaryml_api import resource as api
 from canaryml_api import telemetry
 from canaryml_api.tracks import TRACKS, Track, service_name
 
-from canaryml_operator import checks, children, loop, metrics, providers, reconcile, rollout
+from canaryml_operator import (
+    checks,
+    children,
+    delivery,
+    hooks,
+    loop,
+    metrics,
+    notifications,
+    providers,
+    reconcile,
+    rollout,
+    templates,
+    templating,
+)
 from canaryml_operator.kube import (
     KubeClient,
     KubeError,
@@ -169,11 +182,14 @@ def reconcile_model_deployment(
     image: str,
     now: datetime,
     measurements: Measurements | None = None,
+    hook_results: Sequence[hooks.Result] = (),
 ) -> reconcile.Plan:
     """Bring one ModelDeployment's children and status into shape; return what was done.
 
     With `measurements` (the analysis daemon took them), the rollout core also judges the
-    canary. The status is written over the version of the object that was read: a concurrent
+    canary; `hook_results` (the webhooks the daemon called) are recorded in status.webhooks
+    before it decides. The notifications of the turn are sent once its status is written.
+    The status is written over the version of the object that was read: a concurrent
     writer makes this a 409, and the caller retries with a fresh read.
     """
     meta = body.get("metadata", {})
@@ -184,11 +200,17 @@ def reconcile_model_deployment(
     previous = api.parse_status(body.get("status"))
     spec: api.ModelDeploymentSpec | None = None
     invalid = children.name_problem(owner.name)
+    invalid_reason = templating.INVALID_SPEC
     if invalid is None:
         try:
             spec = api.parse_spec(body.get("spec"))
         except ValueError as error:
             invalid = str(error)
+    if spec is not None:
+        # analysis.templates: their metrics merged in, read afresh at each reconcile.
+        resolution = templates.resolve(kube, owner.namespace, spec)
+        spec, invalid = resolution.spec, resolution.problem
+        invalid_reason = resolution.reason
 
     tracks = KubeTracks(
         kube,
@@ -197,15 +219,19 @@ def reconcile_model_deployment(
         image=image,
         reconciled_before=previous.observed_generation == generation,
     )
+    recorded = previous
+    if spec is not None:
+        recorded = hooks.record(spec=spec, status=previous, results=list(hook_results), now=now)
     done = loop.turn(
         spec=spec,
         invalid=invalid,
-        previous=previous,
+        previous=recorded,
         tracks=tracks,
         measurements=measurements,
         now=now,
         generation=generation,
         commands=rollout.commands_from(meta.get("annotations")),
+        invalid_reason=invalid_reason,
     )
     conflicts = sorted(tracks.conflicts.items(), key=lambda item: (item[0].kind, item[0].name))
     status = reconcile.with_conflicts(
@@ -215,9 +241,21 @@ def reconcile_model_deployment(
         generation=generation,
         now=now,
     )
+    settings = operator_settings()
+    status, messages = notifications.plan(
+        targets=(spec.notifications or settings.default_notifications()) if spec else [],
+        owner=owner,
+        previous=recorded,
+        status=status,
+        events=done.events,
+        now=now,
+        limit=settings.notify_limit,
+        window=settings.notify_window_seconds,
+    )
     patch = reconcile.status_patch(status)
     if patch != reconcile.status_patch(previous):
         apply_status(kube, owner, patch, resource_version=meta.get("resourceVersion"))
+    delivery.notify(messages, kube=kube, namespace=owner.namespace)
     metrics.observe_status(
         namespace=owner.namespace, name=owner.name, previous=previous, status=status
     )
@@ -273,6 +311,7 @@ def reconcile_latest(
     kube: KubeClient,
     measurements: Measurements | None = None,
     measured_after: datetime | None = None,
+    hook_results: Sequence[hooks.Result] = (),
     attempts: int = 3,
 ) -> reconcile.Plan:
     """Reconcile the resource as it is now: read it, then act, one reconcile per resource at a
@@ -298,6 +337,7 @@ def reconcile_latest(
                     image=operator_settings().image,
                     now=_now(),
                     measurements=measurements,
+                    hook_results=hook_results,
                 )
             except KubeError as error:
                 if error.status != 409 or attempt == attempts - 1:
@@ -420,6 +460,12 @@ async def analysis_daemon(
         except ValueError:
             continue  # the event handlers report it; look again when the resource changes
         status, now = api.parse_status(snapshot.get("status")), _now()
+        if templates.held_by_templates(spec, status):
+            # A template created or fixed changes no ModelDeployment: look again every interval
+            # (a reconcile reads the templates and writes the status only if it changed).
+            await _reconcile_held(kube, parse_owner(snapshot))
+            wake_at = time.monotonic() + api.parse_duration(spec.analysis.interval)
+            continue
         due = rollout.next_analysis_in(spec=spec, status=status, now=now)
         drain = rollout.drain_ends_in(spec=spec, status=status, now=now)
         if drain is not None and drained == status.step_started_at:
@@ -427,11 +473,22 @@ async def analysis_daemon(
         # A canary whose pods are not available is rolled back at its progress deadline, which
         # no Deployment event may come to mark.
         deadline = rollout.progress_deadline_in(spec=spec, status=status, now=now)
-        if due != 0.0 and drain != 0.0 and deadline != 0.0:
-            waits = [w for w in (due, drain, deadline) if w is not None]
+        hook = hooks.next_in(spec=spec, status=status, now=now)  # a webhook attempt
+        # A promotion's rollback window closes at its time, which no event marks either.
+        window = rollout.rollback_window_ends_in(spec=spec, status=status, now=now)
+        if due != 0.0 and drain != 0.0 and deadline != 0.0 and hook != 0.0 and window != 0.0:
+            waits = [w for w in (due, drain, deadline, hook, window) if w is not None]
             wake_at = time.monotonic() + min(waits) if waits else math.inf
             continue
         owner = parse_owner(snapshot)
+        if spec.analysis.templates:
+            resolved = await _resolve_templates(kube, owner, spec)
+            if resolved is None:
+                # Not resolvable (the reconcile shows why): look again an interval later, as a
+                # template created or fixed meanwhile changes no ModelDeployment.
+                wake_at = time.monotonic() + api.parse_duration(spec.analysis.interval)
+                continue
+            spec = resolved
         measurements = await loop.measure_if_due(
             spec=spec,
             owner=owner,
@@ -439,6 +496,12 @@ async def analysis_daemon(
             now=now,
             measure=functools.partial(take_measurements, kube=kube, body=body),
         )
+        calls = await _hooks_due(kube, spec=spec, status=status, owner=owner, now=now)
+        if measurements is not None:
+            calls += hooks.analysis_calls(
+                spec=spec, status=status, owner=owner, at=measurements.time
+            )
+        results = await delivery.call_hooks(calls, kube=kube, namespace=owner.namespace, now=now)
         pause = WRITTEN_PAUSE_SECONDS  # time for the watch to bring the status just written
         try:
             await asyncio.to_thread(
@@ -448,6 +511,7 @@ async def analysis_daemon(
                 kube=kube,
                 measurements=measurements,
                 measured_after=status.last_analysis.time if status.last_analysis else None,
+                hook_results=results,
             )
             if drain == 0.0:
                 drained = status.step_started_at
@@ -457,6 +521,53 @@ async def analysis_daemon(
             pause = CONFLICT_RETRY_SECONDS
         seen = None  # whatever was written, look at the resource afresh
         await stopped.wait(pause)
+
+
+async def _resolve_templates(
+    kube: KubeClient, owner: Owner, spec: api.ModelDeploymentSpec
+) -> api.ModelDeploymentSpec | None:
+    """The spec with its analysis.templates' metrics (read now, so that an edited template is
+    used at the next analysis), or None when they cannot be resolved: then the resource is
+    reconciled, which shows why in its conditions (and an Event) and holds the rollout."""
+    try:
+        resolution = await asyncio.to_thread(templates.resolve, kube, owner.namespace, spec)
+        if resolution.spec is not None:
+            return resolution.spec
+        await asyncio.to_thread(reconcile_latest, owner.namespace, owner.name, kube=kube)
+    except KubeError as error:
+        log.info("templates of %s/%s not resolved: %s", owner.namespace, owner.name, error)
+    return None
+
+
+async def _reconcile_held(kube: KubeClient, owner: Owner) -> None:
+    try:
+        await asyncio.to_thread(reconcile_latest, owner.namespace, owner.name, kube=kube)
+    except KubeError as error:
+        log.info("templates of %s/%s not resolved: %s", owner.namespace, owner.name, error)
+
+
+async def _hooks_due(
+    kube: KubeClient,
+    *,
+    spec: api.ModelDeploymentSpec,
+    status: api.ModelDeploymentStatus,
+    owner: Owner,
+    now: datetime,
+) -> list[hooks.Call]:
+    """The webhook attempts due now, checked against the status as the API server has it: the
+    watch may not have brought the last result yet, and an attempt made from an older status
+    would be one too many."""
+    if not hooks.due(spec=spec, status=status, owner=owner, now=now):
+        return []
+    try:
+        found = await asyncio.to_thread(kube.get, api.KIND, owner.namespace, owner.name)
+    except KubeError as error:
+        log.info("webhooks of %s/%s not called: %s", owner.namespace, owner.name, error)
+        return []
+    if found is None:
+        return []
+    latest = api.parse_status(found.get("status"))
+    return hooks.due(spec=spec, status=latest, owner=owner, now=now)
 
 
 async def take_measurements(

@@ -103,6 +103,19 @@ def count_name(track: Literal["canary", "stable"], kind: CountKind) -> str:
     return f"{track}{kind[0].upper()}{kind[1:]}SinceStep"
 
 
+# An A/B experiment's counts (spec.canary.experiment), per track, since the experiment began
+# (status.experiment.startedAt): its metric's successes and samples (for accuracy: the correct
+# predictions and the labels that arrived; for a business metric: its two queries).
+ExperimentKind = Literal["successes", "samples"]
+EXPERIMENT_KINDS: Final[tuple[ExperimentKind, ...]] = ("successes", "samples")
+
+
+def experiment_name(track: Literal["canary", "stable"], kind: ExperimentKind) -> str:
+    """`canarySuccessesSinceExperiment`: the measurement of `kind` of `track` since the
+    experiment began."""
+    return f"{track}{kind.capitalize()}SinceExperiment"
+
+
 # The held-out figures of each track's model (`canaryml package --evaluate`, exported by its
 # servers), read at every analysis to be shown, and judged only by the offline gate
 # (analysis.offlineGate) before the canary's first step: not checks. `figures`: one Sample with

@@ -11,6 +11,7 @@ chart's ServiceMonitor does) so that the resource's namespace wins over the oper
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 PHASES: Final[tuple[str, ...]] = get_args(api.Phase)
 VERDICTS: Final[tuple[str, ...]] = get_args(api.Verdict)
 RESULTS: Final[tuple[str, ...]] = ("promoted", "rolledBack")
+WEBHOOK_RESULTS: Final[tuple[str, ...]] = ("passed", "failed")
+NOTIFICATION_RESULTS: Final[tuple[str, ...]] = ("sent", "dropped")
 LABELS: Final = (t.NAMESPACE_LABEL, t.MODEL_DEPLOYMENT_LABEL)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -56,6 +59,16 @@ ROLLOUTS = _counter(
     "Rollouts ended, by result: promoted or rolledBack",
     [*LABELS, t.RESULT_LABEL],
 )
+WEBHOOK_ATTEMPTS = _counter(
+    t.OPERATOR_WEBHOOK_ATTEMPTS,
+    "Lifecycle webhook attempts, by result: passed (2xx) or failed",
+    [*LABELS, t.RESULT_LABEL],
+)
+NOTIFICATIONS = _counter(
+    t.OPERATOR_NOTIFICATIONS,
+    "Notifications of rollout events, by result: sent, or dropped by the rate limit",
+    [*LABELS, t.RESULT_LABEL],
+)
 
 
 def observe_status(
@@ -73,6 +86,10 @@ def observe_status(
         ANALYSES.labels(**labels, **{t.VERDICT_LABEL: verdict})
     for result in RESULTS:
         ROLLOUTS.labels(**labels, **{t.RESULT_LABEL: result})
+    for result in WEBHOOK_RESULTS:
+        WEBHOOK_ATTEMPTS.labels(**labels, **{t.RESULT_LABEL: result})
+    for result in NOTIFICATION_RESULTS:
+        NOTIFICATIONS.labels(**labels, **{t.RESULT_LABEL: result})
     CANARY_WEIGHT.labels(**labels).set(status.canary_weight)
     for phase in PHASES:
         PHASE.labels(**labels, **{t.PHASE_LABEL: phase}).set(1 if status.phase == phase else 0)
@@ -87,6 +104,39 @@ def observe_status(
     for entry in status.history:
         if (entry.event, entry.version, entry.time) not in seen:
             ROLLOUTS.labels(**labels, **{t.RESULT_LABEL: entry.event}).inc()
+    _observe_hooks(labels, previous=previous, status=status)
+
+
+def _observe_hooks(
+    labels: dict[str, str],
+    *,
+    previous: api.ModelDeploymentStatus,
+    status: api.ModelDeploymentStatus,
+) -> None:
+    """Webhook attempts and notifications recorded since `previous`."""
+    before = {(r.name, r.occasion, r.spec_digest): r.attempts for r in previous.webhooks}
+    for record in status.webhooks:
+        seen = before.get((record.name, record.occasion, record.spec_digest), 0)
+        if record.attempts > seen and record.last_attempt_at is not None:
+            # One new attempt a turn (a turn records one result per hook); its result is the
+            # last one, any earlier new ones failed.
+            new = record.attempts - seen
+            result = "passed" if record.passed else "failed"
+            WEBHOOK_ATTEMPTS.labels(**labels, **{t.RESULT_LABEL: result}).inc()
+            if new > 1:
+                WEBHOOK_ATTEMPTS.labels(**labels, **{t.RESULT_LABEL: "failed"}).inc(new - 1)
+    told, was = status.notifications, previous.notifications
+    if told is None:
+        return
+    # The times sent, as multisets: the new ones are added, the old ones only ever pruned.
+    sent = sum(
+        (collections.Counter(told.sent) - collections.Counter(was.sent if was else [])).values()
+    )
+    dropped = told.dropped - (was.dropped if was else 0)
+    if sent:
+        NOTIFICATIONS.labels(**labels, **{t.RESULT_LABEL: "sent"}).inc(sent)
+    if dropped > 0:
+        NOTIFICATIONS.labels(**labels, **{t.RESULT_LABEL: "dropped"}).inc(dropped)
 
 
 def forget(*, namespace: str, name: str) -> None:
@@ -100,6 +150,10 @@ def forget(*, namespace: str, name: str) -> None:
         _remove(ANALYSES, (*labels, verdict))
     for result in RESULTS:
         _remove(ROLLOUTS, (*labels, result))
+    for result in WEBHOOK_RESULTS:
+        _remove(WEBHOOK_ATTEMPTS, (*labels, result))
+    for result in NOTIFICATION_RESULTS:
+        _remove(NOTIFICATIONS, (*labels, result))
 
 
 def _remove(metric: Gauge | Counter, labels: tuple[str, ...]) -> None:

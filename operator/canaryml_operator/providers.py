@@ -9,8 +9,9 @@ exception of the handler.
 
 A reply is data from wherever the spec's URL points, so none of it is written into the status:
 errors say the HTTP status and a fixed description (Prometheus's own error text goes to the
-operator's log). Replies are read streamed up to MAX_REPLY_BYTES, uncompressed, within the
-query timeout as a whole, and redirects are refused, never followed.
+operator's log). The rules of every call to a URL a spec names (`outbound`): replies read
+streamed up to MAX_REPLY_BYTES, uncompressed, within the query timeout as a whole, and redirects
+refused, never followed.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from typing import Any, Final, Protocol
 import httpx
 from canaryml_api import resource as api
 
-from canaryml_operator import checks
+from canaryml_operator import checks, outbound
 from canaryml_operator.measurements import Measurements, Sample
 
 log = logging.getLogger(__name__)
 
 NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
-USER_AGENT: Final = "canaryml-operator"  # names the operator in Prometheus's query log
+USER_AGENT: Final = outbound.USER_AGENT  # names the operator in Prometheus's query log
 # An instant query answers one number (or one per feature): a few KiB. A larger reply is not
 # an answer to a check, and reading it whole would take the operator's memory (limit 512 MiB).
 MAX_REPLY_BYTES: Final = 1024 * 1024
@@ -100,13 +101,9 @@ class PrometheusProvider:
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._client = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=timeout,
-            headers={"User-Agent": USER_AGENT, **headers},
-            transport=transport,
-            # A redirect would send the credentials and the query where the spec did not say.
-            follow_redirects=False,
+        # A redirect would send the credentials and the query where the spec did not say.
+        self._client = outbound.client(
+            base_url=self.url, timeout=timeout, headers=headers, transport=transport
         )
 
     async def query(self, promql: str, *, at: datetime) -> float | None:
@@ -138,55 +135,19 @@ class PrometheusProvider:
 
     async def _post(self, path: str, *, form: Mapping[str, str]) -> Any:
         try:
-            # The timeout bounds the whole exchange: httpx's bounds each read, and a reply
-            # dripping a byte at a time would never end.
-            async with asyncio.timeout(self.timeout):
-                status, body = await self._read(path, form=form)
-        except (httpx.TimeoutException, TimeoutError):
-            raise MetricError(
-                f"Prometheus at {self.url} did not answer within {self.timeout:g} s"
-            ) from None
-        except httpx.HTTPError as error:
-            raise MetricError(
-                f"Prometheus at {self.url} is unreachable: {_describe(error)}"
-            ) from None
-        return _payload(status, body, url=self.url)
-
-    async def _read(self, path: str, *, form: Mapping[str, str]) -> tuple[int, bytes]:
-        """The status and the body of the reply, read up to MAX_REPLY_BYTES."""
-        headers = {"Accept-Encoding": "identity"}  # a compressed reply could expand unbounded
-        async with self._client.stream("POST", path, data=dict(form), headers=headers) as reply:
-            if reply.is_redirect or 300 <= reply.status_code < 400:
-                raise MetricError(
-                    f"Prometheus at {self.url} answered HTTP {reply.status_code}, a redirect: "
-                    "redirects are not followed (set analysis.prometheus.url to the final URL)"
-                )
-            encoding = reply.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise MetricError(
-                    f"Prometheus at {self.url} answered a compressed reply ({encoding[:20]!r}) "
-                    "although asked for none"
-                )
-            declared = reply.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
-                raise _too_large(self.url)
-            body = bytearray()
-            async for chunk in reply.aiter_raw():
-                body += chunk
-                if len(body) > MAX_REPLY_BYTES:
-                    raise _too_large(self.url)
-            return reply.status_code, bytes(body)
-
-
-def _too_large(url: str) -> MetricError:
-    return MetricError(
-        f"Prometheus at {url} answered more than {MAX_REPLY_BYTES // 1024} KiB: "
-        "not the reply to one check's query"
-    )
-
-
-def _describe(error: httpx.HTTPError) -> str:
-    return str(error) or type(error).__name__
+            reply = await outbound.post(
+                self._client,
+                path,
+                what=f"Prometheus at {self.url}",
+                timeout=self.timeout,
+                max_bytes=MAX_REPLY_BYTES,
+                redirect_hint="set analysis.prometheus.url to the final URL",
+                too_large_hint="not the reply to one check's query",
+                data=form,
+            )
+        except outbound.OutboundError as error:
+            raise MetricError(str(error)) from None
+        return _payload(reply.status, reply.body, url=self.url)
 
 
 def _payload(status: int, raw: bytes, *, url: str) -> Any:

@@ -22,9 +22,12 @@ from canaryml_api.tracks import Track
 from canaryml_operator import children
 from canaryml_operator.children import ChildKey, Manifest
 from canaryml_operator.state import (
+    AWAITING_APPROVAL,
+    SCALING_UP_CANARY,
     DeploymentState,
     Event,
     Owner,
+    awaiting_approval,
     condition,
     rollout_phase,
     set_condition,
@@ -91,6 +94,10 @@ def plan_children(
     for key, obj in sorted(live_by_key.items(), key=lambda item: (item[0].kind, item[0].name)):
         track = obj.get("metadata", {}).get("labels", {}).get(children.LABEL_TRACK, "")
         why = f"the {track} track was removed from the spec" if track else "no longer in the spec"
+        if key.kind == "HorizontalPodAutoscaler" and any(
+            ChildKey("Deployment", key.name) == ChildKey.of(m) for m in desired
+        ):
+            why = "its Deployment's replicas are no longer autoscaled"
         actions.append(
             Action("delete", key, dict(obj), "Deleted", f"{key.kind} {key.name} deleted: {why}")
         )
@@ -223,8 +230,17 @@ def build_status(
     elif stalled_now is not None:
         # kstatus: Stalled, not in progress (Flux fails instead of waiting for its timeout).
         put("Reconciling", False, "Stalled", f"{stalled_now.reason}: see the Stalled condition")
+    elif spec.canary is not None and phase == "Progressing" and awaiting_approval(previous):
+        # As a pause: nothing moves until a person approves (kstatus Current, Argo CD
+        # Suspended); the analyses go on.
+        approval = awaiting_approval(previous)
+        put("Reconciling", False, AWAITING_APPROVAL, approval.message if approval else "")
     elif spec.canary is not None and (
-        phase == "Progressing" or (phase == "Promoted" and _holds(progressing, "Promoting"))
+        phase == "Progressing"
+        or (
+            phase == "Promoted"
+            and (_holds(progressing, "Promoting") or _holds(progressing, SCALING_UP_CANARY))
+        )
     ):
         # A rollout in flight is not Current for kstatus (Flux waits for it).
         message = progressing.message if progressing else "rollout in progress"

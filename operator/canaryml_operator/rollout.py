@@ -17,9 +17,18 @@ The rollout of one canary (identified by its model's uri, version and sha256):
       the canary's held-out figure against stable's; worse than maxDrop allows: RolledBack
       before any traffic; not known yet: held; not comparable: held, Stalled at once)
       ... last step passes --> Promoted (stable becomes the canary model; the canary keeps its
-      weight until the new stable has rolled out, then weight 0, then the track is removed)
+      weight until the new stable has rolled out, then weight 0, then the track is removed;
+      with spec.rollbackWindow the stable keeps the replaced model for the window while the
+      canary, grown to full size, takes 100%: see "The rollback window" below)
+      (with spec.canary.approval.required, the last step passing holds instead: condition
+      Approved=False AwaitingApproval, analyses going on, until the promote command)
+      (with spec.canary.blueGreen, one step at 0%: the preview, analysed for analysisSteps x
+      analysis.interval, then promoted and switched to 100% at once: see "Blue-green" below)
     any step: failureLimit Failed analyses in a row --> RolledBack (weight 0 at once, canary
       scaled to 0; the stable model keeps serving)
+    (with spec.canary.experiment, an A/B experiment: one step at the experiment's fixed weight,
+      never left by itself: every analysis updates status.experiment (`experiments`), passing
+      ones hold, failing ones roll back as above, and only the promote command promotes)
 
 Analyses that are Inconclusive (too few requests, no data) or Error (metrics unreachable) hold
 the weight, with the reason in Progressing. Only a real stall sets Stalled: HELD_STREAK_LIMIT
@@ -47,14 +56,23 @@ from canaryml_api import resource as api
 from canaryml_api.routing import is_current_canary, plan_routing
 from canaryml_api.tracks import Track
 
+from canaryml_operator import experiments, hooks, offline
 from canaryml_operator import measurements as m
-from canaryml_operator import offline
 from canaryml_operator.state import (
+    APPROVED,
+    AWAITING_APPROVAL,
+    ROLLBACK_WINDOW,
+    SCALING_UP_CANARY,
     DeploymentState,
     Event,
     TrackPlan,
+    awaiting_approval,
+    blue_green,
+    keeps_previous_stable,
     rollout_phase,
     set_condition,
+    step_seconds,
+    step_weights,
 )
 from canaryml_operator.verdicts import build_record, judge
 
@@ -141,6 +159,7 @@ Action = Literal[
     "hold",  # analysis inconclusive or erroring: weight held
     "failed",  # one Failed analysis, below failureLimit
     "pass",  # a successful analysis, step interval not over yet
+    "awaitApproval",  # every step passed; the promotion waits for approval (spec.canary.approval)
     "promote",  # the canary became the stable model
     "promoted",  # promotion finished: the new stable rolled out, canary weight 0
     "rollback",  # canary weight 0 after failed analyses, or aborted
@@ -198,6 +217,8 @@ def drain_ends_in(
         return None
     if status.phase not in ("RolledBack", "Promoted") or status.canary_weight != 0:
         return None
+    if keeps_previous_stable(status):
+        return None  # a blue-green preview growing before its switch: nothing drains
     if status.step_started_at is None:
         return None
     return max(0.0, DRAIN_SECONDS - (now - status.step_started_at).total_seconds())
@@ -333,6 +354,7 @@ def decide(
         b.update(phase=rollout_phase(b.status))
     phase = b.status.phase
     if phase == "Promoted":
+        _rollback_window_turn(b, spec, tracks)
         _finish_promotion(b, tracks)
     ended = phase in ("Promoted", "RolledBack")
     if _canary_commands(b, spec, tracks, ended=ended) or ended:
@@ -536,13 +558,20 @@ def _rollback_stable(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
             "rollback: status.history has no model the current stable replaced",
         )
         return
+    instant = keeps_previous_stable(b.status)  # the previous stable still has its pods
     if spec.canary is not None and in_rollout(spec=spec, status=b.status):
         _roll_back(b, spec, reason="Aborted", message="aborted by a rollback of the stable model")
-    elif b.status.phase == "Promoted" and b.status.canary_weight:
-        # A promotion still finishing: the canary's share ends now, with the stable's change.
-        b.update(canary_weight=0, step_started_at=b.now)
+    elif b.status.phase == "Promoted" and (b.status.canary_weight or instant):
+        # A promotion still finishing (or a blue-green preview growing before its switch, at
+        # 0%): the canary's share ends now, with the stable's change.
+        b.update(canary_weight=0, step_started_at=b.now, rollback_window_ends_at=None)
         b.condition("Progressing", "False", "RolledBack", "promotion undone by a rollback")
     message = f"stable model rolled back from {current.version} to {target.version} by request"
+    if instant:
+        message += (
+            " within the rollback window: all traffic back on the previous stable's pods, "
+            "which kept running (no pod rollout)"
+        )
     b.update(
         stable_model=target,
         history=_history(b.status, _entry(current, event="rolledBack", time=b.now, reason=message)),
@@ -563,6 +592,7 @@ def _no_canary(b: _Builder) -> None:
     # Forgetting the canary makes the same one, added again, a new rollout from the start.
     b.update(canary_version=None, canary_model=None, failed_checks=0, held_analyses=0)
     _forget_canary_availability(b)
+    b.update(conditions=[c for c in b.status.conditions if c.type != APPROVED])
     if b.status.phase in ("Progressing", "Paused", "Promoted", "RolledBack", None):
         b.update(phase="Stable")
     b.condition("Progressing", "False", "NoCanary", "no canary in the spec")
@@ -582,16 +612,20 @@ def _start(b: _Builder, spec: api.ModelDeploymentSpec) -> None:
         failed_checks=0,
         held_analyses=0,
         last_analysis=None,
+        experiment=None,
     )
     steps = ", ".join(f"{weight}%" for weight in canary.steps)
     message = (
         f"canary {canary.model.version} rollout started "
         f"(steps {steps}, each for {canary.step_interval})"
     )
+    if blue_green(spec):
+        message = _blue_green_started(spec)
     b.condition("Progressing", "True", "WaitingForCanary", message + "; waiting for the canary")
     b.condition("RolledBack", "False", "NewRollout", message)
     _clear_stalled(b)
     _forget_canary_availability(b)  # the progress deadline runs from this rollout's start
+    b.update(conditions=[c for c in b.status.conditions if c.type != APPROVED])
     b.event("Normal", "RolloutStarted", message)
     b.action = "start"
 
@@ -612,22 +646,57 @@ def _wait_for_canary(
         and canary.serves(uri=model.uri, version=model.version, sha256=model.sha256)
     ):
         return
+    if _webhook_hold(b, spec, "start"):
+        return  # confirm-rollout, pre-rollout: no traffic before they said yes
     gate = ""
     if spec.analysis.offline_gate is not None:
         passed = _offline_gate(b, spec, measurements)
         if passed is None:
             return
         gate = f"; offline gate passed: {passed}"
-    first = spec.canary.steps[0]
+    first = step_weights(spec)[0]
     b.update(current_step=0, canary_weight=first, step_started_at=b.now, held_analyses=0)
     _clear_stalled(b)  # a gate that could not judge, then relaxed or removed
     message = (
         f"canary {version} available: weight 0% -> {first}% (step 1 of {len(spec.canary.steps)})"
         + gate
     )
+    if blue_green(spec):
+        message = _preview_message(spec) + gate
+    if spec.canary.experiment is not None:
+        b.update(experiment=experiments.start(spec, b.now))
+        message = _experiment_started(spec) + gate
     b.condition("Progressing", "True", "CanaryAnalysis", message)
     b.event("Normal", "StepUp", message)
     b.action = "stepUp"
+
+
+def _webhook_hold(b: _Builder, spec: api.ModelDeploymentSpec, point: hooks.Point) -> bool:
+    """Whether the gating webhooks of `point` hold the rollout (`hooks.hold`): Progressing
+    says which and why. One that gave up is a real stall (a person must act): Stalled, and a
+    Warning, once."""
+    held = hooks.hold(spec=spec, status=b.status, point=point)
+    if held is None:
+        return False
+    before = next((c for c in b.before.conditions if c.type == "Progressing"), None)
+    b.condition("Progressing", "True", held.reason, held.message)
+    stalled = next((c for c in b.before.conditions if c.type == "Stalled"), None)
+    gave_up_before = (
+        stalled is not None and stalled.status == "True" and stalled.reason == hooks.WEBHOOK_GAVE_UP
+    )
+    if held.reason == hooks.WEBHOOK_GAVE_UP:
+        if gave_up_before and stalled is not None and stalled.message == held.message:
+            # As it was: an analysis that cleared it on its way here changes nothing.
+            kept = [stalled if c.type == "Stalled" else c for c in b.status.conditions]
+            b.update(conditions=kept)
+        else:
+            b.condition("Stalled", "True", held.reason, held.message)
+        if before is None or before.reason != held.reason:
+            b.event("Warning", hooks.WEBHOOK_GAVE_UP, held.message)
+    elif gave_up_before:
+        _clear_stalled(b)  # the hook was edited: asked again
+    b.action = "hold"
+    return True
 
 
 WAITING_FOR_OFFLINE_GATE = "WaitingForOfflineGate"  # Progressing: available, not judged yet
@@ -797,6 +866,7 @@ def _analyse(
     canary, analysis = spec.canary, spec.analysis
     status = b.status
     results = judge(spec=spec, measurements=measurements, step_started_at=status.step_started_at)
+    results += hooks.rollout_checks(spec=spec, status=status, at=measurements.time)
     record = build_record(
         results=results,
         time=measurements.time,
@@ -808,6 +878,8 @@ def _analyse(
     if not paused:
         _restart_clock_after_gap(b, spec)
     b.update(last_analysis=record)
+    if canary.experiment is not None:
+        _experiment_turn(b, spec, measurements)
     if paused:
         b.action = "paused"
         return
@@ -817,7 +889,8 @@ def _analyse(
         # A failed step must earn its whole interval again.
         b.update(failed_checks=failed, held_analyses=0, step_started_at=b.now)
         _clear_stalled(b)
-        failing = [r for r in results if r.verdict == "Failed"]
+        _forget_approval(b)  # the last step must pass again before approval is awaited again
+        failing = [r for r in results if r.verdict == "Failed" and not r.dry_run]
         detail = "; ".join(r.message for r in failing)
         if any(r.sequential for r in failing):
             # A sequential failure is already a decision with its error rate held over every
@@ -842,7 +915,9 @@ def _analyse(
         held = status.held_analyses + 1
         b.update(held_analyses=held)
         b.action = "hold"
-        collecting = all(r.collecting for r in results if r.verdict != "Successful")
+        collecting = all(
+            r.collecting for r in results if r.verdict != "Successful" and not r.dry_run
+        )
         _hold(b, spec, record, held=held, collecting=collecting)
         return
     b.update(failed_checks=0, held_analyses=0)
@@ -854,10 +929,14 @@ def _analyse(
             "True",
             "CanaryAnalysis",
             f"canary {canary.model.version} at {status.canary_weight}% (step "
-            f"{(status.current_step or 0) + 1} of {len(canary.steps)}): the checks pass again",
+            f"{(status.current_step or 0) + 1} of {len(step_weights(spec))}): the checks pass "
+            "again",
         )
+    if canary.experiment is not None:
+        _experiment_holds(b)  # never a step up, never a promotion: a person decides
+        return
     started = b.status.step_started_at or b.now
-    interval = api.parse_duration(canary.step_interval)
+    interval = step_seconds(spec)
     if (b.now - started) < timedelta(seconds=interval):
         b.action = "pass"
         return
@@ -865,7 +944,9 @@ def _analyse(
     summary = ", ".join(
         f"{r.name} {m.value_text(r.name, r.value)}" for r in results if r.value is not None
     )
-    if step + 1 < len(canary.steps):
+    if step + 1 < len(step_weights(spec)):
+        if _webhook_hold(b, spec, "increase"):
+            return  # confirm-traffic-increase
         weight = canary.steps[step + 1]
         message = (
             f"canary weight {status.canary_weight}% -> {weight}% (step {step + 2} of "
@@ -876,11 +957,115 @@ def _analyse(
         b.event("Normal", "StepUp", message)
         b.action = "stepUp"
         return
+    if _webhook_hold(b, spec, "promotion"):
+        return  # confirm-promotion
+    if approval_required(spec):
+        _await_approval(b, spec, summary=summary)
+        return
     _promote(
         b,
         spec,
         reason=f"every step passed; last analysis: {summary}",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# A/B experiments (spec.canary.experiment): the canary at one fixed weight; every analysis
+# updates status.experiment (`experiments.update`); the safety checks still roll back, and a
+# passing analysis holds: promoting is the promote command's, never the experiment's.
+
+
+def _experiment_started(spec: api.ModelDeploymentSpec) -> str:
+    assert spec.canary is not None and spec.canary.experiment is not None
+    experiment = spec.canary.experiment
+    return (
+        f"canary {spec.canary.model.version} available: A/B experiment on {experiment.metric} "
+        f"started at weight {experiment.weight}% (no steps, no automatic promotion)"
+    )
+
+
+def _experiment_turn(
+    b: _Builder, spec: api.ModelDeploymentSpec, measurements: m.Measurements
+) -> None:
+    """One analysis of the experiment: its record updated (started now when the status has
+    none for this canary and metric), the weight kept at the spec's, an Event when decided."""
+    assert spec.canary is not None and spec.canary.experiment is not None
+    weight = spec.canary.experiment.weight
+    if b.status.current_step is not None and b.status.canary_weight != weight:
+        b.update(current_step=0, canary_weight=weight)  # the spec's split (edited, or new)
+    record = experiments.current(spec, b.status)
+    if record is None:
+        b.update(experiment=experiments.start(spec, b.now))
+        return  # counted from now on: nothing before it is the experiment's
+    updated, event = experiments.update(spec=spec, record=record, measurements=measurements)
+    b.update(experiment=updated)
+    if event is not None:
+        b.event(event.type, event.reason, event.message)
+
+
+def _experiment_holds(b: _Builder) -> None:
+    """A passing analysis of an experiment: Progressing says where the comparison stands."""
+    record = b.status.experiment
+    decided = record is not None and record.winner != "undecided"
+    reason = experiments.DECIDED_REASON if decided else experiments.RUNNING_REASON
+    message = f"A/B experiment at {b.status.canary_weight}%: " + (
+        record.message if record is not None else "started"
+    )
+    b.condition("Progressing", "True", reason, message)
+    b.action = "pass"
+
+
+# ---------------------------------------------------------------------------------------------
+# The manual approval gate (spec.canary.approval.required): a hold before the final promotion,
+# released by the promote command (`canaryml promote`, the canaryml.dev/promote annotation).
+
+
+def approval_required(spec: api.ModelDeploymentSpec) -> bool:
+    """Whether the final promotion waits for a person's approval."""
+    approval = spec.canary.approval if spec.canary is not None else None
+    return approval is not None and approval.required
+
+
+def approval_message(spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus) -> str:
+    """What the Approved condition (and the Event) says is awaited, and how to give it."""
+    assert spec.canary is not None
+    version = spec.canary.model.version
+    key = COMMAND_ANNOTATIONS["promote"]
+    return (
+        f"canary {version} passed every step and holds {status.canary_weight}% until its "
+        f'promotion is approved: `canaryml promote NAME` (annotation {key}: "{version}"); '
+        "the analyses go on, and a failing check still rolls it back"
+    )
+
+
+def _await_approval(b: _Builder, spec: api.ModelDeploymentSpec, *, summary: str) -> None:
+    """The last step passed, the promotion waits: Approved=False (AwaitingApproval) and
+    Progressing say so, with a Normal Event when the wait begins (once per wait)."""
+    message = approval_message(spec, b.status)
+    waiting = awaiting_approval(b.status) is not None
+    b.condition(APPROVED, "False", AWAITING_APPROVAL, message)
+    b.condition("Progressing", "True", AWAITING_APPROVAL, message)
+    if not waiting:
+        b.event("Normal", AWAITING_APPROVAL, f"{message} (last analysis: {summary})")
+    b.action = "awaitApproval"
+
+
+def _forget_approval(b: _Builder) -> None:
+    """No approval is awaited any more (a failed analysis, a rollback, a new canary)."""
+    kept = [c for c in b.status.conditions if c.type != APPROVED or c.status == "True"]
+    if len(kept) != len(b.status.conditions):
+        b.update(conditions=kept)
+    progressing = next((c for c in b.status.conditions if c.type == "Progressing"), None)
+    if progressing is not None and progressing.reason == AWAITING_APPROVAL:
+        status = b.status
+        b.condition(
+            "Progressing",
+            "True",
+            "CanaryAnalysis",
+            f"canary {status.canary_version} at {status.canary_weight}% (step "
+            f"{(status.current_step or 0) + 1}): an analysis failed; the step must pass for its "
+            "interval again before the promotion awaits approval",
+        )
 
 
 HELD_REASONS = ("AnalysisInconclusive", "MetricsUnavailable", "CollectingEvidence")
@@ -941,6 +1126,8 @@ def _promote(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str) -> None
     model = spec.canary.model
     previous = b.status.stable_model
     message = f"canary {model.version} promoted to stable: {reason}"
+    if awaiting_approval(b.status) is not None:
+        b.condition(APPROVED, "True", "Approved", message)
     b.update(
         phase="Promoted",
         stable_model=identity(model),
@@ -960,6 +1147,8 @@ def _promote(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str) -> None
     _clear_stalled(b)
     b.event("Normal", "Promoted", message)
     b.action = "promote"
+    if switches_at_once(spec):
+        _scale_up_for_window(b, spec, previous)
 
 
 def _finish_promotion(b: _Builder, tracks: Mapping[Track, DeploymentState]) -> None:
@@ -995,12 +1184,201 @@ def _roll_back(b: _Builder, spec: api.ModelDeploymentSpec, *, reason: str, messa
     b.condition("RolledBack", "True", reason, message)
     b.condition("Progressing", "False", "RolledBack", message)
     _clear_stalled(b)
+    _forget_approval(b)
     b.event("Warning", "RolledBack", message)
     b.action = "rollback"
 
 
 # ---------------------------------------------------------------------------------------------
 # What the children need to know of the rollout
+
+
+# ---------------------------------------------------------------------------------------------
+# The rollback window (spec.rollbackWindow): after a promotion the stable Deployment keeps the
+# model the promotion replaced, at its size, while the canary, grown to the stable's size, takes
+# all traffic. A rollback then is the routing change `_rollback_stable` already makes for a
+# promotion still finishing (the canary's weight to 0): nothing rolls, the previous stable's
+# pods answer at once. After the window the stable rolls to the promoted model and the promotion
+# finishes as without a window (the canary keeps its traffic until then, then is removed).
+#
+#   Promoted, Progressing ScalingUpCanary (the canary keeps its weight, grows to full size)
+#     --canary available at full size--> RollbackWindow (weight 100%, rollbackWindowEndsAt)
+#     --the window is over--> Promoting (the stable rolls out the promoted model)
+#     --the stable serves it--> Promoted (weight 0, the canary drained then removed)
+
+
+def rollback_window(spec: api.ModelDeploymentSpec) -> float:
+    """spec.rollbackWindow in seconds (0: none)."""
+    return api.parse_duration(spec.rollback_window)
+
+
+def full_size(spec: api.ModelDeploymentSpec) -> int:
+    """The pods the canary must have available before it takes all traffic: the stable's
+    (serving.replicas, or serving.autoscaling.minReplicas)."""
+    autoscaling = spec.serving.autoscaling
+    return autoscaling.min_replicas if autoscaling is not None else spec.serving.replicas
+
+
+def rollback_window_ends_in(
+    *, spec: api.ModelDeploymentSpec, status: api.ModelDeploymentStatus, now: datetime
+) -> float | None:
+    """Seconds until a promotion's rollback window is over (0: it is), or None when none is
+    open."""
+    ends = status.rollback_window_ends_at
+    if ends is None or not keeps_previous_stable(status) or not is_current_canary(spec, status):
+        return None
+    return max(0.0, (ends - now).total_seconds())
+
+
+def _scale_up_for_window(
+    b: _Builder, spec: api.ModelDeploymentSpec, previous: api.ModelIdentity | None
+) -> None:
+    """A promotion with a rollback window: the stable Deployment keeps `previous`; the canary
+    grows to the stable's size before it takes all traffic."""
+    assert spec.canary is not None
+    kept = previous.version if previous is not None else "the previous stable"
+    message = (
+        f"canary {spec.canary.model.version} promoted: growing to the stable's size "
+        f"({full_size(spec)} pods available) before it takes all traffic; meanwhile it keeps "
+        f"{b.status.canary_weight}% and stable {kept} keeps its pods for rollbackWindow "
+        f"{spec.rollback_window}"
+    )
+    if blue_green(spec):
+        message = _blue_green_scaling(spec, kept)
+    b.condition("Progressing", "True", SCALING_UP_CANARY, message)
+
+
+def _rollback_window_turn(
+    b: _Builder, spec: api.ModelDeploymentSpec, tracks: Mapping[Track, DeploymentState]
+) -> None:
+    """The promoted canary takes all traffic once it is available at full size; once the
+    window is over, the stable rolls to it (`_finish_promotion` takes over)."""
+    if not keeps_previous_stable(b.status) or not is_current_canary(spec, b.status):
+        return
+    assert spec.canary is not None
+    model = spec.canary.model
+    progressing = next(c for c in b.status.conditions if c.type == "Progressing")
+    kept = previous_stable(b.status)
+    kept_text = kept.version if kept is not None else "the previous stable"
+    if progressing.reason == SCALING_UP_CANARY:
+        canary = tracks.get("canary", DeploymentState())
+        if not (
+            canary.serves(uri=model.uri, version=model.version, sha256=model.sha256)
+            and canary.available >= full_size(spec)
+        ):
+            return
+        ends = b.now + timedelta(seconds=rollback_window(spec))
+        message = (
+            f"canary {model.version} takes all traffic ({canary.available} pods); stable "
+            f"{kept_text} keeps its pods until {ends:%Y-%m-%dT%H:%M:%SZ} (rollbackWindow "
+            f"{spec.rollback_window}): `canaryml rollback NAME` before then switches the "
+            "traffic back at once"
+        )
+        reason = "RollbackWindowOpen"
+        if blue_green(spec):
+            reason, message = BLUE_GREEN_SWITCH, _blue_green_switch(spec, b.status, canary, ends)
+        b.update(canary_weight=100, step_started_at=b.now, rollback_window_ends_at=ends)
+        b.condition("Progressing", "True", ROLLBACK_WINDOW, message)
+        b.event("Normal", reason, message)
+        b.action = "promote"
+        return
+    ends_at = b.status.rollback_window_ends_at
+    if ends_at is not None and b.now < ends_at:
+        return
+    message = (
+        f"rollback window over: the stable track rolls out {model.version} (stable "
+        f"{kept_text}'s pods are replaced); the canary keeps 100% until it has rolled out"
+    )
+    b.update(rollback_window_ends_at=None)
+    if rollback_window(spec) == 0:  # blue-green without a window: no window to tell of
+        message = (
+            f"blue-green switch done: the stable track rolls out {model.version} (stable "
+            f"{kept_text}'s pods, which take no traffic, are replaced); the canary keeps 100% "
+            "until it has rolled out"
+        )
+        b.condition("Progressing", "True", "Promoting", message)
+        b.action = "promote"
+        return
+    b.condition("Progressing", "True", "Promoting", message)
+    b.event("Normal", "RollbackWindowClosed", message)
+    b.action = "promote"
+
+
+# ---------------------------------------------------------------------------------------------
+# Blue-green (spec.canary.blueGreen): the canary is a preview at weight 0, reachable through
+# its Service NAME-canary, A/B segments (spec.routing.canaryMatch) and version pins, analysed
+# as one step at 0% on its own traffic for analysisSteps x analysis.interval (too few requests
+# holds, as at any step); then the promotion gates (confirm-promotion hooks, the approval) and
+# the switch: the promotion path of the rollback window, with the window as long as
+# spec.rollbackWindow (0s: none):
+#
+#   Progressing, step 1 at 0% (the preview) --passes for analysisSteps x interval-->
+#   Promoted, ScalingUpCanary (the preview grows to the stable's size; 0%)
+#     --available at full size--> RollbackWindow: weight 0% -> 100% at once (BlueGreenSwitch)
+#     --the window is over (at once without one)--> Promoting (the stable, which takes no
+#       traffic, rolls to the new model) --it serves it--> Promoted (weight 0, canary removed)
+#
+# A switch back is a rollback: before the switch the preview had no traffic (abort, or a
+# failed analysis: RolledBack); after it, `canaryml rollback` within the window (or while the
+# stable has not rolled yet) puts the weight back to 0% on the previous stable's pods.
+
+BLUE_GREEN_SWITCH = "BlueGreenSwitch"  # Event: the preview took all traffic at once
+
+
+def switches_at_once(spec: api.ModelDeploymentSpec) -> bool:
+    """Whether a promotion keeps the stable Deployment on the replaced model while the canary
+    grows to full size and takes all traffic at once (a rollback window, or blue-green)."""
+    return rollback_window(spec) > 0 or blue_green(spec)
+
+
+def _blue_green_started(spec: api.ModelDeploymentSpec) -> str:
+    assert spec.canary is not None and spec.canary.blue_green is not None
+    return (
+        f"canary {spec.canary.model.version} blue-green rollout started (a preview at 0%, "
+        f"analysed for {spec.canary.blue_green.analysis_steps} x {spec.analysis.interval}, "
+        "then all traffic at once)"
+    )
+
+
+def _preview_message(spec: api.ModelDeploymentSpec) -> str:
+    assert spec.canary is not None and spec.canary.blue_green is not None
+    return (
+        f"preview {spec.canary.model.version} available at 0% (blue-green): analysed on its "
+        f"own traffic (Service NAME-canary, A/B segments, version pins) for "
+        f"{spec.canary.blue_green.analysis_steps} x {spec.analysis.interval} before it takes "
+        "all traffic at once"
+    )
+
+
+def _blue_green_scaling(spec: api.ModelDeploymentSpec, kept: str) -> str:
+    assert spec.canary is not None
+    return (
+        f"preview {spec.canary.model.version} promoted (blue-green): growing to the stable's "
+        f"size ({full_size(spec)} pods available) before it takes all traffic at once; "
+        f"meanwhile stable {kept} keeps all traffic"
+    )
+
+
+def _blue_green_switch(
+    spec: api.ModelDeploymentSpec,
+    status: api.ModelDeploymentStatus,
+    canary: DeploymentState,
+    ends: datetime,
+) -> str:
+    assert spec.canary is not None
+    kept = previous_stable(status)
+    kept_text = kept.version if kept is not None else "the previous stable"
+    message = (
+        f"blue-green switch: preview {spec.canary.model.version} takes all traffic at once "
+        f"({status.canary_weight}% -> 100%, {canary.available} pods)"
+    )
+    if rollback_window(spec) == 0:
+        return message + "; the stable track, which has no traffic now, rolls out next"
+    return message + (
+        f"; stable {kept_text} keeps its pods until {ends:%Y-%m-%dT%H:%M:%SZ} (rollbackWindow "
+        f"{spec.rollback_window}): `canaryml rollback NAME` before then switches the traffic "
+        "back at once"
+    )
 
 
 def plan_tracks(
@@ -1016,7 +1394,8 @@ def plan_tracks(
     """
     stable = status.stable_model.as_ref() if status.stable_model else spec.model
     canary = spec.canary
-    weight = plan_routing(spec, status).canary_weight
+    routing = plan_routing(spec, status)
+    weight = routing.canary_weight
     if canary is None:
         return TrackPlan(stable, None, weight)
     current = is_current_canary(spec, status)
@@ -1027,6 +1406,14 @@ def plan_tracks(
     )
     if current and status.phase == "RolledBack":
         return TrackPlan(stable, 0 if drained else canary.replicas, weight)
-    if current and status.phase == "Promoted" and drained:
+    if current and status.phase == "Promoted" and drained and not keeps_previous_stable(status):
         return TrackPlan(stable, None, weight)
-    return TrackPlan(stable, canary.replicas, weight)
+    if current and status.phase == "Promoted" and switches_at_once(spec):
+        kept = previous_stable(status)
+        if keeps_previous_stable(status) and kept is not None:
+            stable = kept.as_ref()  # the rollback window: the stable Deployment is not touched
+        if keeps_previous_stable(status) or status.canary_weight == 100:
+            # At the stable's size: it takes, or is about to take, all traffic.
+            replicas = max(canary.replicas, spec.serving.replicas)
+            return TrackPlan(stable, replicas, weight, routing.canary_serving, canary_scale=100)
+    return TrackPlan(stable, canary.replicas, weight, routing.canary_serving)

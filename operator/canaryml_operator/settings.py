@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from canaryml_api import resource as api
 from canaryml_api.resource import HTTP_URL_PATTERN
@@ -75,6 +75,28 @@ class OperatorSettings(BaseSettings):
         "routing; empty: no NetworkPolicy on the model servers in that mode",
     )
 
+    notify_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=HTTP_URL_PATTERN,
+        description="the notification webhook of ModelDeployments whose spec.notifications is "
+        "empty (none when unset; the chart sets it from a Secret)",
+    )
+    notify_format: Literal["json", "slack"] = Field(
+        default="json", description="the format of notify_url: json or slack"
+    )
+    notify_events: list[api.NotificationEvent] = Field(
+        default_factory=lambda: list(api.NOTIFICATION_EVENTS),
+        min_length=1,
+        description="the events told to notify_url (JSON list)",
+    )
+    notify_limit: int = Field(
+        default=10, ge=1, le=1000, description="notifications per ModelDeployment per window"
+    )
+    notify_window_seconds: float = Field(
+        default=600.0, gt=0, le=86400, description="the window of notify_limit, in seconds"
+    )
+
     @field_validator("metrics_peers", "gateway_peers")
     @classmethod
     def _peers(cls, peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,6 +113,16 @@ class OperatorSettings(BaseSettings):
             return None
         ref = api.SecretKeyRef(name=self.feedback_key_secret, key=self.feedback_key_secret_key)
         return api.FeedbackSpec(key_secret_ref=ref)
+
+    def default_notifications(self) -> list[api.NotificationSpec]:
+        """spec.notifications for ModelDeployments that name none."""
+        if self.notify_url is None:
+            return []
+        return [
+            api.NotificationSpec(
+                url=self.notify_url, format=self.notify_format, events=list(self.notify_events)
+            )
+        ]
 
     def safeguards(self) -> Safeguards:
         return Safeguards(

@@ -52,6 +52,11 @@ class TrackPlan:
     stable_model: api.ModelRef
     canary_replicas: int | None  # None: no canary track at all
     canary_weight: int = 0  # the routing plan's (canaryml_api.routing.plan_routing)
+    # The routing plan's too: the canary's rollout runs, so A/B segments reach it (HTTPRoute).
+    canary_serving: bool = False
+    # The share of the stable's autoscaling bounds the canary's autoscaler gets, in percent;
+    # None: its weight. 100 while a promotion with a rollback window grows it to full size.
+    canary_scale: int | None = None
 
 
 def model_reference(*, uri: str, version: str, sha256: str | None) -> str:
@@ -166,3 +171,69 @@ def rollout_phase(status: api.ModelDeploymentStatus) -> api.Phase:
     ):
         return "RolledBack"
     return "Progressing"
+
+
+# The manual approval gate (spec.canary.approval.required): condition Approved, False with
+# reason AwaitingApproval while the canary, every step passed, waits for `canaryml promote`.
+# `rollout.decide` writes it; the reconciler (Reconciling), `canaryml status` and the Argo CD
+# health check (Suspended) read it.
+APPROVED = "Approved"
+AWAITING_APPROVAL = "AwaitingApproval"
+
+
+def awaiting_approval(status: api.ModelDeploymentStatus) -> api.Condition | None:
+    """The Approved condition while a person's approval of the promotion is awaited (its
+    lastTransitionTime: since when), else None."""
+    found = condition(status, APPROVED)
+    if found is None or found.status != "False" or found.reason != AWAITING_APPROVAL:
+        return None
+    if status.phase not in ("Progressing", "Paused"):
+        return None
+    return found
+
+
+# A promotion with a rollback window (spec.rollbackWindow): the Progressing reasons while the
+# stable Deployment keeps the model the promotion replaced. `rollout.decide` writes them; the
+# reconciler reads them (a canary growing is a rollout in progress).
+SCALING_UP_CANARY = "ScalingUpCanary"  # promoted: the canary grows to the stable's size
+ROLLBACK_WINDOW = "RollbackWindow"  # the canary takes all traffic; the previous stable waits
+
+
+def keeps_previous_stable(status: api.ModelDeploymentStatus) -> bool:
+    """Whether a promotion's rollback window holds the stable Deployment on the model the
+    promotion replaced (the canary growing to full size, then taking all traffic)."""
+    found = condition(status, "Progressing")
+    return (
+        status.phase == "Promoted"
+        and found is not None
+        and found.status == "True"
+        and found.reason in (SCALING_UP_CANARY, ROLLBACK_WINDOW)
+    )
+
+
+# The rollout's strategy (spec.canary.blueGreen): the rollout core and the webhook planner both
+# count steps and time them the same way.
+
+
+def blue_green(spec: api.ModelDeploymentSpec) -> bool:
+    """Whether the canary rolls out blue-green: a preview at weight 0, then 100% at once."""
+    return spec.canary is not None and spec.canary.blue_green is not None
+
+
+def step_weights(spec: api.ModelDeploymentSpec) -> list[int]:
+    """The canary's weight at each step: spec.canary.steps, blue-green's one preview step at 0
+    (the switch to 100% is the promotion), or an A/B experiment's one fixed weight."""
+    assert spec.canary is not None
+    if spec.canary.experiment is not None:
+        return [spec.canary.experiment.weight]  # an A/B experiment: one fixed weight
+    return [0] if blue_green(spec) else list(spec.canary.steps)
+
+
+def step_seconds(spec: api.ModelDeploymentSpec) -> float:
+    """How long each step must pass: spec.canary.stepInterval, or blue-green's
+    analysisSteps x analysis.interval for the preview."""
+    assert spec.canary is not None
+    found = spec.canary.blue_green
+    if found is not None:
+        return found.analysis_steps * api.parse_duration(spec.analysis.interval)
+    return api.parse_duration(spec.canary.step_interval)

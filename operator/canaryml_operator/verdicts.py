@@ -40,6 +40,9 @@ class CheckResult:
     requests_needed: int | None = None
     # Shown next to the checks that judge, never judged itself (PSI beside the drift test).
     informational: bool = False
+    # A custom metric with dryRun: judged and recorded with the verdict it would have had,
+    # left out of the analysis's verdict (it never fails or holds a rollout).
+    dry_run: bool = False
 
     @property
     def collecting(self) -> bool:
@@ -59,6 +62,7 @@ class CheckResult:
             evidence=_finite(self.evidence),
             samples=self.samples,
             requests_needed=self.requests_needed,
+            dry_run=True if self.dry_run else None,
         )
 
 
@@ -177,15 +181,23 @@ def judge(
             )
         )
     for metric in analysis.metrics:
-        results.append(
-            judge_value(
-                name=metric.name,
-                sample=measurements.get(metric.name),
-                min=metric.min,
-                max=metric.max,
-            )
+        result = judge_value(
+            name=metric.name,
+            sample=measurements.get(metric.name),
+            min=metric.min,
+            max=metric.max,
         )
+        results.append(dry_run(result) if metric.dry_run else result)
     return results
+
+
+def dry_run(result: CheckResult) -> CheckResult:
+    """A dry-run check (analysis.metrics[].dryRun): its own verdict kept, its message saying
+    it did not count; `overall` leaves it out."""
+    message = result.message
+    if result.verdict != "Successful":
+        message = f"dry run (not counted): {message}"
+    return replace(result, dry_run=True, message=message)
 
 
 # The share of requests allowed over the latency bound: "p99 <= bound" is "at most 1 % slower".
@@ -1034,8 +1046,9 @@ def _judge_requests(sample: m.Sample, min_requests: int) -> CheckResult:
 
 def overall(results: Sequence[CheckResult]) -> Verdict:
     """Failed beats Error beats Inconclusive beats Successful: a clear failure counts even
-    when another query could not run."""
-    verdicts = {result.verdict for result in results}
+    when another query could not run. Dry-run checks (analysis.metrics[].dryRun) count for
+    nothing."""
+    verdicts = {result.verdict for result in results if not result.dry_run}
     for verdict in ("Failed", "Error", "Inconclusive"):
         if verdict in verdicts:
             return verdict
@@ -1057,6 +1070,10 @@ def build_record(
         prediction_drift=values.get(m.PREDICTION_DRIFT),
         shadow_agreement=values.get(m.SHADOW_AGREEMENT),
         requests=values.get(m.REQUESTS),
-        reasons=[result.message for result in results if result.verdict != "Successful"],
+        reasons=[
+            result.message
+            for result in results
+            if result.verdict != "Successful" and not result.dry_run
+        ],
         checks=[result.record() for result in results],
     )

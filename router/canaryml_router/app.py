@@ -35,10 +35,11 @@ from canaryml_router.admin import (
     raw_path,
 )
 from canaryml_router.asgi import Receive, Scope, Send
-from canaryml_router.core import RoutingTable, WeightSource
+from canaryml_router.core import RateLimit, RoutingTable, WeightSource
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.mirror import Mirror
 from canaryml_router.proxy import Proxy
+from canaryml_router.ratelimit import DEFAULT_MAX_CLIENTS, ClientLimiter
 from canaryml_router.routes import Routes
 from canaryml_router.upstream import (
     ANSWER_BUDGET_BYTES,
@@ -69,6 +70,8 @@ class RouterApp:
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         max_head_bytes: int = MAX_HEAD_BYTES,
         answer_budget_bytes: int = ANSWER_BUDGET_BYTES,
+        rate_limit: RateLimit | None = None,
+        rate_limit_max_clients: int = DEFAULT_MAX_CLIENTS,
     ) -> None:
         if admin and weight_source is not None:
             raise ValueError("PUT /router/weights would fight the weight source: not both")
@@ -82,7 +85,9 @@ class RouterApp:
             max_answer_bytes=max_answer_bytes,
             max_head_bytes=max_head_bytes,
             answer_budget_bytes=answer_budget_bytes,
+            default_rate_limit=rate_limit,
         )
+        self.limiter = ClientLimiter(max_clients=rate_limit_max_clients)
         self.mirror = Mirror(
             model_deployment=model_deployment,
             metrics=self.metrics,
@@ -95,6 +100,7 @@ class RouterApp:
             mirror=self.mirror,
             upstream_timeout=upstream_timeout,
             random=random.random,
+            limiter=self.limiter,
         )
         self.admin = AdminEndpoints(
             model_deployment=model_deployment,
@@ -203,12 +209,17 @@ def create_router_app(
     max_answer_bytes: int = MAX_ANSWER_BYTES,
     max_head_bytes: int = MAX_HEAD_BYTES,
     answer_budget_bytes: int = ANSWER_BUDGET_BYTES,
+    rate_limit: RateLimit | None = None,
+    rate_limit_max_clients: int = DEFAULT_MAX_CLIENTS,
 ) -> RouterApp:
     """The router for one ModelDeployment.
 
     Give it a `table` (static weights; with `admin`, changeable through PUT /router/weights), a
     `weight_source` (started with the app: the ModelDeployment watch), or both (the table
     serves until the source delivers one). Without a table it answers 503 until one arrives.
+    `rate_limit` is the per-client limit of tables that have none of their own (a followed
+    ModelDeployment's `spec.routing.rateLimit` wins); `rate_limit_max_clients` bounds the
+    clients whose buckets are kept.
     """
     if table is None and weight_source is None:
         raise ValueError("give the router a routing table, a weight source, or both")
@@ -222,6 +233,8 @@ def create_router_app(
         raise ValueError("admin_upstreams is a kind of admin: give admin too")
     if answer_budget_bytes < max_answer_bytes:
         raise ValueError("the answer budget must hold at least one answer of the largest size")
+    if rate_limit_max_clients < 1:
+        raise ValueError("rate_limit_max_clients must be at least 1")
     return RouterApp(
         model_deployment=model_deployment,
         table=table,
@@ -235,4 +248,6 @@ def create_router_app(
         max_answer_bytes=max_answer_bytes,
         max_head_bytes=max_head_bytes,
         answer_budget_bytes=answer_budget_bytes,
+        rate_limit=rate_limit,
+        rate_limit_max_clients=rate_limit_max_clients,
     )

@@ -66,6 +66,8 @@ def _upstream_options(settings: RouterSettings) -> dict[str, Any]:
         "max_answer_bytes": settings.max_upstream_answer_bytes,
         "max_head_bytes": settings.max_upstream_head_bytes,
         "answer_budget_bytes": settings.upstream_answer_budget_bytes,
+        "rate_limit": settings.rate_limit(),
+        "rate_limit_max_clients": settings.rate_limit_max_clients,
     }
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from canaryml_api import resource
-from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
+from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE, MAX_REGEX_MATCHED_LENGTH
 from canaryml_api.routing import RoutingPlan, plan_routing
 from canaryml_api.tracks import TRACKS as TRACKS
 from canaryml_api.tracks import LiveTrack, service_url
@@ -27,6 +28,121 @@ BUCKETS = 10_000
 _PER_PERCENT = BUCKETS // 100
 PREDICT_OUTPUT = "predict"
 PROBA_OUTPUT = "predict_proba"
+
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """One A/B segment rule (`spec.routing.canaryMatch`), ready to test a request's headers:
+    `header` (lowercase, as ASGI carries names) with an exact `value` or a `regex` the whole
+    value matches, or `cookie` with an exact `value`."""
+
+    header: bytes | None = None
+    cookie: bytes | None = None
+    value: bytes | None = None
+    regex: re.Pattern[str] | None = None
+
+    @classmethod
+    def of(cls, match: resource.CanaryMatch) -> SegmentRule:
+        """The rule of a validated spec entry (its regex already checked for safety)."""
+        return cls(
+            header=match.header.lower().encode("latin-1") if match.header else None,
+            cookie=match.cookie.encode("latin-1") if match.cookie else None,
+            value=match.value.encode("latin-1", "replace") if match.value is not None else None,
+            regex=re.compile(match.regex) if match.regex is not None else None,
+        )
+
+    @property
+    def wanted(self) -> bytes:
+        """The request header this rule reads."""
+        return self.header if self.header is not None else b"cookie"
+
+    def matches(self, values: Sequence[bytes]) -> bool:
+        """Whether any value of the header it reads (every line of it) matches."""
+        if self.cookie is not None:
+            return any(cookie_value(line, self.cookie) == self.value for line in values)
+        if self.regex is not None:
+            pattern = self.regex
+            return any(
+                len(v) <= MAX_REGEX_MATCHED_LENGTH
+                and pattern.fullmatch(v.decode("latin-1")) is not None
+                for v in values
+            )
+        return self.value in values
+
+
+def cookie_value(line: bytes, name: bytes) -> bytes | None:
+    """The value of cookie `name` in one Cookie header (`a=1; b=2`), or None."""
+    for pair in line.split(b";"):
+        key, sep, value = pair.strip().partition(b"=")
+        if sep and key == name:
+            return value
+    return None
+
+
+def in_segment(rules: Sequence[SegmentRule], headers: Mapping[bytes, Sequence[bytes]]) -> bool:
+    """Whether a request whose headers (by lowercase name) are `headers` is in an A/B segment:
+    any rule matches."""
+    for rule in rules:
+        values = headers.get(rule.wanted)
+        if values and rule.matches(values):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Each client may make `requests_per_second` requests a second, sustained, and `burst` at
+    once (a token bucket of `burst` tokens refilled at that rate). The client is named by
+    `client_header`'s value (lowercase name), else by its address."""
+
+    requests_per_second: float
+    burst: int
+    client_header: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.requests_per_second) and self.requests_per_second > 0):
+            raise ValueError(f"requests per second must be above 0, got {self.requests_per_second}")
+        if self.burst < 1:
+            raise ValueError(f"burst must be at least 1, got {self.burst}")
+
+    @classmethod
+    def of(
+        cls, requests_per_second: float, burst: int | None, client_header: str | None
+    ) -> RateLimit:
+        """With the default burst: the rate rounded up, at least 1."""
+        return cls(
+            requests_per_second=requests_per_second,
+            burst=burst if burst is not None else max(1, math.ceil(requests_per_second)),
+            client_header=client_header.lower() if client_header else None,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requestsPerSecond": self.requests_per_second,
+            "burst": self.burst,
+            "clientHeader": self.client_header,
+        }
+
+
+class Bucket(NamedTuple):
+    """One client's token bucket: `tokens` left at time `at` (seconds, any monotonic clock)."""
+
+    tokens: float
+    at: float
+
+
+def take_token(bucket: Bucket | None, limit: RateLimit, now: float) -> tuple[Bucket, float | None]:
+    """The bucket after one request at `now`, and None when the request may go, else the
+    seconds until it could (the bucket then unchanged but refilled to `now`). A client seen for
+    the first time (None) starts with a full bucket; a clock going back refills nothing."""
+    if bucket is None:
+        tokens = float(limit.burst)
+    else:
+        elapsed = max(0.0, now - bucket.at)
+        tokens = min(float(limit.burst), bucket.tokens + elapsed * limit.requests_per_second)
+    if tokens >= 1.0:
+        return Bucket(tokens - 1.0, now), None
+    return Bucket(tokens, now), (1.0 - tokens) / limit.requests_per_second
 
 
 @dataclass(frozen=True)
@@ -42,6 +158,14 @@ class RoutingTable:
     sticky_header: str | None = None
     versions: Mapping[str, str] = field(default_factory=dict)
     probability_tolerance: float = DEFAULT_PROBABILITY_TOLERANCE
+    # Whether A/B segments and version pins may reach the canary (its rollout runs: see
+    # `canaryml_api.routing`); static tables have it whenever they have a canary upstream.
+    canary_serving: bool = True
+    segments: tuple[SegmentRule, ...] = ()
+    rate_limit: RateLimit | None = None
+    # Blue-green's preview mirror: the stable's live prediction requests also go to the canary
+    # (counted as its requests, not compared), while it takes no live traffic.
+    canary_mirror: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.canary_weight <= 100:
@@ -66,6 +190,25 @@ class RoutingTable:
         return self.canary_weight > 0 and "canary" in self.upstreams
 
     @property
+    def canary_available(self) -> bool:
+        """Whether segment-matched and version-pinned requests may go to the canary (also at
+        weight 0)."""
+        return self.canary_serving and "canary" in self.upstreams
+
+    def served_versions(self) -> dict[LiveTrack, str]:
+        """The versions clients may pin, by live track: the stable's, and the canary's while it
+        is available (never the shadow's)."""
+        served: dict[LiveTrack, str] = {"stable": self.version("stable")}
+        if self.canary_available:
+            served["canary"] = self.version("canary")
+        return served
+
+    @property
+    def canary_mirror_active(self) -> bool:
+        """Whether the stable's live requests are mirrored to the preview (the canary at 0%)."""
+        return self.canary_mirror and self.canary_available and not self.canary_active
+
+    @property
     def shadow_active(self) -> bool:
         return self.shadow_percent > 0 and "shadow" in self.upstreams
 
@@ -81,7 +224,24 @@ class RoutingTable:
             "probabilityTolerance": self.probability_tolerance,
             "upstreams": dict(self.upstreams),
             "versions": dict(self.versions),
+            "canaryServing": self.canary_available,
+            "canaryMatch": [_segment_json(rule) for rule in self.segments],
+            "rateLimit": self.rate_limit.as_json() if self.rate_limit else None,
+            "canaryMirror": self.canary_mirror_active,
         }
+
+
+def _segment_json(rule: SegmentRule) -> dict[str, str]:
+    shown: dict[str, str] = {}
+    if rule.cookie is not None:
+        shown["cookie"] = rule.cookie.decode("latin-1")
+    elif rule.header is not None:
+        shown["header"] = rule.header.decode("latin-1")
+    if rule.regex is not None:
+        shown["regex"] = rule.regex.pattern
+    elif rule.value is not None:
+        shown["value"] = rule.value.decode("latin-1")
+    return shown
 
 
 ApplyTable = Callable[[RoutingTable], None]
@@ -98,13 +258,22 @@ def sticky_bucket(value: str) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
-def choose_track(table: RoutingTable, *, sticky_value: str | None, draw: float) -> LiveTrack:
+def choose_track(
+    table: RoutingTable, *, sticky_value: str | None, draw: float, segment: bool = False
+) -> LiveTrack:
     """stable or canary for one request.
+
+    A request in an A/B segment (`segment`, from `in_segment`) goes to the canary whenever it is
+    available, whatever its weight (0 included); its sticky value plays no part. Otherwise (no
+    canary, or one rolled back) it is routed as any other request, and a request outside every
+    segment keeps the sticky hashing below.
 
     With a sticky value the bucket decides, and the canary takes buckets [0, weight * 100): a
     user in the canary at one weight stays there at every larger weight, so stepping up never
     moves a user back and forth. Without one, `draw` (uniform in [0, 1)) decides.
     """
+    if segment and table.canary_available:
+        return "canary"
     if not table.canary_active:
         return "stable"
     if sticky_value is not None and table.sticky_header is not None:
@@ -129,6 +298,25 @@ def is_prediction(method: str, path: str) -> bool:
     if len(parts) not in (5, 7) or parts[:3] != ["", "v2", "models"] or parts[-1] != "infer":
         return False
     return all(parts[3:-1]) and (len(parts) == 5 or parts[4] == "versions")
+
+
+def path_version(path: str) -> str | None:
+    """The version a path pins, /v2/models/NAME/versions/VERSION[/...], else None."""
+    if not path.startswith("/v2/models/"):
+        return None
+    parts = path.split("/", 7)
+    if len(parts) < 6 or parts[4] != "versions" or not parts[3] or not parts[5]:
+        return None
+    return parts[5]
+
+
+def pinned_track(table: RoutingTable, version: str) -> LiveTrack | None:
+    """The live track serving `version` (the stable when both do), or None when none does:
+    a client pinned to a version reaches it whatever the weights, for as long as it is served."""
+    for track, served in table.served_versions().items():
+        if served == version:
+            return track
+    return None
 
 
 def should_mirror(*, percent: int, draw: float) -> bool:
@@ -267,6 +455,14 @@ def table_from_plan(
         sticky_header=plan.sticky_header,
         versions={track: version for track, version in plan.versions.items()},
         probability_tolerance=plan.probability_tolerance,
+        canary_serving=plan.canary_serving,
+        segments=tuple(SegmentRule.of(match) for match in plan.canary_match),
+        rate_limit=(
+            RateLimit.of(limit.requests_per_second, limit.burst, limit.client_header)
+            if (limit := plan.rate_limit) is not None
+            else None
+        ),
+        canary_mirror=plan.canary_mirror,
     )
 
 

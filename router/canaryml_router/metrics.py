@@ -26,6 +26,7 @@ from canaryml_api.telemetry import (
     REQUESTS_TOTAL,
     RESULT_LABEL,
     ROUTER_CANARY_WEIGHT,
+    ROUTER_RATE_LIMITED,
     ROUTER_SHADOW_PERCENT,
     SHADOW_COMPARISONS,
     SOURCE_LABEL,
@@ -58,6 +59,7 @@ class _RouterCollector(Collector):
         self.requests: dict[tuple[str, str, int], int] = {}
         self.durations: dict[tuple[str, str], _Histogram] = {}
         self.comparisons: dict[tuple[str, str, str], int] = {}
+        self.rate_limited = 0
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -93,6 +95,13 @@ class _RouterCollector(Collector):
         for (track, version, result), count in sorted(self.comparisons.items()):
             comparisons.add_metric([self.deployment, track, version, result], count)
         yield comparisons
+        limited = CounterMetricFamily(
+            ROUTER_RATE_LIMITED,
+            "Requests refused with 429 by the per-client rate limit (never a track's request)",
+            labels=[MODEL_DEPLOYMENT_LABEL],
+        )
+        limited.add_metric([self.deployment], self.rate_limited)
+        yield limited
 
 
 class RouterMetrics:
@@ -127,6 +136,10 @@ class RouterMetrics:
                 collector.requests.setdefault((track, version, declared), 0)
         histogram.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         histogram.total += seconds
+
+    def observe_rate_limited(self) -> None:
+        """A request refused by the rate limit: counted here only, never as a track's."""
+        self._collector.rate_limited += 1
 
     def observe_comparison(self, *, track: str, version: str, result: str) -> None:
         key = (track, version, result)

@@ -9,6 +9,11 @@ At most `max_mirrors` mirrors are in flight; beyond that a mirror is skipped and
 such, so a slow shadow can never pile up memory or connections in the router. A mirror holds
 the live answer until its comparison is done, then releases it and the shadow's answer to the
 router's answer budget (`Routes.answer_budget`).
+
+Blue-green's preview mirror (`send_preview`, spec.canary.blueGreen.mirror) sends the stable's
+live requests to the preview (the canary track at weight 0) the same way and within the same
+bound; its answers are counted as the canary's requests (track="canary": the analysis judges
+the preview on them) and are not compared (the comparison series is the shadow's).
 """
 
 from __future__ import annotations
@@ -140,6 +145,71 @@ class Mirror:
                     live=live.body, shadow=response.body, tolerance=table.probability_tolerance
                 )
             self._metrics.observe_comparison(track=track, version=live_version, result=result)
+        finally:
+            if response is not None:
+                response.release()
+
+    def send_preview(
+        self,
+        preview: UpstreamPool,
+        table: RoutingTable,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+    ) -> bool:
+        """Mirror one live request to the blue-green preview; returns at once, False when
+        skipped (too many mirrors in flight)."""
+        if len(self._in_flight) >= self._max_mirrors:
+            return False
+        call = self._preview(preview, table, method, target, headers, body)
+        task = asyncio.get_running_loop().create_task(call)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return True
+
+    async def _preview(
+        self,
+        preview: UpstreamPool,
+        table: RoutingTable,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+    ) -> None:
+        start = time.perf_counter()
+        response: UpstreamResponse | None = None
+        try:
+            response = await preview.request(
+                method=method,
+                target=target,
+                headers=headers,
+                body=body,
+                within=self._shadow_timeout,
+            )
+            code = response.status
+        except UpstreamBusyError:  # the router's own load says nothing about the preview
+            return
+        except UpstreamTimeoutError:
+            code = 504
+        except UpstreamError as error:
+            log.debug("the preview of %s failed: %s", self.model_deployment, error)
+            code = 502
+        except Exception:
+            log.exception("mirroring to the preview failed")
+            code = 502
+        try:
+            version: str | None = None
+            if response is not None:
+                for name, value in response.headers:
+                    if name == _VERSION_HEADER:
+                        version = value.decode("latin-1")
+            self._metrics.observe_request(
+                track="canary",
+                version=version or table.version("canary"),
+                code=code,
+                seconds=time.perf_counter() - start,
+            )
         finally:
             if response is not None:
                 response.release()

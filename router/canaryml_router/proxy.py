@@ -10,17 +10,25 @@ are proxied to the chosen track but say nothing about a model's health (200 junk
 otherwise dilute a failing canary's error rate). A prediction whose client went away before its
 answer is counted as 499 (nginx's "client closed request"): the client's doing, not the track's.
 
+Before a track is chosen: a client over its rate limit (`ratelimit`) gets 429 with Retry-After,
+counted in ROUTER_RATE_LIMITED and never as a track's request; a request pinned to a version
+(the path /v2/models/NAME/versions/VERSION/..., or the version header) goes to the track serving
+that version, or gets a 404 naming the versions served; a request in an A/B segment goes to the
+canary whatever its weight (`core.choose_track`).
+
 This is the router's hot path: one pass over the headers each way, no allocation it can avoid.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from canaryml_api.telemetry import CLIENT_CLOSED, TRACK_HEADER, VERSION_HEADER
+from canaryml_api.tracks import LiveTrack
 
 from canaryml_router.asgi import (
     MAX_BODY_BYTES,
@@ -33,9 +41,17 @@ from canaryml_router.asgi import (
     read_body,
     respond,
 )
-from canaryml_router.core import choose_track, is_prediction, should_mirror
+from canaryml_router.core import (
+    choose_track,
+    in_segment,
+    is_prediction,
+    path_version,
+    pinned_track,
+    should_mirror,
+)
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.mirror import Mirror
+from canaryml_router.ratelimit import ClientLimiter, client_key
 from canaryml_router.routes import Routes
 from canaryml_router.upstream import (
     Headers,
@@ -63,10 +79,15 @@ _DROPPED_ANSWER_HEADERS = _HOP_BY_HOP | {b"date"}
 
 
 def request_headers(
-    raw: Iterable[tuple[bytes, bytes]], *, sticky: bytes | None, client: Any
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    sticky: bytes | None,
+    client: Any,
+    wanted: frozenset[bytes] = frozenset(),
+    picked: dict[bytes, list[bytes]] | None = None,
 ) -> tuple[Headers, str | None]:
     """The headers to forward (hop-by-hop ones dropped, X-Forwarded-For extended) and the
-    sticky header's value, in one pass."""
+    sticky header's value, in one pass; the values of the `wanted` headers go into `picked`."""
     forward: Headers = []
     sticky_value: str | None = None
     connection_tokens: bytes | None = None
@@ -78,6 +99,8 @@ def request_headers(
             continue
         if name == sticky:
             sticky_value = value.decode("latin-1")
+        if name in wanted and picked is not None:
+            picked.setdefault(name, []).append(value)
         if name == b"x-forwarded-for":
             forwarded_for = value
             continue
@@ -131,7 +154,9 @@ class Proxy:
         mirror: Mirror,
         upstream_timeout: float,
         random: Callable[[], float],
+        limiter: ClientLimiter | None = None,
     ) -> None:
+        self._limiter = limiter or ClientLimiter()
         self._routes = routes
         self._metrics = metrics
         self._mirror = mirror
@@ -148,10 +173,36 @@ class Proxy:
         method: str = scope["method"]
         counted = is_prediction(method, scope["path"])
         # The track is chosen from the head alone, so a client gone mid-body is counted on it.
+        picked: dict[bytes, list[bytes]] = {}
         headers, sticky_value = request_headers(
-            scope["headers"], sticky=routing.sticky, client=scope.get("client")
+            scope["headers"],
+            sticky=routing.sticky,
+            client=scope.get("client"),
+            wanted=routing.wanted,
+            picked=picked,
         )
-        track = choose_track(table, sticky_value=sticky_value, draw=self._random())
+        limit = routing.rate_limit
+        if limit is not None:
+            named = picked.get(routing.client_header) if routing.client_header else None
+            key = client_key(named[0] if named else None, scope.get("client"))
+            wait = self._limiter.check(key, limit)
+            if wait is not None:
+                await self._refuse(send, limit.requests_per_second, limit.burst, wait)
+                return
+        draw = self._random()
+        pinned_by_path = path_version(scope["path"])
+        pin = pinned_by_path
+        if pin is None and (asked := picked.get(_VERSION_HEADER)):
+            pin = asked[0].decode("latin-1")
+        if pin is not None:
+            pinned = pinned_track(table, pin)
+            if pinned is None:
+                await self._unserved(send, pin, table.served_versions())
+                return
+            track = pinned
+        else:
+            segment = bool(table.segments) and in_segment(table.segments, picked)
+            track = choose_track(table, sticky_value=sticky_value, draw=draw, segment=segment)
         try:
             body = await read_body(receive)
         except ClientGoneError:
@@ -188,6 +239,7 @@ class Proxy:
             shadow = routing.shadow
             if (
                 shadow is not None
+                and pinned_by_path is None  # the shadow serves another version: it would 404
                 and response is not None
                 and 200 <= status < 300
                 and should_mirror(percent=table.shadow_percent, draw=self._random())
@@ -195,9 +247,41 @@ class Proxy:
                 mirrored = self._mirror.send(
                     shadow, table, track, version, method.encode(), target, headers, body, response
                 )
+            # Blue-green's preview mirror: the stable's live requests (not pinned: the preview
+            # serves another version) also go to the preview at 0%, counted as its own.
+            preview = routing.preview
+            if preview is not None and pin is None and track == "stable" and 200 <= status < 300:
+                self._mirror.send_preview(preview, table, method.encode(), target, headers, body)
         finally:
             if response is not None and not mirrored:  # else the mirror releases it
                 response.release()
+
+    async def _refuse(self, send: Send, rate: float, burst: int, wait: float) -> None:
+        """429 for a client over its limit, counted as the router's, never as a track's."""
+        self._metrics.observe_rate_limited()
+        seconds = max(1, math.ceil(wait))
+        status, head, text = json_answer(
+            429,
+            {
+                "error": f"rate limit: this client is over {rate:g} requests per second "
+                f"(burst {burst}); retry after {seconds} s",
+                "requestsPerSecond": rate,
+                "burst": burst,
+                "retryAfterSeconds": seconds,
+            },
+        )
+        await respond(send, status, [*head, (b"retry-after", str(seconds).encode())], text)
+
+    async def _unserved(self, send: Send, version: str, served: Mapping[LiveTrack, str]) -> None:
+        """404 in the Open Inference Protocol's error shape, naming the versions served."""
+        listed = ", ".join(f"{v} ({track})" for track, v in served.items())
+        await respond(
+            send,
+            *json_answer(
+                404,
+                {"error": f"model version {version!r} is not served here; served: {listed}"},
+            ),
+        )
 
     async def _forward(
         self,

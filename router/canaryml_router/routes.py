@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from canaryml_api.telemetry import VERSION_HEADER
 from canaryml_httpd.limits import BodyBudget
 
-from canaryml_router.core import RoutingTable
+from canaryml_router.core import RateLimit, RoutingTable
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.upstream import (
     ANSWER_BUDGET_BYTES,
@@ -33,6 +34,11 @@ class Routing:
     pools: dict[str, UpstreamPool]
     sticky: bytes | None
     shadow: UpstreamPool | None
+    preview: UpstreamPool | None = None  # the canary's pool while the table mirrors to it
+    # The request headers the proxy picks out (segment rules', the version pin, the client's).
+    wanted: frozenset[bytes] = frozenset({VERSION_HEADER.encode("latin-1")})
+    rate_limit: RateLimit | None = None  # the table's, else the router's default
+    client_header: bytes | None = None  # rate_limit's client header
 
 
 class Routes:
@@ -48,8 +54,10 @@ class Routes:
         max_answer_bytes: int = MAX_ANSWER_BYTES,
         max_head_bytes: int = MAX_HEAD_BYTES,
         answer_budget_bytes: int = ANSWER_BUDGET_BYTES,
+        default_rate_limit: RateLimit | None = None,
     ) -> None:
         self.model_deployment = model_deployment
+        self.default_rate_limit = default_rate_limit
         # One budget for every pool, the shadow's included: it bounds the router, not a track.
         self.answer_budget = BodyBudget(answer_budget_bytes)
         self._max_connections = max_connections
@@ -69,7 +77,23 @@ class Routes:
         sticky = table.sticky_header.lower().encode("latin-1") if table.sticky_header else None
         shadow = pools.get("shadow") if table.shadow_active else None
         previous = self.current
-        self.current = Routing(table=table, pools=pools, sticky=sticky, shadow=shadow)
+        limit = table.rate_limit or self.default_rate_limit
+        client = (
+            limit.client_header.lower().encode("latin-1") if limit and limit.client_header else None
+        )
+        wanted = {VERSION_HEADER.encode("latin-1"), *(rule.wanted for rule in table.segments)}
+        if client is not None:
+            wanted.add(client)
+        self.current = Routing(
+            table=table,
+            pools=pools,
+            sticky=sticky,
+            shadow=shadow,
+            preview=pools.get("canary") if table.canary_mirror_active else None,
+            wanted=frozenset(wanted),
+            rate_limit=limit,
+            client_header=client,
+        )
         self._metrics.set_weights(
             canary_weight=table.canary_weight if table.canary_active else 0,
             shadow_percent=table.shadow_percent if table.shadow_active else 0,
@@ -81,11 +105,15 @@ class Routes:
             self._pools.pop(url).close()
         if previous is None or previous.table != table:
             log.info(
-                "routing %s: canary %d%%, shadow %d%%, sticky header %s, upstreams %s",
+                "routing %s: canary %d%%%s, shadow %d%%, sticky header %s, %d segment rule(s), "
+                "rate limit %s, upstreams %s",
                 self.model_deployment,
                 table.canary_weight if table.canary_active else 0,
+                " (preview, mirrored)" if table.canary_mirror_active else "",
                 table.shadow_percent if table.shadow_active else 0,
                 table.sticky_header or "none",
+                len(table.segments),
+                f"{limit.requests_per_second:g}/s burst {limit.burst}" if limit else "none",
                 dict(table.upstreams),
             )
 

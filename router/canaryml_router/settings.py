@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE
+import orjson
+from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE, CanaryMatch
 from canaryml_api.telemetry import VERSION_HEADER
 from canaryml_api.tracks import ROUTER_PORT, TRACKS
 from canaryml_httpd.limits import DEFAULT_LIMITS
@@ -19,7 +20,8 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from canaryml_router.asgi import MAX_BODY_BYTES
-from canaryml_router.core import RoutingTable
+from canaryml_router.core import RateLimit, RoutingTable, SegmentRule
+from canaryml_router.ratelimit import DEFAULT_MAX_CLIENTS
 from canaryml_router.upstream import (
     ANSWER_BUDGET_BYTES,
     MAX_ANSWER_BYTES,
@@ -48,6 +50,36 @@ def parse_track_pairs(value: object, *, what: str) -> object:
             raise ValueError(f"{what} {item!r}: the track must be stable, canary or shadow")
         pairs[track] = rest.strip()
     return pairs
+
+
+def parse_segment_rules(value: object) -> object:
+    """A/B segment rules from the command line or the environment: a JSON list of canaryMatch
+    objects (`[{"header": "x-tenant", "value": "beta"}]`), or rules one per option as
+    `header:NAME=VALUE`, `header:NAME=~REGEX` or `cookie:NAME=VALUE`."""
+    if isinstance(value, str):
+        value = orjson.loads(value) if value.lstrip().startswith("[") else [value]
+    if not isinstance(value, list | tuple):
+        return value
+    rules: list[object] = []
+    for item in value:
+        if not isinstance(item, str):
+            rules.append(item)
+            continue
+        if item.lstrip().startswith("{"):
+            rules.append(orjson.loads(item))
+            continue
+        kind, _, rest = item.partition(":")
+        name, sep, wanted = rest.partition("=")
+        if kind not in ("header", "cookie") or not sep or not name or not wanted:
+            raise ValueError(
+                f"canary match {item!r}: expected header:NAME=VALUE, header:NAME=~REGEX or "
+                "cookie:NAME=VALUE"
+            )
+        if kind == "header" and wanted.startswith("~"):
+            rules.append({"header": name, "regex": wanted[1:]})
+        else:
+            rules.append({kind: name, "value": wanted})
+    return rules
 
 
 class RouterSettings(ConnectionSettings):
@@ -102,6 +134,38 @@ class RouterSettings(ConnectionSettings):
         ge=0,
         le=1,
         description="Static mode: shadow and live probabilities agree within this.",
+    )
+    canary_match: Annotated[list[CanaryMatch], NoDecode] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Static mode: A/B segment rule, header:NAME=VALUE, header:NAME=~REGEX or "
+        "cookie:NAME=VALUE (repeatable; the environment variable takes a JSON list): a "
+        "matching request goes to the canary whatever its weight.",
+    )
+    rate_limit_requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="Requests per second each client may make (none: no limit); a followed "
+        "ModelDeployment's spec.routing.rateLimit replaces it.",
+    )
+    rate_limit_burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Requests a client may make at once (default: the rate rounded up).",
+    )
+    rate_limit_client_header: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=_HEADER_PATTERN,
+        description="Header naming the client for the rate limit (else its address).",
+    )
+    rate_limit_max_clients: int = Field(
+        default=DEFAULT_MAX_CLIENTS,
+        ge=1,
+        le=10_000_000,
+        description="Clients whose rate-limit buckets are kept at most (least recent evicted).",
     )
     admin: bool = Field(
         default=False,
@@ -184,6 +248,11 @@ class RouterSettings(ConnectionSettings):
     def _split_versions(cls, value: object) -> object:
         return parse_track_pairs(value, what="version")
 
+    @field_validator("canary_match", mode="before")
+    @classmethod
+    def _segment_rules(cls, value: object) -> object:
+        return parse_segment_rules(value)
+
     @field_validator("upstreams")
     @classmethod
     def _http_urls(cls, value: dict[str, str]) -> dict[str, str]:
@@ -236,6 +305,16 @@ class RouterSettings(ConnectionSettings):
             )
         return self
 
+    def rate_limit(self) -> RateLimit | None:
+        """The per-client limit these settings set, if any."""
+        if self.rate_limit_requests_per_second is None:
+            return None
+        return RateLimit.of(
+            self.rate_limit_requests_per_second,
+            self.rate_limit_burst,
+            self.rate_limit_client_header,
+        )
+
     def static_table(self) -> RoutingTable:
         """The table of the static mode."""
         return RoutingTable(
@@ -245,4 +324,6 @@ class RouterSettings(ConnectionSettings):
             sticky_header=self.sticky_header,
             versions=self.versions,
             probability_tolerance=self.probability_tolerance,
+            segments=tuple(SegmentRule.of(rule) for rule in self.canary_match),
+            rate_limit=self.rate_limit(),
         )

@@ -30,6 +30,7 @@ TEST_USER_AGENT = "canaryml-component-tests"
 MD_PATH = f"/apis/{api.GROUP}/{api.VERSION}"
 PATHS = {
     "ModelDeployment": (MD_PATH, api.PLURAL),
+    "AnalysisTemplate": (MD_PATH, api.TEMPLATE_PLURAL),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
     "Event": ("/api/v1", "events"),
@@ -38,6 +39,7 @@ PATHS = {
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
 }
 
 
@@ -56,6 +58,22 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
         subresources={"status"},
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
     )
+    # Reusable analysis: a namespaced and a cluster-scoped kind, no status.
+    for kind, plural, singular, namespaced in (
+        (api.TEMPLATE_KIND, api.TEMPLATE_PLURAL, api.TEMPLATE_SINGULAR, True),
+        (
+            api.CLUSTER_TEMPLATE_KIND,
+            api.CLUSTER_TEMPLATE_PLURAL,
+            api.CLUSTER_TEMPLATE_SINGULAR,
+            False,
+        ),
+    ):
+        emulator.resources[f"{api.GROUP}/{api.VERSION}/{plural}"] = kmock.ResourceInfo(
+            kind=kind,
+            singular=singular,
+            namespaced=namespaced,
+            verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+        )
 
 
 def write_kubeconfig(path: Path, url: str) -> Path:

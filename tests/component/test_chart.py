@@ -118,7 +118,7 @@ def test_deploy_is_the_chart_rendered_with_default_values(tmp_path: Path) -> Non
         "deploy/canaryml.yaml is stale: run scripts/render-manifests.sh"
     )
     kinds = [doc["kind"] for doc in yaml.safe_load_all(committed) if doc]
-    assert kinds[0] == "Namespace" and kinds.count("CustomResourceDefinition") == 3
+    assert kinds[0] == "Namespace" and kinds.count("CustomResourceDefinition") == 5
 
 
 def test_the_operator_flags_are_the_clis(rendering: tuple[str, list[dict[str, Any]]]) -> None:
@@ -151,8 +151,15 @@ def test_the_operator_settings_parse_from_the_deployments_env(
     container = operator_container(objects)
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env.pop("POD_ID") is None  # from the pod's name (kopf peering identity)
+    from_secrets = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in container["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
     for key, value in env.items():
         assert key.startswith("CANARYML_OPERATOR_"), key
+        if key in from_secrets:
+            value = "https://hooks.slack.com/services/T0/B0/x"  # what the kubelet would set
         monkeypatch.setenv(key, value)
     settings = OperatorSettings()
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
@@ -167,10 +174,18 @@ def test_the_operator_settings_parse_from_the_deployments_env(
             "canaryml-feedback",
             "signing-key",
         )
+        assert from_secrets == {
+            "CANARYML_OPERATOR_NOTIFY_URL": {"name": "canaryml-slack", "key": "webhook-url"}
+        }
+        (notify,) = settings.default_notifications()
+        assert (notify.format, notify.events) == ("slack", ["promoted", "rolledBack"])
+        assert (settings.notify_limit, settings.notify_window_seconds) == (5, 300.0)
     else:
         assert settings.image == container["image"]
         assert settings.prometheus_url == "http://prometheus.monitoring:9090"
         assert settings.default_feedback() is None
+        assert not from_secrets and settings.default_notifications() == []
+        assert (settings.notify_limit, settings.notify_window_seconds) == (10, 600.0)
 
 
 def test_the_operator_runs_locked_down(rendering: tuple[str, list[dict[str, Any]]]) -> None:
@@ -445,13 +460,20 @@ def test_the_network_policy_values_reach_the_operators_settings() -> None:
     assert list(safeguards.metrics_peers) == values["prometheus"]
     assert list(safeguards.gateway_peers) == values["gateway"]
     (policy,) = find(render(values_files=[ALL_OPTIONS]), "NetworkPolicy")
-    (api_server, *_) = rules(policy, "egress")
+    (api_server, *_, to_webhooks) = rules(policy, "egress")
     assert [p["port"] for p in api_server["ports"]] == [443]
+    assert to_webhooks == {"to": values["webhooks"]}  # the webhook and notification receivers
 
 
 def test_watching_namespaces_reads_no_secret_cluster_wide() -> None:
     objects = render(values_files=[NAMESPACED])
-    assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+    # Cluster-wide, only the cluster-scoped ClusterAnalysisTemplates are read.
+    (templates,) = find(objects, "ClusterRole")
+    assert templates["rules"] == [
+        {"apiGroups": ["canaryml.dev"], "resources": ["clusteranalysistemplates"], "verbs": ["get"]}
+    ]
+    (binding,) = find(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == templates["metadata"]["name"]
     roles = find(objects, "Role")
     assert {r["metadata"]["namespace"] for r in roles} == {"ml-staging", "ml-production"}
     for role in roles:

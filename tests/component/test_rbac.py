@@ -143,6 +143,22 @@ async def exercise(cluster: Cluster, ns: str) -> None:
         "data": {"header": base64.b64encode(b"Basic dXNlcjpwYXNz").decode()},
     }
     await cluster.call("POST", f"/api/v1/namespaces/{ns}/secrets", secret)
+    # Reusable analysis: a template of each kind, read at each reconcile and analysis.
+    template = {"metrics": [{"name": "upstream-errors", "query": "sum(errors)", "max": 1}]}
+    await cluster.call(
+        "POST",
+        f"/apis/canaryml.dev/v1alpha1/namespaces/{ns}/analysistemplates",
+        {"kind": "AnalysisTemplate", "metadata": {"name": "errors"}, "spec": template},
+    )
+    await cluster.call(
+        "POST",
+        "/apis/canaryml.dev/v1alpha1/clusteranalysistemplates",
+        {
+            "kind": "ClusterAnalysisTemplate",
+            "metadata": {"name": f"slo-{ns}"},
+            "spec": {"metrics": [{"name": "slo", "query": "sum(slo)", "max": 1}]},
+        },
+    )
     spec = {
         "model": STABLE,
         "canary": {"model": CANARY, "steps": [10, 50], "stepInterval": "1h"},
@@ -154,6 +170,10 @@ async def exercise(cluster: Cluster, ns: str) -> None:
                 "authorizationSecretRef": {"name": "prometheus-auth", "key": "header"},
             },
             "interval": "1s",
+            "templates": [
+                {"name": "errors"},
+                {"name": f"slo-{ns}", "kind": "ClusterAnalysisTemplate"},
+            ],
         },
         "routing": {"router": "builtin"},
         "serving": {"replicas": 2},  # a PodDisruptionBudget for the stable track
@@ -211,6 +231,25 @@ async def exercise(cluster: Cluster, ns: str) -> None:
         lambda: cluster.call("GET", f"{rbac}/{ns}/roles/iris-router"),
         until=lambda found: found["rules"][0]["verbs"] == ["get", "list", "watch"],
         what="the router's Role put back",
+    )
+
+    # Autoscaling: the stable track's HorizontalPodAutoscaler created, changed, then deleted.
+    hpa = "HorizontalPodAutoscaler"
+    for bounds in ({"minReplicas": 2, "maxReplicas": 4}, {"minReplicas": 2, "maxReplicas": 5}):
+        scaled = {**spec, "serving": {"replicas": 2, "autoscaling": bounds}}
+        await cluster.apply(ns, "iris", scaled)
+        await eventually(
+            lambda: cluster.get(hpa, ns, "iris-stable"),
+            until=lambda found, b=bounds: (
+                found is not None and found["spec"]["maxReplicas"] == b["maxReplicas"]
+            ),
+            what="the stable track's HorizontalPodAutoscaler",
+        )
+    await cluster.apply(ns, "iris", {**spec, "serving": {"replicas": 2, "autoscaling": None}})
+    await eventually(
+        lambda: cluster.get(hpa, ns, "iris-stable"),
+        until=lambda found: found is None,
+        what="the HorizontalPodAutoscaler deleted",
     )
 
     # The gateway-api router: an HTTPRoute instead of the router Deployment.
@@ -316,10 +355,19 @@ async def test_namespaced_rbac_is_exactly_the_calls_made_in_each_namespace(
         await exercise(cluster, "ml-b")
 
     calls = operator_calls(emulator)
-    assert [c for c in calls if c.namespace is None] == [], "a cluster-scoped call"
-    assert {c.namespace for c in calls} == set(namespaces)  # kopf watches both
     chart = render(values={"replicas": 2, "watchNamespaces": "{ml-a,ml-b}"})
-    assert not find(chart, "ClusterRole") and not find(chart, "ClusterRoleBinding")
+    # The one cluster-scoped call: ClusterAnalysisTemplates read, granted by a ClusterRole of
+    # their own (bound to the operator's account).
+    (cluster_role,) = find(chart, "ClusterRole")
+    (cluster_binding,) = find(chart, "ClusterRoleBinding")
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    cluster_wide = {c.permission for c in calls if c.namespace is None}
+    assert cluster_wide == granted(cluster_role["rules"]), mismatch(
+        cluster_wide, granted(cluster_role["rules"])
+    )
+    assert cluster_wide == {Permission("canaryml.dev", "clusteranalysistemplates", "get")}
+    calls = [c for c in calls if c.namespace is not None]
+    assert {c.namespace for c in calls} == set(namespaces)  # kopf watches both
     roles = {role["metadata"]["namespace"]: role for role in find(chart, "Role")}
     assert set(roles) == set(namespaces)
     # ml-b saw the whole scenario; ml-a only kopf's watches and peering, which the same rules

@@ -63,16 +63,26 @@ STEP_INTERVAL = "20s"
 PROBABILITY_TOLERANCE = 0.3
 
 
-def canary_patch(canary: Mapping[str, Any], *, shadow: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch that starts a rollout of `canary`, its answers compared with `shadow`'s.
+def canary_patch(
+    canary: Mapping[str, Any], *, shadow: Mapping[str, Any], approval: bool = False
+) -> dict[str, Any]:
+    """The merge patch that starts a rollout of `canary`, its answers compared with `shadow`'s;
+    with `approval`, its promotion waits for `canaryml promote` (canary.approval.required).
 
     The shadow is the model the canary would replace: a canary that answers unlike it is
     suspect. Probabilities may differ by PROBABILITY_TOLERANCE (the forest's votes and the
     logistic regression's probabilities are both right, and differently sure).
     """
+    rollout: dict[str, Any] = {
+        "model": dict(canary),
+        "steps": list(STEPS),
+        "stepInterval": STEP_INTERVAL,
+    }
+    if approval:
+        rollout["approval"] = {"required": True}
     return {
         "spec": {
-            "canary": {"model": dict(canary), "steps": list(STEPS), "stepInterval": STEP_INTERVAL},
+            "canary": rollout,
             "shadow": {
                 "model": dict(shadow),
                 "percent": 100,
@@ -82,8 +92,9 @@ def canary_patch(canary: Mapping[str, Any], *, shadow: Mapping[str, Any]) -> dic
     }
 
 
-# A good canary (the forest, 1.1.0) against the stable model it replaces...
-GOOD_CANARY_PATCH = canary_patch(CANARY_MODEL, shadow=STABLE_MODEL)
+# A good canary (the forest, 1.1.0) against the stable model it replaces, promoted once
+# approved...
+GOOD_CANARY_PATCH = canary_patch(CANARY_MODEL, shadow=STABLE_MODEL, approval=True)
 # ...then a bad one (a tree fitted on shuffled labels) against the now-stable forest.
 BAD_CANARY_PATCH = canary_patch(BAD_MODEL, shadow=CANARY_MODEL)
 # At last the spec names what runs, as a Git commit would after a promotion: nothing moves.
@@ -138,6 +149,25 @@ def kubectl(
     return result
 
 
+def canaryml(*args: str, timeout: float = 60.0) -> str:
+    """The `canaryml` command (this checkout's), echoed as the README shows it."""
+    print(f"$ {shlex.join(['canaryml', *args])}", flush=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "canaryml_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},  # `canaryml status`: a row on one line
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"canaryml {shlex.join(args)} exited {result.returncode}\n{result.stdout}"
+            f"{result.stderr}"
+        )
+    return result.stdout
+
+
 def cluster_problem() -> str | None:
     """Why these tests cannot run against the cluster KUBECONFIG names, or None when they can."""
     if shutil.which("kubectl") is None:
@@ -176,6 +206,22 @@ def get_object(namespace: str, resource: str = RESOURCE) -> dict[str, Any]:
 def get_status(namespace: str) -> dict[str, Any]:
     status: dict[str, Any] = get_object(namespace).get("status") or {}
     return status
+
+
+def wait_until_exists(namespace: str, resource: str, *, timeout: float) -> dict[str, Any]:
+    """The object once it exists (`kubectl wait` fails at once on an object not created yet)."""
+    deadline = Deadline(timeout)
+    while True:
+        result = kubectl("get", resource, "-n", namespace, "-o", "json", check=False)
+        if result.returncode == 0:
+            found: dict[str, Any] = json.loads(result.stdout)
+            return found
+        if deadline.ends <= time.monotonic():
+            raise AssertionError(
+                f"{resource} in {namespace}: not created within {timeout:g} s\n\n"
+                f"{diagnosis(namespace)}"
+            )
+        time.sleep(2)
 
 
 def condition(status: Mapping[str, Any], kind: str) -> dict[str, Any] | None:

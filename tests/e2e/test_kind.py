@@ -1,4 +1,5 @@
-"""The kind walk-through end to end: a good canary is promoted, a bad one is rolled back.
+"""The kind walk-through end to end: a good canary is promoted after approval, a bad one is
+rolled back, and the stable track autoscales.
 
 One flow in order (pytest runs a module's tests top to bottom): the second rollout starts from
 the stable model the first one promoted, and the last test judges the traffic of both. Each
@@ -30,6 +31,18 @@ def test_a_good_canary_is_promoted(walkthrough: Walkthrough) -> None:
     say("start a good canary: 1.1.0 at 20 %, then 50 %, its answers compared with 1.0.0's")
     steps.patch_model_deployment(steps.GOOD_CANARY_PATCH, namespace=ns)
     budget = steps.Deadline(PROMOTION_TIMEOUT_S)
+    say("every step passed: the promotion waits for approval (canary.approval.required)")
+    steps.wait_for(namespace=ns, condition="Approved=False", timeout=budget.left())
+    waiting = steps.get_status(ns)
+    assert (waiting["phase"], waiting["canaryWeight"]) == ("Progressing", 50), waiting
+    assert waiting["stableModel"]["version"] == "1.0.0", waiting  # not promoted yet
+    approved = steps.condition(waiting, "Approved")
+    assert approved is not None and approved["reason"] == "AwaitingApproval", approved
+    reconciling = steps.condition(waiting, "Reconciling")
+    assert reconciling is not None and reconciling["status"] == "False", reconciling
+    assert "AWAITED since" in steps.canaryml("status", steps.NAME, "-n", ns)
+    say("approve it")
+    assert 'canaryml.dev/promote: "1.1.0"' in steps.canaryml("promote", steps.NAME, "-n", ns)
     steps.wait_for(namespace=ns, jsonpath=".status.phase", equals="Promoted", timeout=budget.left())
     say("promoted: wait for the stable track to serve 1.1.0 and the canary's weight to go")
     steps.wait_for(
@@ -41,6 +54,7 @@ def test_a_good_canary_is_promoted(walkthrough: Walkthrough) -> None:
     last = status["history"][-1]
     assert (last["event"], last["version"]) == ("promoted", "1.1.0"), last
     assert last["replaced"]["version"] == "1.0.0", last
+    assert last["reason"] == 'promoted by canaryml.dev/promote: "1.1.0"', last
     progressing = steps.condition(status, "Progressing")
     assert progressing is not None and progressing["reason"] == "Promoted", progressing
     rolled_back = steps.condition(status, "RolledBack")
@@ -92,6 +106,43 @@ def test_the_spec_can_name_the_promoted_model_and_nothing_moves(walkthrough: Wal
     after = steps.get_object(ns, f"deployment/{steps.NAME}-stable")
     assert after["metadata"]["generation"] == stable["metadata"]["generation"]
     steps.wait_until_served_by(walkthrough.url, walkthrough.row, version="1.1.0", timeout=30)
+
+
+def test_the_stable_track_autoscales_and_the_operator_leaves_replicas_to_the_hpa(
+    walkthrough: Walkthrough,
+) -> None:
+    if not walkthrough.promoted:
+        pytest.skip("needs the settled stable 1.1.0 of the tests above")
+    ns = walkthrough.namespace
+    deployment = f"deployment/{steps.NAME}-stable"
+
+    say("autoscale the stable track: an HPA with minReplicas 2 raises the Deployment to 2")
+    autoscaling = {"minReplicas": 2, "maxReplicas": 3, "targetCpuUtilization": 80}
+    steps.patch_model_deployment({"spec": {"serving": {"autoscaling": autoscaling}}}, namespace=ns)
+    hpa = steps.wait_until_exists(ns, f"hpa/{steps.NAME}-stable", timeout=120)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 3), hpa["spec"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"{steps.NAME}-stable", hpa["spec"]
+    # The HPA controller raises replicas below minReplicas even without a metrics server.
+    steps.wait_for(
+        namespace=ns, resource=deployment, jsonpath=".spec.replicas", equals="2", timeout=180
+    )
+
+    say("a spec change the operator reconciles leaves the HPA's replicas alone")
+    steps.patch_model_deployment({"spec": {"serving": {"replicas": 1}}}, namespace=ns)
+    generation = str(steps.get_object(ns)["metadata"]["generation"])
+    steps.wait_for(
+        namespace=ns, jsonpath=".status.observedGeneration", equals=generation, timeout=60
+    )
+    steps.wait_for(namespace=ns, condition="Ready", timeout=120)
+    assert steps.get_object(ns, deployment)["spec"]["replicas"] == 2
+
+    say("stop autoscaling: the HPA goes, the operator writes replicas again")
+    steps.patch_model_deployment({"spec": {"serving": {"autoscaling": None}}}, namespace=ns)
+    steps.wait_for(
+        namespace=ns, resource=deployment, jsonpath=".spec.replicas", equals="1", timeout=120
+    )
+    gone = steps.kubectl("get", f"hpa/{steps.NAME}-stable", "-n", ns, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout
 
 
 def test_the_clients_saw_no_server_errors(walkthrough: Walkthrough) -> None:

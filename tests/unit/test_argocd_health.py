@@ -258,6 +258,26 @@ def manually_rolled_back(*, rolled_out: bool) -> Resource:
     return resource
 
 
+def awaiting_approval(*, then: Mapping[str, float] | None = None) -> Resource:
+    """spec.canary.approval.required: every step passed, and the promotion waits for
+    `canaryml promote`; `then`, one more analysis during the wait."""
+    spec = with_canary(CANARY, shadow=STABLE)
+    spec["canary"]["approval"] = {"required": True}
+    resource = stable_serving().apply(spec)
+    tracks = live(stable=serving(STABLE), canary=serving(CANARY))
+    resource.reconcile(tracks).reconcile(tracks)  # available: 20 %
+    resource.reconcile(tracks, analysis=GOOD, after=20)  # 20 % -> 50 %
+    resource.reconcile(tracks, analysis=GOOD, after=20)  # the last step passed: the gate
+    if then is not None:
+        resource.reconcile(tracks, analysis=then)
+    return resource
+
+
+def approved() -> Resource:
+    tracks = live(stable=serving(STABLE), canary=serving(CANARY))
+    return awaiting_approval().reconcile(tracks, commands={"promote": "1.1.0"})
+
+
 def unobserved(resource: Resource) -> Resource:
     return resource.apply(with_canary(CANARY, shadow=STABLE))  # no reconcile yet
 
@@ -330,6 +350,28 @@ SITUATIONS: dict[str, Situation] = {
         ),
         "Suspended",
         "rollout paused at step 1, weight 20%",
+    ),
+    "awaiting-approval": (
+        awaiting_approval,
+        "Suspended",
+        "canary 1.1.0 passed every step and holds 50% until its promotion is approved: "
+        '`canaryml promote NAME` (annotation canaryml.dev/promote: "1.1.0")',
+    ),
+    "awaiting-approval-analysis-held": (
+        lambda: awaiting_approval(then={**GOOD, m.REQUESTS: 3.0}),
+        "Suspended",
+        "until its promotion is approved",
+    ),
+    "awaiting-approval-check-failed": (
+        lambda: awaiting_approval(then={**GOOD, m.SHADOW_AGREEMENT: 0.2}),
+        "Progressing",
+        "canary 1.1.0 at 50%: canary 1.1.0 at 50% (step 2): an analysis failed; the step must "
+        "pass for its interval again",
+    ),
+    "approved": (
+        approved,
+        "Progressing",
+        'canary 1.1.0 promoted to stable: promoted by canaryml.dev/promote: "1.1.0"',
     ),
     "promoting": (promoting, "Progressing", "canary 1.1.0 promoted to stable: every step passed"),
     "promoted": (promoted, "Healthy", "stable model 1.1.0: 1/1 replicas available"),

@@ -27,7 +27,9 @@ SERVE_OPTIONS = {"--host", "--port", "--track", "--model-deployment", "--sha256"
 ROUTER_OPTIONS = {
     "--model-deployment", "--follow", "--no-follow", "--namespace", "--upstream",
     "--canary-weight", "--shadow-percent", "--sticky-header", "--version",
-    "--probability-tolerance", "--admin", "--no-admin", "--host", "--port",
+    "--probability-tolerance", "--canary-match", "--rate-limit-requests-per-second",
+    "--rate-limit-burst", "--rate-limit-client-header", "--rate-limit-max-clients",
+    "--admin", "--no-admin", "--host", "--port",
     "--upstream-timeout", "--shadow-timeout", "--max-mirrors", "--log-level",
     "--admin-host", "--admin-port", "--admin-upstreams", "--no-admin-upstreams",
     "--max-upstream-connections", "--max-upstream-answer-bytes", "--max-upstream-head-bytes",
@@ -75,7 +77,7 @@ def test_the_flags_are_todays() -> None:
     assert all(p.param_type_name == "option" for p in router)
     assert {o for p in router for o in (*p.opts, *p.secondary_opts)} == ROUTER_OPTIONS
     repeatable = {p.opts[0] for p in router if p.multiple}
-    assert repeatable == {"--upstream", "--version"}
+    assert repeatable == {"--upstream", "--version", "--canary-match"}
     short = {o for p in serve + router for o in p.opts if not o.startswith("--")} - {"model"}
     assert short == set()
 

@@ -154,8 +154,11 @@ def test_list_maps_are_keyed_by_required_fields(root: Node) -> None:
     }
     assert set(list_maps) == {
         ".spec.analysis.metrics",
+        ".spec.analysis.templates[].args",
+        ".spec.webhooks",
         ".status.conditions",
         ".status.lastAnalysis.offline",
+        ".status.webhooks",
     }
     for path, node in list_maps.items():
         keys = node["x-kubernetes-list-map-keys"]
@@ -235,7 +238,9 @@ def test_every_spec_default_is_the_models_default(root: Node) -> None:
         if "default" not in node or node["default"] == {}:
             continue
         parts = path.lstrip(".").split(".")
-        optional = {"canary", "shadow", "sequential", "baseline", "labels", "offlineGate"}
+        optional = {
+            "canary", "shadow", "sequential", "baseline", "labels", "offlineGate", "autoscaling",
+        }  # fmt: skip
         if optional & set(parts) or any(part.endswith("[]") for part in parts):
             continue  # optional sub-objects and list items, checked on their own below
         value: Any = wire
@@ -254,11 +259,25 @@ def test_sequential_defaults_are_the_models_defaults(root: Node) -> None:
     assert not any("default" in prop for prop in baseline["properties"].values())
 
 
+def test_autoscaling_defaults_are_the_models_defaults(root: Node) -> None:
+    model_default = api.AutoscalingSpec().model_dump(by_alias=True)
+    for owner in ("serving", "routing"):
+        autoscaling = at(root, f"spec.{owner}.autoscaling")
+        assert "default" not in autoscaling, owner  # opt-in: no HPA unless asked for
+        defaults = {name: prop["default"] for name, prop in autoscaling["properties"].items()}
+        assert defaults == model_default, owner
+
+
 def test_opt_in_objects_are_not_defaulted(root: Node) -> None:
     # The API server defaults the fields of a defaulted object too: a `{}` default on an
     # opt-in would switch it on in every object (and an empty baseline fails its own rule).
     for opt_in in ("sequential", "baseline", "labels"):
         assert "default" not in at(root, f"spec.analysis.{opt_in}"), opt_in
+    for opt_in in (
+        "canary.approval", "canary.blueGreen", "canary.experiment", "routing.rateLimit",
+        "serving.autoscaling", "routing.autoscaling", "analysis.offlineGate",
+    ):  # fmt: skip
+        assert "default" not in at(root, f"spec.{opt_in}"), opt_in
     assert at(root, "spec.analysis.thresholds")["default"] == {}
 
 
@@ -324,6 +343,9 @@ def test_every_duration_field_has_the_duration_pattern(root: Node) -> None:
         ".spec.analysis.thresholds.maxLatencyP99",
         ".spec.analysis.labels.delay",
         ".spec.progressDeadline",
+        ".spec.rollbackWindow",
+        ".spec.webhooks[].timeout",
+        ".spec.webhooks[].retryInterval",
     }
 
 

@@ -145,6 +145,8 @@ def test_the_patches_start_the_rollouts_the_walkthrough_describes() -> None:
     assert good.canary is not None and good.shadow is not None
     assert (good.model, good.canary.model, good.shadow.model) == (stable, canary, stable)
     assert good.canary.steps == [20, 50] and good.canary.step_interval == "20s"
+    # The good canary's promotion waits for `canaryml promote` (the e2e test approves it).
+    assert good.canary.approval is not None and good.canary.approval.required
     assert good.shadow.probability_tolerance == 0.3
     assert bad.canary is not None and bad.shadow is not None
     # The bad canary's answers are compared with the model it would replace: the promoted one.

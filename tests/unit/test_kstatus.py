@@ -60,6 +60,11 @@ EXPECTED: dict[str, str] = {
     "inconclusive-past-the-deadline": "Failed",
     "metrics-unavailable": "Failed",
     "paused": "Current",
+    # A promotion awaiting approval is a pause too: nothing moves until a person acts.
+    "awaiting-approval": "Current",
+    "awaiting-approval-analysis-held": "Current",
+    "awaiting-approval-check-failed": "InProgress",
+    "approved": "InProgress",
     "promoting": "InProgress",
     "promoted": "Current",
     "rolled-back": "Failed",

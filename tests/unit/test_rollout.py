@@ -959,7 +959,7 @@ def test_the_last_step_passing_promotes() -> None:
     assert progressing.message.endswith("the canary keeps 50% until the stable has rolled out")
     assert rollout.previous_stable(status) == STABLE_ID
     plan = rollout.plan_tracks(spec=run.spec, status=status, now=run.now + timedelta(hours=1))
-    assert plan == TrackPlan(CANARY_ID.as_ref(), 1, 50)
+    assert plan == TrackPlan(CANARY_ID.as_ref(), 1, 50, canary_serving=True)
 
 
 def test_the_last_step_before_its_interval_does_not_promote() -> None:
@@ -1314,7 +1314,7 @@ def test_a_new_canary_starts_a_new_rollout() -> None:
     assert status.step_started_at == run.now
     assert reasons(decision) == ["RolloutStarted"]
     assert rollout.plan_tracks(spec=run.spec, status=status, now=run.now) == TrackPlan(
-        STABLE_ID.as_ref(), 1, 0
+        STABLE_ID.as_ref(), 1, 0, canary_serving=True
     )
 
 
@@ -1368,7 +1368,7 @@ def test_a_changed_spec_model_updates_the_stable_directly() -> None:
     # The canary rollout goes on.
     assert (decision.status.canary_weight, decision.status.current_step) == (25, 1)
     assert rollout.plan_tracks(spec=run.spec, status=run.status, now=run.now) == TrackPlan(
-        NEXT_ID.as_ref(), 1, 25
+        NEXT_ID.as_ref(), 1, 25, canary_serving=True
     )
 
 
@@ -1563,7 +1563,7 @@ def test_plan_during_a_rollout_follows_the_weight() -> None:
     run = Run(make_spec(canary={"model": CANARY_MODEL, "steps": [10, 20], "replicas": 3}))
     run.start()
     plan = rollout.plan_tracks(spec=run.spec, status=run.status, now=run.now)
-    assert plan == TrackPlan(STABLE_ID.as_ref(), 3, 10)
+    assert plan == TrackPlan(STABLE_ID.as_ref(), 3, 10, canary_serving=True)
 
 
 def test_plan_after_a_rollback_drains_then_scales_to_zero() -> None:
@@ -1589,7 +1589,7 @@ def test_plan_after_a_promotion_keeps_the_canary_until_drained() -> None:
     later = run.now + timedelta(days=1)
     # Before the stable rolled out: the canary keeps its weight, however long that takes.
     assert rollout.plan_tracks(spec=run.spec, status=run.status, now=later) == TrackPlan(
-        promoted, 1, 50
+        promoted, 1, 50, canary_serving=True
     )
     run.decide(after=5, tracks={"stable": deployment("1.1.0")})
     done = run.now

@@ -57,6 +57,10 @@ go into a ClusterRole, otherwise into a Role in each watched namespace.
 - apiGroups: [canaryml.dev]
   resources: [modeldeployments/status]
   verbs: [patch]
+# The AnalysisTemplates named by analysis.templates, read at each analysis (no watch).
+- apiGroups: [canaryml.dev]
+  resources: [analysistemplates]
+  verbs: [get]
 # The children: model servers, routers and their Services, watched for hand edits.
 - apiGroups: [apps]
   resources: [deployments]
@@ -79,6 +83,11 @@ go into a ClusterRole, otherwise into a Role in each watched namespace.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, create, patch, delete]
+# A HorizontalPodAutoscaler for each autoscaled track and router (serving.autoscaling,
+# routing.autoscaling).
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list, create, patch, delete]
 # Each ModelDeployment's NetworkPolicies (networkPolicy.modelDeployments).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
@@ -91,4 +100,14 @@ go into a ClusterRole, otherwise into a Role in each watched namespace.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end -}}
+
+{{/*
+The cluster-scoped reads: the ClusterAnalysisTemplates named by analysis.templates, read at each
+analysis (no watch). In the ClusterRole, or in a ClusterRole of their own with watchNamespaces.
+*/}}
+{{- define "canaryml.clusterTemplateRules" -}}
+- apiGroups: [canaryml.dev]
+  resources: [clusteranalysistemplates]
+  verbs: [get]
 {{- end -}}

@@ -104,6 +104,16 @@ def demo(
         bool | None,
         typer.Option(help="Live panel (default: when the output is a terminal) or plain lines."),
     ] = None,
+    approve_after: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=3600.0,
+            help="With spec.canary.approval (--scenario approval): approve an awaited promotion "
+            "after this many seconds if nobody did (add the annotation canaryml.dev/promote: "
+            "<canary version> to the run's ModelDeployment file to approve it sooner).",
+        ),
+    ] = 20.0,
 ) -> None:
     """Watch a whole canary rollout on this machine: real model servers, the real router, real
     metrics, and the operator's own rollout core deciding. No cluster needed.
@@ -130,6 +140,7 @@ def demo(
         work_dir=work_dir,
         models_dir=models_dir,
         spec_out=kept_spec_path(report=report, work_dir=work_dir, models_dir=models_dir),
+        approve_after=approve_after,
     )
     try:
         record = asyncio.run(_run(options, console=console, live=live))
@@ -168,6 +179,16 @@ def _conclude(record: DemoRecord, *, console: Console, report: Path | None) -> N
     console.print(f"\n[{style}]{record.outcome}[/] after {took:.0f} s" if took else record.outcome)
     if summary.get("decision"):
         console.print(summary["decision"], markup=False)
+    gate = summary.get("approval")
+    if gate is not None:
+        approved = (
+            f"approved by {gate['approvedBy']} at {gate['approvedSeconds']:.0f} s"
+            if gate["approvedBy"]
+            else "not approved"
+        )
+        console.print(
+            f"approval: awaited from {gate['awaitedSeconds']:.0f} s, {approved}", markup=False
+        )
     if record.timed_out:
         console.print(f"the rollout had not ended when --duration ran out ({record.outcome})")
     answered = ", ".join(f"{track} {n}" for track, n in sorted(record.requests.items()))

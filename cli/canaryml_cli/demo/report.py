@@ -19,6 +19,7 @@ from canaryml_operator import verdicts
 from canaryml_operator.measurements import P_VALUES, Measurements, notation, value_text
 from pydantic import BaseModel
 
+from canaryml_cli.demo.approval import APPROVAL_HOWTO, APPROVED_BY_DEMO
 from canaryml_cli.demo.record import DemoRecord
 from canaryml_cli.demo.values import axis_label
 
@@ -88,6 +89,26 @@ def decision(record: DemoRecord) -> str | None:
     return None
 
 
+def approval(record: DemoRecord) -> dict[str, Any] | None:
+    """The approval gate's story (spec.canary.approval): when the promotion began to wait,
+    how to approve it, and when and by whom it was approved; None when nothing awaited one."""
+
+    def first(reason: str) -> Any:
+        return next((event for event in record.events if event.reason == reason), None)
+
+    awaited = first("AwaitingApproval")
+    if awaited is None:
+        return None
+    howto, by_demo, promoted = first(APPROVAL_HOWTO), first(APPROVED_BY_DEMO), first("Promoted")
+    return {
+        "awaitedSeconds": _seconds(record, awaited.time),
+        "awaited": awaited.message,
+        "howTo": howto.message if howto else None,
+        "approvedSeconds": _seconds(record, promoted.time) if promoted else None,
+        "approvedBy": None if promoted is None else ("demo" if by_demo else "annotation"),
+    }
+
+
 def build_summary(record: DemoRecord) -> dict[str, Any]:
     """Everything the run decided and measured, ready for `json.dumps`."""
     finished = record.finished_at
@@ -101,6 +122,7 @@ def build_summary(record: DemoRecord) -> dict[str, Any]:
         "finishedAt": finished.isoformat() if finished else None,
         "durationSeconds": _seconds(record, finished) if finished else None,
         "decision": decision(record),
+        "approval": approval(record),
         "history": [_dump(entry) for entry in record.status.history],
         "analyses": [
             {**_dump(analysis), "seconds": _seconds(record, analysis.time)}

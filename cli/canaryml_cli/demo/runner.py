@@ -32,6 +32,7 @@ from canaryml_server.artifact import MANIFEST_FILE, sha256_file
 from canaryml_server.storage import local_path, scheme_of
 
 from canaryml_cli.demo import scenarios
+from canaryml_cli.demo.approval import DEFAULT_APPROVE_AFTER_S, DemoCommands
 from canaryml_cli.demo.cluster import LocalCluster
 from canaryml_cli.demo.example_models import TARGET, ensure_trained
 from canaryml_cli.demo.measure import Measurer, PrometheusMeasurer, ScrapeMeasurer
@@ -66,6 +67,8 @@ class DemoOptions:
     models_dir: Path | None = None  # the bundled models' cache; None: under the work folder
     # Where the example's ModelDeployment is written (no --spec); None: into the work folder.
     spec_out: Path | None = None
+    # An awaited approval (spec.canary.approval) nobody gave: the demo gives it after this long.
+    approve_after: float = DEFAULT_APPROVE_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -364,6 +367,7 @@ async def _roll_out(
             observe,
             duration=options.duration,
             check=cluster.check_alive,
+            approve_after=options.approve_after,
         )
     finally:
         sender.cancel()
@@ -392,11 +396,20 @@ async def roll_out(
     check: Callable[[], None] = lambda: None,
     clock: Callable[[], datetime] = _now,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    approve_after: float = DEFAULT_APPROVE_AFTER_S,
 ) -> None:
     """Turn the operator's loop until the rollout ended and its canary was drained, or for
-    `duration` seconds (`clock` time). `check` raises when the demo itself broke."""
+    `duration` seconds (`clock` time). `check` raises when the demo itself broke. The
+    commands are the annotations of the ModelDeployment file, and the demo's own approval of
+    a promotion nobody approved within `approve_after` seconds (demo.approval)."""
     spec = setup.spec
     owner = Owner(name=setup.name, namespace=setup.namespace, uid="")
+    commands = DemoCommands(
+        name=setup.name,
+        namespace=setup.namespace,
+        spec_file=setup.spec_file,
+        approve_after=approve_after,
+    )
     deadline = clock() + timedelta(seconds=duration)
     status = api.ModelDeploymentStatus()
     while True:
@@ -413,6 +426,7 @@ async def roll_out(
             measurements=measurements,
             now=now,
             generation=1,
+            commands=commands(status=status, now=now, record=record),
         )
         before, status = status, turn.status
         if status.last_analysis is not None and status.last_analysis != before.last_analysis:

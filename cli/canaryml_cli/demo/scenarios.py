@@ -16,6 +16,10 @@ A scenario says what goes wrong in the rollout, and how:
   demo's traffic sends each row's true label back (POST /v2/models/{name}/feedback, through
   the router) a second after its answer, and the accuracy checks roll the canary back. The
   shadow runs the same model, so that the shadow agreement has nothing to say.
+- approval: the good canary with spec.canary.approval.required: it passes every step, then
+  holds at the last one until its promotion is approved (demo.approval: the annotation added
+  to the run's ModelDeployment file, or the demo's own approval after --approve-after
+  seconds), and is promoted.
 
 The example spec is the rollout policy the demo uses without `--spec`: short intervals, the
 sequential checks against the stable track (analysis.sequential, analysis.baseline) and the
@@ -35,7 +39,7 @@ from typing import Any, Final, Literal, get_args
 
 from canaryml_api import resource as api
 
-Scenario = Literal["good", "errors", "latency", "drift", "shadow-disagree", "accuracy"]
+Scenario = Literal["good", "errors", "latency", "drift", "shadow-disagree", "accuracy", "approval"]
 SCENARIOS: Final[tuple[str, ...]] = get_args(Scenario)
 DEFAULT_SCENARIO: Final = "good"
 
@@ -77,6 +81,7 @@ class ScenarioPlan:
     canary_role: str = "canary"  # which bundled model the canary runs
     label_delay_s: float = LABEL_DELAY_S  # from an answer to its label sent back
     shadow_role: str = "canary"  # which bundled model the shadow runs
+    approval: bool = False  # spec.canary.approval.required: the promotion awaits approval
 
     @property
     def swaps_models(self) -> bool:
@@ -119,6 +124,11 @@ PLANS: Final[Mapping[str, ScenarioPlan]] = {
         canary_role="worse",
         shadow_role="worse",
     ),
+    "approval": ScenarioPlan(
+        "a healthy canary that waits at its last step for its promotion to be approved "
+        "(spec.canary.approval): promoted once approved",
+        approval=True,
+    ),
 }
 
 
@@ -145,6 +155,7 @@ def example_spec(
                 "model": ref(plan.canary_role),
                 "steps": [10, 25, 50],
                 "stepInterval": "10s",
+                **({"approval": {"required": True}} if plan.approval else {}),
             },
             "shadow": {"model": ref(plan.shadow_role), "percent": 100, "probabilityTolerance": 0.3},
             "analysis": {

@@ -60,7 +60,10 @@ def render(record: DemoRecord, *, elapsed: float) -> Panel:
                 check.name,
                 check_value_text(check, measured),
                 bound_text(check),
-                Text(check.verdict, style=VERDICT_STYLE.get(check.verdict, "")),
+                Text(
+                    check.verdict + (" (dry run)" if check.dry_run else ""),
+                    style=VERDICT_STYLE.get(check.verdict, ""),
+                ),
             )
     traffic = Table(title="answered requests", expand=False)
     traffic.add_column("track")
