@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import NamedTuple
+from collections.abc import Coroutine
+from typing import Any, NamedTuple
 
 from canaryml_api.telemetry import VERSION_HEADER
 
@@ -91,10 +92,14 @@ class Mirror:
             self._metrics.observe_comparison(track=track, version=version, result="skipped")
             return False
         request = _Mirrored(shadow, table, track, version, method, target, headers, body, live)
-        task = asyncio.get_running_loop().create_task(self._call(request))
+        self._start(self._call(request))
+        return True
+
+    def _start(self, call: Coroutine[Any, Any, None]) -> None:
+        """Run a mirror in a task of its own, counted among those in flight until done."""
+        task = asyncio.get_running_loop().create_task(call)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
-        return True
 
     async def _call(self, request: _Mirrored) -> None:
         try:
@@ -104,40 +109,12 @@ class Mirror:
 
     async def _compare(self, request: _Mirrored) -> None:
         shadow, table, track, live_version, method, target, headers, body, live = request
-        start = time.perf_counter()
-        response: UpstreamResponse | None = None
-        try:
-            response = await shadow.request(
-                method=method,
-                target=target,
-                headers=headers,
-                body=body,
-                within=self._shadow_timeout,
-            )
-            code = response.status
-        except UpstreamBusyError:  # the router's own load: like too many mirrors in flight
+        sent = await self._mirror(shadow, table, "shadow", method, target, headers, body)
+        if sent is None:  # the router's own load: like too many mirrors in flight
             self._metrics.observe_comparison(track=track, version=live_version, result="skipped")
             return
-        except UpstreamTimeoutError:
-            code = 504
-        except UpstreamError as error:
-            log.debug("the shadow of %s failed: %s", self.model_deployment, error)
-            code = 502
-        except Exception:
-            log.exception("mirroring to the shadow failed")
-            code = 502
+        response, code = sent
         try:
-            version: str | None = None
-            if response is not None:
-                for name, value in response.headers:
-                    if name == _VERSION_HEADER:
-                        version = value.decode("latin-1")
-            self._metrics.observe_request(
-                track="shadow",
-                version=version or table.version("shadow"),
-                code=code,
-                seconds=time.perf_counter() - start,
-            )
             if response is None or not 200 <= code < 300:
                 result = "error"
             else:
@@ -162,10 +139,7 @@ class Mirror:
         skipped (too many mirrors in flight)."""
         if len(self._in_flight) >= self._max_mirrors:
             return False
-        call = self._preview(preview, table, method, target, headers, body)
-        task = asyncio.get_running_loop().create_task(call)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        self._start(self._preview(preview, table, method, target, headers, body))
         return True
 
     async def _preview(
@@ -177,10 +151,28 @@ class Mirror:
         headers: Headers,
         body: bytes,
     ) -> None:
+        # The router's own load (None) says nothing about the preview: not counted.
+        sent = await self._mirror(preview, table, "canary", method, target, headers, body)
+        if sent is not None and sent[0] is not None:
+            sent[0].release()
+
+    async def _mirror(
+        self,
+        pool: UpstreamPool,
+        table: RoutingTable,
+        counted_as: str,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+    ) -> tuple[UpstreamResponse | None, int] | None:
+        """Send a mirrored request and count its answer under track `counted_as`: the answer
+        (None when there was none: timeout 504, failure 502) and its status, which the caller
+        releases; None when the router's own answer budget refused it (not counted)."""
         start = time.perf_counter()
         response: UpstreamResponse | None = None
         try:
-            response = await preview.request(
+            response = await pool.request(
                 method=method,
                 target=target,
                 headers=headers,
@@ -188,15 +180,15 @@ class Mirror:
                 within=self._shadow_timeout,
             )
             code = response.status
-        except UpstreamBusyError:  # the router's own load says nothing about the preview
-            return
+        except UpstreamBusyError:
+            return None
         except UpstreamTimeoutError:
             code = 504
         except UpstreamError as error:
-            log.debug("the preview of %s failed: %s", self.model_deployment, error)
+            log.debug("the %s of %s failed: %s", counted_as, self.model_deployment, error)
             code = 502
         except Exception:
-            log.exception("mirroring to the preview failed")
+            log.exception("mirroring to the %s track failed", counted_as)
             code = 502
         try:
             version: str | None = None
@@ -205,14 +197,16 @@ class Mirror:
                     if name == _VERSION_HEADER:
                         version = value.decode("latin-1")
             self._metrics.observe_request(
-                track="canary",
-                version=version or table.version("canary"),
+                track=counted_as,
+                version=version or table.version(counted_as),
                 code=code,
                 seconds=time.perf_counter() - start,
             )
-        finally:
+        except BaseException:
             if response is not None:
                 response.release()
+            raise
+        return response, code
 
     async def drain(self, *, within: float = 1.0) -> None:
         """Let the mirrors in flight finish for up to `within` seconds, then cancel the rest."""
