@@ -40,7 +40,7 @@ ROLLBACK = "canary 1.1.0 rolled back at 25%: errorRate 20.0 % > max 5.0 % (2 fai
 SUMMARY_KEYS = {
     "name", "scenario", "metrics", "phase", "timedOut", "startedAt", "finishedAt",
     "durationSeconds", "decision", "history", "analyses", "events", "weights", "requests",
-    "codes", "labels", "specFile", "trafficFile", "thresholds", "spec", "status",
+    "codes", "labels", "specFile", "trafficFile", "thresholds", "spec", "status", "approval",
 }  # fmt: skip
 
 
@@ -167,6 +167,7 @@ def test_the_summary_says_what_was_decided_and_measured() -> None:
     record = rolled_back()
     summary = build_summary(record)
     assert set(summary) == SUMMARY_KEYS
+    assert summary["approval"] is None  # no approval gate in this spec
     assert summary["phase"] == "RolledBack" and summary["decision"] == ROLLBACK
     assert (summary["name"], summary["scenario"], summary["metrics"]) == (
         "breast-cancer", "errors", "scrape"
