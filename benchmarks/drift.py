@@ -2,6 +2,7 @@
 
     python benchmarks/drift.py [--trials 100] [--drift-trials 50] [--peer-trials 5]
                                [--seeds 3] [--peers all|alibi-detect|evidently|none] [--quick]
+                               [--request-rows N]
 
 Every detector sees the same windows. canaryml's are binned by the real DriftMonitor against a
 profile built by the real build_profile, then judged by drift_test (the new gate, alpha 0.01)
@@ -46,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "server")]
 
-from canaryml_server.drift import DriftMonitor  # noqa: E402
+from canaryml_server.drift import SAMPLE_ROWS, DriftMonitor  # noqa: E402
 from canaryml_server.drift_test import DEFAULT_ALPHA, compare_counts, drift_test  # noqa: E402
 from canaryml_server.profile import build_numeric_bins, build_profile  # noqa: E402
 from canaryml_server.schema import Batch, FeatureSchema  # noqa: E402
@@ -139,9 +140,14 @@ def drifted(window: np.ndarray, data: Data, scenario: str, rng: np.random.Genera
 
 
 class Canaryml:
-    """The real profile, monitor and test: one monitor per window size, refilled per window."""
+    """The real profile, monitor and test: one monitor per window size, refilled per window.
 
-    def __init__(self, data: Data, window: int) -> None:
+    With `request_rows`, a window's rows arrive in requests of that many rows and the monitor
+    bins at most SAMPLE_ROWS of each, as a server does by default (`rows_to_draw` rows give a
+    full window); without, the window is one request binned whole."""
+
+    def __init__(self, data: Data, window: int, request_rows: int = 0) -> None:
+        self.request_rows = request_rows
         frame = self.frame(data.reference.to_numpy(), data)
         self.names = list(frame.columns)
         self.categorical = [self.names[j] for j in data.categorical]
@@ -151,7 +157,13 @@ class Canaryml:
             categorical=set(self.categorical),
             classification=True,
         )
-        self.monitor = DriftMonitor(self.profile, feature_names=self.names, window=window)
+        self.monitor = DriftMonitor(
+            self.profile,
+            feature_names=self.names,
+            window=window,
+            sample_rows=SAMPLE_ROWS if request_rows else 0,
+            seed=window,
+        )
         self.data = data
 
     def frame(self, values: np.ndarray, data: Data) -> pd.DataFrame:
@@ -165,8 +177,12 @@ class Canaryml:
         columns = {n: window[:, j] for j, n in enumerate(self.names)}
         for name in self.categorical:
             columns[name] = np.array([f"c{int(v)}" for v in columns[name]], dtype=object)
-        batch = Batch(schema=FeatureSchema(features=[]), columns=columns, rows=len(window))
-        self.monitor.observe(batch, np.zeros(len(window), dtype=np.int64))
+        step = self.request_rows or len(window)
+        for start in range(0, len(window), step):
+            part = {n: column[start : start + step] for n, column in columns.items()}
+            rows = min(step, len(window) - start)
+            batch = Batch(schema=FeatureSchema(features=[]), columns=part, rows=rows)
+            self.monitor.observe(batch, np.zeros(rows, dtype=np.int64))
         counts = self.monitor.counts()
         test = drift_test(self.profile, dict(zip(self.names, counts[:-1], strict=True)))
         worst = self.monitor.report().worst_feature
@@ -202,8 +218,8 @@ def run_cells(
             data = reference(count)
             count += 1
             if gate is None or gate.data is not data:
-                gate = Canaryml(data, window)
-            values = drifted(draw(window), data, scenario, rng)
+                gate = Canaryml(data, window, args.request_rows)
+            values = drifted(draw(rows_to_draw(window, args.request_rows)), data, scenario, rng)
             ours, psi_gate = gate.judge(values)
             cell.flags["canaryml"].append(ours)
             cell.flags["psi>0.25"].append(psi_gate)
@@ -224,6 +240,14 @@ def run_cells(
             cell.keys.append(key)
         cells.append(cell)
     return cells
+
+
+def rows_to_draw(window: int, request_rows: int) -> int:
+    """Rows seen that fill a window of `window` rows binned, in requests of `request_rows`."""
+    if not request_rows:
+        return window
+    per_request = min(request_rows, SAMPLE_ROWS)
+    return -(-window // per_request) * request_rows
 
 
 def fresh_references(
@@ -580,7 +604,16 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a few windows per cell, to try it out"
     )
+    parser.add_argument(
+        "--request-rows",
+        type=int,
+        default=0,
+        help=f"windows arrive in requests of N rows, {SAMPLE_ROWS} of each binned as a server "
+        "does (0: one request, every row binned); canaryml and the PSI gate only",
+    )
     args = parser.parse_args()
+    if args.request_rows and args.peers != "none":
+        parser.error("--request-rows needs --peers none (the peers see whole windows)")
     if args.quick:
         args.trials, args.drift_trials, args.peer_trials, args.calibration = 30, 15, 5, 20_000
     start = time.monotonic()

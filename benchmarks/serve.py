@@ -15,6 +15,8 @@ against `canaryml`, one without), and the feedback endpoint's throughput (one id
 per request, on the `canaryml-ids` server).
 
     python benchmarks/serve.py --servers canaryml,canaryml-ids   # the prediction ids' cost only
+    python benchmarks/serve.py --servers canaryml,canaryml-allrows,canaryml-nodrift,canaryml-bare
+        # the drift monitor's cost: sampled (the default), binning every row, and off
 
 Peers run in their own virtual environments (MLServer pins an older FastAPI), created once
 under ~/.cache/canaryml-bench/venvs (--venv-dir) with the same scikit-learn version as here.
@@ -71,6 +73,7 @@ class Result:
     non_2xx: int
     errors: int
     predictions_match: bool | None = None
+    cpu_us: float | None = None  # the server's CPU (its process group) per request
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Server:
     path: str = INFER_PATH
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    pid: int | None = None  # once running: its process group's id
 
     @property
     def url(self) -> str:
@@ -175,6 +179,9 @@ def canaryml(folder: Path, port: int, label: str, env: dict[str, str]) -> Server
 CANARYML_CONFIGS = {
     "canaryml": {},
     "canaryml-bare": {"CANARYML_DRIFT_ENABLED": "false", "CANARYML_METRICS_ENABLED": "false"},
+    # The drift monitor's share: metrics on, drift off; and drift binning every row (no sampling).
+    "canaryml-nodrift": {"CANARYML_DRIFT_ENABLED": "false"},
+    "canaryml-allrows": {"CANARYML_DRIFT_SAMPLE_ROWS": "0"},
     "canaryml-sklearn": {"CANARYML_RUNTIME": "sklearn"},
     "canaryml-ids": {"CANARYML_FEEDBACK_KEY": FEEDBACK_KEY},
 }
@@ -191,6 +198,7 @@ def running(server: Server, url: str) -> Iterator[None]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    server.pid = process.pid
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
@@ -253,7 +261,38 @@ def in_process_floor(model: Any, onnx_path: Path, rows: np.ndarray) -> dict[str,
     }
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User and system CPU of the live processes of a process group (Linux /proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[2]) == pgid:  # pgrp
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measured_load(server: Server, body: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One measured wrk run, with the server's CPU per request: unlike requests/s, that hardly
+    depends on what else runs on the machine (wrk's own CPU and other work are not counted)."""
+    before = group_cpu_seconds(server.pid) if server.pid else None
+    result = load(server.target, body, seconds=args.duration, args=args)
+    if before is not None and result["rps"]:
+        spent = group_cpu_seconds(server.pid) - before  # type: ignore[arg-type]
+        result["cpu_us"] = spent / (result["rps"] * args.duration) * 1e6
+    return result
+
+
 # --- report ----------------------------------------------------------------------------------
+
+
+def cpu_ratio(on: Result, off: Result) -> str:
+    if on.cpu_us is None or not off.cpu_us:
+        return "-"
+    return f"{(on.cpu_us / off.cpu_us - 1) * 100:+.1f}% CPU/req"
 
 
 def print_report(results: list[Result], floors: dict[str, dict[int, dict[str, float]]]) -> None:
@@ -271,6 +310,7 @@ def print_report(results: list[Result], floors: dict[str, dict[int, dict[str, fl
         "p99 ms",
         "non-2xx",
         "same labels",
+        "CPU us/req",
     ):
         table.add_column(
             column,
@@ -283,12 +323,12 @@ def print_report(results: list[Result], floors: dict[str, dict[int, dict[str, fl
         match = "-" if r.predictions_match is None else ("yes" if r.predictions_match else "NO")
         table.add_row(
             r.model, str(r.rows), r.server, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
-            str(r.non_2xx + r.errors), match,
+            str(r.non_2xx + r.errors), match, "-" if r.cpu_us is None else f"{r.cpu_us:,.0f}",
         )  # fmt: skip
     console.print(table)
 
     ratios = Table(title="canaryml's ratios (req/s: higher is better; p99: lower is better)")
-    for column in ("model", "rows", "vs", "req/s ratio", "p99 ratio"):
+    for column in ("model", "rows", "vs", "req/s ratio", "p99 ratio", "CPU/req ratio"):
         ratios.add_column(column)
     by_key = {(r.model, r.rows, r.server): r for r in results}
     for model, rows in sorted({(r.model, r.rows) for r in results}):
@@ -307,8 +347,23 @@ def print_report(results: list[Result], floors: dict[str, dict[int, dict[str, fl
             ratios.add_row(
                 model, str(rows), "drift+metrics on vs off",
                 f"{(ours.rps / bare.rps - 1) * 100:+.1f}% req/s",
-                f"{ours.p99_ms / bare.p99_ms:.2f}",
+                f"{ours.p99_ms / bare.p99_ms:.2f}", cpu_ratio(ours, bare),
             )  # fmt: skip
+        allrows = by_key.get((model, rows, "canaryml-allrows"))
+        if bare and bare.rps and allrows:
+            ratios.add_row(
+                model, str(rows), "drift (every row binned)+metrics on vs off",
+                f"{(allrows.rps / bare.rps - 1) * 100:+.1f}% req/s",
+                f"{allrows.p99_ms / bare.p99_ms:.2f}", cpu_ratio(allrows, bare),
+            )  # fmt: skip
+        nodrift = by_key.get((model, rows, "canaryml-nodrift"))
+        for label, on in (("sampled", ours), ("every row", allrows)):
+            if nodrift and nodrift.rps and on:
+                ratios.add_row(
+                    model, str(rows), f"drift ({label}) on vs off, metrics on",
+                    f"{(on.rps / nodrift.rps - 1) * 100:+.1f}% req/s",
+                    f"{on.p99_ms / nodrift.p99_ms:.2f}", cpu_ratio(on, nodrift),
+                )  # fmt: skip
         ids = by_key.get((model, rows, "canaryml-ids"))
         if ids and ours.rps:
             ratios.add_row(
@@ -445,9 +500,7 @@ def measure(
                 print(f"{model_name}, {rows} rows: round {round_ + 1}/{args.repeats}",
                       file=sys.stderr)  # fmt: skip
                 for server in servers:
-                    runs[server.label].append(
-                        load(server.target, body, seconds=args.duration, args=args)
-                    )
+                    runs[server.label].append(measured_load(server, body, args))
             for server in servers:
                 measured = runs[server.label]
                 results.append(
@@ -459,6 +512,10 @@ def measure(
                         non_2xx=sum(m["non_2xx"] for m in measured),
                         errors=sum(m["errors"] for m in measured),
                         predictions_match=matches[server.label],
+                        cpu_us=(
+                            statistics.median(m["cpu_us"] for m in measured)
+                            if all("cpu_us" in m for m in measured) else None
+                        ),
                     )
                 )  # fmt: skip
         for server in servers:

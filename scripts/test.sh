@@ -70,6 +70,16 @@ if ! bash scripts/install-tools.sh; then
     echo "test.sh: helm is not installed: the chart tests will be skipped" >&2
 fi
 
+# The Open Inference Protocol clients (KServe's, MLServer's codecs), each in its own virtual
+# environment under build/oip-clients (their pins conflict with ours); see the script.
+if ! bash scripts/oip-clients.sh; then
+    if [[ ! "${ci,,}" =~ ^(|0|false|no)$ ]]; then
+        echo "test.sh: cannot install the OIP clients; CI must not skip their tests" >&2
+        exit 1
+    fi
+    echo "test.sh: the OIP clients are not installed: their tests will be skipped" >&2
+fi
+
 python -m ruff check .
 python -m ruff format --check .
 python -m mypy

@@ -33,7 +33,7 @@ SINGULAR = "modeldeployment"
 SHORT_NAMES = ("md",)
 
 # Schemes the server's storages understand, plus pvc:// which the operator turns into a mount.
-URI_PATTERN = r"^(s3://|gs://|https?://|file://|pvc://|models:/)\S+$"
+URI_PATTERN = r"^(s3://|gs://|https?://|file://|pvc://|models:/|runs:/)\S+$"
 HTTP_URL_PATTERN = r"^https?://\S+$"
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -62,7 +62,7 @@ def _known_scheme(uri: str) -> str:
     if not re.fullmatch(URI_PATTERN, uri):
         raise ValueError(
             f"unsupported model URI {uri!r} (use s3://, gs://, http(s)://, file://, "
-            "pvc://CLAIM/path or models:/NAME/VERSION)"
+            "pvc://CLAIM/path, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN/PATH)"
         )
     return uri
 
@@ -139,7 +139,8 @@ class ModelRef(_Model):
 
     uri: Annotated[str, AfterValidator(_known_scheme)] = Field(
         max_length=2048,
-        description="s3://, gs://, http(s)://, file://, pvc://CLAIM/path or models:/name/version",
+        description="s3://, gs://, http(s)://, file://, pvc://CLAIM/path, models:/name/version, "
+        "models:/name@alias or runs:/run-id/path (MLflow)",
         json_schema_extra={"pattern": URI_PATTERN},
     )
     version: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -1174,6 +1175,111 @@ class NotificationSpec(_Model):
         return self
 
 
+# MLflow's rules for an alias: letters, digits, '_' and '-'; never `latest` nor `v<digits>`.
+MLFLOW_ALIAS_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
+
+
+def _not_a_reserved_alias(alias: str | None) -> str | None:
+    if alias is not None and (alias.lower() == "latest" or re.fullmatch(r"[vV][0-9]+", alias)):
+        raise ValueError(f"{alias!r} is reserved by MLflow (latest, v<number>): choose another")
+    return alias
+
+
+MlflowAlias = Annotated[
+    str,
+    Field(
+        max_length=255,
+        pattern=MLFLOW_ALIAS_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.lowerAscii() != 'latest' && !self.matches('^[vV][0-9]+$')",
+                    "message": "latest and v<number> are reserved by MLflow",
+                }
+            ]
+        },
+    ),
+    AfterValidator(_not_a_reserved_alias),
+]
+MLFLOW_STAGES = ("Staging", "Production", "Archived")
+DEFAULT_ROLLBACK_TAG = "canaryml.rollback"
+
+
+class MlflowRegistryRef(_Model):
+    """An MLflow tracking server (its model registry): the model servers load `models:/` and
+    `runs:/` URIs from it, and the operator writes outcomes back to it."""
+
+    tracking_uri: str = Field(
+        max_length=2048,
+        pattern=HTTP_URL_PATTERN,
+        description="the tracking server's URL (MLFLOW_TRACKING_URI of the model servers; the "
+        "operator's REST calls go to it, redirects never followed)",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="a Secret key holding a bearer token (MLFLOW_TRACKING_TOKEN of the model "
+        "servers; the operator sends it as Authorization: Bearer on its write-backs)",
+    )
+
+
+class RegistryPromoteAction(_Model):
+    """What a promotion writes on the promoted model's registry version: one of the two."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.alias) != has(self.stage)",
+                    "message": "onPromote sets alias or stage (one of them)",
+                }
+            ]
+        }
+    )
+
+    alias: MlflowAlias | None = Field(
+        default=None,
+        description="point this alias (e.g. champion) at the promoted version",
+    )
+    stage: Literal["Staging", "Production", "Archived"] | None = Field(
+        default=None,
+        description="transition the promoted version to this stage (MLflow's stages are "
+        "deprecated in favour of aliases)",
+    )
+    archive_existing_versions: bool = Field(
+        default=False, description="with stage: archive the versions already in that stage"
+    )
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RegistryPromoteAction:
+        if (self.alias is None) == (self.stage is None):
+            raise ValueError("onPromote sets alias or stage (one of them)")
+        return self
+
+
+class RegistryRollbackAction(_Model):
+    """What a rollback writes on the rolled-back model's registry version."""
+
+    tag: str = Field(
+        default=DEFAULT_ROLLBACK_TAG,
+        min_length=1,
+        max_length=250,
+        pattern=r"^[A-Za-z0-9_.\-/ ]+$",
+        description="the version tag set to the rollback's reason",
+    )
+
+
+class RegistrySpec(_Model):
+    """The model registry as the source of truth: outcomes written back to it (opt-in)."""
+
+    mlflow: MlflowRegistryRef
+    on_promote: RegistryPromoteAction | None = Field(
+        default=None, description="written on the promoted version once a canary is promoted"
+    )
+    on_rollback: RegistryRollbackAction | None = Field(
+        default=None, description="written on the rolled-back version once a rollback is done"
+    )
+
+
 def _unique_webhook_names(hooks: list[WebhookSpec]) -> list[WebhookSpec]:
     names = [hook.name for hook in hooks]
     duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -1238,6 +1344,11 @@ class ModelDeploymentSpec(_Model):
     notifications: Annotated[list[NotificationSpec], Field(max_length=10)] = Field(
         default_factory=list,
         description="where rollout events are told; none: the operator's default, if any",
+    )
+    registry: RegistrySpec | None = Field(
+        default=None,
+        description="the MLflow registry the models come from: its URL and token for the model "
+        "servers, and the outcomes (promotion, rollback) the operator writes back to it",
     )
 
     @model_validator(mode="after")
@@ -1427,6 +1538,22 @@ class ExperimentRecord(_StatusModel):
     message: str = Field(default="", max_length=4096)
 
 
+class RegistryWrite(_StatusModel):
+    """One write-back to the model registry (spec.registry; written by `writeback.record`)."""
+
+    event: Literal["promoted", "rolledBack"]
+    history_time: datetime = Field(description="the status.history entry it is about")
+    uri: str
+    action: str = Field(description="alias NAME, stage NAME or tag KEY")
+    registry_version: str | None = Field(
+        default=None, description="the registry's version number written to"
+    )
+    done: bool = False
+    attempts: int = Field(default=0, ge=0)
+    last_result: str = Field(default="", max_length=1024)
+    last_attempt_at: datetime | None = None
+
+
 class ModelDeploymentStatus(_StatusModel):
     phase: Phase | None = None
     canary_weight: int = Field(default=0, ge=0, le=100)
@@ -1464,6 +1591,10 @@ class ModelDeploymentStatus(_StatusModel):
         list[WebhookRecord], Field(max_length=20, json_schema_extra=_list_map(key="name"))
     ] = Field(default_factory=list)
     notifications: NotificationRecord | None = None
+    registry_writes: Annotated[list[RegistryWrite], Field(max_length=10)] = Field(
+        default_factory=list,
+        description="the write-backs to spec.registry: done, or retried at the next turn",
+    )
     experiment: ExperimentRecord | None = Field(
         default=None, description="the A/B experiment of spec.canary.experiment"
     )

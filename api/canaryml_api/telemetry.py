@@ -20,6 +20,10 @@ PREDICTION_DRIFT: Final = "canaryml_prediction_drift"  # gauge (PSI), servers on
 FEATURE_DRIFT_P_VALUE: Final = "canaryml_feature_drift_p_value"
 PREDICTION_DRIFT_P_VALUE: Final = "canaryml_prediction_drift_p_value"  # gauge, servers only
 DRIFT_WINDOW_ROWS: Final = "canaryml_drift_window_rows"
+# counters, servers only: rows the drift monitor saw, and those it binned (at most
+# CANARYML_DRIFT_SAMPLE_ROWS of each request); the window, PSI and p-values read rows binned only
+DRIFT_ROWS_SEEN: Final = "canaryml_drift_rows_seen"
+DRIFT_ROWS_BINNED: Final = "canaryml_drift_rows_binned"
 # counter, servers only: rows predicted, by the prediction's bin (BIN_LABEL) in the model's
 # reference profile; every bin of the profile exists from the start, at 0
 PREDICTIONS_TOTAL: Final = "canaryml_predictions_total"
@@ -152,3 +156,6 @@ PREDICTION_IDS_HEADER_MAX_BYTES: Final = 4096
 # operator, on a lifecycle webhook's or notification's POST: "sha256=<hex HMAC-SHA256 of the
 # body>" under the key of the hook's secretRef (absent without one)
 WEBHOOK_SIGNATURE_HEADER: Final = "x-canaryml-signature"
+# Open Inference Protocol, binary tensor extension (Triton's, KServe's, MLServer's): on a request
+# or an answer whose body is a JSON header then raw tensors, the JSON header's length in bytes
+INFERENCE_HEADER_LENGTH_HEADER: Final = "inference-header-content-length"

@@ -211,6 +211,7 @@ def build_deployment(
     resources: Mapping[str, Any] | None,
     allow_unpinned: bool = False,
     feedback: api.FeedbackSpec | None = None,
+    mlflow: api.MlflowRegistryRef | None = None,
 ) -> Manifest:
     """A track's Deployment; `replicas` None when a HorizontalPodAutoscaler owns them: the
     field is then left out, so neither a create nor a merge patch touches the HPA's value."""
@@ -233,6 +234,7 @@ def build_deployment(
         resources=resources,
         allow_unpinned=allow_unpinned,
         feedback=feedback,
+        mlflow=mlflow,
     )
     pod_annotations = {
         "prometheus.io/scrape": "true",
@@ -294,10 +296,12 @@ def _server_container(
     resources: Mapping[str, Any] | None,
     allow_unpinned: bool = False,
     feedback: api.FeedbackSpec | None = None,
+    mlflow: api.MlflowRegistryRef | None = None,
 ) -> dict[str, Any]:
     """The `canaryml serve` container of a track, loading the model from `uri` (on `mounts`);
     with `feedback`, the key that signs prediction ids from its Secret (the pod reads it: the
-    operator never does)."""
+    operator never does); with `mlflow` (spec.registry.mlflow), the tracking server that
+    `models:/` and `runs:/` URIs are loaded from, and its token from its Secret."""
     env = [
         {"name": "CANARYML_MODEL_URI", "value": uri},
         {"name": "CANARYML_MODEL_VERSION", "value": model.version},
@@ -316,6 +320,10 @@ def _server_container(
             env.append(
                 _secret_env("CANARYML_FEEDBACK_PREVIOUS_KEYS", feedback.previous_keys_secret_ref)
             )
+    if mlflow is not None:
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": mlflow.tracking_uri})
+        if mlflow.token_secret_ref is not None:
+            env.append(_secret_env("MLFLOW_TRACKING_TOKEN", mlflow.token_secret_ref))
     container = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -492,6 +500,7 @@ def build_children(
             resources=spec.serving.resources,
             allow_unpinned=spec.allow_unpinned_models,
             feedback=spec.serving.feedback or default_feedback,
+            mlflow=spec.registry.mlflow if spec.registry else None,
         )
         children.append(deployment)
         if autoscaling is not None:
@@ -732,6 +741,14 @@ def gateway_match(match: api.CanaryMatch) -> dict[str, Any]:
 # Maps that must hold exactly the operator's keys: one extra key in a Service's selector (a
 # merge patch adds keys, it never removes them) and the Service selects no pod at all.
 EXACT_MAPS: frozenset[tuple[str, ...]] = frozenset({("spec", "selector")})
+# Fields an API server may drop from a write without an error, as a CRD's structural schema
+# prunes a field it does not know: an HTTPRoute's requestMirror.percent with Gateway API CRDs
+# before v1.3 (docs/operator.md). A live child without one is not drift: a patch would not
+# bring it back, and a "Restored" Warning would be posted on every reconcile. A different
+# value still is drift.
+SERVER_PRUNED: frozenset[tuple[str, ...]] = frozenset(
+    {("spec", "rules", "filters", "requestMirror", "percent")}
+)
 
 
 def contains(live: Any, desired: Any, path: tuple[str, ...] = ()) -> bool:
@@ -739,14 +756,16 @@ def contains(live: Any, desired: Any, path: tuple[str, ...] = ()) -> bool:
 
     The API server adds defaults (clusterIP, terminationMessagePath...); those are not drift,
     except in the maps of EXACT_MAPS. Lists must match item by item, so an extra container or
-    env var is drift.
+    env var is drift. A field of SERVER_PRUNED may be missing (the server dropped it).
     """
     if isinstance(desired, Mapping):
         return (
             isinstance(live, Mapping)
             and (path not in EXACT_MAPS or set(live) == set(desired))
             and all(
-                key in live and contains(live[key], value, (*path, key))
+                contains(live[key], value, (*path, key))
+                if key in live
+                else (*path, key) in SERVER_PRUNED
                 for key, value in desired.items()
             )
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -283,23 +284,147 @@ def resume(name: NameArgument, namespace: NamespaceOption = None) -> None:
     )
 
 
+# `status --watch`: the server ends each watch after this many seconds; it is then started
+# again from the last resourceVersion seen (after one read, in case an event fell in between).
+WATCH_SECONDS = 60
+
+
 def status(
     name: NameArgument,
     namespace: NamespaceOption = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Redraw on every change (the watch API), until Ctrl-C or the resource is "
+            "deleted; with -o json, one JSON line per change.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            help="With --watch: seconds between reads where the watch API is refused or its "
+            "stream breaks.",
+        ),
+    ] = 5.0,
 ) -> None:
     """Show a ModelDeployment's rollout: phase, weight, step, each check against its bound."""
     import json
+    import time
 
     from rich.console import Console
 
     if output not in ("table", "json"):
         raise typer.BadParameter("--output must be table or json")
-    _, namespace, found = _client_and_object(name, namespace)
-    if output == "json":
-        typer.echo(json.dumps(found.get("status") or {}, indent=2))
+    client, namespace, found = _client_and_object(name, namespace)
+    if not watch:
+        if output == "json":
+            typer.echo(json.dumps(found.get("status") or {}, indent=2))
+            return
+        Console().print(*render_status(found))
         return
-    Console().print(*render_status(found))
+    updates = status_updates(client, namespace, name, found, interval=interval, sleep=time.sleep)
+    try:
+        if output == "json":
+            typer.echo(json.dumps(found.get("status") or {}, separators=(",", ":")))
+            for current in updates:
+                if current is None:
+                    break
+                typer.echo(json.dumps(current.get("status") or {}, separators=(",", ":")))
+        else:
+            show_updates(Console(), found, updates)
+    except KeyboardInterrupt:  # Ctrl-C: the way a watch ends
+        return
+    typer.echo(f"ModelDeployment {namespace}/{name} was deleted", err=True)
+
+
+def status_updates(
+    client: Any,
+    namespace: str,
+    name: str,
+    found: dict[str, Any],
+    *,
+    interval: float,
+    sleep: Callable[[float], None],
+    watch_seconds: int = WATCH_SECONDS,
+) -> Iterator[dict[str, Any] | None]:
+    """The ModelDeployment each time it changes after `found` (as read), then None and the end
+    once it is deleted; endless otherwise (the caller stops on Ctrl-C).
+
+    Follows the watch API from `found`'s resourceVersion; where a stream ends empty, breaks or
+    is refused (a 403 on `watch`, a 410 Gone), sleeps `interval`, reads the object once, and
+    watches again. (`client`: a kube.KubeClient.)"""
+    from canaryml_api import resource as api
+
+    from canaryml_operator.kube import KubeError
+
+    version = (found.get("metadata") or {}).get("resourceVersion")
+    while True:
+        quiet = True
+        try:
+            for event in client.watch(
+                api.KIND,
+                namespace,
+                name=name,
+                resource_version=version,
+                timeout_seconds=watch_seconds,
+            ):
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":  # e.g. 410 Gone: too old a resourceVersion
+                    raise KubeError(int(obj.get("code") or 0), str(obj.get("message")))
+                if event.get("type") == "DELETED":
+                    yield None
+                    return
+                seen = (obj.get("metadata") or {}).get("resourceVersion")
+                if event.get("type") in ("ADDED", "MODIFIED") and seen != version:
+                    quiet, version = False, seen
+                    yield obj
+        except KubeError:
+            quiet = True
+        if quiet:
+            sleep(interval)
+        try:
+            current = client.get(api.KIND, namespace, name)
+        except KubeError:
+            continue  # unreachable for now: try again
+        if current is None:
+            yield None
+            return
+        seen = (current.get("metadata") or {}).get("resourceVersion")
+        if seen != version:
+            version = seen
+            yield current
+
+
+def show_updates(
+    console: Any, found: dict[str, Any], updates: Iterable[dict[str, Any] | None]
+) -> None:
+    """`canaryml status --watch`: on a terminal, one view redrawn in place on every change (as
+    `kubectl argo rollouts get rollout --watch`); elsewhere (a pipe, a file), each version
+    printed after the last. Returns when `updates` ends. (`console`: a rich Console.)"""
+    from rich.console import Group
+    from rich.live import Live
+
+    def view(obj: dict[str, Any]) -> Any:
+        return Group(*render_status(obj))
+
+    if console.is_terminal:
+        with Live(view(found), console=console, auto_refresh=False) as live:
+            for current in updates:
+                if current is None:
+                    return
+                live.update(view(current), refresh=True)
+        return
+    console.print(view(found))
+    for current in updates:
+        if current is None:
+            return
+        version = (current.get("metadata") or {}).get("resourceVersion")
+        console.rule(f"resourceVersion {version}")
+        console.print(view(current))
 
 
 def render_status(found: dict[str, Any]) -> list[Any]:
@@ -500,8 +625,33 @@ def _approval_text(found: dict[str, Any], status: Any) -> str | None:
     return None
 
 
+# The commands on one ModelDeployment: `canaryml COMMAND` and `kubectl canaryml COMMAND`.
+ROLLOUT_COMMANDS = (status, promote, abort, pause, resume, rollback)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(operator)
     app.command()(crd)
-    for command in (status, promote, abort, pause, resume, rollback):
+    for command in ROLLOUT_COMMANDS:
         app.command()(command)
+
+
+def plugin_app() -> typer.Typer:
+    """`kubectl canaryml`: the rollout commands of `canaryml`, as a kubectl plugin (kubectl
+    runs `kubectl-canaryml` from the PATH for `kubectl canaryml ...`)."""
+    app = typer.Typer(
+        name="kubectl canaryml",
+        help="Watch and steer canaryml rollouts: status [--watch], promote, abort, rollback, "
+        "pause, resume.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for command in ROLLOUT_COMMANDS:
+        app.command()(command)
+    return app
+
+
+def kubectl_plugin() -> None:
+    """The `kubectl-canaryml` console script."""
+    plugin_app()(prog_name="kubectl canaryml")

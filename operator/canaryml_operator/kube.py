@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import urllib3
 from canaryml_api import resource as api
@@ -144,6 +144,55 @@ class KubeClient:
             if error.status != 404:
                 raise
 
+    def watch(
+        self,
+        kind: str,
+        namespace: str,
+        *,
+        name: str | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int = 60,
+    ) -> Iterator[dict[str, Any]]:
+        """The watch API's events (`{"type": ..., "object": ...}`) on `kind` in `namespace`,
+        after `resource_version`, until the server ends the stream (after `timeout_seconds`).
+        With `name`, only that object's (a field selector, and filtered here too).
+        KubeError when the watch cannot start or the stream breaks."""
+        query = {"watch": "true", "timeoutSeconds": str(timeout_seconds)}
+        if name is not None:
+            query["fieldSelector"] = f"metadata.name={name}"
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        serialized = self._api.param_serialize(
+            method="GET",
+            resource_path=self.path(kind, namespace),
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(
+                *serialized, _request_timeout=(TIMEOUT_SECONDS, timeout_seconds + TIMEOUT_SECONDS)
+            )
+        except ApiException as error:
+            raise KubeError(error.status or 0, str(error.reason)) from error
+        except urllib3.exceptions.HTTPError as error:
+            raise KubeError(0, f"API server unreachable: {error}") from error
+        stream = response.response
+        try:
+            if response.status >= 400:
+                raise KubeError(response.status, _message(stream.data))
+            for line in stream:
+                if not line.strip():
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                found = (event.get("object") or {}).get("metadata") or {}
+                if name is None or event.get("type") == "ERROR" or found.get("name") == name:
+                    yield event
+        except urllib3.exceptions.HTTPError as error:  # reset, read timed out
+            raise KubeError(0, f"watch broken: {error}") from error
+        finally:
+            stream.release_conn()
+
 
 def _message(data: bytes | None) -> str:
     try:
@@ -188,12 +237,72 @@ def child_kinds(spec: api.ModelDeploymentSpec | None) -> tuple[str, ...]:
     return kinds
 
 
+# Every kind a ModelDeployment's children can have (child_kinds names a subset for each).
+CHILD_KINDS: tuple[str, ...] = (
+    "Deployment",
+    "Service",
+    "HTTPRoute",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+    "HorizontalPodAutoscaler",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+)
+# Large fields the operator never reads: a child kept in memory (the children index) drops them.
+_DROPPED_METADATA = ("managedFields", "creationTimestamp", "selfLink")
+_DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def api_reference(kind: str) -> tuple[str, str, str]:
+    """(group, version, plural) of a kind, as kopf names resources ("" for the core group)."""
+    prefix, plural = RESOURCES[kind]
+    parts = prefix.strip("/").split("/")  # ["api", "v1"] or ["apis", group, version]
+    if parts[0] == "api":
+        return "", parts[1], plural
+    return parts[1], parts[2], plural
+
+
+def trim_child(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A child as the operator reads it (reconcile.plan_children, DeploymentState.of): its
+    metadata without managedFields and the like, every other top-level field (a Role's rules,
+    a RoleBinding's subjects are top-level), and a status only for Deployments (their rollout
+    progress); `kind` set, as a LIST's items lack it."""
+    trimmed: dict[str, Any] = {
+        key: value
+        for key, value in body.items()
+        if key not in ("metadata", "status") or (key == "status" and kind == "Deployment")
+    }
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _DROPPED_METADATA}
+    annotations = meta.get("annotations")
+    if annotations and any(name in annotations for name in _DROPPED_ANNOTATIONS):
+        meta["annotations"] = {
+            k: v for k, v in annotations.items() if k not in _DROPPED_ANNOTATIONS
+        }
+    trimmed["metadata"] = meta
+    trimmed["kind"] = kind
+    return trimmed
+
+
+class ChildSource(Protocol):
+    """Where a reconcile reads a resource's children from instead of listing them: the
+    operator's in-memory index of its watches (main.ChildIndex)."""
+
+    def children(
+        self, namespace: str, owner: str, kinds: tuple[str, ...]
+    ) -> list[dict[str, Any]]: ...
+
+
 def read_children(
     client: KubeClient,
     owner: Owner,
     labels: Mapping[str, str],
     kinds: tuple[str, ...] = ("Deployment", "Service"),
+    source: ChildSource | None = None,
 ) -> list[dict[str, Any]]:
+    """The owner's children: from `source` when given (no API call), else one LIST a kind."""
+    if source is not None:
+        return source.children(owner.namespace, owner.name, kinds)
     found: list[dict[str, Any]] = []
     for kind in kinds:
         try:
@@ -216,8 +325,9 @@ def apply_plan(
 
     A create that meets an existing object the owner does not own (another resource's child
     of the same name, or one made by hand) leaves it alone and adds it to `conflicts`: the
-    owner reports it (reconcile.with_conflicts). One it owns, or a patch that meets none, lost
-    a race with a concurrent reconcile of the same resource; the next event settles it.
+    owner reports it (reconcile.with_conflicts). One it owns was missing from the children
+    read (the index behind its watch, or a concurrent reconcile): it exists, and is returned
+    as it is; a patch that meets none lost a race; the next event settles either.
     """
     done: list[Action] = []
     results: dict[ChildKey, dict[str, Any] | None] = {}
@@ -239,6 +349,10 @@ def apply_plan(
                     if conflicts is not None:
                         conflicts[key] = existing
                     continue
+                if existing is not None:
+                    # Ours already: the children index had not brought it yet (a restart, a
+                    # watch behind). The object as it is, not a missing one, decides the status.
+                    results[key] = {"kind": key.kind, **existing}
             if (action.verb, error.status) in {("create", 409), ("patch", 404)}:
                 log.info("%s %s %s: %s", action.verb, key.kind, key.name, error)
                 continue
@@ -253,14 +367,16 @@ def apply_status(
     status: Mapping[str, Any],
     *,
     resource_version: str | None = None,
-) -> None:
-    """Write the status. With `resource_version`, only over that version of the object (a 409
-    otherwise): the analysis daemon and the event handlers both write the rollout state, and
-    neither may overwrite a newer one."""
+) -> str | None:
+    """Write the status; return the object's new resourceVersion. With `resource_version`,
+    only over that version of the object (a 409 otherwise): the analysis daemon and the event
+    handlers both write the rollout state, and neither may overwrite a newer one."""
     patch: dict[str, Any] = {"status": dict(status)}
     if resource_version:
         patch["metadata"] = {"resourceVersion": resource_version}
-    client.patch(api.KIND, owner.namespace, owner.name, patch, subresource="status")
+    written = client.patch(api.KIND, owner.namespace, owner.name, patch, subresource="status")
+    version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+    return str(version) if version else None
 
 
 def read_secret(client: KubeClient, namespace: str, name: str) -> dict[str, Any]:

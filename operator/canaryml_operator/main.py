@@ -35,19 +35,25 @@ from canaryml_operator import (
     notifications,
     providers,
     reconcile,
+    registry,
     rollout,
     templates,
     templating,
+    writeback,
 )
 from canaryml_operator.kube import (
+    CHILD_KINDS,
+    ChildSource,
     KubeClient,
     KubeError,
+    api_reference,
     apply_plan,
     apply_status,
     child_kinds,
     load_client,
     read_children,
     read_secret,
+    trim_child,
 )
 from canaryml_operator.measurements import Measurements, Sample
 from canaryml_operator.settings import OperatorSettings
@@ -87,9 +93,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.event_name_prefix = "canaryml-"
     settings.execution.max_workers = own.workers
     # Watch only the children canaryml manages, filtered by the API server.
+    # Every child kind is watched (the children index below), each with the same selector.
     selector = ",".join(f"{key}={value}" for key, value in MANAGED.items())
-    settings.watching.label_selectors["apps/v1/deployments"] = selector
-    settings.watching.label_selectors["v1/services"] = selector
+    selector += f",{children.LABEL_MODEL_DEPLOYMENT}"
+    for kind in CHILD_KINDS:
+        group, version, plural = api_reference(kind)
+        settings.watching.label_selectors[f"{group}/{version}/{plural}".lstrip("/")] = selector
     # No watching of CRDs and namespaces: the namespaces are named (no globs) and the CRD comes
     # with the operator, so the RBAC needs no cluster-wide reads of either. The price: a CRD
     # installed after the operator is seen at its next start (check_crd makes that a restart).
@@ -140,11 +149,12 @@ class KubeTracks:
         spec: api.ModelDeploymentSpec | None,
         image: str,
         reconciled_before: bool,
+        source: ChildSource | None = None,
     ) -> None:
         self.kube, self.owner, self.image = kube, owner, image
         self.reconciled_before = reconciled_before
         labels = {children.LABEL_MODEL_DEPLOYMENT: owner.name}
-        self.objects = read_children(kube, owner, labels, child_kinds(spec))
+        self.objects = read_children(kube, owner, labels, child_kinds(spec), source)
         self.applied = reconcile.Plan()
         # Children it needs that exist but belong to someone else: never overwritten.
         self.conflicts: dict[children.ChildKey, dict[str, Any]] = {}
@@ -183,6 +193,7 @@ def reconcile_model_deployment(
     now: datetime,
     measurements: Measurements | None = None,
     hook_results: Sequence[hooks.Result] = (),
+    source: ChildSource | None = None,
 ) -> reconcile.Plan:
     """Bring one ModelDeployment's children and status into shape; return what was done.
 
@@ -211,6 +222,12 @@ def reconcile_model_deployment(
         resolution = templates.resolve(kube, owner.namespace, spec)
         spec, invalid = resolution.spec, resolution.problem
         invalid_reason = resolution.reason
+    if spec is not None and spec.registry is not None:
+        # spec.registry: a models:/ URI the registry answers 404 for is an invalid spec
+        # (nothing changes: the tracks keep what they serve).
+        missing = registry.check_models(spec, kube=kube, namespace=owner.namespace)
+        if missing is not None:
+            spec, invalid, invalid_reason = None, missing, writeback.MODEL_NOT_IN_REGISTRY
 
     tracks = KubeTracks(
         kube,
@@ -218,6 +235,7 @@ def reconcile_model_deployment(
         spec=spec,
         image=image,
         reconciled_before=previous.observed_generation == generation,
+        source=source,
     )
     recorded = previous
     if spec is not None:
@@ -252,9 +270,14 @@ def reconcile_model_deployment(
         limit=settings.notify_limit,
         window=settings.notify_window_seconds,
     )
+    # spec.registry: outcomes written back to the model registry (after the turn is applied).
+    status = registry.reconcile_write_back(
+        spec, status, kube=kube, namespace=owner.namespace, now=now
+    )
     patch = reconcile.status_patch(status)
     if patch != reconcile.status_patch(previous):
-        apply_status(kube, owner, patch, resource_version=meta.get("resourceVersion"))
+        written = apply_status(kube, owner, patch, resource_version=meta.get("resourceVersion"))
+        _saw_version(owner.namespace, owner.name, written)
     delivery.notify(messages, kube=kube, namespace=owner.namespace)
     metrics.observe_status(
         namespace=owner.namespace, name=owner.name, previous=previous, status=status
@@ -302,6 +325,104 @@ def _lock(namespace: str, name: str) -> threading.Lock:
 def _forget_lock(namespace: str, name: str) -> None:
     with _locks_guard:
         _locks.pop((namespace, name), None)
+    _versions.pop((namespace, name), None)
+
+
+# --- The children index: each reconcile reads the children from kopf's watches, not a LIST ----
+#
+# kopf keeps one index per child kind, filled from its watch of that kind (an initial listing,
+# then the events), and starts no handler before every index has its initial listing. The
+# index is a cache of the cluster, never the source of a decision the cluster would contradict:
+# a child the watch has not brought yet is planned as a create, which meets a 409 and is then
+# taken as the API server returns it (apply_plan); a patch planned from an older copy sets
+# fields to what they already are.
+
+INDEX_PREFIX = "canaryml_children_"
+
+
+def _child_indexer(kind: str) -> Any:
+    async def index_child(
+        body: kopf.Body, namespace: str | None, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        owner = (body.get("metadata", {}).get("labels") or {}).get(children.LABEL_MODEL_DEPLOYMENT)
+        if not owner or not namespace:
+            return {}
+        return {(namespace, owner): trim_child(kind, body)}
+
+    return index_child
+
+
+for _kind in CHILD_KINDS:
+    _group, _version, _plural = api_reference(_kind)
+    kopf.index(
+        _group,
+        _version,
+        _plural,
+        id=INDEX_PREFIX + _plural,
+        labels={**MANAGED, children.LABEL_MODEL_DEPLOYMENT: kopf.PRESENT},
+    )(_child_indexer(_kind))
+
+
+class ChildIndex:
+    """The children of each ModelDeployment, by (namespace, name), from kopf's indexes (one
+    per kind, passed to every handler as a keyword argument named by the index's id)."""
+
+    def __init__(self, indexes: Mapping[str, Any]) -> None:
+        self._by_kind = {
+            kind: indexes[INDEX_PREFIX + api_reference(kind)[2]] for kind in CHILD_KINDS
+        }
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> ChildIndex | None:
+        """The index from a handler's keyword arguments; None without them (then each
+        reconcile lists the children, as when the operator is embedded without kopf)."""
+        if all(INDEX_PREFIX + api_reference(kind)[2] in kwargs for kind in CHILD_KINDS):
+            return cls(kwargs)
+        return None
+
+    def children(self, namespace: str, owner: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for kind in kinds:
+            store = self._by_kind[kind].get((namespace, owner))
+            if store:
+                found += _snapshot(store)
+        return found
+
+
+def _snapshot(store: Any) -> list[dict[str, Any]]:
+    # Read in a worker thread while kopf's event loop may update the store: copy, and copy
+    # again in the rare case that it changed size meanwhile.
+    for _ in range(10):
+        try:
+            return list(store)
+        except RuntimeError:
+            continue
+    return list(store)
+
+
+# The newest resourceVersion of each ModelDeployment this process has read or written. A
+# handler's body at least that new is used as it is (no GET); an older one (the watch has not
+# brought this process's own status write yet) is read afresh. resourceVersions are compared
+# as numbers where they are numbers (etcd's revisions); otherwise only an equal one is trusted.
+# A stale body would still not be written over: the status patch names its resourceVersion.
+_versions: dict[tuple[str, str], str] = {}
+
+
+def _saw_version(namespace: str, name: str, version: str | None) -> None:
+    if version:
+        _versions[(namespace, name)] = version
+
+
+def _current(body: Mapping[str, Any]) -> bool:
+    meta = body.get("metadata", {})
+    version = meta.get("resourceVersion")
+    known = _versions.get((meta.get("namespace") or "default", meta.get("name", "")))
+    if known is None or version == known:
+        return version is not None
+    try:
+        return int(version) >= int(known)
+    except (TypeError, ValueError):
+        return False
 
 
 def reconcile_latest(
@@ -313,6 +434,8 @@ def reconcile_latest(
     measured_after: datetime | None = None,
     hook_results: Sequence[hooks.Result] = (),
     attempts: int = 3,
+    body: Mapping[str, Any] | None = None,
+    source: ChildSource | None = None,
 ) -> reconcile.Plan:
     """Reconcile the resource as it is now: read it, then act, one reconcile per resource at a
     time in this process.
@@ -321,10 +444,18 @@ def reconcile_latest(
     from the latest status, or a stale one would undo a step (and its children with it). The
     lock orders them; the read makes each see the last one's writes. A 409 on the status (a
     writer outside this process) is retried from a new read.
+
+    `body` (a handler's, from kopf's watch) saves the read when it is at least as new as what
+    this process last read or wrote (_current); `source` gives the children (the index).
     """
     with _lock(namespace, name):
         for attempt in range(attempts):
-            found = kube.get(api.KIND, namespace, name)
+            if attempt == 0 and body is not None and _current(body):
+                found: Mapping[str, Any] | None = body
+            else:
+                found = kube.get(api.KIND, namespace, name)
+                if found is not None:
+                    _saw_version(namespace, name, found.get("metadata", {}).get("resourceVersion"))
             if found is None:
                 return reconcile.Plan()  # deleted meanwhile
             last = api.parse_status(found.get("status")).last_analysis
@@ -338,6 +469,7 @@ def reconcile_latest(
                     now=_now(),
                     measurements=measurements,
                     hook_results=hook_results,
+                    source=source,
                 )
             except KubeError as error:
                 if error.status != 409 or attempt == attempts - 1:
@@ -345,10 +477,16 @@ def reconcile_latest(
         raise AssertionError("unreachable")
 
 
-def _reconcile(body: Mapping[str, Any], memo: kopf.Memo) -> None:
+def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, source: ChildSource | None) -> None:
     meta = body.get("metadata", {})
     try:
-        reconcile_latest(meta.get("namespace") or "default", meta["name"], kube=_kube(memo))
+        reconcile_latest(
+            meta.get("namespace") or "default",
+            meta["name"],
+            kube=_kube(memo),
+            body=body,
+            source=source,
+        )
     except KubeError as error:
         # kopf keeps the retry count in the resource's annotations, so a restart resumes it.
         refused = error.status in (400, 403, 422)  # an admission policy, RBAC, a quota...
@@ -366,8 +504,8 @@ def _reconcile(body: Mapping[str, Any], memo: kopf.Memo) -> None:
 @kopf.on.resume(*MD)
 @kopf.on.create(*MD)
 @kopf.on.update(*MD)
-def model_deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile(body, memo)
+def model_deployment_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    _reconcile(body, memo, ChildIndex.of(kwargs))
 
 
 def _modified_or_deleted(event: kopf.RawEvent, **_: Any) -> bool:
@@ -379,7 +517,7 @@ def _modified_or_deleted(event: kopf.RawEvent, **_: Any) -> bool:
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, when=_modified_or_deleted)
 @kopf.on.event("", "v1", "services", labels=MANAGED, when=_modified_or_deleted)
-def child_changed(body: kopf.Body, memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
+def child_changed(body: kopf.Body, memo: kopf.Memo, event: kopf.RawEvent, **kwargs: Any) -> None:
     """A child was edited or deleted (by hand, or by its controller): reconcile its owner; a
     deleted one may free its name for a resource that could not create its own child of that
     name (ChildConflict), so that one is reconciled too."""
@@ -396,9 +534,10 @@ def child_changed(body: kopf.Body, memo: kopf.Memo, event: kopf.RawEvent, **_: A
             for claimant in reconcile.claimants(body.get("metadata", {}).get("name", ""))
             if claimant != owner_name and _in_conflict(kube, namespace, claimant)
         ]
+    source = ChildIndex.of(kwargs)
     for name in names:
         try:
-            reconcile_latest(namespace, name, kube=kube)
+            reconcile_latest(namespace, name, kube=kube, source=source)
         except KubeError as error:
             # kopf does not retry event handlers; the child's or the resource's next event does.
             log.warning("reconcile of %s/%s after a child event failed: %s", namespace, name, error)
@@ -435,7 +574,7 @@ def _has_canary(spec: kopf.Spec, **_: Any) -> bool:
 # before the resource goes); the others are deleted at once.
 @kopf.daemon(*MD, when=_has_canary, cancellation_timeout=5.0)
 async def analysis_daemon(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:
     """Judge the canary every `analysis.interval` and act on the verdict; retire a canary
     once its drain time is over.
@@ -444,6 +583,7 @@ async def analysis_daemon(
     current), so a restarted operator resumes where the last one stopped.
     """
     kube = _kube(memo)
+    source = ChildIndex.of(kwargs)
     drained: datetime | None = None  # the drain already acted on (a repeat is harmless)
     seen: str | None = None  # the resourceVersion the schedule below was computed from
     wake_at = math.inf  # time.monotonic() of the next thing to do
@@ -463,7 +603,7 @@ async def analysis_daemon(
         if templates.held_by_templates(spec, status):
             # A template created or fixed changes no ModelDeployment: look again every interval
             # (a reconcile reads the templates and writes the status only if it changed).
-            await _reconcile_held(kube, parse_owner(snapshot))
+            await _reconcile_held(kube, parse_owner(snapshot), source)
             wake_at = time.monotonic() + api.parse_duration(spec.analysis.interval)
             continue
         due = rollout.next_analysis_in(spec=spec, status=status, now=now)
@@ -482,7 +622,7 @@ async def analysis_daemon(
             continue
         owner = parse_owner(snapshot)
         if spec.analysis.templates:
-            resolved = await _resolve_templates(kube, owner, spec)
+            resolved = await _resolve_templates(kube, owner, spec, source)
             if resolved is None:
                 # Not resolvable (the reconcile shows why): look again an interval later, as a
                 # template created or fixed meanwhile changes no ModelDeployment.
@@ -512,6 +652,7 @@ async def analysis_daemon(
                 measurements=measurements,
                 measured_after=status.last_analysis.time if status.last_analysis else None,
                 hook_results=results,
+                source=source,
             )
             if drain == 0.0:
                 drained = status.step_started_at
@@ -524,7 +665,7 @@ async def analysis_daemon(
 
 
 async def _resolve_templates(
-    kube: KubeClient, owner: Owner, spec: api.ModelDeploymentSpec
+    kube: KubeClient, owner: Owner, spec: api.ModelDeploymentSpec, source: ChildSource | None
 ) -> api.ModelDeploymentSpec | None:
     """The spec with its analysis.templates' metrics (read now, so that an edited template is
     used at the next analysis), or None when they cannot be resolved: then the resource is
@@ -533,15 +674,19 @@ async def _resolve_templates(
         resolution = await asyncio.to_thread(templates.resolve, kube, owner.namespace, spec)
         if resolution.spec is not None:
             return resolution.spec
-        await asyncio.to_thread(reconcile_latest, owner.namespace, owner.name, kube=kube)
+        await asyncio.to_thread(
+            reconcile_latest, owner.namespace, owner.name, kube=kube, source=source
+        )
     except KubeError as error:
         log.info("templates of %s/%s not resolved: %s", owner.namespace, owner.name, error)
     return None
 
 
-async def _reconcile_held(kube: KubeClient, owner: Owner) -> None:
+async def _reconcile_held(kube: KubeClient, owner: Owner, source: ChildSource | None) -> None:
     try:
-        await asyncio.to_thread(reconcile_latest, owner.namespace, owner.name, kube=kube)
+        await asyncio.to_thread(
+            reconcile_latest, owner.namespace, owner.name, kube=kube, source=source
+        )
     except KubeError as error:
         log.info("templates of %s/%s not resolved: %s", owner.namespace, owner.name, error)
 

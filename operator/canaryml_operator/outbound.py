@@ -81,6 +81,40 @@ async def post(
         raise OutboundError(f"{what} is unreachable: {describe(error)}") from None
 
 
+async def get(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    what: str,
+    timeout: float,  # noqa: ASYNC109 (the whole exchange's bound, applied with asyncio.timeout)
+    max_bytes: int,
+    redirect_hint: str,
+    too_large_hint: str,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    """GET and read the reply whole, under the same rules as `post`."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read(
+                http,
+                url,
+                what=what,
+                max_bytes=max_bytes,
+                redirect_hint=redirect_hint,
+                too_large_hint=too_large_hint,
+                data=None,
+                content=None,
+                headers=headers,
+                method="GET",
+                params=params,
+            )
+    except (httpx.TimeoutException, TimeoutError):
+        raise OutboundError(f"{what} did not answer within {timeout:g} s") from None
+    except httpx.HTTPError as error:
+        raise OutboundError(f"{what} is unreachable: {describe(error)}") from None
+
+
 async def _read(
     http: httpx.AsyncClient,
     url: str,
@@ -92,10 +126,15 @@ async def _read(
     data: Mapping[str, str] | None,
     content: bytes | None,
     headers: Mapping[str, str] | None,
+    method: str = "POST",
+    params: Mapping[str, str] | None = None,
 ) -> Reply:
     sent = {"Accept-Encoding": "identity", **(headers or {})}  # a compressed reply could expand
     form = dict(data) if data is not None else None
-    async with http.stream("POST", url, data=form, content=content, headers=sent) as reply:
+    query = dict(params) if params is not None else None
+    async with http.stream(
+        method, url, data=form, content=content, headers=sent, params=query
+    ) as reply:
         if reply.is_redirect or 300 <= reply.status_code < 400:
             raise OutboundError(
                 f"{what} answered HTTP {reply.status_code}, a redirect: redirects are not "

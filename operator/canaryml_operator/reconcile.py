@@ -19,7 +19,7 @@ from typing import Any, Literal
 from canaryml_api import resource as api
 from canaryml_api.tracks import Track
 
-from canaryml_operator import children
+from canaryml_operator import children, writeback
 from canaryml_operator.children import ChildKey, Manifest
 from canaryml_operator.state import (
     AWAITING_APPROVAL,
@@ -211,6 +211,7 @@ def build_status(
     elif stalled is None or stalled.reason in (
         "InvalidSpec",
         children.UNPINNED_MODEL,
+        writeback.MODEL_NOT_IN_REGISTRY,
         CHILD_CONFLICT,
         "RolledBack",
     ):

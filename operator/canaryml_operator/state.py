@@ -112,7 +112,15 @@ class DeploymentState:
         )
 
 
-_CONDITION_ORDER = {"Ready": 0, "Progressing": 1, "Degraded": 2, "RolledBack": 3}
+# Stalled before Reconciling: kstatus (Flux, Argo CD) reads the first of them that is True.
+_CONDITION_ORDER = {
+    "Ready": 0,
+    "Progressing": 1,
+    "Degraded": 2,
+    "RolledBack": 3,
+    "Stalled": 4,
+    "Reconciling": 5,
+}
 
 
 def set_condition(
@@ -137,7 +145,9 @@ def set_condition(
         observed_generation=generation,
     )
     others = [c for c in conditions if c.type != type]
-    return sorted([*others, updated], key=lambda c: _CONDITION_ORDER.get(c.type, 99))
+    # A fixed order (the others by name), whatever order they were set in: a reconcile that
+    # sets them in another order must not rewrite an unchanged status.
+    return sorted([*others, updated], key=lambda c: (_CONDITION_ORDER.get(c.type, 99), c.type))
 
 
 def condition(status: api.ModelDeploymentStatus, type: str) -> api.Condition | None:

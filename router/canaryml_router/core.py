@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -19,6 +20,7 @@ import orjson
 from canaryml_api import resource
 from canaryml_api.resource import DEFAULT_PROBABILITY_TOLERANCE, MAX_REGEX_MATCHED_LENGTH
 from canaryml_api.routing import RoutingPlan, plan_routing
+from canaryml_api.telemetry import INFERENCE_HEADER_LENGTH_HEADER
 from canaryml_api.tracks import TRACKS as TRACKS
 from canaryml_api.tracks import LiveTrack, service_url
 
@@ -28,6 +30,7 @@ BUCKETS = 10_000
 _PER_PERCENT = BUCKETS // 100
 PREDICT_OUTPUT = "predict"
 PROBA_OUTPUT = "predict_proba"
+_BINARY_HEADER = INFERENCE_HEADER_LENGTH_HEADER.encode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -335,22 +338,87 @@ class Answer:
     probabilities: list[list[float]] | None
 
 
-def parse_answer(body: bytes) -> Answer:
-    """Labels and probabilities of a `/predict` or Open Inference Protocol v2 response.
+def parse_answer(body: bytes, json_length: int | None = None) -> Answer:
+    """Labels and probabilities of a `/predict` or Open Inference Protocol v2 response, JSON or
+    in the binary tensor extension (`json_length`: its Inference-Header-Content-Length).
 
     Raises ValueError for anything else: an answer that cannot be read cannot agree.
     """
+    head = body if json_length is None else body[:json_length]
     try:
-        document = orjson.loads(body)
+        document = orjson.loads(head)
     except orjson.JSONDecodeError as error:
         raise ValueError(f"not JSON: {error}") from error
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
+    if json_length is not None:
+        _read_binary_outputs(document, body, json_length)
     if "predictions" in document:
         return _predict_answer(document)
     if "outputs" in document:
         return _v2_answer(document)
     raise ValueError("neither a /predict nor a v2 inference response")
+
+
+# The binary extension's fixed-size types, as `struct` formats (little-endian).
+_BINARY_FORMATS = {
+    "BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q", "INT8": "b",
+    "INT16": "h", "INT32": "i", "INT64": "q", "FP16": "e", "FP32": "f", "FP64": "d",
+}  # fmt: skip
+
+
+def json_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    """An answer's Inference-Header-Content-Length (names lower-case), None when absent.
+
+    Raises ValueError when it is not a length."""
+    for name, value in headers:
+        if name == _BINARY_HEADER:
+            if not value.strip().isdigit():
+                raise ValueError(f"bad {_BINARY_HEADER.decode()}: {value!r}")
+            return int(value)
+    return None
+
+
+def _read_binary_outputs(document: dict[str, Any], body: bytes, start: int) -> None:
+    """Each output sent in binary (`parameters.binary_data_size`) decoded into its `data`."""
+    outputs = document.get("outputs")
+    offset = start
+    for tensor in outputs if isinstance(outputs, list) else ():
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(body):
+            raise ValueError("a binary output's size does not fit the body")
+        raw = body[offset : offset + size]
+        offset += size
+        datatype = tensor.get("datatype")
+        if datatype == "BYTES":
+            tensor["data"] = _bytes_items(raw)
+        elif datatype in _BINARY_FORMATS:
+            code = _BINARY_FORMATS[datatype]
+            width = struct.calcsize(code)
+            if size % width:
+                raise ValueError(f"{size} bytes are no whole number of {datatype} values")
+            tensor["data"] = list(struct.unpack(f"<{size // width}{code}", raw))
+        else:
+            raise ValueError(f"unknown datatype {datatype!r}")
+    if offset != len(body):
+        raise ValueError("the binary outputs do not add up to the body")
+
+
+def _bytes_items(raw: bytes) -> list[str]:
+    items, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ValueError("a truncated BYTES length")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        items.append(raw[offset : offset + size].decode("utf-8", "replace"))
+        offset += size
+    if offset != len(raw):
+        raise ValueError("a BYTES item runs past its tensor")
+    return items
 
 
 def _predict_answer(document: dict[str, Any]) -> Answer:
@@ -398,15 +466,24 @@ def _argmax(rows: list[list[float]]) -> list[int]:
     return [max(range(len(row)), key=row.__getitem__) if row else -1 for row in rows]
 
 
-def compare_answers(*, live: bytes, shadow: bytes, tolerance: float) -> Comparison:
+def compare_answers(
+    *,
+    live: bytes,
+    shadow: bytes,
+    tolerance: float,
+    live_json_length: int | None = None,
+    shadow_json_length: int | None = None,
+) -> Comparison:
     """agree: same class for every row and every probability within `tolerance`; disagree
-    otherwise; error when either answer cannot be read.
+    otherwise; error when either answer cannot be read. An answer in the binary tensor
+    extension is read with its JSON header's length (`*_json_length`, from its header).
 
     When one side has no labels (a v2 request that asked for predict_proba only), the classes
     compared are the most probable ones of each row.
     """
     try:
-        mine, theirs = parse_answer(live), parse_answer(shadow)
+        mine = parse_answer(live, live_json_length)
+        theirs = parse_answer(shadow, shadow_json_length)
     except (ValueError, TypeError, KeyError):
         return "error"
     labels_a, labels_b = mine.labels, theirs.labels

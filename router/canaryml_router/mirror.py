@@ -1,5 +1,6 @@
 """Mirroring: a prediction request sent on to the shadow after the client has its answer, and
-the shadow's answer compared with the live one.
+the shadow's answer compared with the live one (JSON answers, or answers in the Open Inference
+Protocol's binary tensor extension, read with their Inference-Header-Content-Length).
 
 The shadow's own answers are counted as track="shadow" in the request series (its error rate
 and latency), the comparisons by the live track and version they were compared with (so a
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 
 from canaryml_api.telemetry import VERSION_HEADER
 
-from canaryml_router.core import RoutingTable, compare_answers
+from canaryml_router.core import Comparison, RoutingTable, compare_answers, json_length
 from canaryml_router.metrics import RouterMetrics
 from canaryml_router.upstream import (
     Headers,
@@ -38,6 +39,23 @@ from canaryml_router.upstream import (
 )
 
 log = logging.getLogger("canaryml.router")
+
+
+def _compare_bodies(
+    live: UpstreamResponse, shadow: UpstreamResponse, tolerance: float
+) -> Comparison:
+    """The two answers compared, either in the binary tensor extension or JSON."""
+    try:
+        lengths = json_length(live.headers), json_length(shadow.headers)
+    except ValueError:
+        return "error"
+    return compare_answers(
+        live=live.body,
+        shadow=shadow.body,
+        tolerance=tolerance,
+        live_json_length=lengths[0],
+        shadow_json_length=lengths[1],
+    )
 
 
 class _Mirrored(NamedTuple):
@@ -118,9 +136,7 @@ class Mirror:
             if response is None or not 200 <= code < 300:
                 result = "error"
             else:
-                result = compare_answers(
-                    live=live.body, shadow=response.body, tolerance=table.probability_tolerance
-                )
+                result = _compare_bodies(live, response, table.probability_tolerance)
             self._metrics.observe_comparison(track=track, version=live_version, result=result)
         finally:
             if response is not None:

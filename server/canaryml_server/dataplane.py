@@ -75,7 +75,10 @@ class DataPlane:
         self.monitor: DriftMonitor | None = None
         if settings.drift_enabled:
             self.monitor = DriftMonitor(
-                model.profile, feature_names=model.schema.names, window=settings.drift_window
+                model.profile,
+                feature_names=model.schema.names,
+                window=settings.drift_window,
+                sample_rows=settings.drift_sample_rows,
             )
         self.drift_min_rows = settings.drift_min_rows
         # Rows predicted per bin of the profile (canaryml_predictions_total), with the metrics.
@@ -189,11 +192,19 @@ class DataPlane:
             return {"enabled": False}
         report = self.monitor.report()
         worst = report.worst_feature
+        sampling = report.sampling
         return {
             "enabled": True,
             "rows": report.rows,
             "window": report.window,
             "min_rows": self.drift_min_rows,
+            # The window holds rows binned: at most sample_rows of each request (0: all).
+            "sampling": {
+                "sample_rows": sampling.sample_rows,
+                "rows_seen": sampling.rows_seen,
+                "rows_binned": sampling.rows_binned,
+                "fraction_binned": sampling.fraction,
+            },
             "worst_feature": {"name": worst[0], "psi": worst[1]} if worst else None,
             "prediction": {"psi": report.prediction_psi, "js_distance": report.prediction_js},
             "features": {

@@ -1,7 +1,8 @@
 """The server's HTTP handlers: each turns a request into a call on the data plane.
 
 Prediction handlers (/predict and the Open Inference Protocol v2 infer routes) go through the
-prediction pipeline, and add the rows' prediction ids as a header when the server issues them;
+prediction pipeline, and add the rows' prediction ids as a header when the server issues them
+(the infer routes read and, when asked, answer the binary tensor extension too: binary.py);
 the feedback handler reads its body within the same size limit but is no prediction (not
 counted, no faults); the others (OIP v2 health and metadata, /metrics, /drift) answer directly.
 `app` lists which path and method each one answers.
@@ -25,9 +26,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from canaryml_server.binary import BINARY_HEADER, binary_outputs, encode_response
 from canaryml_server.dataplane import DataPlane, server_metadata
 from canaryml_server.feedback import NO_KEY_MESSAGE, FeedbackRefused, refused
 from canaryml_server.pipeline import (
+    JSON,
+    OCTET_STREAM,
     PredictionPipeline,
     inference_error,
     json_response,
@@ -42,6 +46,7 @@ _BOOLEANS = _TRUE | {"false", "0", "no"}
 
 
 _IDS_HEADER = PREDICTION_IDS_HEADER.encode("latin-1")
+_BINARY_HEADER = BINARY_HEADER.encode("latin-1")
 
 
 def with_ids_header(response: Response, ids: list[str] | None) -> Response:
@@ -99,7 +104,7 @@ class Endpoints:
         missing = self._not_found(model_name, version)
         if missing is not None:
             return missing
-        return await self.pipeline.answer(request, self._infer_body, inference_error)
+        return await self.pipeline.answer(request, self._infer_body, inference_error, binary=True)
 
     def _predict_records(self, request: Request, payload: Any) -> Response:
         # The query is read after the body, so a bad body is reported first.
@@ -108,9 +113,16 @@ class Endpoints:
         return with_ids_header(json_response(body), body.get("ids"))
 
     def _infer_body(self, request: Request, payload: Any) -> Response:
+        binary = binary_outputs(payload)  # a bad flag is a 400 before any prediction
         body = self.plane.infer(payload)
         ids = body["parameters"][PREDICTION_IDS_PARAMETER] if "parameters" in body else None
-        return with_ids_header(json_response(body), ids)
+        content, header_length = encode_response(body, binary)
+        if header_length is None:
+            response = Response(content=content, media_type=JSON)
+        else:
+            response = Response(content=content, media_type=OCTET_STREAM)
+            response.raw_headers.append((_BINARY_HEADER, str(header_length).encode("ascii")))
+        return with_ids_header(response, ids)
 
     # --- feedback: true outcomes of earlier predictions, by id -----------------------------
 

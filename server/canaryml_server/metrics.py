@@ -16,6 +16,8 @@ from typing import Any
 from canaryml_api.telemetry import (
     BIN_LABEL,
     CODE_LABEL,
+    DRIFT_ROWS_BINNED,
+    DRIFT_ROWS_SEEN,
     DRIFT_WINDOW_ROWS,
     FEATURE_DRIFT,
     FEATURE_DRIFT_P_VALUE,
@@ -72,10 +74,26 @@ class DriftCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         names = list(self._labels)
         values = list(self._labels.values())
-        rows = GaugeMetricFamily(DRIFT_WINDOW_ROWS, "Rows in the drift window", labels=names)
-        rows.add_metric(values, self._monitor.rows)
+        window_rows = self._monitor.rows
+        rows = GaugeMetricFamily(
+            DRIFT_WINDOW_ROWS, "Rows in the drift window (rows binned)", labels=names
+        )
+        rows.add_metric(values, window_rows)
         yield rows
-        if self._monitor.rows < self._min_rows:
+        sampling = self._monitor.sampling()
+        seen = CounterMetricFamily(
+            DRIFT_ROWS_SEEN, "Rows the drift monitor saw (every row predicted)", labels=names
+        )
+        seen.add_metric(values, sampling.rows_seen)
+        yield seen
+        binned = CounterMetricFamily(
+            DRIFT_ROWS_BINNED,
+            "Rows the drift monitor binned: at most CANARYML_DRIFT_SAMPLE_ROWS of each request",
+            labels=names,
+        )
+        binned.add_metric(values, sampling.rows_binned)
+        yield binned
+        if window_rows < self._min_rows:
             return  # no series: too few rows is "no data", not "no drift"
         report = self._monitor.report()
         features = GaugeMetricFamily(

@@ -64,7 +64,7 @@ def infer_docs() -> dict[str, Any]:
     """The route options that document an inference route."""
     return {
         "tags": [INFERENCE_TAG],
-        "openapi_extra": _json_body({"$ref": "#/components/schemas/InferenceRequest"}),
+        "openapi_extra": _inference_body(),
         "responses": {200: {"model": InferenceResponse}},
     }
 
@@ -88,6 +88,22 @@ def feedback_docs() -> dict[str, Any]:
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     # Documented by hand: the handlers take the raw Request, so FastAPI sees no body parameter.
     return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
+
+
+def _inference_body() -> dict[str, Any]:
+    body = _json_body({"$ref": "#/components/schemas/InferenceRequest"})
+    body["requestBody"]["content"]["application/octet-stream"] = {
+        "schema": {
+            "type": "string",
+            "format": "binary",
+            "description": (
+                "The binary tensor data extension: a JSON InferenceRequest of "
+                "Inference-Header-Content-Length bytes (a header of the request), then the raw "
+                "tensors of the inputs with parameters.binary_data_size, in order"
+            ),
+        }
+    }
+    return body
 
 
 def build_document(app: FastAPI) -> dict[str, Any]:

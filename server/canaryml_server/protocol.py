@@ -3,6 +3,9 @@
 A request sends either one (rows, features) tensor in schema order, or one input per feature
 named after it (rows values each, BYTES for categories). Outputs are `predict` (labels, the
 default) and `predict_proba`, as MLServer's scikit-learn runtime names them.
+
+The binary tensor data extension is the wire's business (binary.py): its requests reach the
+parser in this JSON form.
 """
 
 from __future__ import annotations
@@ -86,9 +89,12 @@ def _problem(loc: tuple[str | int, ...], msg: str, kind: str = "value_error") ->
 def _check_input(index: int, item: Any) -> tuple[str, list[int], str, list[Any]]:
     if not isinstance(item, dict):
         raise _problem(("inputs", index), "expected an object with name, shape, datatype, data")
-    for key, kind in (("name", str), ("shape", list), ("datatype", str), ("data", list)):
+    for key, kind in (("name", str), ("shape", list), ("datatype", str)):
         if not isinstance(item.get(key), kind):
             raise _problem(("inputs", index, key), f"required, as a {kind.__name__}", "missing")
+    # data: a list, or an array when the tensor came in binary (binary.py)
+    if not isinstance(item.get("data"), list | np.ndarray):
+        raise _problem(("inputs", index, "data"), "required, as a list", "missing")
     shape = item["shape"]
     if not shape or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
@@ -154,8 +160,8 @@ def _columnar(
             raise _problem(
                 ("inputs", index, "shape"), f"has {shape[0]} rows, the first input has {rows}"
             )
-        values: Any = data
-        if len(data) and isinstance(data[0], list):
+        values: Any = data.tolist() if isinstance(data, np.ndarray) else data
+        if len(values) and isinstance(values[0], list):
             values = [v for row in data for v in (row if isinstance(row, list) else [row])]
         numeric = name in schema.names and schema.feature(name).kind is FeatureKind.NUMERIC
         if numeric and datatype not in NUMERIC_DATATYPES:

@@ -359,6 +359,15 @@ def validate_matrix(
         )
         raise InvalidInput([Problem(("inputs",), msg, "type_error")])
     width = len(schema.features)
+    if isinstance(data, np.ndarray):  # a binary tensor (binary.py): numbers already
+        if data.size != rows * width:
+            msg = f"holds {data.size} values, but shape [{rows}, {width}] needs {rows * width}"
+            raise InvalidInput([Problem(("inputs", 0, "data"), msg, "shape")])
+        if data.dtype.kind in "iuf" and 0 < rows <= policy.max_rows:
+            numbers = data.astype(np.float64).reshape(rows, width)
+            if _accept_matrix(schema, numbers, policy):
+                return Batch.from_matrix(schema, numbers)
+        data = data.reshape(-1).tolist()  # the list path names what is wrong
     flat, kinds = _flatten_rows(data)
     if len(flat) != rows * width:
         msg = f"holds {len(flat)} values, but shape [{rows}, {width}] needs {rows * width}"

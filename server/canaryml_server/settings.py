@@ -14,6 +14,7 @@ from canaryml_httpd.settings import ConnectionSettings
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from canaryml_server.drift import SAMPLE_ROWS
 from canaryml_server.prediction_ids import check_keys
 
 
@@ -60,6 +61,11 @@ class ServerSettings(ConnectionSettings):
     onnx_threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads.")
     drift_enabled: bool = Field(default=True, description="Keep the drift window.")
     drift_window: int = Field(default=1000, ge=10, description="Rows in the drift window.")
+    drift_sample_rows: int = Field(
+        default=SAMPLE_ROWS,
+        ge=0,
+        description="Rows of each request binned for drift at most, chosen at random (0: all).",
+    )
     drift_min_rows: int = Field(
         default=100,
         ge=1,

@@ -258,14 +258,20 @@ class FsspecStorage:
 
 
 class MlflowStorage:
-    """`models:/name/version`: the artifact folder logged with the registered model."""
+    """`models:/name/version`, `models:/name@alias` (the version the alias points at) and
+    `runs:/run-id/path`: the artifact folder logged with the run (the `canaryml package`
+    folder, registered as the model version's source), from the MLflow tracking server named
+    by MLFLOW_TRACKING_URI (and MLFLOW_REGISTRY_URI, MLFLOW_TRACKING_TOKEN, as MLflow reads
+    them). A registry that is down, or a name, version, alias or run it does not have, is an
+    ArtifactError saying so: `canaryml serve` exits with it before it listens."""
 
     def fetch(self, *, uri: str, destination: Path, limits: ArtifactLimits) -> Path:
         try:
             import mlflow.artifacts
         except ImportError as error:
             raise ArtifactError(
-                "models:/ URIs need the mlflow extra: pip install 'canaryml[mlflow]'"
+                f"{uri}: models:/ and runs:/ URIs need the mlflow extra: "
+                "pip install 'canaryml[mlflow]'"
             ) from error
         try:
             local = Path(
@@ -304,6 +310,7 @@ STORAGES: dict[str, Callable[[], ModelStorage]] = {
     "s3": S3Storage,
     "gs": FsspecStorage,
     "models": MlflowStorage,
+    "runs": MlflowStorage,
 }
 
 

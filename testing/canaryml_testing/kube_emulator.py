@@ -14,7 +14,9 @@ subclass adds, and nothing else:
 - `labelSelector` (`k=v`, `k!=v`, `k`, `!k`) on lists and watches;
 - `kind` and `apiVersion` on lists;
 - watches that start after the requested `resourceVersion` (kmock replays every object);
-- garbage collection: deleting an object deletes what names it as owner (background cascade).
+- garbage collection: deleting an object deletes what names it as owner (background cascade);
+- fields pruned from writes, as a CRD's schema prunes unknown ones (`pruned`, off by default);
+- a request naming one object finds it by a dictionary lookup (kmock scans every object).
 
 And faults, for the fault suite (tests/faults/): `inject(Fault(...))` makes the API server
 answer an error, hang (until `heal()`, then a 504, the write not applied), drop the connection,
@@ -135,6 +137,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
     faulted: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     _healed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _released: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    # Fields this API server drops from creates and patches, by plural: key paths through maps
+    # and lists, as a CRD's schema prunes a field it does not know (an HTTPRoute's
+    # requestMirror.percent with Gateway API CRDs before v1.3).
+    pruned: dict[str, list[tuple[str, ...]]] = attrs.field(factory=dict, init=False)
 
     # --- faults ------------------------------------------------------------------------------
 
@@ -184,6 +190,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     # --- helpers -----------------------------------------------------------------------------
 
+    def _KubernetesEmulator__get_objs(  # noqa: N802  (replaces kmock's private lookup)
+        self, request: rendering.Request, strict: bool
+    ) -> list[Any]:
+        """The objects a request names: kmock compares every stored object with the request,
+        which makes each get, create and patch linear in the objects stored (a benchmark of
+        thousands of resources would measure the emulator); one named object is a dictionary
+        lookup, with the same answer. Lists and watches still scan."""
+        resource, name = request.resource, request.name
+        if resource is not None and name is not None and (strict or request.namespace is not None):
+            key = (resource, request.namespace, name)
+            return [self.objects[key]] if key in self.objects else []
+        objs: list[Any] = super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
+        return objs
+
     def _info(self, resource: references.resource) -> references.ResourceInfo | None:
         # kmock's [] (and so .get) declares an unknown resource: ask first.
         return self.resources[resource] if resource in self.resources else None  # noqa: SIM401
@@ -208,6 +228,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             enums.action.DELETE,
         ):
             return await super()._handle(request)
+        if isinstance(request.data, dict) and action != enums.action.DELETE:
+            for path in self.pruned.get(request.resource.plural, ()):
+                _prune(request.data, path)
         async with self._write_lock:
             if action == enums.action.CREATE:
                 self._prepare_create(request)
@@ -372,6 +395,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     yield event
         finally:
             await bus.unmark(marker)
+
+
+def _prune(obj: Any, path: tuple[str, ...]) -> None:
+    """Drop the key at `path` (through maps, and every item of lists) from `obj`."""
+    if isinstance(obj, list):
+        for item in obj:
+            _prune(item, path)
+    elif isinstance(obj, dict) and path and path[0] in obj:
+        if len(path) == 1:
+            del obj[path[0]]
+        else:
+            _prune(obj[path[0]], path[1:])
 
 
 def _version(value: Any) -> int:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from canaryml_server.app import create_app
 from canaryml_server.artifact import LoadedModel, load_artifact
+from canaryml_server.drift import SAMPLE_ROWS
 from canaryml_server.runtime import Prediction
 from canaryml_server.schema import MAX_PROBLEMS, Batch
 from canaryml_server.settings import ServerSettings
@@ -263,7 +264,8 @@ async def test_metrics_follow_the_contract(
     assert _value(samples, "canaryml_requests_total", code="200", **labels) == 1
     assert _value(samples, "canaryml_requests_total", code="422", **labels) == 1
     assert _value(samples, "canaryml_request_duration_seconds_count", **labels) == 2
-    assert _value(samples, "canaryml_drift_window_rows", **labels) == 20
+    # 20 rows seen, a sample of SAMPLE_ROWS binned
+    assert _value(samples, "canaryml_drift_window_rows", **labels) == SAMPLE_ROWS < 20
     drift = {
         dict(ls)["feature"]: v
         for (n, ls), v in samples.items()
@@ -278,7 +280,7 @@ async def test_metrics_follow_the_contract(
 async def test_no_drift_series_before_min_rows(
     canary: LoadedModel, test_rows: pd.DataFrame
 ) -> None:
-    async with await _client(canary, drift_min_rows=50) as client:
+    async with await _client(canary, drift_min_rows=20) as client:
         await client.post("/predict", json=_records(test_rows.iloc[:10]))
         text = (await client.get("/metrics")).text
         assert "canaryml_drift_window_rows" in text
@@ -286,8 +288,25 @@ async def test_no_drift_series_before_min_rows(
         await client.post("/predict", json=_records(test_rows.iloc[:40]))
         assert "canaryml_feature_drift{" in (await client.get("/metrics")).text
         report = (await client.get("/drift")).json()
-        assert report["rows"] == 50
+        # the 10-row request binned whole, a sample of the 40-row one
+        assert report["rows"] == 10 + SAMPLE_ROWS
+        assert report["sampling"] == {
+            "sample_rows": SAMPLE_ROWS,
+            "rows_seen": 50,
+            "rows_binned": 10 + SAMPLE_ROWS,
+            "fraction_binned": (10 + SAMPLE_ROWS) / 50,
+        }
         assert set(report["features"]["mean radius"]) == {"psi", "js_distance"}
+
+
+async def test_every_row_is_binned_without_sampling(
+    canary: LoadedModel, test_rows: pd.DataFrame
+) -> None:
+    async with await _client(canary, drift_sample_rows=0) as client:
+        await client.post("/predict", json=_records(test_rows.iloc[:40]))
+        report = (await client.get("/drift")).json()
+        assert report["rows"] == 40
+        assert report["sampling"]["rows_seen"] == report["sampling"]["rows_binned"] == 40
 
 
 async def test_metrics_and_drift_can_be_off(canary: LoadedModel, test_rows: pd.DataFrame) -> None:
@@ -578,8 +597,13 @@ async def test_calibrated_p_values_flag_a_shifted_feature_and_not_held_out_rows(
             if n == "canaryml_feature_drift_p_value" and set(labels.items()) <= set(ls)
         }
 
+    async def send(client: httpx.AsyncClient, rows: pd.DataFrame) -> None:
+        """In requests of SAMPLE_ROWS rows: every row binned."""
+        for start in range(0, len(rows), SAMPLE_ROWS):
+            await client.post("/predict", json=_records(rows.iloc[start : start + SAMPLE_ROWS]))
+
     async with await _client(canary, drift_min_rows=50) as client:
-        await client.post("/predict", json=_records(test_rows))  # held out: like the reference
+        await send(client, test_rows)  # held out: like the reference
         text = (await client.get("/metrics")).text
         held_out = p_values(text)
         assert len(held_out) == 30 and min(held_out.values()) > 0.01
@@ -587,7 +611,7 @@ async def test_calibrated_p_values_flag_a_shifted_feature_and_not_held_out_rows(
     shifted = test_rows.copy()
     shifted["mean radius"] = shifted["mean radius"] * 1.5
     async with await _client(canary, drift_min_rows=50) as client:
-        await client.post("/predict", json=_records(shifted))
+        await send(client, shifted)
         drifted = p_values((await client.get("/metrics")).text)
         assert min(drifted, key=drifted.__getitem__) == "mean radius"
         assert drifted["mean radius"] < 1e-6

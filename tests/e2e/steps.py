@@ -357,6 +357,7 @@ def kind_manifests(file: str, *, namespace: str, image: str | None = None) -> li
         for container in template.get("containers", []):
             if image is not None and container.get("image") == DEFAULT_IMAGE:
                 container["image"] = image
+                container.pop("imagePullPolicy", None)  # Never: only for the image kind loaded
     return docs
 
 

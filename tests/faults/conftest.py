@@ -100,13 +100,16 @@ class World:
         await self.cluster.call("PATCH", path, {"status": status})
 
     def operator_reads(self, name: str, since: int = 0) -> int:
-        """GETs of the resource by anyone but the test since request number `since`."""
-        path = f"/{api.PLURAL}/{name}"
+        """Reads of the resource by anyone but the test since request number `since`: GETs of
+        it, and listings of its kind (a resumed operator reconciles from its watch's initial
+        listing, with no GET of its own)."""
+        paths = (f"/{api.PLURAL}/{name}", f"/{api.PLURAL}")
         return sum(
             1
             for request in list(self.emulator)[since:]
             if str(request.method).upper().endswith("GET")
-            and str(request.url.path).endswith(path)
+            and str(request.url.path).endswith(paths)
+            and request.params.get("watch") not in ("true", "1")
             and request.headers.get("User-Agent") != TEST_USER_AGENT
         )
 

@@ -33,7 +33,7 @@ from canaryml_api.telemetry import (
     REASON_LABEL,
 )
 from canaryml_router.metrics import RouterMetrics
-from canaryml_server.drift import DriftMonitor, DriftReport
+from canaryml_server.drift import DriftMonitor, DriftReport, Sampling
 from canaryml_server.drift_test import DriftTest, compare_counts
 from canaryml_server.feedback import Labelled
 from canaryml_server.metrics import REQUESTS_TOTAL, ServerMetrics
@@ -171,7 +171,11 @@ class FakeDriftMonitor:
             feature_js={"sepal_length": 0.01, "petal_width": 0.2},
             prediction_psi=0.05,
             prediction_js=0.03,
+            sampling=self.sampling(),
         )
+
+    def sampling(self) -> Sampling:
+        return Sampling(rows_seen=4 * self.rows, rows_binned=self.rows, sample_rows=16)
 
     def test(self) -> tuple[DriftTest, DriftTest]:
         """The calibrated tests of a window where petal_width moved and sepal_length did not."""

@@ -3,6 +3,7 @@ the Gateway API HTTPRoute, and how the rollout plan shapes the model tracks."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -178,3 +179,24 @@ def test_the_plan_sets_the_stable_model_and_the_canary_replicas() -> None:
     scaled = build(value, TrackPlan(value.model, 0, 0))
     assert scaled[("Deployment", "iris-canary")]["spec"]["replicas"] == 0
     assert ("Service", "iris-canary") in scaled
+
+
+def test_a_mirror_percent_the_server_dropped_is_not_drift_but_another_value_is() -> None:
+    """Gateway API CRDs before v1.3 prune requestMirror.percent (docs/operator.md)."""
+    value = spec(
+        canary={"model": CANARY},
+        shadow={"model": SHADOW, "percent": 30},
+        routing={"router": "gateway-api"},
+    )
+    route = build(value, TrackPlan(value.model, 1, 25))[("HTTPRoute", "iris")]
+    assert children.is_current(live=route, desired=route)
+    pruned = copy.deepcopy(route)
+    del pruned["spec"]["rules"][0]["filters"][0]["requestMirror"]["percent"]
+    assert children.is_current(live=pruned, desired=route)
+    edited = copy.deepcopy(route)
+    edited["spec"]["rules"][0]["filters"][0]["requestMirror"]["percent"] = 100
+    assert not children.is_current(live=edited, desired=route)
+    # Only that field: a mirror whose backend was removed by hand is still drift.
+    unmirrored = copy.deepcopy(route)
+    del unmirrored["spec"]["rules"][0]["filters"][0]["requestMirror"]["backendRef"]
+    assert not children.is_current(live=unmirrored, desired=route)

@@ -40,7 +40,8 @@ ROUTER_OPTIONS = {
 # The model server's settings that are environment variables only (docs/serving.md).
 SERVE_ENVIRONMENT_ONLY = {
     "require_sha256", "trusted_sources", "model_name", "model_version", "runtime",
-    "onnx_threads", "drift_enabled", "drift_window", "drift_min_rows", "metrics_enabled",
+    "onnx_threads", "drift_enabled", "drift_window", "drift_sample_rows", "drift_min_rows",
+    "metrics_enabled",
     "unknown_categories", "max_body_bytes", "max_batch_rows", "model_cache_dir", "log_level",
     "inject_errors", "inject_latency", "inject_latency_fraction",
     "max_artifact_bytes", "max_artifact_files",

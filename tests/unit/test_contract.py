@@ -30,7 +30,12 @@ METRICS = sorted(
     and value.startswith("canaryml_")
     and not name.endswith("_BUCKET")  # a histogram's series, derived from its name
 )
-HEADERS = [telemetry.VERSION_HEADER, telemetry.TRACK_HEADER, telemetry.PREDICTION_IDS_HEADER]
+HEADERS = [
+    telemetry.VERSION_HEADER,
+    telemetry.TRACK_HEADER,
+    telemetry.PREDICTION_IDS_HEADER,
+    telemetry.INFERENCE_HEADER_LENGTH_HEADER,
+]
 
 
 def _modules() -> Iterator[Path]:

@@ -240,6 +240,7 @@ def test_every_spec_default_is_the_models_default(root: Node) -> None:
         parts = path.lstrip(".").split(".")
         optional = {
             "canary", "shadow", "sequential", "baseline", "labels", "offlineGate", "autoscaling",
+            "registry",
         }  # fmt: skip
         if optional & set(parts) or any(part.endswith("[]") for part in parts):
             continue  # optional sub-objects and list items, checked on their own below
@@ -275,7 +276,7 @@ def test_opt_in_objects_are_not_defaulted(root: Node) -> None:
         assert "default" not in at(root, f"spec.analysis.{opt_in}"), opt_in
     for opt_in in (
         "canary.approval", "canary.blueGreen", "canary.experiment", "routing.rateLimit",
-        "serving.autoscaling", "routing.autoscaling", "analysis.offlineGate",
+        "serving.autoscaling", "routing.autoscaling", "analysis.offlineGate", "registry",
     ):  # fmt: skip
         assert "default" not in at(root, f"spec.{opt_in}"), opt_in
     assert at(root, "spec.analysis.thresholds")["default"] == {}

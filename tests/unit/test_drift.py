@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -11,10 +12,13 @@ import pandas as pd
 import pytest
 from canaryml_server.drift import (
     FLUSH_ROWS,
+    FLUSH_SEEN_ROWS,
     PSI_EPSILON,
+    SAMPLE_ROWS,
     DriftMonitor,
     js_distance,
     psi,
+    sample_rows,
 )
 from canaryml_server.profile import (
     CategoricalBins,
@@ -33,6 +37,7 @@ from canaryml_server.schema import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 HYPOTHESIS = settings(max_examples=50, deadline=None, derandomize=True, database=None)
@@ -312,41 +317,65 @@ STEPS = st.lists(
     st.tuples(st.integers(min_value=0, max_value=150), st.booleans()), min_size=1, max_size=10
 )
 SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
+CAPS = st.sampled_from([0, 1, 5, SAMPLE_ROWS])  # 0: every row binned
+
+
+def _chosen(picker: np.random.Generator, size: int, cap: int) -> np.ndarray:
+    """The rows the monitor bins of a request, chosen by a twin of its generator."""
+    return np.arange(size)[sample_rows(picker, size, cap)]
 
 
 @HYPOTHESIS
-@given(window=WINDOWS, steps=STEPS, seed=SEEDS)
+@given(window=WINDOWS, steps=STEPS, seed=SEEDS, cap=CAPS)
 def test_mixed_monitor_counts_equal_a_recomputation_over_the_window(
-    mixed_profile: ReferenceProfile, window: int, steps: list[tuple[int, bool]], seed: int
+    mixed_profile: ReferenceProfile,
+    window: int,
+    steps: list[tuple[int, bool]],
+    seed: int,
+    cap: int,
 ) -> None:
-    rng = np.random.default_rng(seed)
+    """Over the rows binned: all of them (cap 0), or each request's sample, whichever reads
+    fold them in between."""
+    rng, picker = np.random.default_rng(seed), np.random.default_rng(seed + 1)
     schema = FeatureSchema(features=[])  # the monitor reads columns by name only
-    monitor = DriftMonitor(mixed_profile, feature_names=MIXED_ORDER, window=window)
+    monitor = DriftMonitor(
+        mixed_profile, feature_names=MIXED_ORDER, window=window, sample_rows=cap, seed=seed + 1
+    )
     seen: dict[str, list[Any]] = {n: [] for n in [*MIXED_ORDER, "predictions"]}
+    binned = 0
     for number, (size, read) in enumerate(steps):
         data = _mixed_rows(rng, size, mixed_profile)
         batch = Batch(schema=schema, columns={n: data[n] for n in MIXED_ORDER}, rows=size)
         monitor.observe(batch, data["predictions"])
+        chosen = _chosen(picker, size, cap)
+        binned += len(chosen)
         for name, column in seen.items():
-            column.extend(data[name].tolist())
+            column.extend(data[name][chosen].tolist())
         if read or number == len(steps) - 1:
             kept = {name: column[-window:] for name, column in seen.items()}
             predictions = kept.pop("predictions")
             _check_monitor(monitor, mixed_profile, MIXED_ORDER, kept, predictions)
-    assert monitor.rows == min(sum(size for size, _ in steps), window)
+    assert monitor.rows == min(binned, window)
+    sampling = monitor.sampling()
+    assert sampling.rows_seen == sum(size for size, _ in steps)
+    assert sampling.rows_binned == binned
+    assert sampling.sample_rows == cap
 
 
 @HYPOTHESIS
-@given(window=WINDOWS, steps=STEPS, seed=SEEDS)
+@given(window=WINDOWS, steps=STEPS, seed=SEEDS, cap=CAPS)
 def test_numeric_monitor_counts_equal_a_recomputation_over_the_window(
     numeric_profile: tuple[ReferenceProfile, FeatureSchema],
     window: int,
     steps: list[tuple[int, bool]],
     seed: int,
+    cap: int,
 ) -> None:
     profile, schema = numeric_profile
-    rng = np.random.default_rng(seed)
-    monitor = DriftMonitor(profile, feature_names=schema.names, window=window)
+    rng, picker = np.random.default_rng(seed), np.random.default_rng(seed + 1)
+    monitor = DriftMonitor(
+        profile, feature_names=schema.names, window=window, sample_rows=cap, seed=seed + 1
+    )
     kept_rows = np.empty((0, 3))
     kept_predictions = np.empty(0)
     for number, (size, read) in enumerate(steps):
@@ -354,8 +383,9 @@ def test_numeric_monitor_counts_equal_a_recomputation_over_the_window(
         predictions = rng.normal(0.0, 4.0, size)
         predictions[rng.random(size) < 0.1] = np.nan
         monitor.observe(Batch.from_matrix(schema, matrix), predictions)
-        kept_rows = np.concatenate([kept_rows, matrix])[-window:]
-        kept_predictions = np.concatenate([kept_predictions, predictions])[-window:]
+        chosen = _chosen(picker, size, cap)
+        kept_rows = np.concatenate([kept_rows, matrix[chosen]])[-window:]
+        kept_predictions = np.concatenate([kept_predictions, predictions[chosen]])[-window:]
         if read or number == len(steps) - 1:
             columns = {n: kept_rows[:, j].tolist() for j, n in enumerate(schema.names)}
             _check_monitor(monitor, profile, schema.names, columns, kept_predictions.tolist())
@@ -369,7 +399,7 @@ def test_validated_batches_feed_the_monitor(mixed_profile: ReferenceProfile) -> 
     batch = validate_columns(
         schema, {n: frame[n].to_numpy() for n in frame.columns}, rows=60, policy=policy
     )
-    monitor = DriftMonitor(mixed_profile, feature_names=schema.names, window=50)
+    monitor = DriftMonitor(mixed_profile, feature_names=schema.names, window=50, sample_rows=0)
     monitor.observe(batch, predictions)
     kept = {n: frame[n].tolist()[-50:] for n in frame.columns}
     _check_monitor(monitor, mixed_profile, schema.names, kept, predictions.tolist()[-50:])
@@ -381,7 +411,7 @@ def test_a_batch_larger_than_the_window_keeps_its_last_rows(
     profile, schema = numeric_profile
     matrix = _numeric_rows(np.random.default_rng(5), 30, profile)
     predictions = np.arange(30, dtype=np.float64)
-    big = DriftMonitor(profile, feature_names=schema.names, window=7)
+    big = DriftMonitor(profile, feature_names=schema.names, window=7, sample_rows=0)
     big.observe(Batch.from_matrix(schema, matrix), predictions)
     tail = DriftMonitor(profile, feature_names=schema.names, window=7)
     tail.observe(Batch.from_matrix(schema, matrix[-7:]), predictions[-7:])
@@ -426,7 +456,7 @@ def test_numeric_monitor_reads_features_by_name(
     profile, schema = numeric_profile
     names = list(reversed(schema.names))
     matrix = _numeric_rows(np.random.default_rng(8), 40, profile)
-    monitor = DriftMonitor(profile, feature_names=names, window=40)
+    monitor = DriftMonitor(profile, feature_names=names, window=40, sample_rows=0)
     monitor.observe(Batch.from_matrix(schema, matrix), np.zeros(40))
     columns = {n: matrix[:, j].tolist() for j, n in enumerate(schema.names)}
     _check_monitor(monitor, profile, names, columns, [0.0] * 40)
@@ -499,7 +529,7 @@ def test_no_drift_on_like_data_then_one_shifted_feature_stands_out(
     scenario: tuple[ReferenceProfile, FeatureSchema, pd.DataFrame], shifted: str
 ) -> None:
     profile, schema, reference = scenario
-    monitor = DriftMonitor(profile, feature_names=schema.names, window=1000)
+    monitor = DriftMonitor(profile, feature_names=schema.names, window=1000, sample_rows=0)
 
     _stream(monitor, schema, _scenario_rows(np.random.default_rng(7), 1000))
     calm = monitor.report()
@@ -529,8 +559,8 @@ def test_last_rows_are_counted_the_same_whatever_the_window(
 ) -> None:
     rng = np.random.default_rng(11)
     schema = FeatureSchema(features=[])
-    small = DriftMonitor(mixed_profile, feature_names=MIXED_ORDER, window=10)
-    large = DriftMonitor(mixed_profile, feature_names=MIXED_ORDER, window=100_000)
+    small = DriftMonitor(mixed_profile, feature_names=MIXED_ORDER, window=10, sample_rows=0)
+    large = DriftMonitor(mixed_profile, feature_names=MIXED_ORDER, window=100_000, sample_rows=0)
     for size in (3, 25, 9, 40):  # different histories before the common last batch
         data = _mixed_rows(rng, size, mixed_profile)
         batch = Batch(schema=schema, columns={n: data[n] for n in MIXED_ORDER}, rows=size)
@@ -558,7 +588,7 @@ def test_memory_is_a_fixed_ring_of_bin_indices(
 ) -> None:
     profile, schema = numeric_profile
     window = 64
-    monitor = DriftMonitor(profile, feature_names=schema.names, window=window)
+    monitor = DriftMonitor(profile, feature_names=schema.names, window=window, sample_rows=0)
 
     def arrays() -> dict[str, tuple[tuple[int, ...], int]]:
         return {
@@ -593,3 +623,123 @@ def test_memory_is_a_fixed_ring_of_bin_indices(
         np.concatenate(monitor.counts()),
         np.bincount(ring.ravel(), minlength=int(sizes.sum())),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling: at most sample_rows rows of each request are binned
+
+
+@pytest.mark.parametrize("cap", [0, 1, 5, SAMPLE_ROWS])
+def test_the_sample_is_bounded_and_small_requests_are_binned_whole(cap: int) -> None:
+    rng = np.random.default_rng(3)
+    for rows in range(60):
+        state = rng.bit_generator.state
+        chosen = np.arange(rows)[sample_rows(rng, rows, cap)]
+        if cap == 0 or rows <= cap:
+            np.testing.assert_array_equal(chosen, np.arange(rows))
+            assert rng.bit_generator.state == state  # nothing drawn for a request kept whole
+        else:
+            assert len(chosen) == cap
+            assert np.all(np.diff(chosen) > 0)  # distinct rows, in their order
+            assert chosen[0] >= 0 and chosen[-1] < rows
+
+
+def test_every_set_of_rows_is_equally_likely() -> None:
+    """6 rows, 2 binned: each of the 15 pairs about 1/15 of the time, each row 1/3."""
+    rng = np.random.default_rng(12)
+    trials = 30_000
+    rows = np.arange(6)
+    pairs = Counter(tuple(rows[sample_rows(rng, 6, 2)].tolist()) for _ in range(trials))
+    assert set(pairs) == set(itertools.combinations(range(6), 2))
+    observed = np.array([pairs[p] for p in sorted(pairs)])
+    assert stats.chisquare(observed).pvalue > 1e-4, pairs
+    per_row = Counter(row for pair, n in pairs.items() for row in pair for _ in range(n))
+    for row in range(6):
+        assert per_row[row] / trials == pytest.approx(1 / 3, abs=0.015)
+
+
+def test_a_seed_gives_the_same_sample_and_another_seed_another() -> None:
+    def picks(seed: int) -> list[list[int]]:
+        rng = np.random.default_rng(seed)
+        return [np.arange(64)[sample_rows(rng, 64, 8)].tolist() for _ in range(20)]
+
+    assert picks(5) == picks(5)
+    assert picks(5) != picks(6)
+
+
+def test_a_seeded_monitor_bins_the_same_rows_however_it_is_read(
+    numeric_profile: tuple[ReferenceProfile, FeatureSchema],
+) -> None:
+    profile, schema = numeric_profile
+    rng = np.random.default_rng(21)
+    read_often = DriftMonitor(profile, feature_names=schema.names, window=300, seed=9)
+    read_once = DriftMonitor(profile, feature_names=schema.names, window=300, seed=9)
+    for size in (64, 3, 64, 200, 17, 64, 1, 64) * 5:
+        batch = Batch.from_matrix(schema, _numeric_rows(rng, size, profile))
+        predictions = rng.normal(size=size)
+        read_often.observe(batch, predictions)
+        read_once.observe(batch, predictions)
+        read_often.counts()  # folds pending rows in after every request
+    for often, once in zip(read_often.counts(), read_once.counts(), strict=True):
+        np.testing.assert_array_equal(often, once)
+    seen = (64 * 4 + 3 + 200 + 17 + 1) * 5
+    binned = (SAMPLE_ROWS * 6 + 3 + 1) * 5
+    assert read_often.sampling() == read_once.sampling()
+    assert (read_once.sampling().rows_seen, read_once.sampling().rows_binned) == (seen, binned)
+    assert read_once.report().sampling.fraction == pytest.approx(binned / seen)
+
+
+def test_large_sampled_requests_do_not_pile_up_unbinned(
+    numeric_profile: tuple[ReferenceProfile, FeatureSchema],
+) -> None:
+    """A few rows binned of each big request would take many requests to reach FLUSH_ROWS:
+    pending requests are folded in once they hold FLUSH_SEEN_ROWS rows seen."""
+    profile, schema = numeric_profile
+    monitor = DriftMonitor(profile, feature_names=schema.names, window=100, sample_rows=2)
+    batch = Batch.from_matrix(schema, _numeric_rows(np.random.default_rng(2), 1000, profile))
+    for _ in range(50):
+        monitor.observe(batch, np.zeros(1000))
+        assert sum(len(p) for _, p in monitor._pending) < FLUSH_SEEN_ROWS
+    assert monitor.sampling().rows_binned == 100
+
+
+def test_sample_rows_must_not_be_negative(mixed_profile: ReferenceProfile) -> None:
+    with pytest.raises(ValueError, match="sample_rows"):
+        DriftMonitor(mixed_profile, feature_names=MIXED_ORDER, window=10, sample_rows=-1)
+
+
+def _stream_requests(
+    monitor: DriftMonitor, schema: FeatureSchema, frame: pd.DataFrame, rows: int
+) -> None:
+    """The frame in requests of `rows` rows, as validated batches of these columns would be."""
+    columns = {n: frame[n].to_numpy() for n in schema.names}
+    predictions = _scenario_model(frame)
+    for start in range(0, len(frame), rows):
+        part = {n: column[start : start + rows] for n, column in columns.items()}
+        size = len(part[schema.names[0]])
+        batch = Batch(schema=schema, columns=part, rows=size)
+        monitor.observe(batch, predictions[start : start + rows])
+
+
+def test_the_drift_test_on_sampled_windows_keeps_its_false_alarm_rate_and_sees_a_shift(
+    scenario: tuple[ReferenceProfile, FeatureSchema, pd.DataFrame],
+) -> None:
+    """Windows of 300 rows binned from 64-row requests (16 of each): sampling picks rows
+    whatever their values, so the rows binned are as random as the rows seen, and the test
+    at alpha 0.01 flags about 1 % of windows without drift."""
+    profile, schema, reference = scenario
+    monitor = DriftMonitor(profile, feature_names=schema.names, window=300, seed=1)
+    rng = np.random.default_rng(31)
+    windows, alarms = 300, 0
+    for _ in range(windows):
+        _stream_requests(monitor, schema, _scenario_rows(rng, 19 * 64), 64)  # 19 x 16 binned
+        features, _ = monitor.test()
+        alarms += features.drifted
+    assert monitor.sampling().fraction == pytest.approx(0.25)
+    # Binomial(300, 0.01): P(X >= 9) < 0.002.
+    assert alarms <= 8, alarms
+    shifted = _scenario_rows(rng, 19 * 64)
+    shifted["score"] += 0.5 * reference["score"].std()
+    _stream_requests(monitor, schema, shifted, 64)
+    features, _ = monitor.test()
+    assert features.significant == ("score",)

@@ -251,6 +251,10 @@ def test_the_model_store_runs_the_image_the_e2e_tests_replace() -> None:
     (moved_deployment,) = [doc for doc in moved if doc["kind"] == "Deployment"]
     assert moved_deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry/c:1"
     assert {doc["metadata"]["namespace"] for doc in moved} == {"e2e-x"}
+    # The image kind loaded is never pulled, as the chart is told (image.pullPolicy=Never); an
+    # image from a registry is pulled as Kubernetes' default says.
+    assert container["imagePullPolicy"] == e2e_helm_values()["image.pullPolicy"] == "Never"
+    assert "imagePullPolicy" not in moved_deployment["spec"]["template"]["spec"]["containers"][0]
     # Non-root as the image's own user, with a read-only root and a writable /tmp.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsUser"] == 65532
@@ -512,7 +516,7 @@ def test_the_workflow_builds_loads_installs_and_runs_the_e2e_tests() -> None:
     assert job["runs-on"] == "ubuntu-latest" and job["timeout-minutes"] == 40
     runs = "\n".join(s.get("run", "") for s in workflow_steps())
     for command in (
-        "docker build -t canaryml:e2e .",
+        "docker build --provenance=false -t canaryml:e2e .",
         "kind load docker-image canaryml:e2e --name canaryml",
         "kubectl apply -f examples/kind/prometheus.yaml",
         "python -m pytest tests/e2e -m e2e -v",

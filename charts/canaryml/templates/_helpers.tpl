@@ -61,7 +61,8 @@ go into a ClusterRole, otherwise into a Role in each watched namespace.
 - apiGroups: [canaryml.dev]
   resources: [analysistemplates]
   verbs: [get]
-# The children: model servers, routers and their Services, watched for hand edits.
+# The children, each kind watched: the operator keeps them in memory (its children index) and
+# reconciles on a hand edit of a Deployment or Service.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
@@ -71,27 +72,27 @@ go into a ClusterRole, otherwise into a Role in each watched namespace.
 # The builtin router's identity: a ServiceAccount and a Role that reads one ModelDeployment.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [list, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [list, create, patch]
+  verbs: [list, watch, create, patch]
 # The gateway-api router's HTTPRoute.
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # A PodDisruptionBudget for each Deployment of more than one replica.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # A HorizontalPodAutoscaler for each autoscaled track and router (serving.autoscaling,
 # routing.autoscaling).
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # Each ModelDeployment's NetworkPolicies (networkPolicy.modelDeployments).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [list, create, patch, delete]
+  verbs: [list, watch, create, patch, delete]
 # Prometheus credentials named by analysis.prometheus.*SecretRef.
 - apiGroups: [""]
   resources: [secrets]
