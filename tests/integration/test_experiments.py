@@ -245,7 +245,7 @@ async def test_the_same_model_on_both_tracks_names_no_winner(experiment: Experim
         record = status.get("experiment") or {}
         return (
             decided(status)
-            or min(record.get("canarySamples", 0), record.get("stableSamples", 0)) >= 1000
+            or min(record.get("canarySamples", 0), record.get("stableSamples", 0)) >= 400
         )
 
     status, (traffic, events) = await experiment.run(
