@@ -440,6 +440,19 @@ def _judge_comparison(
     )  # fmt: skip
 
 
+def _label_delay_hold(
+    verdict: Verdict, needed: int | None, waiting: str | None
+) -> tuple[Verdict, str, int | None] | None:
+    """A label check's verdict while the step's label delay runs: Inconclusive, what the
+    evidence says so far, and the labels still needed (none once it would pass: time has to
+    pass, not labels); None when the delay does not hold it (a Failed, or no delay left)."""
+    if verdict == "Failed" or not waiting:
+        return None
+    if verdict == "Successful":
+        return "Inconclusive", "enough evidence to pass", None
+    return "Inconclusive", "not sure yet", needed
+
+
 def _comparison_message(name: str, verdict: Verdict, worse: str, what: str, needed: str) -> str:
     """A comparison's message: `worse` with evidence when Failed, "not sure yet" with what
     more is `needed` when Inconclusive, nothing when Successful."""
@@ -703,16 +716,14 @@ def _judge_accuracy(
         )
     else:
         message = ""
-    if verdict != "Failed" and waiting:
+    held = _label_delay_hold(verdict, needed, waiting)
+    if held is not None:
         # The labels so far may be the quick ones: no pass before the late ones could arrive.
-        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+        verdict, shown, needed = held
         message = (
             f"{name} {estimate} against min {limit}: {shown}, but {waiting} (interval "
             f"{interval}; {seen})"
         )
-        if verdict == "Successful":
-            needed = None  # more labels change nothing: time has to pass
-        verdict = "Inconclusive"
     return CheckResult(
         name, verdict, accuracy, min_accuracy, None, message, sequential=True,
         low=low, high=high, evidence=check.evidence.worse, samples=canary.labelled,
@@ -766,12 +777,10 @@ def _judge_accuracy_drop(
     message = _comparison_message(
         name, verdict, "less accurate than allowed", what, _labels_needed_text(needed)
     )
-    if verdict != "Failed" and waiting:
-        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+    held = _label_delay_hold(verdict, needed, waiting)
+    if held is not None:
+        verdict, shown, needed = held
         message = f"{name}: {shown}, but {waiting}: {what}"
-        if verdict == "Successful":
-            needed = None  # more labels change nothing: time has to pass
-        verdict = "Inconclusive"
     return CheckResult(
         name, verdict, difference, floor, None, message, sequential=True,
         low=low, high=high, samples=canary.labelled, requests_needed=needed,
@@ -880,16 +889,14 @@ def _judge_mean_error(
     else:
         message = ""
     waiting = rules.waiting
-    if verdict != "Failed" and waiting:
+    held = _label_delay_hold(verdict, needed, waiting)
+    if held is not None:
         # The labels so far may be the quick ones: no pass before the late ones could arrive.
-        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+        verdict, shown, needed = held
         message = (
             f"{name} {estimate} against max {limit}: {shown}, but {waiting} (interval "
             f"{interval}; {seen})"
         )
-        if verdict == "Successful":
-            needed = None  # more labels change nothing: time has to pass
-        verdict = "Inconclusive"
     return CheckResult(
         name, verdict, sums.mean, None, max_error, message, sequential=True,
         low=check.interval.low, high=check.interval.high, samples=canary.labelled,
@@ -948,12 +955,10 @@ def _judge_error_increase(
     message = _comparison_message(
         name, verdict, "larger errors than allowed", what, _labels_needed_text(needed)
     )
-    if verdict != "Failed" and waiting:
-        shown = "enough evidence to pass" if verdict == "Successful" else "not sure yet"
+    held = _label_delay_hold(verdict, needed, waiting)
+    if held is not None:
+        verdict, shown, needed = held
         message = f"{name}: {shown}, but {waiting}: {what}"
-        if verdict == "Successful":
-            needed = None  # more labels change nothing: time has to pass
-        verdict = "Inconclusive"
     return CheckResult(
         name, verdict, difference, None, ceiling, message, sequential=True,
         low=low, high=high, samples=canary.labelled, requests_needed=needed,
