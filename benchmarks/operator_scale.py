@@ -96,6 +96,12 @@ def children_per_resource(tracks: int) -> int:
 def settled(emulator: KubeEmulator, count: int, tracks: int) -> bool:
     """Every ModelDeployment has its children and a current observedGeneration (read from the
     emulator's memory, so that checking costs the emulator no requests)."""
+    current, complete = progress(emulator, tracks)
+    return current == count and complete == count
+
+
+def progress(emulator: KubeEmulator, tracks: int) -> tuple[int, int]:
+    """The ModelDeployments with a current observedGeneration, and those with all children."""
     children: collections.Counter[str] = collections.Counter()
     current = 0
     for (resource, _, _), obj in emulator.objects.items():
@@ -110,8 +116,7 @@ def settled(emulator: KubeEmulator, count: int, tracks: int) -> bool:
             if owner:
                 children[owner] += 1
     per_resource = children_per_resource(tracks)
-    complete = sum(1 for n in children.values() if n == per_resource)
-    return current == count and complete == count
+    return current, sum(1 for n in children.values() if n == per_resource)
 
 
 def call_counts(emulator: KubeEmulator, since: int) -> collections.Counter[str]:
@@ -165,7 +170,7 @@ async def start_operator(kubeconfig: Path, log: Path) -> asyncio.subprocess.Proc
             "--all-namespaces",
             "--standalone",
             "--log-format",
-            "plain",
+            "json",
             env=env,
             stdout=sink,
             stderr=sink,
@@ -243,7 +248,12 @@ async def run(count: int, tracks: int, log: Path) -> dict[str, Any]:
                 )
                 created = time.monotonic()
                 pause = 0.05 if count <= 200 else 0.5  # each look scans the emulator's objects
+                shown = time.monotonic()
                 while not settled(emulator, count, tracks):
+                    if time.monotonic() - shown > 30:
+                        current, complete = progress(emulator, tracks)
+                        print(f"  settling: {current} current, {complete} complete", flush=True)
+                        shown = time.monotonic()
                     if process.returncode is not None:
                         raise RuntimeError(f"the operator exited; see {log}")
                     if time.monotonic() - started > 3600:
@@ -266,6 +276,7 @@ async def run(count: int, tracks: int, log: Path) -> dict[str, Any]:
                     calls=call_counts(emulator, requests_before),
                 )
 
+                print(f"  settled in {done - started:.1f} s; no-op reconciles next", flush=True)
                 # 2. A no-op reconcile of each: an annotation of nobody's changes (kopf's update
                 # handler runs; nothing is created, patched or written).
                 before_noop = reconciled(log)
@@ -288,6 +299,7 @@ async def run(count: int, tracks: int, log: Path) -> dict[str, Any]:
                 await stop_operator(process)
 
             # 3. A restart: a new process resumes every resource.
+            print("  restarting the operator", flush=True)
             restart_log = log.with_suffix(".restart.log")
             requests_before = len(list(emulator))
             started = time.monotonic()

@@ -30,6 +30,7 @@ from canaryml_operator import (
     children,
     delivery,
     hooks,
+    kopf_readiness,
     loop,
     metrics,
     notifications,
@@ -61,12 +62,15 @@ from canaryml_operator.state import DeploymentState, Owner, TrackPlan, parse_own
 
 log = logging.getLogger(__name__)
 
+kopf_readiness.patch_toggle_wakeups()  # before any operator starts (kopf_readiness.py says why)
+
 MD = (api.GROUP, api.VERSION, api.PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": children.MANAGED_BY}
 KOPF_PREFIX = f"operator.{api.GROUP}"
 RETRY_SECONDS = 5.0
 CONFLICT_RETRY_SECONDS = 0.5
-DAEMON_POLL_SECONDS = 1.0  # the daemon re-reads the rollout state at least this often
+CHANGE_SIGNAL = "canaryml_changed"  # the key of the daemon's wake-up in kopf's resource memo
+DAEMON_IDLE_SECONDS = 30.0  # an idle daemon looks again at least this often (a safety net)
 # After a write, before the next look: the watch usually brings the new status by then, and an
 # analysis taken from an older one is dropped (reconcile_latest), never counted twice.
 WRITTEN_PAUSE_SECONDS = 0.25
@@ -328,6 +332,31 @@ def _forget_lock(namespace: str, name: str) -> None:
     _versions.pop((namespace, name), None)
 
 
+# One wake-up per resource for its analysis daemon, set at each watch event of the resource
+# (kopf has updated the daemon's body by then): an idle daemon sleeps until its resource changes
+# or its next analysis, drain, deadline or hook is due. Looking once a second instead, 1,000
+# daemons kept most of the operator's event loop busy (benchmarks/operator_scale.py). Kept in
+# kopf's per-resource memo (the daemon and the event handler share it; kopf drops it with the
+# resource). A signal, not state: the daemon decides from the body alone.
+def _change_signal(memo: kopf.Memo) -> asyncio.Event:
+    signal = memo.get(CHANGE_SIGNAL)
+    if not isinstance(signal, asyncio.Event):
+        signal = memo[CHANGE_SIGNAL] = asyncio.Event()
+    return signal
+
+
+async def _sleep_until_changed(
+    changed: asyncio.Event, stopping: asyncio.Future[Any], seconds: float
+) -> None:
+    waiter = asyncio.ensure_future(changed.wait())
+    try:
+        await asyncio.wait(
+            {waiter, stopping}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        waiter.cancel()
+
+
 # --- The children index: each reconcile reads the children from kopf's watches, not a LIST ----
 #
 # kopf keeps one index per child kind, filled from its watch of that kind (an initial listing,
@@ -566,6 +595,12 @@ def model_deployment_deleted(body: kopf.Body, **_: Any) -> None:
     _forget_lock(namespace, name)
 
 
+# Async, so that it runs in the event loop, where the daemons wait on the signal.
+@kopf.on.event(*MD)
+async def wake_analysis_daemon(memo: kopf.Memo, **_: Any) -> None:
+    _change_signal(memo).set()
+
+
 def _has_canary(spec: kopf.Spec, **_: Any) -> bool:
     return isinstance(spec.get("canary"), Mapping)
 
@@ -584,14 +619,32 @@ async def analysis_daemon(
     """
     kube = _kube(memo)
     source = ChildIndex.of(kwargs)
+    changed = _change_signal(memo)
+    stopping = asyncio.ensure_future(stopped.wait())
+    try:
+        await _analyse_until_stopped(body, stopped, stopping, changed, kube, source)
+    finally:
+        stopping.cancel()
+
+
+async def _analyse_until_stopped(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    stopping: asyncio.Future[Any],
+    changed: asyncio.Event,
+    kube: KubeClient,
+    source: ChildSource | None,
+) -> None:
     drained: datetime | None = None  # the drain already acted on (a repeat is harmless)
     seen: str | None = None  # the resourceVersion the schedule below was computed from
     wake_at = math.inf  # time.monotonic() of the next thing to do
     while not stopped:
+        changed.clear()  # before reading the body: a change after this wakes the sleep below
         version = body.get("metadata", {}).get("resourceVersion")
         if version == seen and time.monotonic() < wake_at:
-            # Nothing changed and nothing is due: no parsing, a dictionary lookup a second.
-            await stopped.wait(min(DAEMON_POLL_SECONDS, wake_at - time.monotonic()))
+            # Nothing changed and nothing is due: sleep until either happens.
+            seconds = min(DAEMON_IDLE_SECONDS, wake_at - time.monotonic())
+            await _sleep_until_changed(changed, stopping, seconds)
             continue
         seen, wake_at = version, math.inf
         snapshot = copy.deepcopy(dict(body))

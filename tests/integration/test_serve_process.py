@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -143,3 +145,45 @@ def test_package_command(example_models: dict[str, Path], tmp_path: Path) -> Non
     )  # fmt: skip
     assert no_target.returncode == 2
     assert "--target" in no_target.stderr
+
+
+def test_serves_a_gs_model_from_an_offline_gcs(
+    start_server: Callable[..., str], example_models: dict[str, Path], test_rows: pd.DataFrame
+) -> None:
+    """gs:// through `canaryml serve`: gcp-storage-emulator on loopback, reached the way a user
+    reaches one (STORAGE_EMULATOR_HOST, anonymous, gcsfs's JSON API; docs/serving.md)."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    pytest.importorskip("gcsfs")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="models")
+    server.start()
+    env = {
+        "STORAGE_EMULATOR_HOST": endpoint,
+        "FSSPEC_GCS_TOKEN": "anon",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        "NO_GCE_CHECK": "true",
+    }
+    try:
+        for file in sorted(example_models["canary"].iterdir()):
+            httpx.post(
+                f"{endpoint}/upload/storage/v1/b/models/o",
+                params={"uploadType": "media", "name": f"bc/1.1.0/{file.name}"},
+                content=file.read_bytes(),
+                timeout=10,
+            ).raise_for_status()
+        digest = hashlib.sha256((example_models["canary"] / "manifest.json").read_bytes())
+        url = start_server("gs://models/bc/1.1.0", "--sha256", digest.hexdigest(), env=env)
+        missing = subprocess.run(
+            serve_command("gs://models/bc/9", free_port(), "--sha256", digest.hexdigest()),
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    model = joblib.load(example_models["root"] / "canary.joblib")
+    body = httpx.post(f"{url}/predict", json=test_rows.to_dict(orient="records"), timeout=30)
+    assert body.json()["predictions"] == model.predict(test_rows.to_numpy()).tolist()
+    assert body.json()["version"] == "1.1.0"
+    assert missing.returncode == 2
+    assert "cannot fetch gs://models/bc/9/manifest.json" in missing.stderr
+    assert "Traceback" not in missing.stderr
