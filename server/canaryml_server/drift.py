@@ -31,10 +31,10 @@ from canaryml_server.drift_test import (
 )
 from canaryml_server.profile import CategoricalBins, NumericBins, ReferenceProfile
 from canaryml_server.schema import Batch
+from canaryml_server.settings import DRIFT_SAMPLE_ROWS
 
 FLUSH_ROWS = 256
-SAMPLE_ROWS = 16
-"""Rows of one request binned at most, by default (0: every row)."""
+SAMPLE_ROWS = DRIFT_SAMPLE_ROWS  # rows of one request binned at most, by default (0: all)
 FLUSH_SEEN_ROWS = 8192
 """Pending requests are binned once they hold this many rows seen, so sampled requests never
 keep much memory waiting."""

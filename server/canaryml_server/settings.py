@@ -14,8 +14,12 @@ from canaryml_httpd.settings import ConnectionSettings
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from canaryml_server.drift import SAMPLE_ROWS
 from canaryml_server.prediction_ids import check_keys
+
+# Here, not in drift.py: the CLI (and so the operator's process) imports these settings, and the
+# drift module brings pandas and scipy, 90 MB the operator never uses.
+DRIFT_SAMPLE_ROWS = 16
+"""Rows of one request binned for drift at most, by default (0: every row)."""
 
 
 class ServerSettings(ConnectionSettings):
@@ -62,7 +66,7 @@ class ServerSettings(ConnectionSettings):
     drift_enabled: bool = Field(default=True, description="Keep the drift window.")
     drift_window: int = Field(default=1000, ge=10, description="Rows in the drift window.")
     drift_sample_rows: int = Field(
-        default=SAMPLE_ROWS,
+        default=DRIFT_SAMPLE_ROWS,
         ge=0,
         description="Rows of each request binned for drift at most, chosen at random (0: all).",
     )
