@@ -18,8 +18,10 @@ from typing import Any, TypeVar
 import aiohttp.web
 import kmock
 import kopf
+import pytest
 import yaml
 from canaryml_api import resource as api
+from kubernetes.config import kube_config
 
 from canaryml_testing.kube_emulator import KubeEmulator
 
@@ -216,10 +218,19 @@ async def eventually(
 
 
 @contextlib.asynccontextmanager
-async def running_emulator(tmp: Path) -> AsyncIterator[tuple[KubeEmulator, Path]]:
+async def running_emulator(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch | None = None
+) -> AsyncIterator[tuple[KubeEmulator, Path]]:
+    """The emulator on a loopback port and a kubeconfig for it; with `monkeypatch`, the
+    kubernetes client in this process (and processes started from it) pointed there too (the
+    client read KUBECONFIG when it was imported)."""
     async with KubeEmulator() as emulator, kmock.Server(emulator) as server:
         declare_resources(emulator)
-        yield emulator, write_kubeconfig(tmp / "kubeconfig", str(server.url))
+        kubeconfig = write_kubeconfig(tmp / "kubeconfig", str(server.url))
+        if monkeypatch is not None:
+            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+            monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        yield emulator, kubeconfig
 
 
 @contextlib.asynccontextmanager

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 from canaryml_testing.cluster import Cluster, running_emulator, running_operator
-from kubernetes.config import kube_config
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
     """An emulated cluster with the canaryml operator running against it."""
-    async with running_emulator(tmp_path) as (emulator, kubeconfig):
-        # The kubernetes client read KUBECONFIG when it was imported: point it here.
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    async with running_emulator(tmp_path, monkeypatch) as (emulator, _):
         import canaryml_operator.main  # noqa: F401  (registers the handlers)
 
         async with running_operator():

@@ -34,7 +34,6 @@ from canaryml_testing.cluster import (
     running_operator,
 )
 from canaryml_testing.kube_emulator import KubeEmulator
-from kubernetes.config import kube_config
 
 NS = "ml"
 STABLE = {"uri": "s3://models/iris/1.0.0", "version": "1.0.0", "sha256": "a" * 64}
@@ -129,9 +128,7 @@ class Reconciles:
 async def emulated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Cluster, KubeEmulator]]:
-    async with running_emulator(tmp_path) as (emulator, kubeconfig):
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    async with running_emulator(tmp_path, monkeypatch) as (emulator, _):
         yield Cluster(emulator), emulator
 
 

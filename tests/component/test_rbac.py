@@ -28,7 +28,6 @@ from canaryml_testing.cluster import (
     running_emulator,
     running_operator,
 )
-from kubernetes.config import kube_config
 
 from tests.chart import find, render
 
@@ -121,9 +120,7 @@ def short_drain(monkeypatch: pytest.MonkeyPatch) -> None:
 async def emulated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Cluster, kmock.KubernetesEmulator]]:
-    async with running_emulator(tmp_path) as (emulator, kubeconfig):
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    async with running_emulator(tmp_path, monkeypatch) as (emulator, _):
         declare_peerings(emulator)
         import canaryml_operator.main  # noqa: F401  (registers the handlers)
 

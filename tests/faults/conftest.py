@@ -26,7 +26,6 @@ from canaryml_testing.cluster import (
     running_emulator,
 )
 from canaryml_testing.kube_emulator import KubeEmulator
-from kubernetes.config import kube_config
 
 from tests.faults.fake_prometheus import FakePrometheus
 from tests.integration.conftest import free_port
@@ -119,9 +118,7 @@ async def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     prometheus = FakePrometheus(port=free_port())
     await prometheus.start()
     try:
-        async with running_emulator(tmp_path) as (emulator, kubeconfig):
-            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-            monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        async with running_emulator(tmp_path, monkeypatch) as (emulator, kubeconfig):
             try:
                 yield World(emulator, Cluster(emulator), kubeconfig, prometheus)
             finally:

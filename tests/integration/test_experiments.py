@@ -26,7 +26,6 @@ import pandas as pd
 import pytest
 from canaryml_api.telemetry import TRACK_HEADER
 from canaryml_testing.cluster import running_emulator, running_operator
-from kubernetes.config import kube_config
 
 from tests.integration.conftest import free_port
 from tests.integration.prometheus import Target
@@ -195,9 +194,7 @@ async def experiment(
 ) -> Any:
     processes = Processes()
     try:
-        async with running_emulator(tmp_path) as (emulator, kubeconfig):
-            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-            monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        async with running_emulator(tmp_path, monkeypatch) as (emulator, kubeconfig):
             import canaryml_operator.main  # noqa: F401  (registers the handlers)
             from canaryml_testing.cluster import Cluster
 

@@ -27,7 +27,6 @@ from canaryml_cli.main import app
 from canaryml_operator import writeback
 from canaryml_operator.registry import write_back
 from canaryml_testing.cluster import Cluster, eventually, running_emulator, running_operator
-from kubernetes.config import kube_config
 from typer.testing import CliRunner
 
 from tests.tools import unavailable
@@ -263,9 +262,7 @@ NS = "default"  # the CLI's namespace when the kubeconfig context names none
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
     """As tests/component/conftest.py: an emulated cluster with the operator running."""
-    async with running_emulator(tmp_path) as (emulator, kubeconfig):
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    async with running_emulator(tmp_path, monkeypatch) as (emulator, _):
         import canaryml_operator.main  # noqa: F401  (registers the handlers)
 
         async with running_operator():

@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 from canaryml_cli.main import app
 from canaryml_testing.cluster import Cluster, eventually, running_emulator, running_operator
-from kubernetes.config import kube_config
 from typer.testing import CliRunner
 
 from tests.integration.conftest import free_port
@@ -58,9 +57,7 @@ async def canaryml(*args: str) -> str:
 async def cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Cluster, Path]]:
-    async with running_emulator(tmp_path) as (emulator, kubeconfig):
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    async with running_emulator(tmp_path, monkeypatch) as (emulator, kubeconfig):
         import canaryml_operator.main  # noqa: F401  (registers the handlers)
 
         async with running_operator():

@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 from canaryml_api.telemetry import ROUTER_CANARY_WEIGHT
 from canaryml_testing.cluster import Cluster, eventually, running_emulator, running_operator
-from kubernetes.config import kube_config
 
 from tests.integration.conftest import free_port
 from tests.integration.prometheus import RunningPrometheus, Target
@@ -180,9 +179,7 @@ async def world(
 ) -> AsyncIterator[World]:
     processes = Processes()
     try:
-        async with running_emulator(tmp_path) as (emulator, kubeconfig):
-            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-            monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        async with running_emulator(tmp_path, monkeypatch) as (emulator, kubeconfig):
             import canaryml_operator.main  # noqa: F401  (registers the handlers)
 
             async with running_operator():
