@@ -20,6 +20,8 @@ from canaryml_server.schema import MAX_PROBLEMS, Batch
 from canaryml_server.settings import ServerSettings
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.mixed_models import package_number_and_colour
+
 MODEL = "breast-cancer"
 
 
@@ -348,7 +350,7 @@ async def test_model_exception_is_a_counted_500(
 async def test_categorical_model_over_http(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     size = rng.normal(0, 1, 300)
-    model, folder = _package_number_and_colour(tmp_path, "size", size, threshold=0, name="shapes")
+    model, folder = package_number_and_colour(tmp_path, "size", size, threshold=0, name="shapes")
     loaded = load_artifact(folder)
     rows = [{"size": 1.5, "colour": "red"}, {"size": -1.0, "colour": "blue"}]
     async with await _client(loaded) as client:
@@ -503,38 +505,10 @@ async def test_float32_max_is_accepted_and_answered_like_sklearn(
         assert over.status_code == 422
 
 
-def _package_number_and_colour(
-    tmp_path: Path, number: str, values: np.ndarray, *, threshold: float, name: str
-) -> tuple[Any, Path]:
-    """A pipeline over one numeric and one categorical feature, packaged into tmp_path/a; its
-    ONNX form takes one input per feature, the numeric one in `values`' type."""
-    from canaryml_server.artifact import package_model
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
-    rng = np.random.default_rng(1)
-    frame = pd.DataFrame({number: values, "colour": rng.choice(["red", "blue"], len(values))})
-    label = ((frame[number] > threshold) & (frame["colour"] == "red")).astype(int)
-    model = make_pipeline(
-        ColumnTransformer([("c", OneHotEncoder(handle_unknown="ignore"), ["colour"])],
-                          remainder="passthrough"),
-        LogisticRegression(),
-    ).fit(frame, label)  # fmt: skip
-    joblib.dump(model, tmp_path / "m.joblib")
-    frame.assign(label=label).to_csv(tmp_path / "train.csv", index=False)
-    result = package_model(
-        model_path=tmp_path / "m.joblib", reference_path=tmp_path / "train.csv",
-        out_dir=tmp_path / "a", name=name, target="label",
-    )  # fmt: skip
-    return model, result.path
-
-
 def _package_age_and_colour(tmp_path: Path) -> tuple[Any, Path]:
     """A model whose ONNX form takes `age` as an int64 tensor of its own."""
     ages = np.random.default_rng(1).integers(18, 90, 300)
-    model, folder = _package_number_and_colour(tmp_path, "age", ages, threshold=50, name="ages")
+    model, folder = package_number_and_colour(tmp_path, "age", ages, threshold=50, name="ages")
     assert load_artifact(folder).manifest.runtime.runtime == "onnx"
     return model, folder
 

@@ -17,8 +17,10 @@ import orjson
 import pandas as pd
 import pytest
 from canaryml_server.app import create_app
-from canaryml_server.artifact import LoadedModel, load_artifact, package_model
+from canaryml_server.artifact import LoadedModel, load_artifact
 from canaryml_server.settings import ServerSettings
+
+from tests.mixed_models import package_number_and_colour
 
 MODEL = "breast-cancer"
 URL = f"/v2/models/{MODEL}/infer"
@@ -35,28 +37,9 @@ async def _client(model: LoadedModel, **overrides: Any) -> httpx.AsyncClient:
 
 def _package_size_and_colour(tmp_path: Path) -> tuple[Any, Path]:
     """A pipeline over a numeric `size` and a categorical `colour`, packaged as `shapes`."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
     rng = np.random.default_rng(1)
-    frame = pd.DataFrame(
-        {"size": rng.normal(0, 1, 300), "colour": rng.choice(["red", "blue"], 300)}
-    )
-    label = ((frame["size"] > 0) & (frame["colour"] == "red")).astype(int)
-    model = make_pipeline(
-        ColumnTransformer([("c", OneHotEncoder(handle_unknown="ignore"), ["colour"])],
-                          remainder="passthrough"),
-        LogisticRegression(),
-    ).fit(frame, label)  # fmt: skip
-    joblib.dump(model, tmp_path / "m.joblib")
-    frame.assign(label=label).to_csv(tmp_path / "train.csv", index=False)
-    result = package_model(
-        model_path=tmp_path / "m.joblib", reference_path=tmp_path / "train.csv",
-        out_dir=tmp_path / "a", name="shapes", target="label",
-    )  # fmt: skip
-    return model, result.path
+    sizes = rng.normal(0, 1, 300)
+    return package_number_and_colour(tmp_path, "size", sizes, threshold=0, name="shapes", rng=rng)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.mixed_models import package_number_and_colour
 from tests.tools import unavailable
 
 from .conftest import free_port, router_command, stop, wait_ready
@@ -77,30 +78,10 @@ def typed_rows(rows: np.ndarray, datatype: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def shapes_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A pipeline over a numeric `size` and a categorical `colour`, packaged as `shapes`."""
-    from canaryml_server.artifact import package_model
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
-    tmp = tmp_path_factory.mktemp("shapes")
     rng = np.random.default_rng(1)
-    frame = pd.DataFrame(
-        {"size": rng.normal(0, 1, 300), "colour": rng.choice(["red", "blue"], 300)}
-    )
-    label = ((frame["size"] > 0) & (frame["colour"] == "red")).astype(int)
-    model = make_pipeline(
-        ColumnTransformer([("c", OneHotEncoder(handle_unknown="ignore"), ["colour"])],
-                          remainder="passthrough"),
-        LogisticRegression(),
-    ).fit(frame, label)  # fmt: skip
-    joblib.dump(model, tmp / "m.joblib")
-    frame.assign(label=label).to_csv(tmp / "train.csv", index=False)
-    result = package_model(
-        model_path=tmp / "m.joblib", reference_path=tmp / "train.csv",
-        out_dir=tmp / "a", name="shapes", target="label",
-    )  # fmt: skip
-    return model, result.path
+    sizes = rng.normal(0, 1, 300)
+    tmp = tmp_path_factory.mktemp("shapes")
+    return package_number_and_colour(tmp, "size", sizes, threshold=0, name="shapes", rng=rng)
 
 
 @pytest.fixture
