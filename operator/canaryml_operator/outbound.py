@@ -11,9 +11,9 @@ fixed description, never the reply's text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
@@ -62,23 +62,21 @@ async def post(
 ) -> Reply:
     """POST and read the reply whole, under the rules above. `what` names the peer in errors
     ("Prometheus at http://..."); the hints say what to do about a redirect or a large reply."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await _read(
-                http,
-                url,
-                what=what,
-                max_bytes=max_bytes,
-                redirect_hint=redirect_hint,
-                too_large_hint=too_large_hint,
-                data=data,
-                content=content,
-                headers=headers,
-            )
-    except (httpx.TimeoutException, TimeoutError):
-        raise OutboundError(f"{what} did not answer within {timeout:g} s") from None
-    except httpx.HTTPError as error:
-        raise OutboundError(f"{what} is unreachable: {describe(error)}") from None
+    return await _bounded(
+        _read(
+            http,
+            url,
+            what=what,
+            max_bytes=max_bytes,
+            redirect_hint=redirect_hint,
+            too_large_hint=too_large_hint,
+            data=data,
+            content=content,
+            headers=headers,
+        ),
+        what=what,
+        timeout=timeout,
+    )
 
 
 async def get(
@@ -94,21 +92,35 @@ async def get(
     headers: Mapping[str, str] | None = None,
 ) -> Reply:
     """GET and read the reply whole, under the same rules as `post`."""
+    return await _bounded(
+        _read(
+            http,
+            url,
+            what=what,
+            max_bytes=max_bytes,
+            redirect_hint=redirect_hint,
+            too_large_hint=too_large_hint,
+            data=None,
+            content=None,
+            headers=headers,
+            method="GET",
+            params=params,
+        ),
+        what=what,
+        timeout=timeout,
+    )
+
+
+async def _bounded(
+    exchange: Coroutine[Any, Any, Reply],
+    *,
+    what: str,
+    timeout: float,  # noqa: ASYNC109 (the whole exchange's bound, applied with asyncio.timeout)
+) -> Reply:
+    """`exchange` within `timeout` seconds, its transport errors as OutboundErrors."""
     try:
         async with asyncio.timeout(timeout):
-            return await _read(
-                http,
-                url,
-                what=what,
-                max_bytes=max_bytes,
-                redirect_hint=redirect_hint,
-                too_large_hint=too_large_hint,
-                data=None,
-                content=None,
-                headers=headers,
-                method="GET",
-                params=params,
-            )
+            return await exchange
     except (httpx.TimeoutException, TimeoutError):
         raise OutboundError(f"{what} did not answer within {timeout:g} s") from None
     except httpx.HTTPError as error:
